@@ -1,0 +1,589 @@
+"""The prfaas custom resources (group ``prfaas.io``, version ``v1alpha1``) as pydantic v2 models.
+
+These models are the single source of truth: the CRDs under ``crds/`` are generated from them
+(``prfaas crds``), ``prfaas validate`` checks YAML against them, and the operator parses every
+object it reads through them. Field names carry their units (``bandwidthGbps``, ``rttMs``,
+``memoryGiB``); durations are strings such as ``"250ms"`` or ``"4s"``; unknown fields are
+rejected.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "API_VERSION",
+    "GROUP",
+    "KINDS",
+    "VERSION",
+    "Accelerator",
+    "ArrivalProcess",
+    "Autoscaling",
+    "ClusterRefs",
+    "ClusterStatus",
+    "Condition",
+    "DecodeCluster",
+    "DecodeClusterSpec",
+    "Distribution",
+    "Duration",
+    "EmpiricalBucket",
+    "EmpiricalDistribution",
+    "EngineSpec",
+    "FixedDistribution",
+    "InterDCLink",
+    "InterDCLinkSpec",
+    "InterDCLinkStatus",
+    "LinkProbing",
+    "LogNormalDistribution",
+    "ModelArchitecture",
+    "ModelSpec",
+    "ObjectMeta",
+    "Offload",
+    "PrefillCluster",
+    "PrefillClusterSpec",
+    "ProfilePoint",
+    "PublishedProfile",
+    "Resource",
+    "RouterExposure",
+    "Scheduling",
+    "SecretKeyRef",
+    "ServingPlan",
+    "ServingPlanSpec",
+    "ServingPlanStatus",
+    "Slo",
+    "Target",
+    "Toleration",
+    "Workload",
+    "duration_seconds",
+    "model_for_kind",
+]
+
+GROUP = "prfaas.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+_DURATION = re.compile(r"^(?P<num>[0-9]+(?:\.[0-9]+)?)(?P<unit>ms|s|m|h)$")
+_UNIT_SECONDS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$"
+
+
+def duration_seconds(value: str) -> float:
+    """Parse a duration such as ``"250ms"``, ``"4s"``, ``"1.5m"`` or ``"2h"`` into seconds.
+
+    Raises ``ValueError`` naming the accepted forms; a bare number is refused so that nobody
+    has to guess whether ``4`` meant seconds or milliseconds.
+    """
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(
+            f"{value!r} is not a duration; write a number with a unit: ms, s, m or h "
+            '(e.g. "250ms", "4s")'
+        )
+    seconds = float(match["num"]) * _UNIT_SECONDS[match["unit"]]
+    if seconds <= 0:
+        raise ValueError(f"{value!r} must be longer than zero")
+    return seconds
+
+
+def _check_duration(value: str) -> str:
+    duration_seconds(value)
+    return value
+
+
+Duration = Annotated[
+    str,
+    AfterValidator(_check_duration),
+    Field(json_schema_extra={"pattern": DURATION_PATTERN}),
+]
+"""A positive duration string: a number followed by ``ms``, ``s``, ``m`` or ``h``."""
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+"""A number strictly between 0 and 1 (percentiles, hit rates)."""
+
+
+class _Model(BaseModel):
+    """Base for every spec model: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        alias_generator=to_camel,
+        frozen=False,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared pieces
+# ----------------------------------------------------------------------------------------------
+
+
+class Condition(_Model):
+    """A Kubernetes-style condition (``metav1.Condition``)."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class SecretKeyRef(_Model):
+    """Where a kubeconfig for a remote cluster lives (in the operator's namespace by default)."""
+
+    name: str = Field(min_length=1)
+    namespace: str | None = None
+    key: str = "kubeconfig"
+
+
+class Target(_Model):
+    """Where this pool's workloads are created."""
+
+    namespace: str = Field(default="default", min_length=1)
+    kubeconfig_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Absent: the cluster the operator runs in. Present: a remote cluster.",
+    )
+
+
+class Toleration(_Model):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class Scheduling(_Model):
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+
+
+class Accelerator(_Model):
+    """The GPUs of one pool. ``type`` names a catalog GPU (H200, H20, H100, ...)."""
+
+    type: str = Field(min_length=1, description="Catalog GPU name, e.g. H200 or H20.")
+    count: PositiveInt = Field(description="GPUs in the pool.")
+    per_node: PositiveInt = Field(default=8, description="GPUs per node.")
+    memory_gi_b: float | None = Field(
+        default=None,
+        gt=0,
+        alias="memoryGiB",
+        description="Overrides the catalog's memory per GPU (GiB).",
+    )
+    resource_name: str = Field(default="nvidia.com/gpu", description="Extended resource name.")
+
+    @model_validator(mode="after")
+    def _per_node_fits(self) -> Accelerator:
+        if self.count > self.per_node and self.count % self.per_node:
+            raise ValueError(
+                f"count ({self.count}) must be a multiple of perNode ({self.per_node}) "
+                "when the pool spans several nodes"
+            )
+        return self
+
+
+class ClusterStatus(_Model):
+    """Status of a PrefillCluster or DecodeCluster, written by the operator."""
+
+    observed_generation: int | None = None
+    reachable: bool | None = None
+    allocatable_gp_us: int | None = Field(default=None, alias="allocatableGPUs")
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class _ClusterSpec(_Model):
+    datacenter: str = Field(min_length=1, description="Datacenter name; links join these.")
+    accelerator: Accelerator
+    target: Target = Field(default_factory=Target)
+    scheduling: Scheduling = Field(default_factory=Scheduling)
+
+
+class PrefillClusterSpec(_ClusterSpec):
+    """A compute-dense pool that only prefills long prompts (the PrfaaS cluster)."""
+
+
+class RouterExposure(_Model):
+    """How the per-decode-cluster router is exposed."""
+
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    port: int = Field(default=8000, gt=0, lt=65536)
+    replicas: PositiveInt = 1
+
+
+class DecodeClusterSpec(_ClusterSpec):
+    """A local PD pool: short prefills plus all decode, fronted by a router."""
+
+    router: RouterExposure = Field(default_factory=RouterExposure)
+
+
+class LinkProbing(_Model):
+    enabled: bool = True
+    interval: Duration = "5m"
+
+
+class InterDCLinkSpec(_Model):
+    """An Ethernet path between two datacenters over which KV is shipped."""
+
+    from_: str = Field(alias="from", min_length=1, description="Datacenter that prefills.")
+    to: str = Field(min_length=1, description="Datacenter that decodes.")
+    bandwidth_gbps: float = Field(ge=0, description="Provisioned bandwidth, Gbit/s.")
+    rtt_ms: float = Field(default=1.0, ge=0, description="Round-trip time, milliseconds.")
+    probing: LinkProbing = Field(default_factory=LinkProbing)
+
+    @model_validator(mode="after")
+    def _ends_differ(self) -> InterDCLinkSpec:
+        if self.from_ == self.to:
+            raise ValueError(f"from and to are both {self.to!r}; a link joins two datacenters")
+        return self
+
+
+class InterDCLinkStatus(_Model):
+    observed_generation: int | None = None
+    measured_gbps: float | None = None
+    rtt_ms: float | None = None
+    loss: float | None = None
+    last_probe: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------
+# ServingPlan
+# ----------------------------------------------------------------------------------------------
+
+
+class LogNormalDistribution(_Model):
+    """Log-normal lengths ``exp(N(mu, sigma²))`` truncated to ``[min, max]`` tokens."""
+
+    type: Literal["lognormal"]
+    mu: float
+    sigma: float = Field(gt=0)
+    min: PositiveInt = 1
+    max: PositiveInt
+
+    @model_validator(mode="after")
+    def _bounds(self) -> LogNormalDistribution:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class EmpiricalBucket(_Model):
+    """Lengths up to ``upTo`` tokens (from the previous bucket's bound) with relative weight."""
+
+    up_to: PositiveInt
+    weight: float = Field(gt=0)
+
+
+class EmpiricalDistribution(_Model):
+    """A histogram: lengths uniform within each bucket, buckets in increasing ``upTo``."""
+
+    type: Literal["empirical"]
+    buckets: list[EmpiricalBucket] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _increasing(self) -> EmpiricalDistribution:
+        bounds = [b.up_to for b in self.buckets]
+        if any(b <= a for a, b in itertools.pairwise(bounds)):
+            raise ValueError(f"buckets must have strictly increasing upTo, got {bounds}")
+        return self
+
+
+class FixedDistribution(_Model):
+    type: Literal["fixed"]
+    value: PositiveInt
+
+
+Distribution = Annotated[
+    LogNormalDistribution | EmpiricalDistribution | FixedDistribution,
+    Field(discriminator="type"),
+]
+
+
+class ArrivalProcess(_Model):
+    """Poisson arrivals, or bursty Gamma inter-arrivals with coefficient of variation ``cv``."""
+
+    kind: Literal["poisson", "gamma"] = "poisson"
+    cv: float = Field(default=1.0, gt=0)
+
+
+class Workload(_Model):
+    """What the plan is sized for."""
+
+    requests_per_second: float | None = Field(
+        default=None,
+        gt=0,
+        description="Target arrival rate. Absent: plan for the highest sustainable rate.",
+    )
+    observe: bool = Field(
+        default=False,
+        description="Re-plan from the rate and length mix observed in Prometheus.",
+    )
+    input_length: Distribution
+    output_length: Distribution
+    prefix_cache_hit_rate: float = Field(
+        default=0.0, ge=0, lt=1, description="Fraction of prompt tokens served from cache."
+    )
+    arrival: ArrivalProcess = Field(default_factory=ArrivalProcess)
+
+
+class Slo(_Model):
+    """Latency objectives, met jointly by ``attainment`` of requests at ``percentile``."""
+
+    ttft: Duration = "10s"
+    tpot: Duration = "100ms"
+    percentile: Fraction = 0.9
+    attainment: float = Field(default=0.9, gt=0, le=1)
+
+
+class ProfilePoint(_Model):
+    """One measured point: a prefill of ``tokens`` (or a decode step at ``batch``/``context``)."""
+
+    tokens: PositiveInt | None = None
+    batch: PositiveInt | None = None
+    context: PositiveInt | None = None
+    seconds: float = Field(gt=0)
+    kv_mi_b: float | None = Field(default=None, gt=0, alias="kvMiB")
+
+    @model_validator(mode="after")
+    def _kind(self) -> ProfilePoint:
+        if (self.tokens is None) == (self.batch is None):
+            raise ValueError("a profile point gives either tokens (prefill) or batch (decode)")
+        return self
+
+
+class PublishedProfile(_Model):
+    """Published or measured timings of this model on an accelerator at a given TP/PP."""
+
+    accelerator: str = Field(min_length=1)
+    tensor_parallel: PositiveInt = 1
+    pipeline_parallel: PositiveInt = 1
+    source: str = Field(default="", description="Where the numbers come from (paper, run).")
+    prefill: list[ProfilePoint] = Field(default_factory=list)
+    decode: list[ProfilePoint] = Field(default_factory=list)
+
+
+class ModelArchitecture(_Model):
+    """Enough of a model's architecture to derive FLOPs, weights, KV bytes and fixed state."""
+
+    layers: PositiveInt
+    hidden: PositiveInt
+    heads: PositiveInt
+    kv_heads: PositiveInt
+    head_dim: PositiveInt
+    ffn: PositiveInt
+    vocab: PositiveInt = 32000
+    params_b: float = Field(gt=0, description="Total parameters, billions.")
+    active_params_b: float | None = Field(
+        default=None, gt=0, description="Active parameters per token (MoE), billions."
+    )
+    attention: Literal["gqa", "mla"] = "gqa"
+    kv_lora_rank: int | None = Field(default=None, gt=0, description="MLA latent size.")
+    rope_dim: int | None = Field(default=None, gt=0, description="MLA decoupled RoPE size.")
+    full_attention_every: PositiveInt = Field(
+        default=1, description="One full-attention layer per N layers (hybrid models); 1 = all."
+    )
+    linear_state_bytes_per_layer: int = Field(
+        default=0, ge=0, description="Fixed recurrent/SWA state per linear layer, bytes."
+    )
+    dtype_bytes: PositiveInt = 2
+    max_context: PositiveInt = 131072
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelArchitecture:
+        if self.heads % self.kv_heads:
+            raise ValueError(
+                f"heads ({self.heads}) must be a multiple of kvHeads ({self.kv_heads})"
+            )
+        if self.attention == "mla" and (self.kv_lora_rank is None or self.rope_dim is None):
+            raise ValueError("attention: mla needs kvLoraRank and ropeDim")
+        if self.active_params_b is not None and self.active_params_b > self.params_b:
+            raise ValueError("activeParamsB must not exceed paramsB")
+        return self
+
+
+class ModelSpec(_Model):
+    """The served model: a catalog profile by name, or an inline architecture."""
+
+    served_name: str = Field(min_length=1)
+    source: str = Field(default="", description="Weights: a Hugging Face id or a path.")
+    catalog: str | None = Field(default=None, description="Catalog model name.")
+    architecture: ModelArchitecture | None = None
+    profiles: list[PublishedProfile] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.catalog is None) == (self.architecture is None):
+            raise ValueError("give exactly one of catalog (a catalog model name) or architecture")
+        return self
+
+
+class ClusterRefs(_Model):
+    """Names of the PrefillCluster and DecodeCluster objects this plan uses."""
+
+    prefill: list[str] = Field(default_factory=list)
+    decode: list[str] = Field(min_length=1)
+
+
+class Offload(_Model):
+    """Cross-datacenter prefill offload: planned threshold, a fixed one, or none."""
+
+    mode: Literal["auto", "fixed", "off"] = "auto"
+    threshold_tokens: PositiveInt | None = None
+    bandwidth_headroom: float = Field(
+        default=0.8, gt=0, le=1, description="Fraction of a link the plan may fill with KV."
+    )
+
+    @model_validator(mode="after")
+    def _fixed_needs_threshold(self) -> Offload:
+        if self.mode == "fixed" and self.threshold_tokens is None:
+            raise ValueError("mode: fixed needs thresholdTokens")
+        return self
+
+
+class EngineSpec(_Model):
+    """How engine pods run."""
+
+    image: str = "vllm/vllm-openai:v0.33.0"
+    extra_args: list[str] = Field(default_factory=list)
+    connector: Literal["NixlConnector", "MooncakeConnector"] = "NixlConnector"
+    max_batch_size: PositiveInt = Field(default=256, description="BS_max of a decode instance.")
+    block_size: PositiveInt = 16
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class Autoscaling(_Model):
+    enabled: bool = False
+    prometheus_url: str | None = None
+    interval: Duration = "60s"
+    min_replicas: PositiveInt = 1
+    max_replicas: PositiveInt = 64
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"minReplicas ({self.min_replicas}) must not exceed maxReplicas "
+                f"({self.max_replicas})"
+            )
+        return self
+
+
+class ServingPlanSpec(_Model):
+    model: ModelSpec
+    slo: Slo = Field(default_factory=Slo)
+    workload: Workload
+    clusters: ClusterRefs
+    offload: Offload = Field(default_factory=Offload)
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+
+
+class ServingPlanStatus(_Model):
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    plan: dict[str, Any] | None = Field(
+        default=None, description="The current plan (the planner's JSON form)."
+    )
+    threshold_tokens: float | None = None
+    throughput_rps: float | None = None
+    ready: str | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Top-level objects
+# ----------------------------------------------------------------------------------------------
+
+
+class ObjectMeta(BaseModel):
+    """The parts of ``metadata`` we read; anything else the API server adds is kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    generation: int | None = None
+
+
+class Resource(BaseModel):
+    """Common shape of the four kinds; subclasses pin ``kind`` and the spec/status types."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    KIND: ClassVar[str]
+    PLURAL: ClassVar[str]
+    SHORT_NAMES: ClassVar[tuple[str, ...]]
+    NAMESPACED: ClassVar[bool]
+
+    api_version: Literal["prfaas.io/v1alpha1"] = Field(alias="apiVersion")
+    metadata: ObjectMeta
+
+
+class PrefillCluster(Resource):
+    KIND = "PrefillCluster"
+    PLURAL = "prefillclusters"
+    SHORT_NAMES = ("pfc",)
+    NAMESPACED = False
+
+    kind: Literal["PrefillCluster"]
+    spec: PrefillClusterSpec
+    status: ClusterStatus | None = None
+
+
+class DecodeCluster(Resource):
+    KIND = "DecodeCluster"
+    PLURAL = "decodeclusters"
+    SHORT_NAMES = ("dcc",)
+    NAMESPACED = False
+
+    kind: Literal["DecodeCluster"]
+    spec: DecodeClusterSpec
+    status: ClusterStatus | None = None
+
+
+class InterDCLink(Resource):
+    KIND = "InterDCLink"
+    PLURAL = "interdclinks"
+    SHORT_NAMES = ("idl", "link")
+    NAMESPACED = False
+
+    kind: Literal["InterDCLink"]
+    spec: InterDCLinkSpec
+    status: InterDCLinkStatus | None = None
+
+
+class ServingPlan(Resource):
+    KIND = "ServingPlan"
+    PLURAL = "servingplans"
+    SHORT_NAMES = ("sp",)
+    NAMESPACED = True
+
+    kind: Literal["ServingPlan"]
+    spec: ServingPlanSpec
+    status: ServingPlanStatus | None = None
+
+
+KINDS: tuple[type[Resource], ...] = (PrefillCluster, DecodeCluster, InterDCLink, ServingPlan)
+
+
+def model_for_kind(kind: str) -> type[Resource]:
+    """The model class for a ``kind``; ``KeyError`` lists the kinds we know."""
+    for cls in KINDS:
+        if kind == cls.KIND:
+            return cls
+    known = ", ".join(c.KIND for c in KINDS)
+    raise KeyError(f"unknown kind {kind!r}; prfaas.io/v1alpha1 has {known}")

@@ -1,0 +1,29 @@
+"""The ``prfaas`` command line.
+
+Each sub-command lives in its own module under ``prfaas.operator`` and registers itself here;
+heavy imports (vLLM, kopf, the simulator) happen inside the command, never at import time.
+"""
+
+from __future__ import annotations
+
+import typer
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="prfaas",
+    help="Cross-datacenter prefill offload for LLM serving: plan, simulate, operate, run.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """prfaas: Prefill-as-a-Service planner, operator and data plane."""
+
+
+def main() -> None:
+    """Entry point of the ``prfaas`` console script."""
+    app()

@@ -1,0 +1,230 @@
+"""The ``Plan``: what the planner decided, in the one shape the operator, router and CLI read.
+
+``Plan.to_dict()`` is the stable JSON form (camelCase keys, version 1) written to
+``ServingPlan.status.plan``, printed by ``prfaas plan --output json`` and rendered into each
+router's ConfigMap. ``Plan.from_dict()`` reads it back. Add fields only with defaults, so an
+older reader keeps working.
+
+Shape (version 1)::
+
+    {
+      "version": 1,
+      "feasible": true,                 # false: "reason" says why and how to fix it
+      "reason": "",
+      "model": "ring-1t",
+      "thresholdTokens": 19400.0,       # null: no offload (t = infinity)
+      "offloadFraction": 0.496,         # p = P(uncached length > t)
+      "lLong": 44000.0, "lShort": 8000.0,
+      "throughputRps": 3.24,            # predicted Lambda_max
+      "bottleneck": "prfaas",           # prfaas | pd-prefill | pd-decode | link
+      "stages": {"prfaas": 1.61, "pdPrefill": 1.64, "pdDecode": 3.91},
+      "kvBytesPerToken": 16800.0, "kvFixedBytes": 1.8e8,
+      "clusters": [{"name", "datacenter", "role", "accelerator", "instances",
+                    "tensorParallel", "pipelineParallel", "gpusPerInstance", "gpus",
+                    "latencySource"}],
+      "links": [{"name", "from", "to", "capacityGbps", "headroom", "egressGbps"}],
+      "routers": [{"decodeCluster", "thresholdTokens", "kvBytesPerToken",
+                   "remotes": [{"prefillCluster", "link"}]}],
+      "predicted": {"ttftP90S": 3.5, "tpotP90S": 0.04, "attainment": 0.95},
+      "baselines": [{"name", "throughputRps", "ratio", "gpus", "note"}],
+      "notes": ["..."]
+    }
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Literal
+
+__all__ = [
+    "PLAN_VERSION",
+    "Baseline",
+    "ClusterPlan",
+    "LinkPlan",
+    "Plan",
+    "Predicted",
+    "RemotePrefill",
+    "Role",
+    "RouterPlan",
+]
+
+PLAN_VERSION = 1
+
+Role = Literal["prefill", "decode"]
+"""``prefill`` instances only prefill (in a PrefillCluster they are PrfaaS instances, in a
+DecodeCluster they are its local PD-P); ``decode`` instances are PD-D."""
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+_SPECIAL = {"from_": "from", "ttft_p90_s": "ttftP90S", "tpot_p90_s": "tpotP90S"}
+
+
+def _key(name: str) -> str:
+    return _SPECIAL.get(name, _camel(name))
+
+
+def _dump(value: Any) -> Any:
+    """Dataclasses → camelCase dicts; non-finite floats → ``null`` (JSON has no infinity)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        out = {_key(f.name): _dump(getattr(value, f.name)) for f in fields(value)}
+        if isinstance(value, ClusterPlan):
+            out["gpusPerInstance"] = value.gpus_per_instance
+            out["gpus"] = value.gpus
+        return out
+    if isinstance(value, dict):
+        return {_key(k): _dump(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_dump(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _from_json(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """Map camelCase keys back to the dataclass's field names, ignoring unknown keys."""
+    by_key = {_key(f.name): f.name for f in fields(cls)}
+    return {by_key[k]: v for k, v in data.items() if k in by_key}
+
+
+@dataclass(slots=True)
+class ClusterPlan:
+    """Instances of one role in one cluster."""
+
+    name: str
+    datacenter: str
+    role: Role
+    accelerator: str
+    instances: int
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    latency_source: str = "roofline"
+    """Where the latency model for this role came from: ``fit``, ``roofline`` or ``published``."""
+
+    @property
+    def gpus_per_instance(self) -> int:
+        return self.tensor_parallel * self.pipeline_parallel
+
+    @property
+    def gpus(self) -> int:
+        return self.instances * self.gpus_per_instance
+
+
+@dataclass(slots=True)
+class LinkPlan:
+    """Predicted KV egress on one inter-datacenter link."""
+
+    name: str
+    from_: str
+    to: str
+    capacity_gbps: float
+    headroom: float
+    egress_gbps: float = 0.0
+
+
+@dataclass(slots=True)
+class RemotePrefill:
+    prefill_cluster: str
+    link: str
+
+
+@dataclass(slots=True)
+class RouterPlan:
+    """Routing policy for the router in front of one decode cluster."""
+
+    decode_cluster: str
+    threshold_tokens: float | None
+    kv_bytes_per_token: float
+    kv_fixed_bytes: float = 0.0
+    remotes: list[RemotePrefill] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Predicted:
+    """Simulated latencies of this configuration (absent until simulated)."""
+
+    ttft_p90_s: float | None = None
+    tpot_p90_s: float | None = None
+    attainment: float | None = None
+
+
+@dataclass(slots=True)
+class Baseline:
+    name: str
+    throughput_rps: float
+    ratio: float
+    """Plan throughput divided by this baseline's throughput."""
+    gpus: int = 0
+    note: str = ""
+    predicted: Predicted | None = None
+
+
+@dataclass(slots=True)
+class Plan:
+    model: str
+    feasible: bool = True
+    reason: str = ""
+    threshold_tokens: float | None = None
+    offload_fraction: float = 0.0
+    l_long: float = 0.0
+    l_short: float = 0.0
+    throughput_rps: float = 0.0
+    bottleneck: str = ""
+    stages: dict[str, float] = field(default_factory=dict)
+    kv_bytes_per_token: float = 0.0
+    kv_fixed_bytes: float = 0.0
+    clusters: list[ClusterPlan] = field(default_factory=list)
+    links: list[LinkPlan] = field(default_factory=list)
+    routers: list[RouterPlan] = field(default_factory=list)
+    predicted: Predicted | None = None
+    baselines: list[Baseline] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def instances(self, cluster: str, role: Role) -> int:
+        """Planned instances of ``role`` in ``cluster`` (0 when the plan has none)."""
+        return sum(c.instances for c in self.clusters if c.name == cluster and c.role == role)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stable JSON form (see the module docstring)."""
+        return {"version": PLAN_VERSION, **_dump(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        version = data.get("version", PLAN_VERSION)
+        if version != PLAN_VERSION:
+            raise ValueError(f"plan version {version} is not supported (expected {PLAN_VERSION})")
+        kw = _from_json(cls, data)
+        kw["clusters"] = [
+            ClusterPlan(**_from_json(ClusterPlan, c)) for c in data.get("clusters", [])
+        ]
+        kw["links"] = [LinkPlan(**_from_json(LinkPlan, x)) for x in data.get("links", [])]
+        kw["routers"] = [
+            RouterPlan(
+                **{
+                    **_from_json(RouterPlan, r),
+                    "remotes": [
+                        RemotePrefill(**_from_json(RemotePrefill, x)) for x in r.get("remotes", [])
+                    ],
+                }
+            )
+            for r in data.get("routers", [])
+        ]
+        if data.get("predicted") is not None:
+            kw["predicted"] = Predicted(**_from_json(Predicted, data["predicted"]))
+        kw["baselines"] = [
+            Baseline(
+                **{
+                    **_from_json(Baseline, b),
+                    "predicted": Predicted(**_from_json(Predicted, b["predicted"]))
+                    if b.get("predicted")
+                    else None,
+                }
+            )
+            for b in data.get("baselines", [])
+        ]
+        kw["stages"] = dict(data.get("stages", {}))
+        return cls(**kw)
