@@ -1,0 +1,112 @@
+"""The router file format and ``router_config_from_plan``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from prfaas.engine.router_config import (
+    RouterConfigError,
+    Timeouts,
+    dump_router_config,
+    load_router_config,
+    parse_router_config,
+    router_config_from_plan,
+)
+from prfaas.planner.plan import ClusterPlan, LinkPlan, Plan, RemotePrefill, RouterPlan
+
+
+def _plan(*, local_prefill: bool = False, t: float | None = 256.0) -> Plan:
+    clusters = [
+        ClusterPlan("local-prefill", "dc-a", "prefill", "CPU", 1),
+        ClusterPlan("local-decode", "dc-b", "decode", "CPU", 1),
+    ]
+    if local_prefill:
+        clusters.append(ClusterPlan("local-decode", "dc-b", "prefill", "CPU", 2))
+    return Plan(
+        model="tiny-llama",
+        threshold_tokens=t,
+        kv_bytes_per_token=4096.0,
+        kv_fixed_bytes=100.0,
+        clusters=clusters,
+        links=[LinkPlan("dc-a-to-dc-b", "dc-a", "dc-b", capacity_gbps=1.0, headroom=0.7)],
+        routers=[
+            RouterPlan(
+                "local-decode", t, 4096.0, 100.0, [RemotePrefill("local-prefill", "dc-a-to-dc-b")]
+            )
+        ],
+    )
+
+
+ENDPOINTS = {
+    "local-prefill": {"prefill": ["http://127.0.0.1:8100"]},
+    "local-decode": {"decode": ["http://127.0.0.1:8200"], "prefill": ["http://127.0.0.1:8300"]},
+}
+
+
+def test_from_plan_places_endpoints_by_datacenter_and_role() -> None:
+    cfg = router_config_from_plan(_plan(local_prefill=True), ENDPOINTS, block_size=128)
+    assert cfg.local_datacenter == "dc-b"
+    assert cfg.datacenters["dc-b"].decode == ["http://127.0.0.1:8200"]
+    assert cfg.datacenters["dc-b"].prefill == ["http://127.0.0.1:8300"]
+    assert cfg.datacenters["dc-a"].prefill == ["http://127.0.0.1:8100"]
+    assert cfg.links["dc-a"].capacity_gbps == 1.0
+    assert cfg.links["dc-a"].headroom == 0.7
+    assert cfg.link("dc-a").name == "dc-a-to-dc-b"
+    assert cfg.threshold_tokens == 256.0
+    assert (cfg.kv_bytes_per_token, cfg.kv_fixed_bytes, cfg.block_size) == (4096.0, 100.0, 128)
+    assert cfg.remote_datacenters == ["dc-a"]
+
+
+def test_from_plan_without_local_prefill_pool_and_without_offload() -> None:
+    cfg = router_config_from_plan(
+        _plan(t=None), {"local-decode": {"decode": ["http://d"]}}, timeouts=Timeouts(prefill_s=3)
+    )
+    assert cfg.datacenters["dc-b"].prefill == []
+    assert cfg.threshold_tokens is None
+    assert cfg.timeouts.prefill_s == 3
+    # The remote datacenter got no URLs, so it is not a usable remote.
+    assert cfg.remote_datacenters == []
+
+
+def test_from_plan_infinite_threshold_means_no_offload() -> None:
+    cfg = router_config_from_plan(_plan(t=math.inf), ENDPOINTS)
+    assert cfg.threshold_tokens is None
+
+
+def test_from_plan_errors_are_actionable() -> None:
+    with pytest.raises(RouterConfigError, match="no decode endpoints"):
+        router_config_from_plan(_plan(), {"local-prefill": {"prefill": ["http://p"]}})
+    with pytest.raises(RouterConfigError, match="no router for 'nope'"):
+        router_config_from_plan(_plan(), ENDPOINTS, decode_cluster="nope")
+    with pytest.raises(RouterConfigError, match="no routers"):
+        router_config_from_plan(Plan(model="m"), ENDPOINTS)
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+def test_round_trip_through_text(fmt: str, tmp_path: Path) -> None:
+    cfg = router_config_from_plan(
+        _plan(local_prefill=True), ENDPOINTS, tokenizer="/m", max_model_len=2048
+    )
+    path = tmp_path / f"router.{fmt}"
+    text = dump_router_config(cfg, fmt=fmt)  # type: ignore[arg-type]
+    assert "localDatacenter" in text and "kvBytesPerToken" in text
+    path.write_text(text)
+    assert load_router_config(path) == cfg
+
+
+def test_invalid_files_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(RouterConfigError, match="cannot read"):
+        load_router_config(tmp_path / "missing.yaml")
+    with pytest.raises(RouterConfigError, match="localDatacenter 'x'"):
+        parse_router_config("model: m\nlocalDatacenter: x\ndatacenters: {y: {decode: [u]}}\n")
+    with pytest.raises(RouterConfigError, match="thresholdTokenz"):
+        parse_router_config(
+            "model: m\nlocalDatacenter: y\ndatacenters: {y: {decode: [u]}}\nthresholdTokenz: 3\n"
+        )
+    with pytest.raises(RouterConfigError, match="remote"):
+        parse_router_config(
+            "model: m\nlocalDatacenter: y\ndatacenters: {y: {decode: [u]}}\n"
+            "links: {y: {capacityGbps: 1}}\n"
+        )
