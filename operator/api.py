@@ -159,6 +159,8 @@ class Target(_Model):
 
 
 class Toleration(_Model):
+    """A pod toleration (``core/v1 Toleration``) copied onto this pool's engine pods."""
+
     key: str | None = None
     operator: Literal["Exists", "Equal"] | None = None
     value: str | None = None
@@ -167,6 +169,8 @@ class Toleration(_Model):
 
 
 class Scheduling(_Model):
+    """Where in the target cluster this pool's engine pods may run."""
+
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
 
@@ -230,8 +234,10 @@ class DecodeClusterSpec(_ClusterSpec):
 
 
 class LinkProbing(_Model):
+    """Whether the operator measures the link (bandwidth, RTT, loss) and how often."""
+
     enabled: bool = True
-    interval: Duration = "5m"
+    interval: Duration = Field(default="5m", description="Time between probes.")
 
 
 class InterDCLinkSpec(_Model):
@@ -239,7 +245,7 @@ class InterDCLinkSpec(_Model):
 
     from_: str = Field(alias="from", min_length=1, description="Datacenter that prefills.")
     to: str = Field(min_length=1, description="Datacenter that decodes.")
-    bandwidth_gbps: float = Field(ge=0, description="Provisioned bandwidth, Gbit/s.")
+    bandwidth_gbps: float = Field(gt=0, description="Provisioned bandwidth, Gbit/s.")
     rtt_ms: float = Field(default=1.0, ge=0, description="Round-trip time, milliseconds.")
     probing: LinkProbing = Field(default_factory=LinkProbing)
 
@@ -251,11 +257,13 @@ class InterDCLinkSpec(_Model):
 
 
 class InterDCLinkStatus(_Model):
+    """What the last probe measured, written by the operator."""
+
     observed_generation: int | None = None
-    measured_gbps: float | None = None
-    rtt_ms: float | None = None
-    loss: float | None = None
-    last_probe: str | None = None
+    measured_gbps: float | None = Field(default=None, description="Measured bandwidth, Gbit/s.")
+    rtt_ms: float | None = Field(default=None, description="Measured round-trip time, ms.")
+    loss: float | None = Field(default=None, description="Packet loss fraction, 0..1.")
+    last_probe: str | None = Field(default=None, description="RFC 3339 time of the last probe.")
     conditions: list[Condition] = Field(default_factory=list)
 
 
@@ -302,6 +310,8 @@ class EmpiricalDistribution(_Model):
 
 
 class FixedDistribution(_Model):
+    """Every request has the same length."""
+
     type: Literal["fixed"]
     value: PositiveInt
 
@@ -331,8 +341,8 @@ class Workload(_Model):
         default=False,
         description="Re-plan from the rate and length mix observed in Prometheus.",
     )
-    input_length: Distribution
-    output_length: Distribution
+    input_length: Distribution = Field(description="Prompt lengths, tokens.")
+    output_length: Distribution = Field(description="Generated lengths, tokens.")
     prefix_cache_hit_rate: float = Field(
         default=0.0, ge=0, lt=1, description="Fraction of prompt tokens served from cache."
     )
@@ -433,8 +443,18 @@ class ModelSpec(_Model):
 class ClusterRefs(_Model):
     """Names of the PrefillCluster and DecodeCluster objects this plan uses."""
 
-    prefill: list[str] = Field(default_factory=list)
-    decode: list[str] = Field(min_length=1)
+    prefill: list[str] = Field(
+        default_factory=list, description="PrefillCluster names; empty: no remote prefill."
+    )
+    decode: list[str] = Field(min_length=1, description="DecodeCluster names (at least one).")
+
+    @model_validator(mode="after")
+    def _unique(self) -> ClusterRefs:
+        for role, names in (("prefill", self.prefill), ("decode", self.decode)):
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise ValueError(f"{role} lists {', '.join(repeated)} more than once")
+        return self
 
 
 class Offload(_Model):
@@ -465,6 +485,8 @@ class EngineSpec(_Model):
 
 
 class Autoscaling(_Model):
+    """Re-plan and resize from observed load (Prometheus) every ``interval``."""
+
     enabled: bool = False
     prometheus_url: str | None = None
     interval: Duration = "60s"
@@ -482,6 +504,8 @@ class Autoscaling(_Model):
 
 
 class ServingPlanSpec(_Model):
+    """A model to serve across prefill and decode clusters, sized for a workload and SLO."""
+
     model: ModelSpec
     slo: Slo = Field(default_factory=Slo)
     workload: Workload
@@ -492,14 +516,20 @@ class ServingPlanSpec(_Model):
 
 
 class ServingPlanStatus(_Model):
+    """The plan in force and how it is doing, written by the operator."""
+
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
     plan: dict[str, Any] | None = Field(
         default=None, description="The current plan (the planner's JSON form)."
     )
-    threshold_tokens: float | None = None
-    throughput_rps: float | None = None
-    ready: str | None = None
+    threshold_tokens: float | None = Field(
+        default=None, description="Offload threshold t in force, tokens."
+    )
+    throughput_rps: float | None = Field(
+        default=None, description="Predicted sustainable throughput, requests/s."
+    )
+    ready: str | None = Field(default=None, description="Short readiness summary.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -534,6 +564,8 @@ class Resource(BaseModel):
 
 
 class PrefillCluster(Resource):
+    """A compute-dense GPU pool in one datacenter that only prefills long prompts."""
+
     KIND = "PrefillCluster"
     PLURAL = "prefillclusters"
     SHORT_NAMES = ("pfc",)
@@ -545,6 +577,8 @@ class PrefillCluster(Resource):
 
 
 class DecodeCluster(Resource):
+    """A local PD pool: short prefills and all decoding, fronted by a router."""
+
     KIND = "DecodeCluster"
     PLURAL = "decodeclusters"
     SHORT_NAMES = ("dcc",)
@@ -556,6 +590,8 @@ class DecodeCluster(Resource):
 
 
 class InterDCLink(Resource):
+    """A network path from a prefill datacenter to a decode datacenter that carries KV."""
+
     KIND = "InterDCLink"
     PLURAL = "interdclinks"
     SHORT_NAMES = ("idl", "link")
@@ -567,6 +603,8 @@ class InterDCLink(Resource):
 
 
 class ServingPlan(Resource):
+    """One model served across PrefillClusters and DecodeClusters with cross-DC prefill offload."""
+
     KIND = "ServingPlan"
     PLURAL = "servingplans"
     SHORT_NAMES = ("sp",)

@@ -7,6 +7,7 @@ heavy imports (vLLM, kopf, the simulator) happen inside the command, never at im
 from __future__ import annotations
 
 import typer
+from prfaas.operator import cmd_crds
 
 __all__ = ["app", "main"]
 
@@ -22,6 +23,9 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """prfaas: Prefill-as-a-Service planner, operator and data plane."""
+
+
+app.command("crds")(cmd_crds.run)
 
 
 def main() -> None:
