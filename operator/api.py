@@ -114,13 +114,18 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 
 class _Model(BaseModel):
-    """Base for every spec model: camelCase on the wire, unknown fields rejected."""
+    """Base for every spec model: camelCase on the wire, unknown fields rejected.
+
+    Strict types, like the API server's schema: ``"10"`` is not a number and ``"true"`` is not
+    a boolean, so what ``prfaas validate`` accepts is what ``kubectl apply`` accepts.
+    """
 
     model_config = ConfigDict(
         extra="forbid",
         populate_by_name=True,
         alias_generator=to_camel,
         frozen=False,
+        strict=True,
     )
 
 
@@ -552,7 +557,7 @@ class ObjectMeta(BaseModel):
 class Resource(BaseModel):
     """Common shape of the four kinds; subclasses pin ``kind`` and the spec/status types."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
     KIND: ClassVar[str]
     PLURAL: ClassVar[str]
