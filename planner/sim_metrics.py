@@ -1,0 +1,179 @@
+"""What a simulation run reports: per-request times as arrays, summaries, step-function series.
+
+The run appends to flat arrays while it goes and builds a ``SimResult`` once at the end;
+nothing here is touched by the event loop's hot path. Latencies follow the usual definitions:
+
+* TTFT: arrival → first token at the decode instance (prefill, KV transfer and queueing);
+* TPOT: (finish − first token) / (output tokens − 1), 0 for one-token outputs; it includes any
+  wait for a decode slot, which is what a user sees;
+* E2E: arrival → last token.
+
+SLO attainment counts a request only if TTFT *and* TPOT are both met (DistServe's code checks
+them separately; the issue asks for jointly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "LatencyStats",
+    "SimResult",
+    "StepSeries",
+    "binned_mean",
+    "time_average",
+]
+
+Floats = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyStats:
+    """Mean and percentiles of one latency, seconds."""
+
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+
+    @classmethod
+    def of(cls, values: Floats) -> LatencyStats:
+        if len(values) == 0:
+            nan = float("nan")
+            return cls(nan, nan, nan, nan)
+        p50, p90, p99 = np.percentile(values, [50, 90, 99])
+        return cls(float(values.mean()), float(p50), float(p90), float(p99))
+
+
+@dataclass(frozen=True, slots=True)
+class StepSeries:
+    """A step function: from ``t[i]`` on the value is ``v[i]`` (until ``t[i+1]``)."""
+
+    t: Floats
+    v: Floats
+
+    @classmethod
+    def of(cls, t: Sequence[float], v: Sequence[float]) -> StepSeries:
+        return cls(np.asarray(t, dtype=np.float64), np.asarray(v, dtype=np.float64))
+
+    def value_at(self, when: float) -> float:
+        i = int(np.searchsorted(self.t, when, side="right")) - 1
+        return float(self.v[i]) if i >= 0 else float("nan")
+
+
+def time_average(series: StepSeries, start: float, end: float) -> float:
+    """Time average of a step function over ``[start, end)`` (0 before its first point)."""
+    if end <= start:
+        return 0.0
+    t = np.clip(np.append(series.t, end), start, end)
+    widths = np.diff(t)
+    return float(np.dot(widths, series.v) / (end - start))
+
+
+def binned_mean(series: StepSeries, end: float, bin_s: float) -> tuple[Floats, Floats]:
+    """Mean of a step function over consecutive bins of ``bin_s`` seconds: (bin starts, means)."""
+    if end <= 0 or bin_s <= 0:
+        return np.zeros(0), np.zeros(0)
+    edges = np.arange(0.0, end + bin_s, bin_s, dtype=np.float64)
+    # Integral of the step function up to each edge, by interpolating its cumulative area.
+    t = np.append(series.t, max(end, float(series.t[-1]) if len(series.t) else end))
+    area = np.concatenate(([0.0], np.cumsum(np.diff(t) * series.v)))
+    cum = np.interp(edges, t, area, left=0.0)
+    # np.interp is linear between knots, which is exact for the integral of a step function.
+    means = np.diff(cum) / bin_s
+    return edges[:-1], means
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """One run: per-request columns (seconds since start), series, and the event count."""
+
+    name: str
+    arrival_s: Floats
+    input_tokens: npt.NDArray[np.int64]
+    output_tokens: npt.NDArray[np.int64]
+    uncached_tokens: npt.NDArray[np.int64]
+    remote: npt.NDArray[np.bool_]
+    prefill_queued_s: Floats
+    """When the request joined its prefill instance's queue (after routing)."""
+    prefill_start_s: Floats
+    prefill_end_s: Floats
+    first_token_s: Floats
+    finish_s: Floats
+    links: dict[str, StepSeries] = field(default_factory=dict)
+    """Egress (bit/s) per link."""
+    link_capacity: dict[str, StepSeries] = field(default_factory=dict)
+    """Capacity (bit/s) per link."""
+    offered: dict[str, tuple[Floats, Floats]] = field(default_factory=dict)
+    """Per link: (routing time, KV bytes) of each transfer sent over it."""
+    thresholds: dict[str, StepSeries] = field(default_factory=dict)
+    """Offload threshold ``t`` (tokens; inf = no offload) per link over time."""
+    queues: dict[str, StepSeries] = field(default_factory=dict)
+    """Requests waiting (not yet in service) per pool over time."""
+    events: int = 0
+
+    def __len__(self) -> int:
+        return len(self.arrival_s)
+
+    @property
+    def ttft(self) -> Floats:
+        return self.first_token_s - self.arrival_s
+
+    @property
+    def e2e(self) -> Floats:
+        return self.finish_s - self.arrival_s
+
+    @property
+    def tpot(self) -> Floats:
+        steps = np.maximum(self.output_tokens - 1, 1)
+        out = (self.finish_s - self.first_token_s) / steps
+        out[self.output_tokens <= 1] = 0.0
+        return out
+
+    @property
+    def end_s(self) -> float:
+        return float(self.finish_s.max()) if len(self) else 0.0
+
+    @property
+    def throughput_rps(self) -> float:
+        """Completed requests per second from the first arrival to the last completion."""
+        if len(self) == 0:
+            return 0.0
+        span = self.end_s - float(self.arrival_s[0])
+        return len(self) / span if span > 0 else float("inf")
+
+    @property
+    def offload_fraction(self) -> float:
+        return float(self.remote.mean()) if len(self) else 0.0
+
+    def attainment(self, ttft_s: float, tpot_s: float) -> float:
+        """Fraction of requests meeting the TTFT and the TPOT objective together."""
+        if len(self) == 0:
+            return 0.0
+        ok = (self.ttft <= ttft_s) & (self.tpot <= tpot_s)
+        return float(ok.mean())
+
+    def mean_egress_bps(self, link: str, start: float = 0.0, end: float | None = None) -> float:
+        stop = self.end_s if end is None else end
+        return time_average(self.links[link], start, stop)
+
+    def summary(self, ttft_s: float | None = None, tpot_s: float | None = None) -> dict[str, Any]:
+        """Plain numbers for tables and JSON."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "requests": len(self),
+            "throughputRps": self.throughput_rps,
+            "offloadFraction": self.offload_fraction,
+            "ttft": LatencyStats.of(self.ttft),
+            "tpot": LatencyStats.of(self.tpot),
+            "e2e": LatencyStats.of(self.e2e),
+            "egressGbps": {k: self.mean_egress_bps(k) / 1e9 for k in self.links},
+        }
+        if ttft_s is not None and tpot_s is not None:
+            out["attainment"] = self.attainment(ttft_s, tpot_s)
+        return out
