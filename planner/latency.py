@@ -12,7 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-__all__ = ["DistServeForm", "LatencyModel", "LatencySource"]
+__all__ = [
+    "DecodePhase",
+    "DistServeForm",
+    "InstanceLatency",
+    "LatencyModel",
+    "LatencySource",
+    "PrefillPhase",
+]
 
 LatencySource = Literal["fit", "roofline", "published"]
 
@@ -50,3 +57,64 @@ class DistServeForm:
 
     def decode_step_seconds(self, batch: int, total_context: float) -> float:
         return self.decode_a + self.decode_b * total_context + self.decode_c * batch
+
+
+class PrefillPhase(Protocol):
+    """Prefill time of one batch on one instance, with where the number comes from."""
+
+    source: LatencySource
+    note: str
+
+    def __call__(self, lengths: Sequence[float]) -> float: ...
+
+
+class DecodePhase(Protocol):
+    """Decode step time on one instance, with where the number comes from."""
+
+    source: LatencySource
+    note: str
+
+    def __call__(self, batch: int, total_context: float) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceLatency:
+    """A ``LatencyModel`` for one (model, GPU, TP, PP) made of a prefill and a decode phase that
+    may come from different places (e.g. a published prefill profile and a roofline decode).
+
+    With PP, one request still crosses every stage (``prefill_seconds`` is the whole latency),
+    but stages work on different requests at once, so an instance completes prefills every
+    ``prefill_stage_seconds`` = latency / PP (equal stages, no bubbles once the pipe is full)
+    and keeps PP decode micro-batches in flight.
+    """
+
+    prefill: PrefillPhase
+    decode: DecodePhase
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+
+    @property
+    def source(self) -> LatencySource:
+        return self.prefill.source
+
+    @property
+    def prefill_source(self) -> LatencySource:
+        return self.prefill.source
+
+    @property
+    def decode_source(self) -> LatencySource:
+        return self.decode.source
+
+    @property
+    def gpus(self) -> int:
+        return self.tensor_parallel * self.pipeline_parallel
+
+    def prefill_seconds(self, lengths: Sequence[float]) -> float:
+        return self.prefill(lengths)
+
+    def prefill_stage_seconds(self, lengths: Sequence[float]) -> float:
+        """Time between completions when the pipeline is full (the throughput-limiting stage)."""
+        return self.prefill(lengths) / self.pipeline_parallel
+
+    def decode_step_seconds(self, batch: int, total_context: float) -> float:
+        return self.decode(batch, total_context)
