@@ -1,0 +1,98 @@
+"""The operator's Prometheus metrics (``prfaas_operator_*``) and the HTTP server behind them.
+
+Metrics live in a ``CollectorRegistry`` owned by an ``OperatorMetrics`` instance, not the
+process-global one, so tests and a restarted operator start from zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any
+
+from prfaas.planner.plan import Plan
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["OperatorMetrics"]
+
+
+@dataclass
+class OperatorMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.reconcile_seconds = Histogram(
+            "prfaas_operator_reconcile_duration_seconds",
+            "Wall time of one reconcile, by kind.",
+            ["kind"],
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.reconcile_errors = Counter(
+            "prfaas_operator_reconcile_errors",
+            "Reconciles that failed and will be retried, by kind and reason.",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.planned_instances = Gauge(
+            "prfaas_operator_planned_instances",
+            "Engine instances in the current plan, by plan, cluster and role.",
+            ["plan", "cluster", "role"],
+            registry=r,
+        )
+        self.threshold_tokens = Gauge(
+            "prfaas_operator_threshold_tokens",
+            "Planned offload threshold t (uncached prompt tokens); +Inf: no offload.",
+            ["plan"],
+            registry=r,
+        )
+        self.predicted_throughput = Gauge(
+            "prfaas_operator_predicted_throughput_rps",
+            "Predicted Λ_max of the current plan (requests/s).",
+            ["plan"],
+            registry=r,
+        )
+        self._server: Any = None
+
+    @contextmanager
+    def time_reconcile(self, kind: str) -> Iterator[None]:
+        """Observe the duration of the ``with`` body; count it as an error if it raises."""
+        start = perf_counter()
+        try:
+            yield
+        except BaseException as exc:
+            self.reconcile_errors.labels(kind, type(exc).__name__).inc()
+            raise
+        finally:
+            self.reconcile_seconds.labels(kind).observe(perf_counter() - start)
+
+    def record_plan(self, plan_key: str, plan: Plan) -> None:
+        """Publish the planned instances, t and Λ_max of ``plan`` under ``plan_key``."""
+        self.forget_plan(plan_key)
+        for cp in plan.clusters:
+            self.planned_instances.labels(plan_key, cp.name, cp.role).set(cp.instances)
+        t = plan.threshold_tokens
+        self.threshold_tokens.labels(plan_key).set(float("inf") if t is None else t)
+        self.predicted_throughput.labels(plan_key).set(plan.throughput_rps)
+
+    def forget_plan(self, plan_key: str) -> None:
+        """Drop every series of a deleted (or re-planned) ServingPlan."""
+        for gauge in (self.planned_instances, self.threshold_tokens, self.predicted_throughput):
+            for labels in list(gauge._metrics):  # prometheus_client keeps them here
+                if labels and labels[0] == plan_key:
+                    gauge.remove(*labels)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        """Serve ``/metrics`` on ``port`` from a daemon thread (prometheus_client's server)."""
+        server, thread = start_http_server(port, addr=addr, registry=self.registry)
+        self._server = (server, thread)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            server, thread = self._server
+            server.shutdown()
+            thread.join(timeout=5)
+            self._server = None
