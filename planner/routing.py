@@ -149,6 +149,13 @@ class ThresholdController:
         elif math.isinf(self.threshold):
             self.threshold = self._floor()
 
+    def set_planned(self, planned: float | None) -> None:
+        """The planner's ``t`` changed (a new plan): never stay below the new floor."""
+        self.planned = planned
+        floor = self._floor()
+        if math.isinf(floor) or math.isinf(self.threshold) or self.threshold < floor:
+            self.threshold = floor
+
     def update(self, now: float, egress_bps: float) -> float:
         """Feed the current egress estimate; returns the threshold to use now."""
         floor = self._floor()

@@ -90,7 +90,7 @@ def test_round_trip_through_text(fmt: str, tmp_path: Path) -> None:
         _plan(local_prefill=True), ENDPOINTS, tokenizer="/m", max_model_len=2048
     )
     path = tmp_path / f"router.{fmt}"
-    text = dump_router_config(cfg, fmt=fmt)  # type: ignore[arg-type]
+    text = dump_router_config(cfg, fmt=fmt)
     assert "localDatacenter" in text and "kvBytesPerToken" in text
     path.write_text(text)
     assert load_router_config(path) == cfg

@@ -1,0 +1,112 @@
+"""The router's Prometheus metrics (``prfaas_router_*``), in a registry owned by one router.
+
+Latencies are what the client sees: TTFT from the request's arrival to the first byte of the
+decode stream (the whole answer when not streaming), TPOT the mean gap between later streamed
+events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "RouterMetrics"]
+
+_LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+_TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+_TOKEN_BUCKETS = tuple(float(2**k) for k in range(4, 21))
+
+
+@dataclass(slots=True)
+class RouterMetrics:
+    """All metric families of one router (no global registry, so tests can run many)."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    requests: Counter = field(init=False)
+    ttft: Histogram = field(init=False)
+    tpot: Histogram = field(init=False)
+    uncached: Histogram = field(init=False)
+    kv_in_flight: Gauge = field(init=False)
+    threshold: Gauge = field(init=False)
+    link_up: Gauge = field(init=False)
+    backend_failures: Counter = field(init=False)
+    config_reloads: Counter = field(init=False)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "prfaas_router_requests",
+            "Requests by path (local, remote, fallback, none) and "
+            "outcome (ok, client_error, error, cancelled).",
+            ["path", "outcome"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "prfaas_router_ttft_seconds",
+            "Time to first token as the client sees it.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "prfaas_router_tpot_seconds",
+            "Time per output token of streamed answers.",
+            buckets=_TPOT_BUCKETS,
+            registry=r,
+        )
+        self.uncached = Histogram(
+            "prfaas_router_uncached_tokens",
+            "Prompt tokens not in any local prefix cache.",
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.kv_in_flight = Gauge(
+            "prfaas_router_kv_bytes_in_flight",
+            "KV bytes of remote prefills not yet pulled.",
+            ["link"],
+            registry=r,
+        )
+        self.threshold = Gauge(
+            "prfaas_router_threshold_tokens",
+            "Current offload threshold t (+Inf: no offload).",
+            ["link"],
+            registry=r,
+        )
+        self.link_up = Gauge(
+            "prfaas_router_link_up",
+            "1 while remote prefill over this link is allowed.",
+            ["link"],
+            registry=r,
+        )
+        self.backend_failures = Counter(
+            "prfaas_router_backend_failures",
+            "Failed engine calls by datacenter and role.",
+            ["datacenter", "role"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "prfaas_router_config_reloads",
+            "Router file reloads by outcome (ok, error).",
+            ["outcome"],
+            registry=r,
+        )
+
+    def exposition(self) -> bytes:
+        """The text format served at ``/metrics``."""
+        return generate_latest(self.registry)

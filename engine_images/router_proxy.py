@@ -1,0 +1,587 @@
+"""The two-step disaggregated call: prefill (``max_tokens=1`` + ``kv_transfer_params``), then
+decode with the params the prefill returned, its answer streamed through to the client.
+
+``Router.handle`` validates, tokenises, asks ``RoutingPolicy`` where to go, runs the prefill
+leg (remote → on failure local → on failure the decode instance prefills itself), opens the
+decode leg and returns a ``Relay``; ``Relay.respond`` writes the decode answer to the client
+and does the bookkeeping (metrics, loads, prefix caches, KV bytes in flight). Errors are raised
+as ``RouterError`` subclasses; ``router_app`` turns them into HTTP answers.
+
+The handshake (``shared/reference/vllm-cpu-pd.md``)::
+
+    prefill ← request + {max_tokens: 1, [max_completion_tokens: 1], stream: false,
+               kv_transfer_params: {do_remote_decode: true, do_remote_prefill: false,
+               remote_engine_id: null, remote_block_ids: null, remote_host: null,
+               remote_port: null}}          (no stream_options, no min_tokens)
+    decode  ← request + {kv_transfer_params: <what prefill returned>}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+from aiohttp import web
+from prfaas.engine.router_config import RouterConfig
+from prfaas.engine.router_errors import (
+    BadRequestError,
+    InvalidJSONError,
+    MissingFieldError,
+    ModelNotFoundError,
+    NoBackendError,
+    PromptTooLongError,
+    RouterError,
+    UpstreamError,
+    UpstreamRejectedError,
+    UpstreamTimeoutError,
+)
+from prfaas.engine.router_metrics import RouterMetrics
+from prfaas.engine.router_policy import Decision, Instance, LinkState, RoutingPolicy
+from prfaas.engine.router_tokenizer import PromptTokenizer, load_tokenizer
+
+__all__ = [
+    "PREFILL_KV_PARAMS",
+    "ApiKind",
+    "ParsedRequest",
+    "Relay",
+    "Router",
+    "decode_body",
+    "new_request_id",
+    "parse_request",
+    "prefill_body",
+]
+
+log = logging.getLogger(__name__)
+
+ApiKind = Literal["completions", "chat"]
+_ENDPOINT: dict[ApiKind, str] = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+
+PREFILL_KV_PARAMS: dict[str, Any] = {
+    "do_remote_decode": True,
+    "do_remote_prefill": False,
+    "remote_engine_id": None,
+    "remote_block_ids": None,
+    "remote_host": None,
+    "remote_port": None,
+}
+"""What the prefill leg asks for: "prefill, keep the blocks, someone will pull them"."""
+
+_INLINE_TOKENIZE_CHARS = 16384
+"""Longer prompts are tokenised in a worker thread so the event loop keeps serving."""
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+# ---------------------------------------------------------------------- request parsing
+@dataclass(slots=True)
+class ParsedRequest:
+    """A validated client request (``body`` is forwarded; the rest is what the router needs)."""
+
+    kind: ApiKind
+    body: dict[str, Any]
+    stream: bool
+    max_tokens: int | None
+    prompt_ids: list[int] | None = None
+    """Set when the completions prompt is already token ids."""
+
+
+def _optional_positive_int(body: Mapping[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise BadRequestError(f"{key!r} must be a positive integer, got {value!r}")
+    return value
+
+
+def _single_prompt(prompt: Any) -> str | list[int]:
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        if not prompt:
+            raise MissingFieldError("'prompt' is empty; send at least one character")
+        return prompt
+    if isinstance(prompt, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in prompt
+    ):
+        if not prompt:
+            raise MissingFieldError("'prompt' is an empty token list")
+        return list(prompt)
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str | list) for p in prompt):
+        raise BadRequestError(
+            f"batched prompts ({len(prompt)} in one request) are not supported by the "
+            "disaggregated router; send one request per prompt"
+        )
+    raise MissingFieldError("'prompt' must be a string or a list of token ids")
+
+
+def parse_request(kind: ApiKind, raw: bytes) -> ParsedRequest:
+    """Validate the body; raises ``BadRequestError`` subclasses (the engines never see these)."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidJSONError(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidJSONError(f"request body must be a JSON object, got {type(body).__name__}")
+    prompt_ids: list[int] | None = None
+    if kind == "completions":
+        if "prompt" not in body or body["prompt"] is None:
+            raise MissingFieldError("'prompt' is required for /v1/completions")
+        prompt = _single_prompt(body["prompt"])
+        if isinstance(prompt, list):
+            prompt_ids = prompt
+        body["prompt"] = prompt
+    else:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise MissingFieldError(
+                "'messages' is required for /v1/chat/completions: a non-empty list of "
+                "{role, content} objects"
+            )
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+            raise MissingFieldError("every entry of 'messages' must be an object with a 'role'")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequestError(f"'stream' must be true or false, got {stream!r}")
+    max_tokens = _optional_positive_int(body, "max_completion_tokens")
+    legacy = _optional_positive_int(body, "max_tokens")
+    return ParsedRequest(kind, body, stream, max_tokens or legacy, prompt_ids)
+
+
+def prefill_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The prefill leg's body: one token, no streaming, KV kept for a remote decode."""
+    out = {k: v for k, v in body.items() if k not in ("stream_options", "min_tokens")}
+    out["max_tokens"] = 1
+    if "max_completion_tokens" in out:
+        out["max_completion_tokens"] = 1
+    out["stream"] = False
+    out["kv_transfer_params"] = dict(PREFILL_KV_PARAMS)
+    return out
+
+
+def decode_body(body: Mapping[str, Any], kv_params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The decode leg's body: the client's request plus exactly the prefill's KV params."""
+    out = dict(body)
+    out.pop("kv_transfer_params", None)
+    if kv_params is not None:
+        out["kv_transfer_params"] = dict(kv_params)
+    return out
+
+
+def _reason(data: bytes, limit: int = 300) -> str:
+    """An engine's error message (OpenAI error JSON or raw text), shortened."""
+    try:
+        obj = json.loads(data)
+        msg = obj.get("error", obj) if isinstance(obj, dict) else obj
+        if isinstance(msg, dict):
+            msg = msg.get("message", msg)
+        text = str(msg)
+    except ValueError:
+        text = data.decode(errors="replace")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+# ---------------------------------------------------------------------- bookkeeping
+@dataclass(slots=True)
+class _Ticket:
+    """What one request holds (KV bytes on a link) until it is done; released exactly once."""
+
+    link: LinkState | None = None
+    kv_bytes: float = 0.0
+
+    def deliver(self) -> None:
+        if self.link is not None:
+            self.link.delivered(self.kv_bytes)
+            self.link, self.kv_bytes = None, 0.0
+
+
+def _outcome(exc: BaseException) -> str:
+    if isinstance(exc, RouterError) and 400 <= exc.status < 500:
+        return "client_error"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return "error"
+
+
+# ---------------------------------------------------------------------- the router
+class Router:
+    """The routing core: one per router process; owns the HTTP client session and the policy.
+
+    Use ``await router.start()`` before ``handle`` and ``await router.close()`` after;
+    ``clock`` (monotonic seconds) and ``tokenizer`` may be injected by tests.
+    """
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        *,
+        tokenizer: PromptTokenizer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: RouterMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.policy = RoutingPolicy(config)
+        self.clock = clock
+        self.metrics = metrics or RouterMetrics()
+        self.tokenizer = tokenizer
+        self._tokenizer_injected = tokenizer is not None
+        self._session: aiohttp.ClientSession | None = None
+        self.update_gauges()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = await asyncio.to_thread(load_tokenizer, self.config.tokenizer)
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("Router.start() was not awaited before serving requests")
+        return self._session
+
+    async def reconfigure(self, config: RouterConfig) -> None:
+        """Adopt a new router file (endpoints, t, links…); caches and loops carry over."""
+        if config.tokenizer != self.config.tokenizer and not self._tokenizer_injected:
+            self.tokenizer = await asyncio.to_thread(load_tokenizer, config.tokenizer)
+        self.config = config
+        self.policy.reconfigure(config)
+        self.update_gauges()
+
+    def tick(self) -> None:
+        """Run the bandwidth loop (decay ``t`` when idle) and refresh gauges."""
+        self.policy.tick(self.clock())
+        self.update_gauges()
+
+    def update_gauges(self) -> None:
+        now = self.clock()
+        m = self.metrics
+        for link in self.policy.links.values():
+            m.threshold.labels(link.name).set(link.controller.threshold)
+            m.kv_in_flight.labels(link.name).set(link.bytes_in_flight)
+            m.link_up.labels(link.name).set(1.0 if link.usable(now) else 0.0)
+
+    def healthy_decode(self) -> int:
+        now = self.clock()
+        pool = self.policy.pool(self.config.local_datacenter, "decode")
+        return sum(1 for i in pool if i.circuit.allows(now))
+
+    # ------------------------------------------------------------------ one request
+    async def handle(self, kind: ApiKind, raw: bytes, request_id: str) -> Relay:
+        """Validate, route, prefill, open decode. Raises ``RouterError``; returns a ``Relay``."""
+        t0 = self.clock()
+        path = "none"
+        ticket = _Ticket()
+        try:
+            req = parse_request(kind, raw)
+            self._check_model(req)
+            tokens = await self._tokenize(req)
+            self._check_length(req, len(tokens))
+            d = self.policy.decide(tokens, t0)
+            self.metrics.uncached.observe(d.uncached_tokens)
+            path = d.route
+            if d.link is not None:
+                d.link.send(t0, d.kv_bytes)
+                ticket.link, ticket.kv_bytes = d.link, d.kv_bytes
+                self.update_gauges()
+            kv_params, path = await self._prefill(req, d, request_id, ticket)
+            resp, decode = await self._open_decode(req, d, kv_params, request_id)
+        except BaseException as exc:
+            ticket.deliver()
+            self.metrics.requests.labels(path, _outcome(exc)).inc()
+            self.update_gauges()
+            raise
+        return Relay(self, req, request_id, path, t0, resp, decode, d.hashes, ticket)
+
+    def _check_model(self, req: ParsedRequest) -> None:
+        model = req.body.get("model")
+        if model is not None and model != self.config.model:
+            raise ModelNotFoundError(
+                f"The model `{model}` does not exist; this router serves `{self.config.model}`"
+            )
+
+    async def _tokenize(self, req: ParsedRequest) -> list[int]:
+        if req.prompt_ids is not None:
+            return req.prompt_ids
+        tok = self.tokenizer
+        if tok is None:
+            raise RuntimeError("Router.start() was not awaited (no tokenizer)")
+        if req.kind == "completions":
+            text: str = req.body["prompt"]
+            if len(text) > _INLINE_TOKENIZE_CHARS:
+                return await asyncio.to_thread(tok.encode_prompt, text)
+            return tok.encode_prompt(text)
+        options = {
+            k: req.body[k]
+            for k in ("add_generation_prompt", "continue_final_message", "chat_template_kwargs")
+            if k in req.body
+        }
+        messages = req.body["messages"]
+        if len(json.dumps(messages)) > _INLINE_TOKENIZE_CHARS:
+            return await asyncio.to_thread(tok.encode_chat, messages, **options)
+        return tok.encode_chat(messages, **options)
+
+    def _check_length(self, req: ParsedRequest, n: int) -> None:
+        limit = self.config.max_model_len
+        if limit is None:
+            return
+        want = req.max_tokens or 1
+        if n + want > limit:
+            raise PromptTooLongError(
+                f"This model's maximum context length is {limit} tokens. However, you "
+                f"requested {n + want} tokens ({n} in the prompt, {want} for the completion). "
+                "Shorten the prompt or lower max_tokens."
+            )
+
+    # ------------------------------------------------------------------ prefill leg
+    async def _prefill(
+        self, req: ParsedRequest, d: Decision, rid: str, ticket: _Ticket
+    ) -> tuple[dict[str, Any] | None, str]:
+        """Run the prefill leg; returns (KV params or ``None`` for decode-prefills, path)."""
+        path: str = d.route
+        prefill = d.prefill
+        if d.route == "remote":
+            assert prefill is not None and d.link is not None
+            try:
+                params = await self._call_prefill(prefill, req, d, rid)
+            except UpstreamRejectedError:
+                raise
+            except UpstreamError as exc:
+                d.link.circuit.record_failure(self.clock())
+                ticket.deliver()
+                log.warning(
+                    "request %s: remote prefill on %s failed (%s); falling back to local prefill",
+                    rid,
+                    prefill.url,
+                    exc.message,
+                )
+                path = "fallback"
+                prefill = self.policy.local_prefill(d.hashes, self.clock())
+            else:
+                d.link.circuit.record_success()
+                return params, path
+        tried: set[int] = set()
+        while prefill is not None:
+            tried.add(id(prefill))
+            try:
+                return await self._call_prefill(prefill, req, d, rid), path
+            except UpstreamRejectedError:
+                raise
+            except UpstreamError as exc:
+                log.warning(
+                    "request %s: local prefill on %s failed (%s)", rid, prefill.url, exc.message
+                )
+                now = self.clock()
+                pool = self.policy.pool(self.config.local_datacenter, "prefill")
+                rest = [i for i in pool if id(i) not in tried and i.circuit.allows(now)]
+                prefill, _ = self.policy.pick(rest, d.hashes, now)
+        return None, path  # no local PD-P (or all failed): decode prefills itself
+
+    async def _call_prefill(
+        self, inst: Instance, req: ParsedRequest, d: Decision, rid: str
+    ) -> dict[str, Any]:
+        t = self.config.timeouts
+        timeout = aiohttp.ClientTimeout(total=t.prefill_s, connect=t.connect_s)
+        payload = json.dumps(prefill_body(req.body)).encode()
+        inst.started()
+        try:
+            async with self.session.post(
+                inst.url + _ENDPOINT[req.kind],
+                data=payload,
+                timeout=timeout,
+                headers={"Content-Type": "application/json", "X-Request-Id": rid},
+            ) as resp:
+                data = await resp.read()
+                status = resp.status
+        except TimeoutError as exc:
+            self._failed(inst)
+            raise UpstreamTimeoutError(
+                f"prefill on {inst.url} did not answer within {t.prefill_s:g} s"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            self._failed(inst)
+            raise UpstreamError(f"prefill on {inst.url} failed: {exc!r}") from exc
+        finally:
+            inst.finished()
+        if 400 <= status < 500:
+            raise UpstreamRejectedError(_reason(data), status=status, body=data)
+        if status >= 300:
+            self._failed(inst)
+            raise UpstreamError(f"prefill on {inst.url} answered {status}: {_reason(data)}")
+        try:
+            params = json.loads(data).get("kv_transfer_params")
+        except (ValueError, AttributeError):
+            params = None
+        if not isinstance(params, dict):
+            self._failed(inst)
+            raise UpstreamError(
+                f"prefill on {inst.url} answered without kv_transfer_params; start it with "
+                "--kv-transfer-config kv_role=kv_producer"
+            )
+        inst.circuit.record_success()
+        inst.cache.insert(d.hashes)
+        return params
+
+    def _failed(self, inst: Instance) -> None:
+        inst.circuit.record_failure(self.clock())
+        self.metrics.backend_failures.labels(inst.datacenter, inst.role).inc()
+
+    # ------------------------------------------------------------------ decode leg
+    async def _open_decode(
+        self, req: ParsedRequest, d: Decision, kv: dict[str, Any] | None, rid: str
+    ) -> tuple[aiohttp.ClientResponse, Instance]:
+        """POST to decode and wait for its status line; tries other decode instances on failure."""
+        t = self.config.timeouts
+        timeout = aiohttp.ClientTimeout(
+            total=t.decode_s, connect=t.connect_s, sock_read=t.first_byte_s
+        )
+        payload = json.dumps(decode_body(req.body, kv)).encode()
+        headers = {"Content-Type": "application/json", "X-Request-Id": rid}
+        inst: Instance | None = d.decode
+        tried: set[int] = set()
+        last = "no decode instance was healthy"
+        while inst is not None:
+            tried.add(id(inst))
+            inst.started()
+            try:
+                resp = await self.session.post(
+                    inst.url + _ENDPOINT[req.kind],
+                    data=payload,
+                    headers=headers,
+                    timeout=timeout,
+                )
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                inst.finished()
+                self._failed(inst)
+                last = f"decode on {inst.url} failed: {exc!r}"
+            except BaseException:
+                inst.finished()
+                raise
+            else:
+                if resp.status < 300:
+                    return resp, inst
+                try:
+                    data = await resp.read()
+                finally:
+                    resp.release()
+                    inst.finished()
+                if 400 <= resp.status < 500:
+                    raise UpstreamRejectedError(_reason(data), status=resp.status, body=data)
+                self._failed(inst)
+                last = f"decode on {inst.url} answered {resp.status}: {_reason(data)}"
+            log.warning("request %s: %s", rid, last)
+            now = self.clock()
+            pool = self.policy.pool(self.config.local_datacenter, "decode")
+            rest = [i for i in pool if id(i) not in tried]
+            inst, _ = self.policy.pick(rest, d.hashes, now)
+        if len(tried) == 0:
+            raise NoBackendError(last)
+        raise UpstreamError(f"every decode attempt failed; last: {last}")
+
+
+# ---------------------------------------------------------------------- the answer
+@dataclass(slots=True)
+class Relay:
+    """An open decode response, written to the client by ``respond`` (which also accounts)."""
+
+    router: Router
+    req: ParsedRequest
+    request_id: str
+    path: str
+    t0: float
+    resp: aiohttp.ClientResponse
+    decode: Instance
+    hashes: list[bytes]
+    ticket: _Ticket
+    _events: int = field(default=0)
+
+    async def respond(self, request: web.Request) -> web.StreamResponse:
+        router, resp = self.router, self.resp
+        outcome = "error"
+        try:
+            if self.req.stream and resp.content_type == "text/event-stream":
+                out, outcome = await self._stream(request)
+            else:
+                data = await resp.read()
+                router.metrics.ttft.observe(router.clock() - self.t0)
+                self.ticket.deliver()
+                out = web.Response(
+                    body=data,
+                    status=resp.status,
+                    headers={
+                        "Content-Type": resp.headers.get("Content-Type", "application/json"),
+                        "X-Request-Id": self.request_id,
+                    },
+                )
+                outcome = "ok"
+            return out
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            router._failed(self.decode)
+            raise UpstreamError(f"decode on {self.decode.url} broke off: {exc!r}") from exc
+        except (asyncio.CancelledError, ConnectionResetError):
+            outcome = "cancelled"
+            raise
+        finally:
+            if outcome == "ok":
+                resp.release()
+                self.decode.circuit.record_success()
+                self.decode.cache.insert(self.hashes)
+            else:
+                resp.close()
+            self.decode.finished()
+            self.ticket.deliver()
+            router.metrics.requests.labels(self.path, outcome).inc()
+            router.update_gauges()
+
+    async def _stream(self, request: web.Request) -> tuple[web.StreamResponse, str]:
+        router, resp = self.router, self.resp
+        out = web.StreamResponse(
+            status=resp.status,
+            headers={
+                "Content-Type": resp.headers.get("Content-Type", "text/event-stream"),
+                "Cache-Control": "no-cache",
+                "X-Request-Id": self.request_id,
+            },
+        )
+        await out.prepare(request)
+        first = last = 0.0
+        events = 0
+        try:
+            async for chunk in resp.content.iter_any():
+                now = router.clock()
+                if events == 0:
+                    first = now
+                    router.metrics.ttft.observe(now - self.t0)
+                    self.ticket.deliver()
+                events += chunk.count(b"data:") - chunk.count(b"data: [DONE]")
+                last = now
+                await out.write(chunk)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # Headers are out: tell the client in-band, then end the stream.
+            router._failed(self.decode)
+            err = UpstreamError(f"decode on {self.decode.url} broke off: {exc!r}")
+            await out.write(b"data: " + json.dumps(err.to_json()).encode() + b"\n\n")
+            await out.write_eof()
+            return out, "error"
+        if events > 1:
+            router.metrics.tpot.observe((last - first) / (events - 1))
+        await out.write_eof()
+        return out, "ok"
