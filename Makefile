@@ -35,6 +35,8 @@ help:
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# pip runs as .venv/bin/pip, never `python -m pip`: -m puts the current folder first on
+# sys.path, where operator/ would shadow the standard library's operator module.
 # torch first and pinned, so pip takes the CPU wheel on this machine's disk rather than a
 # multi-GB CUDA build; torchvision & co. do not import beside it; nixl without its torch pin.
 install: $(BIN)/python
@@ -43,10 +45,10 @@ install: $(BIN)/python
 		echo "prfaas: $(VENV) is up to date"; exit 0; \
 	fi; \
 	set -x; \
-	$(BIN)/python -m pip install --quiet torch==2.13.0; \
-	$(BIN)/python -m pip install --quiet -e '.[engine,test,dev]'; \
-	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec; \
-	$(BIN)/python -m pip install --quiet --no-deps nixl-cu12==1.5.1 nixl==1.5.1; \
+	$(BIN)/pip install --quiet torch==2.13.0; \
+	$(BIN)/pip install --quiet -e '.[engine,test,dev]'; \
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec; \
+	$(BIN)/pip install --quiet --no-deps nixl-cu12==1.5.1 nixl==1.5.1; \
 	echo "$$hash" > $(STAMP)
 
 # The main job: `prfaas plan` on the case study once the planner provides it, `validate` until then.
