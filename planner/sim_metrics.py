@@ -104,6 +104,8 @@ class SimResult:
     prefill_start_s: Floats
     prefill_end_s: Floats
     first_token_s: Floats
+    decode_start_s: Floats
+    """When the request joined a decode batch (its first token time if it waited for none)."""
     finish_s: Floats
     links: dict[str, StepSeries] = field(default_factory=dict)
     """Egress (bit/s) per link."""

@@ -245,6 +245,7 @@ class Simulation:
         self._pstart = [nan] * n
         self._pend = [nan] * n
         self._first = [nan] * n
+        self._dstart = [nan] * n
         self._finish = [nan] * n
         self._req_inst: list[int] = [0] * n
         self._hash_memo: dict[int, list[bytes]] = {}
@@ -276,8 +277,6 @@ class Simulation:
                 low_water=r.low_water,
                 interval_s=r.controller_interval_s,
             )
-            if not r.adaptive:
-                ctrl.interval_s = math.inf
             state = _LinkState(link, EgressMeter(window_s=r.meter_window_s), ctrl)
             state.thr_t.append(0.0)
             state.thr_v.append(ctrl.threshold)
@@ -318,6 +317,7 @@ class Simulation:
         self._dec_t = array("d", [0.0])
         self._dec_v = array("d", [0.0])
         self._dec_waiting = 0
+        self._adaptive = config.routing.adaptive
         self._caching = any(p.cache_blocks > 0 for p in config.prefill)
         self._kv_tok = config.kv_bytes_per_token
         self._kv_fix = config.kv_fixed_bytes
@@ -418,11 +418,12 @@ class Simulation:
                 target, hit = rid, rhit
             elif usable:
                 ctrl = state.controller
-                before = ctrl.threshold
-                thr = ctrl.update(self.now, state.meter.rate_bps(self.now))
-                if thr != before:
-                    state.thr_t.append(self.now)
-                    state.thr_v.append(thr)
+                thr = ctrl.threshold
+                if self._adaptive:
+                    thr = ctrl.update(self.now, state.meter.rate_bps(self.now))
+                    if thr != state.thr_v[-1]:
+                        state.thr_t.append(self.now)
+                        state.thr_v.append(thr)
                 if choose_route(length - hit, thr, remote_usable=True) == "remote":
                     target, hit = rid, rhit
         inst = self._instances[target]
@@ -521,7 +522,7 @@ class Simulation:
                 self._deliver(r)
 
     def _finished_at_first_token(self, r: int) -> None:
-        self._first[r] = self._finish[r] = self.now
+        self._first[r] = self._dstart[r] = self._finish[r] = self.now
         self._count_done()
 
     def _count_done(self) -> None:
@@ -603,6 +604,7 @@ class Simulation:
     def _admit(self, d: _Decoder, r: int) -> None:
         contrib = self._input[r] + 1 - d.steps
         d.base_ctx += contrib
+        self._dstart[r] = self.now
         heapq.heappush(d.members, (d.steps + self._output[r] - 1, r, contrib))
 
     def _start_epoch(self, di: int) -> None:
@@ -671,6 +673,7 @@ class Simulation:
             prefill_start_s=f(self._pstart, dtype=np.float64),
             prefill_end_s=f(self._pend, dtype=np.float64),
             first_token_s=f(self._first, dtype=np.float64),
+            decode_start_s=f(self._dstart, dtype=np.float64),
             finish_s=f(self._finish, dtype=np.float64),
             links=links,
             link_capacity=capacity,
