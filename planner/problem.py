@@ -1,0 +1,130 @@
+"""The planner's input: plain dataclasses, already resolved against the catalog.
+
+``prfaas.operator.translate`` builds a ``Problem`` from the custom resources; tests and benchmarks
+build one directly. Nothing here talks to Kubernetes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from prfaas.planner.catalog import GpuSpec, ModelArch
+from prfaas.planner.distributions import LengthDistribution
+from prfaas.planner.profiles import ProfileData
+from prfaas.planner.roofline import RooflineSettings
+
+if TYPE_CHECKING:
+    from prfaas.planner.parallelism import Candidate, RoleLoad
+
+__all__ = [
+    "ClusterInput",
+    "GoodputFn",
+    "LinkInput",
+    "OffloadInput",
+    "PlannerSettings",
+    "Problem",
+    "SloInput",
+    "WorkloadInput",
+]
+
+GoodputFn = Callable[["Candidate", "RoleLoad"], float]
+"""Per-instance goodput (req/s) of a candidate under a role's load and SLO; the simulator can
+replace the M/D/1 closed form with a simulated one (``PlannerSettings.goodput``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterInput:
+    """A pool of identical GPUs in one datacenter."""
+
+    name: str
+    datacenter: str
+    kind: Literal["prefill", "decode"]
+    """``prefill``: a PrfaaS cluster (long prefills only); ``decode``: a local PD cluster."""
+    gpu: GpuSpec
+    count: int
+    per_node: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class LinkInput:
+    """A directed inter-datacenter path for KV (``from_`` prefills, ``to`` decodes)."""
+
+    name: str
+    from_: str
+    to: str
+    bandwidth_gbps: float
+    rtt_ms: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SloInput:
+    ttft_s: float = 10.0
+    tpot_s: float = 0.1
+    percentile: float = 0.9
+    attainment: float = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadInput:
+    input_length: LengthDistribution
+    output_length: LengthDistribution
+    requests_per_second: float | None = None
+    prefix_cache_hit_rate: float = 0.0
+
+    @property
+    def uncached(self) -> LengthDistribution:
+        """Input lengths left to prefill after prefix-cache hits (what ``t`` is compared with)."""
+        return self.input_length.uncached(self.prefix_cache_hit_rate)
+
+
+@dataclass(frozen=True, slots=True)
+class OffloadInput:
+    mode: Literal["auto", "fixed", "off"] = "auto"
+    threshold_tokens: float | None = None
+    headroom: float = 0.8
+    """Fraction of each link's bandwidth the plan may fill with KV."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerSettings:
+    """Knobs of the search; the defaults reproduce the PrfaaS case study."""
+
+    memory_utilization: float = 0.9
+    """Fraction of GPU memory usable for weights + KV (vLLM's ``gpu_memory_utilization``)."""
+    max_nodes_per_instance: int = 1
+    """Instances stay inside one node by default (TP and PP over NVLink), as in the case study."""
+    roofline: RooflineSettings = field(default_factory=RooflineSettings)
+    grid_points: int = 48
+    """Log-spaced thresholds scanned before the golden-section refinement."""
+    tolerance: float = 1e-6
+    """Relative tolerance of the threshold optimisation."""
+    goodput: GoodputFn | None = None
+    """Per-instance goodput of a parallelism candidate; ``None``: the M/D/1 closed forms."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Everything ``plan()`` needs."""
+
+    name: str
+    model: ModelArch
+    clusters: tuple[ClusterInput, ...]
+    links: tuple[LinkInput, ...]
+    workload: WorkloadInput
+    slo: SloInput = field(default_factory=SloInput)
+    offload: OffloadInput = field(default_factory=OffloadInput)
+    profiles: tuple[ProfileData, ...] = ()
+    max_batch_size: int = 256
+    settings: PlannerSettings = field(default_factory=PlannerSettings)
+    notes: tuple[str, ...] = ()
+    """Provenance of inputs (where each number came from), copied into the plan's notes."""
+
+    @property
+    def prefill_clusters(self) -> tuple[ClusterInput, ...]:
+        return tuple(c for c in self.clusters if c.kind == "prefill")
+
+    @property
+    def decode_clusters(self) -> tuple[ClusterInput, ...]:
+        return tuple(c for c in self.clusters if c.kind == "decode")
