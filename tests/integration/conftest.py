@@ -1,0 +1,290 @@
+"""Two kmock ``KubernetesEmulator``s standing for two clusters, and the operator running on them.
+
+``local`` is the cluster the operator runs in (it holds the prfaas CRs, the decode cluster's
+children and the kubeconfig Secret); ``remote`` is reached through that Secret (the prefill
+cluster's children). Recipes and pitfalls: shared/reference/kopf-kmock-vllm.md — async tests
+that wait with ``await asyncio.sleep``, ``v1/namespaces`` discoverable, verbs declared, objects
+with ``metadata.resourceVersion``, CRs created only after kopf's watch is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+import pytest_asyncio
+import yaml
+
+from prfaas.operator import api
+from prfaas.operator.reconcile import PlannerFn, PlanRequest
+from prfaas.operator.runtime import run_operator
+from prfaas.operator.settings import OperatorSettings
+from prfaas.planner.plan import ClusterPlan, LinkPlan, Plan, RemotePrefill, RouterPlan
+
+REPO = Path(__file__).resolve().parents[2]
+CASE_STUDY = REPO / "crds" / "samples" / "case-study.yaml"
+OPERATOR_NS = "prfaas-system"
+SECRET = "dc-a-kubeconfig"
+ALL_VERBS = {"list", "watch", "get", "create", "patch", "delete"}
+
+_CORE = {
+    "v1/namespaces": ("Namespace", False),
+    "v1/secrets": ("Secret", True),
+    "v1/services": ("Service", True),
+    "v1/configmaps": ("ConfigMap", True),
+    "v1/nodes": ("Node", False),
+    "v1/events": ("Event", True),
+    "apps/v1/deployments": ("Deployment", True),
+}
+
+
+def declare(emulator: kmock.KubernetesEmulator, with_crds: bool) -> None:
+    """Make the emulator serve the kinds the operator (and kopf) use, with their verbs."""
+    for res, (kind, namespaced) in _CORE.items():
+        emulator.resources[res] = kmock.ResourceInfo(
+            kind=kind, singular=kind.lower(), verbs=ALL_VERBS, namespaced=namespaced,
+            subresources={"status"} if kind == "Deployment" else set(),
+        )
+    if with_crds:
+        for cls in api.KINDS:
+            emulator.resources[f"{api.API_VERSION}/{cls.PLURAL}"] = kmock.ResourceInfo(
+                kind=cls.KIND, singular=cls.KIND.lower(), verbs=ALL_VERBS,
+                subresources={"status"}, namespaced=cls.NAMESPACED,
+            )
+
+
+def kubeconfig(url: str) -> str:
+    return yaml.safe_dump({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "dc-a", "cluster": {"server": url}}],
+        "users": [{"name": "prfaas", "user": {"token": "not-checked"}}],
+        "contexts": [{"name": "dc-a", "context": {"cluster": "dc-a", "user": "prfaas"}}],
+        "current-context": "dc-a",
+    })
+
+
+def case_study() -> dict[str, dict[str, Any]]:
+    """The case-study objects by kind; the prefill cluster is moved to the remote cluster."""
+    docs = {d["kind"]: d for d in yaml.safe_load_all(CASE_STUDY.read_text()) if d}
+    docs["PrefillCluster"]["spec"]["target"] = {
+        "namespace": "prefill",
+        "kubeconfigSecretRef": {"name": SECRET},
+    }
+    return docs
+
+
+def path_of(obj: dict[str, Any], name: str | None = None) -> str:
+    cls = api.model_for_kind(obj["kind"])
+    base = f"/apis/{api.API_VERSION}"
+    if cls.NAMESPACED:
+        base += f"/namespaces/{obj['metadata'].get('namespace', 'default')}"
+    base += f"/{cls.PLURAL}"
+    return f"{base}/{name}" if name else base
+
+
+def fake_planner(request: PlanRequest) -> Plan:
+    """A stand-in planner with the real one's contract: 8-GPU instances everywhere, the decode
+    cluster split 3 prefill / 5 decode (the paper's optimum), 2 / 6 when TPOT < 20 ms (a
+    tighter TPOT needs smaller decode batches, so more instances); infeasible under 5 ms."""
+    spec = request.serving_plan.spec
+    tpot = api.duration_seconds(spec.slo.tpot)
+    if tpot < 0.005:
+        return Plan(model=spec.model.served_name, feasible=False,
+                    reason=f"spec.slo.tpot {spec.slo.tpot} is below the decode step time "
+                           "(≈ 12 ms on H20 at TP8); raise it")
+    clusters: list[ClusterPlan] = []
+    for pc in request.prefill:
+        n = pc.spec.accelerator.count // 8
+        clusters.append(ClusterPlan(pc.metadata.name, pc.spec.datacenter, "prefill",
+                                    pc.spec.accelerator.type, n, 8, 1, "fake"))
+    routers = []
+    for dc in request.decode:
+        total = dc.spec.accelerator.count // 8
+        n_d = min(total - 1, 5 if tpot >= 0.02 else 6)
+        clusters.append(ClusterPlan(dc.metadata.name, dc.spec.datacenter, "prefill",
+                                    dc.spec.accelerator.type, total - n_d, 8, 1, "fake"))
+        clusters.append(ClusterPlan(dc.metadata.name, dc.spec.datacenter, "decode",
+                                    dc.spec.accelerator.type, n_d, 8, 1, "fake"))
+        remotes = [
+            RemotePrefill(pc.metadata.name, ln.metadata.name)
+            for pc in request.prefill for ln in request.links
+            if ln.spec.from_ == pc.spec.datacenter and ln.spec.to == dc.spec.datacenter
+        ]
+        routers.append(RouterPlan(dc.metadata.name, 19400.0, 16800.0, 0.0, remotes))
+    links = [LinkPlan(ln.metadata.name, ln.spec.from_, ln.spec.to, ln.spec.bandwidth_gbps,
+                      spec.offload.bandwidth_headroom, 13.0) for ln in request.links]
+    return Plan(model=spec.model.served_name, threshold_tokens=19400.0, offload_fraction=0.496,
+                throughput_rps=3.24, bottleneck="prfaas", kv_bytes_per_token=16800.0,
+                clusters=clusters, links=links, routers=routers)
+
+
+def _res(r: Any) -> str:
+    return f"{r.group}/{r.version}/{r.plural}".lstrip("/")
+
+
+def find(emulator: kmock.KubernetesEmulator, res: str, namespace: str | None,
+         name: str) -> dict[str, Any] | None:
+    """The live object ``res`` (``group/version/plural``) ``namespace/name``, or ``None``."""
+    for (r, ns, n), obj in list(emulator.objects.items()):
+        if _res(r) == res and ns == namespace and n == name and not obj.deleted:
+            return dict(obj.raw)
+    return None
+
+
+@dataclass
+class World:
+    """Both emulators and helpers to drive them like ``kubectl`` would."""
+
+    local: kmock.KubernetesEmulator
+    remote: kmock.KubernetesEmulator
+    planner: PlannerFn = fake_planner
+    tasks: list[tuple[asyncio.Task[None], asyncio.Event]] = field(default_factory=list)
+
+    async def start_operator(self, **overrides: Any) -> None:
+        settings = OperatorSettings()
+        settings.reconcile.apply_mode = "merge"
+        settings.reconcile.namespace = OPERATOR_NS
+        settings.reconcile.resync_seconds = overrides.pop("resync", 0.5)
+        settings.reconcile.cluster_probe_seconds = 1.0
+        settings.retry.api_backoff_seconds = 0.02
+        settings.retry.reconcile_delay_seconds = 0.3
+        settings.metrics_port = 0
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_operator(
+            settings, server=str(self.local.url), planner=overrides.pop("planner", self.planner),
+            stop_flag=stop,
+        ))
+        self.tasks.append((task, stop))
+        watches_before = len(self.local["watch prfaas.io/v1alpha1/servingplans"])
+        await self.until(lambda: len(self.local["watch prfaas.io/v1alpha1/servingplans"])
+                         > watches_before, what="kopf to watch ServingPlans")
+
+    async def stop_operator(self) -> None:
+        while self.tasks:
+            task, stop = self.tasks.pop()
+            stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=20)
+
+    async def kill_operator(self) -> None:
+        """Stop abruptly (no graceful shutdown), as a crash or an OOM kill would."""
+        while self.tasks:
+            task, _ = self.tasks.pop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def until(self, check: Callable[[], Any], *, what: str, timeout: float = 20.0) -> Any:
+        """Poll ``check`` (sync or async) until truthy; fail naming ``what`` after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            value = check()
+            if isinstance(value, Awaitable):
+                value = await value
+            if value:
+                return value
+            if loop.time() > deadline:
+                pytest.fail(f"timed out waiting for {what}")
+            await asyncio.sleep(0.05)
+
+    @staticmethod
+    def request_for(docs: dict[str, dict[str, Any]]) -> PlanRequest:
+        """The planner input the operator builds from these objects."""
+        return PlanRequest(
+            api.ServingPlan.model_validate(docs["ServingPlan"]),
+            (api.PrefillCluster.model_validate(docs["PrefillCluster"]),),
+            (api.DecodeCluster.model_validate(docs["DecodeCluster"]),),
+            (api.InterDCLink.model_validate(docs["InterDCLink"]),),
+        )
+
+    # -- kubectl-like helpers -------------------------------------------------------------------
+
+    async def create(self, obj: dict[str, Any]) -> None:
+        obj = {**obj, "metadata": {**obj["metadata"], "resourceVersion": "1",
+                                   "uid": str(uuid.uuid4()), "generation": 1}}
+        resp = await self.local.post(path_of(obj), json=obj)
+        assert resp.status < 300, await resp.text()
+
+    async def edit_spec(self, obj: dict[str, Any], patch: dict[str, Any]) -> None:
+        """Merge-patch ``spec`` and bump ``generation`` (the emulator does not)."""
+        name = obj["metadata"]["name"]
+        live = self.get_cr(obj["kind"], name, obj["metadata"].get("namespace"))
+        gen = (live or {}).get("metadata", {}).get("generation", 1) + 1
+        resp = await self.local.patch(path_of(obj, name),
+                                      json={"metadata": {"generation": gen}, "spec": patch})
+        assert resp.status < 300, await resp.text()
+
+    async def delete(self, obj: dict[str, Any]) -> None:
+        resp = await self.local.delete(path_of(obj, obj["metadata"]["name"]))
+        assert resp.status < 300, await resp.text()
+
+    def get_cr(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        cls = api.model_for_kind(kind)
+        return find(self.local, f"{api.API_VERSION}/{cls.PLURAL}",
+                    namespace if cls.NAMESPACED else None, name)
+
+    @staticmethod
+    def children(emulator: kmock.KubernetesEmulator, res: str = "apps/v1/deployments",
+                 plan: str | None = None) -> dict[str, dict[str, Any]]:
+        """Live objects of ``res`` carrying ``prfaas.io/plan`` (= ``plan`` if given), by name."""
+        out = {}
+        for (r, _, name), obj in list(emulator.objects.items()):
+            if _res(r) != res or obj.deleted:
+                continue
+            labels = obj.raw.get("metadata", {}).get("labels") or {}
+            if "prfaas.io/plan" in labels and (plan is None or labels["prfaas.io/plan"] == plan):
+                out[name] = dict(obj.raw)
+        return out
+
+    def condition(self, name: str, type_: str, namespace: str = "default") -> dict[str, Any]:
+        sp = self.get_cr("ServingPlan", name, namespace) or {}
+        for cond in (sp.get("status") or {}).get("conditions") or []:
+            if cond["type"] == type_:
+                return dict(cond)
+        return {}
+
+    async def make_available(self, emulator: kmock.KubernetesEmulator, name: str,
+                             namespace: str) -> None:
+        """What the Deployment controller would write once every replica is up."""
+        live = find(emulator, "apps/v1/deployments", namespace, name)
+        assert live is not None, name
+        n = live["spec"]["replicas"]
+        resp = await emulator.patch(
+            f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}/status",
+            json={"status": {"replicas": n, "readyReplicas": n, "availableReplicas": n,
+                             "updatedReplicas": n}},
+        )
+        assert resp.status < 300, await resp.text()
+
+
+@pytest_asyncio.fixture()
+async def world() -> AsyncIterator[World]:
+    async with (
+        kmock.KubernetesEmulator() as local,
+        kmock.Server(local),
+        kmock.KubernetesEmulator() as remote,
+        kmock.Server(remote),
+    ):
+        declare(local, with_crds=True)
+        declare(remote, with_crds=False)
+        text = kubeconfig(str(remote.url))
+        local.objects[("v1/secrets", OPERATOR_NS, SECRET)] = {
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": SECRET, "namespace": OPERATOR_NS, "resourceVersion": "1"},
+            "data": {"kubeconfig": base64.b64encode(text.encode()).decode()},
+        }
+        w = World(local=local, remote=remote)
+        try:
+            yield w
+        finally:
+            await w.kill_operator()

@@ -1,0 +1,175 @@
+"""The operator on two emulated clusters: the case study rolls out, follows edits, degrades and
+stalls without deleting anything, and cleans up both clusters on deletion."""
+
+from __future__ import annotations
+
+import json
+
+from prfaas.engine.router_config import parse_router_config
+
+from .conftest import World, case_study
+
+LOCAL_NS = "default"  # DecodeCluster pd-h20: target namespace default, this cluster
+REMOTE_NS = "prefill"  # PrefillCluster prfaas-h200: namespace prefill, via the Secret
+
+
+def _args(dep: dict) -> list[str]:
+    return dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def _flag(dep: dict, name: str) -> str:
+    args = _args(dep)
+    return args[args.index(name) + 1]
+
+
+async def _apply_case_study(world: World, *, wait: bool = False) -> dict[str, dict]:
+    docs = case_study()
+    for kind in ("PrefillCluster", "DecodeCluster", "InterDCLink", "ServingPlan"):
+        await world.create(docs[kind])
+    if wait:
+        await world.until(
+            lambda: len(world.children(world.local)) == 3 and world.children(world.remote)
+            and (world.get_cr("ServingPlan", "hybrid-1t", "default") or {})
+            .get("status", {}).get("plan"),
+            what="the first rollout and its status")
+    return docs
+
+
+async def test_case_study_rolls_out_to_both_clusters_and_becomes_ready(world: World) -> None:
+    await world.start_operator()
+    docs = await _apply_case_study(world)
+    expected = world.planner(world.request_for(docs))
+
+    remote = await world.until(lambda: world.children(world.remote), what="remote Deployments")
+    local = await world.until(
+        lambda: (d := world.children(world.local)) and len(d) == 3 and d, what="local Deployments"
+    )
+    assert set(remote) == {"hybrid-1t-prfaas-h200-prefill"}
+    assert set(local) == {"hybrid-1t-pd-h20-prefill", "hybrid-1t-pd-h20-decode",
+                          "hybrid-1t-pd-h20-router"}
+    for cp in expected.clusters:
+        emulator = world.remote if cp.name == "prfaas-h200" else world.local
+        dep = world.children(emulator)[f"hybrid-1t-{cp.name}-{cp.role}"]
+        assert dep["metadata"]["namespace"] == (REMOTE_NS if cp.name == "prfaas-h200"
+                                                else LOCAL_NS)
+        assert dep["spec"]["replicas"] == cp.instances
+        assert _flag(dep, "--tensor-parallel-size") == str(cp.tensor_parallel)
+        kv = json.loads(_flag(dep, "--kv-transfer-config"))
+        assert kv["kv_connector"] == "NixlConnector"
+        assert kv["kv_role"] == ("kv_producer" if cp.role == "prefill" else "kv_consumer")
+        assert kv["kv_load_failure_policy"] == "recompute"
+        gpu = dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert gpu == {"nvidia.com/gpu": "8"}
+        labels = dep["metadata"]["labels"]
+        assert labels["prfaas.io/cluster"] == cp.name and labels["prfaas.io/role"] == cp.role
+    # Same-cluster children are owned by the ServingPlan; remote ones cannot be.
+    sp = world.get_cr("ServingPlan", "hybrid-1t", "default")
+    assert sp is not None
+    owner = local["hybrid-1t-pd-h20-decode"]["metadata"]["ownerReferences"][0]
+    assert owner["uid"] == sp["metadata"]["uid"] and owner["kind"] == "ServingPlan"
+    assert "ownerReferences" not in remote["hybrid-1t-prfaas-h200-prefill"]["metadata"]
+
+    # The router's ConfigMap is exactly what the router parses: t and both datacenters.
+    cms = world.children(world.local, "v1/configmaps")
+    cfg = parse_router_config(cms["hybrid-1t-pd-h20-router"]["data"]["router.yaml"])
+    assert cfg.threshold_tokens == expected.threshold_tokens
+    assert cfg.local_datacenter == "dc-b" and cfg.remote_datacenters == ["dc-a"]
+    assert cfg.links["dc-a"].capacity_gbps == 100
+
+    # Not Ready while replicas are unavailable; Ready once every Deployment reports them.
+    ready = await world.until(lambda: world.condition("hybrid-1t", "Ready"), what="Ready")
+    assert ready["status"] == "False" and ready["reason"] == "ReplicasUnavailable"
+    for name in local:
+        await world.make_available(world.local, name, LOCAL_NS)
+    for name in remote:
+        await world.make_available(world.remote, name, REMOTE_NS)
+    await world.until(lambda: world.condition("hybrid-1t", "Ready").get("status") == "True",
+                      what="Ready=True")
+    sp = world.get_cr("ServingPlan", "hybrid-1t", "default")
+    assert sp is not None
+    status = sp["status"]
+    assert status["observedGeneration"] == 1
+    assert [c["type"] for c in status["conditions"]] == [
+        "Ready", "Progressing", "Degraded", "Reconciling", "Stalled"]
+    assert all(c["lastTransitionTime"] for c in status["conditions"])
+    assert status["plan"]["thresholdTokens"] == expected.threshold_tokens
+    # The remote cluster's status says it is reachable.
+    pfc = world.get_cr("PrefillCluster", "prfaas-h200")
+    assert pfc is not None and pfc["status"]["reachable"] is True
+    # Kubernetes Events were posted about the plan.
+    events = [r.data for r in world.local["post /api/v1/namespaces/default/events"]]
+    assert any(e.get("reason") == "Planned" for e in events)
+
+
+async def test_editing_the_slo_replans_and_observed_generation_follows(world: World) -> None:
+    await world.start_operator()
+    docs = await _apply_case_study(world, wait=True)
+    before = world.children(world.local)["hybrid-1t-pd-h20-decode"]["spec"]["replicas"]
+
+    await world.edit_spec(docs["ServingPlan"], {"slo": {"tpot": "12ms"}})
+    docs["ServingPlan"]["spec"]["slo"]["tpot"] = "12ms"
+    expected = world.planner(world.request_for(docs))
+    want = expected.instances("pd-h20", "decode")
+    assert want != before  # the edit matters to the planner
+    await world.until(
+        lambda: world.children(world.local)["hybrid-1t-pd-h20-decode"]["spec"]["replicas"]
+        == want, what="decode replicas to follow the SLO")
+    prefill = world.children(world.local)["hybrid-1t-pd-h20-prefill"]["spec"]["replicas"]
+    assert prefill == expected.instances("pd-h20", "prefill")
+    await world.until(
+        lambda: (world.get_cr("ServingPlan", "hybrid-1t", "default") or {})
+        .get("status", {}).get("observedGeneration") == 2, what="observedGeneration 2")
+
+
+async def test_missing_cluster_degrades_and_keeps_children(world: World) -> None:
+    await world.start_operator()
+    docs = await _apply_case_study(world, wait=True)
+    before_local = world.children(world.local)
+    before_remote = world.children(world.remote)
+
+    await world.delete(docs["PrefillCluster"])
+    degraded = await world.until(
+        lambda: (c := world.condition("hybrid-1t", "Degraded")).get("status") == "True" and c,
+        what="Degraded")
+    assert "PrefillCluster/prfaas-h200" in degraded["message"]
+    assert world.condition("hybrid-1t", "Ready")["reason"] == "ClusterMissing"
+    assert world.children(world.local).keys() == before_local.keys()
+    assert world.children(world.remote).keys() == before_remote.keys()
+
+    # It comes back: the plan recovers without anyone touching the ServingPlan.
+    await world.create(docs["PrefillCluster"])
+    await world.until(lambda: world.condition("hybrid-1t", "Degraded").get("status") == "False",
+                      what="Degraded=False after the cluster returns")
+
+
+async def test_infeasible_spec_stalls_and_leaves_children_untouched(world: World) -> None:
+    await world.start_operator()
+    docs = await _apply_case_study(world, wait=True)
+    before = {n: d["spec"] for n, d in world.children(world.local).items()}
+    plan_before = (world.get_cr("ServingPlan", "hybrid-1t", "default") or {})["status"]["plan"]
+
+    await world.edit_spec(docs["ServingPlan"], {"slo": {"tpot": "1ms"}})
+    stalled = await world.until(
+        lambda: (c := world.condition("hybrid-1t", "Stalled")).get("status") == "True" and c,
+        what="Stalled")
+    assert "tpot" in stalled["message"]
+    assert world.condition("hybrid-1t", "Degraded")["status"] == "True"
+    sp = world.get_cr("ServingPlan", "hybrid-1t", "default") or {}
+    assert sp["status"]["observedGeneration"] == 2
+    assert sp["status"]["plan"] == plan_before  # the last good plan stays
+    assert {n: d["spec"] for n, d in world.children(world.local).items()} == before
+
+
+async def test_deleting_the_plan_removes_children_in_both_clusters(world: World) -> None:
+    await world.start_operator()
+    docs = await _apply_case_study(world, wait=True)
+    assert world.children(world.local, "v1/services")
+    sp = world.get_cr("ServingPlan", "hybrid-1t", "default") or {}
+    assert sp["metadata"].get("finalizers")  # deletion waits for the cleanup
+
+    await world.delete(docs["ServingPlan"])
+    await world.until(lambda: world.get_cr("ServingPlan", "hybrid-1t", "default") is None,
+                      what="the ServingPlan to be gone")
+    for emulator in (world.local, world.remote):
+        for res in ("apps/v1/deployments", "v1/services", "v1/configmaps"):
+            assert world.children(emulator, res) == {}, res
