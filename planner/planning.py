@@ -161,6 +161,7 @@ def _solver(problem: Problem, shapes: _Shapes, ctx: float) -> Solver:
                 dec.gpus,
                 _prefill_stage(pp.latency if pp else dec.latency),
                 decode_goodput(dec, load),
+                _prefill_stage(dec.latency),
             )
         )
     net = build_network(problem.clusters, problem.links, problem.offload.headroom)
@@ -394,6 +395,11 @@ def _assemble(
             )
             notes.append(
                 f"{c.name} PD-P latency ({pre.latency.prefill.source}): {pre.latency.prefill.note}"
+            )
+        if split.n_p == 0 and split.theta_p > 0:
+            notes.append(
+                f"{c.name} is too small for separate PD-P and PD-D instances: its decode "
+                "instances also prefill short prompts (time-shared)"
             )
         clusters.append(
             ClusterPlan(

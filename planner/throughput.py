@@ -91,6 +91,14 @@ class LocalPool:
     prefill_stage: Callable[[float], float]
     decode_rate: float
     """Requests/s one PD-D instance completes (Eq. 5 per instance)."""
+    colocated_prefill_stage: Callable[[float], float] | None = None
+    """Prefill time on a *decode* instance. Used only when the pool is too small to hold one
+    PD-P and one PD-D instance: its decode instances then also prefill short prompts, time-shared
+    (``1/Λ = (1 − p)·T_prefill(l_short) + 1/Θ_decode`` per instance)."""
+
+    @property
+    def colocated(self) -> bool:
+        return self.gpus < self.prefill_gpus + self.decode_gpus or not self.prefill_gpus
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +122,16 @@ def best_split(pool: LocalPool, p: float, l_short: float, all_decode: bool = Fal
         pre = th_p / (1.0 - p) if p < 1 else math.inf
         return LocalSplit(n_p, n_d, th_p, th_d, min(pre, th_d))
 
-    if all_decode or p >= 1 or not pool.prefill_gpus:
+    if all_decode or p >= 1:
         return make(0)
+    if pool.colocated:
+        n_d = pool.gpus // pool.decode_gpus if pool.decode_gpus else 0
+        stage = pool.colocated_prefill_stage
+        if stage is None or n_d == 0 or pool.decode_rate <= 0:
+            return make(0)
+        per = 1.0 / ((1.0 - p) * stage(l_short) + 1.0 / pool.decode_rate)
+        cap = n_d * per
+        return LocalSplit(0, n_d, cap * (1.0 - p), cap, cap)
     top = pool.gpus // pool.prefill_gpus
     lo, hi = 0, top  # smallest n_p whose prefill bound reaches the decode bound
     while lo < hi:
