@@ -25,7 +25,8 @@ Shape (version 1)::
       "links": [{"name", "from", "to", "capacityGbps", "headroom", "egressGbps"}],
       "routers": [{"decodeCluster", "thresholdTokens", "kvBytesPerToken",
                    "remotes": [{"prefillCluster", "link"}]}],
-      "predicted": {"ttftP90S": 3.5, "tpotP90S": 0.04, "attainment": 0.95},
+      "predicted": {"ttftP90S": 3.5, "tpotP90S": 0.04, "attainment": 0.95,
+                    "rateRps": 2.0, "goodputRps": 3.0},
       "baselines": [{"name", "throughputRps", "ratio", "gpus", "note"}],
       "notes": ["..."]
     }
@@ -150,6 +151,10 @@ class Predicted:
     ttft_p90_s: float | None = None
     tpot_p90_s: float | None = None
     attainment: float | None = None
+    rate_rps: float | None = None
+    """Arrival rate the latencies above were simulated at (the same for plan and baselines)."""
+    goodput_rps: float | None = None
+    """Highest simulated rate meeting the SLO attainment target (``None``: not searched)."""
 
 
 @dataclass(slots=True)
