@@ -7,7 +7,7 @@ heavy imports (vLLM, kopf, the simulator) happen inside the command, never at im
 from __future__ import annotations
 
 import typer
-from prfaas.operator import cmd_crds, cmd_plan, cmd_router, cmd_up, cmd_validate
+from prfaas.operator import cmd_crds, cmd_operator, cmd_plan, cmd_router, cmd_up, cmd_validate
 
 __all__ = ["app", "main"]
 
@@ -30,6 +30,7 @@ app.command("validate")(cmd_validate.run)
 app.command("plan")(cmd_plan.run)
 app.command("router")(cmd_router.run)
 app.command("up")(cmd_up.run)
+app.command("operator")(cmd_operator.run)
 
 
 def main() -> None:

@@ -63,6 +63,7 @@ async def run_operator(
     stop_flag: asyncio.Event | None = None,
     metrics: OperatorMetrics | None = None,
     post_events: bool = True,
+    liveness_endpoint: str | None = None,
 ) -> None:
     """Run until ``stop_flag`` is set (or forever). ``server``: talk to that URL without auth."""
     local = local_client(settings, server)
@@ -97,7 +98,7 @@ async def run_operator(
             standalone=True,
             clusterwide=True,
             stop_flag=stop_flag,
-            liveness_endpoint=None,
+            liveness_endpoint=liveness_endpoint,
         )
     finally:
         if serving:

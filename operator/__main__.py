@@ -1,0 +1,12 @@
+"""``python -m prfaas.operator``: the same as ``prfaas operator`` (the container's entry point)."""
+
+from __future__ import annotations
+
+import typer
+
+from prfaas.operator.cmd_operator import run
+
+__all__: list[str] = []
+
+if __name__ == "__main__":
+    typer.run(run)
