@@ -12,20 +12,22 @@ __all__ = ["run"]
 def run(
     server: Annotated[
         str | None,
-        typer.Option(help="API server URL without auth (kubectl proxy, an emulator); default: "
-                          "in-cluster service account, else ~/.kube/config."),
+        typer.Option(
+            help="API server URL without auth (kubectl proxy, an emulator); default: "
+            "in-cluster service account, else ~/.kube/config."
+        ),
     ] = None,
     apply_mode: Annotated[
         str | None,
-        typer.Option("--apply", help="server-side (default) or merge (API servers without "
-                                     "server-side apply)."),
+        typer.Option(
+            "--apply",
+            help="server-side (default) or merge (API servers without server-side apply).",
+        ),
     ] = None,
     metrics_port: Annotated[
         int | None, typer.Option(help="Port of /metrics (0: off). Default 8080.")
     ] = None,
-    liveness_port: Annotated[
-        int, typer.Option(help="Port of kopf's /healthz (0: off).")
-    ] = 8081,
+    liveness_port: Annotated[int, typer.Option(help="Port of kopf's /healthz (0: off).")] = 8081,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Reconcile ServingPlans into vLLM engines and routers across clusters (runs until SIGTERM).
@@ -39,8 +41,10 @@ def run(
     from prfaas.operator.runtime import run_operator
     from prfaas.operator.settings import OperatorSettings
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         settings = OperatorSettings.from_env()
     except ValueError as exc:

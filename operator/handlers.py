@@ -21,7 +21,6 @@ import logging
 from typing import Any
 
 import kopf
-
 from prfaas.operator import api
 from prfaas.operator.builders import LABEL_PLAN, LABEL_PLAN_NAMESPACE
 from prfaas.operator.clients import ApiError
@@ -79,8 +78,12 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler) -> kopf.OperatorR
             deleted = await rec.cleanup_plan(dict(body))
         except ApiError as exc:
             raise kopf.TemporaryError(f"children not deleted yet: {exc}", delay=delay) from exc
-        log.info("deleted %d children of %s/%s", len(deleted), body.metadata.namespace,
-                 body.metadata.name)
+        log.info(
+            "deleted %d children of %s/%s",
+            len(deleted),
+            body.metadata.namespace,
+            body.metadata.name,
+        )
 
     for kind, plural in _CLUSTERS.items():
         resource = (api.GROUP, api.VERSION, plural)
@@ -96,8 +99,9 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler) -> kopf.OperatorR
         async def cluster_deleted(name: str, **_: Any) -> None:
             await _wake(name)
 
-        @kopf.timer(*resource, registry=registry, id=f"{plural}-probe", interval=probe,
-                    initial_delay=probe)
+        @kopf.timer(
+            *resource, registry=registry, id=f"{plural}-probe", interval=probe, initial_delay=probe
+        )
         async def cluster_probe(name: str, _kind: str = kind, **_: Any) -> None:
             await rec.probe_cluster(_kind, name)  # type: ignore[arg-type]
 
@@ -116,8 +120,13 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler) -> kopf.OperatorR
     async def link_observe(name: str, **_: Any) -> None:
         await rec.observe_link(name)
 
-    @kopf.on.event("apps", "v1", "deployments", registry=registry,
-                   labels={LABEL_PLAN: kopf.PRESENT, LABEL_PLAN_NAMESPACE: kopf.PRESENT})
+    @kopf.on.event(
+        "apps",
+        "v1",
+        "deployments",
+        registry=registry,
+        labels={LABEL_PLAN: kopf.PRESENT, LABEL_PLAN_NAMESPACE: kopf.PRESENT},
+    )
     async def child_changed(labels: kopf.Labels, type: str | None, **_: Any) -> None:
         if type is None:  # the initial listing: the plans' own resume handlers cover it
             return

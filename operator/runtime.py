@@ -12,7 +12,6 @@ import logging
 from typing import Any
 
 import kopf
-
 from prfaas.operator.clients import ClientPool, ClusterClient, Unreachable
 from prfaas.operator.handlers import register
 from prfaas.operator.metrics import OperatorMetrics
@@ -70,8 +69,10 @@ async def run_operator(
     pool = ClientPool(
         local,
         namespace=settings.reconcile.namespace,
-        client_options={"retries": settings.retry.api_retries,
-                        "backoff": settings.retry.api_backoff_seconds},
+        client_options={
+            "retries": settings.retry.api_retries,
+            "backoff": settings.retry.api_backoff_seconds,
+        },
     )
     metrics = metrics or OperatorMetrics()
     rec = Reconciler(pool, settings, planner=planner, metrics=metrics)

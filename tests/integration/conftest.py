@@ -22,7 +22,6 @@ import kmock
 import pytest
 import pytest_asyncio
 import yaml
-
 from prfaas.operator import api
 from prfaas.operator.reconcile import PlannerFn, PlanRequest
 from prfaas.operator.runtime import run_operator
@@ -50,26 +49,34 @@ def declare(emulator: kmock.KubernetesEmulator, with_crds: bool) -> None:
     """Make the emulator serve the kinds the operator (and kopf) use, with their verbs."""
     for res, (kind, namespaced) in _CORE.items():
         emulator.resources[res] = kmock.ResourceInfo(
-            kind=kind, singular=kind.lower(), verbs=ALL_VERBS, namespaced=namespaced,
+            kind=kind,
+            singular=kind.lower(),
+            verbs=ALL_VERBS,
+            namespaced=namespaced,
             subresources={"status"} if kind == "Deployment" else set(),
         )
     if with_crds:
         for cls in api.KINDS:
             emulator.resources[f"{api.API_VERSION}/{cls.PLURAL}"] = kmock.ResourceInfo(
-                kind=cls.KIND, singular=cls.KIND.lower(), verbs=ALL_VERBS,
-                subresources={"status"}, namespaced=cls.NAMESPACED,
+                kind=cls.KIND,
+                singular=cls.KIND.lower(),
+                verbs=ALL_VERBS,
+                subresources={"status"},
+                namespaced=cls.NAMESPACED,
             )
 
 
 def kubeconfig(url: str) -> str:
-    return yaml.safe_dump({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "dc-a", "cluster": {"server": url}}],
-        "users": [{"name": "prfaas", "user": {"token": "not-checked"}}],
-        "contexts": [{"name": "dc-a", "context": {"cluster": "dc-a", "user": "prfaas"}}],
-        "current-context": "dc-a",
-    })
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "dc-a", "cluster": {"server": url}}],
+            "users": [{"name": "prfaas", "user": {"token": "not-checked"}}],
+            "contexts": [{"name": "dc-a", "context": {"cluster": "dc-a", "user": "prfaas"}}],
+            "current-context": "dc-a",
+        }
+    )
 
 
 def case_study() -> dict[str, dict[str, Any]]:
@@ -98,41 +105,93 @@ def fake_planner(request: PlanRequest) -> Plan:
     spec = request.serving_plan.spec
     tpot = api.duration_seconds(spec.slo.tpot)
     if tpot < 0.005:
-        return Plan(model=spec.model.served_name, feasible=False,
-                    reason=f"spec.slo.tpot {spec.slo.tpot} is below the decode step time "
-                           "(≈ 12 ms on H20 at TP8); raise it")
+        return Plan(
+            model=spec.model.served_name,
+            feasible=False,
+            reason=f"spec.slo.tpot {spec.slo.tpot} is below the decode step time "
+            "(≈ 12 ms on H20 at TP8); raise it",
+        )
     clusters: list[ClusterPlan] = []
     for pc in request.prefill:
         n = pc.spec.accelerator.count // 8
-        clusters.append(ClusterPlan(pc.metadata.name, pc.spec.datacenter, "prefill",
-                                    pc.spec.accelerator.type, n, 8, 1, "fake"))
+        clusters.append(
+            ClusterPlan(
+                pc.metadata.name,
+                pc.spec.datacenter,
+                "prefill",
+                pc.spec.accelerator.type,
+                n,
+                8,
+                1,
+                "fake",
+            )
+        )
     routers = []
     for dc in request.decode:
         total = dc.spec.accelerator.count // 8
         n_d = min(total - 1, 5 if tpot >= 0.02 else 6)
-        clusters.append(ClusterPlan(dc.metadata.name, dc.spec.datacenter, "prefill",
-                                    dc.spec.accelerator.type, total - n_d, 8, 1, "fake"))
-        clusters.append(ClusterPlan(dc.metadata.name, dc.spec.datacenter, "decode",
-                                    dc.spec.accelerator.type, n_d, 8, 1, "fake"))
+        clusters.append(
+            ClusterPlan(
+                dc.metadata.name,
+                dc.spec.datacenter,
+                "prefill",
+                dc.spec.accelerator.type,
+                total - n_d,
+                8,
+                1,
+                "fake",
+            )
+        )
+        clusters.append(
+            ClusterPlan(
+                dc.metadata.name,
+                dc.spec.datacenter,
+                "decode",
+                dc.spec.accelerator.type,
+                n_d,
+                8,
+                1,
+                "fake",
+            )
+        )
         remotes = [
             RemotePrefill(pc.metadata.name, ln.metadata.name)
-            for pc in request.prefill for ln in request.links
+            for pc in request.prefill
+            for ln in request.links
             if ln.spec.from_ == pc.spec.datacenter and ln.spec.to == dc.spec.datacenter
         ]
         routers.append(RouterPlan(dc.metadata.name, 19400.0, 16800.0, 0.0, remotes))
-    links = [LinkPlan(ln.metadata.name, ln.spec.from_, ln.spec.to, ln.spec.bandwidth_gbps,
-                      spec.offload.bandwidth_headroom, 13.0) for ln in request.links]
-    return Plan(model=spec.model.served_name, threshold_tokens=19400.0, offload_fraction=0.496,
-                throughput_rps=3.24, bottleneck="prfaas", kv_bytes_per_token=16800.0,
-                clusters=clusters, links=links, routers=routers)
+    links = [
+        LinkPlan(
+            ln.metadata.name,
+            ln.spec.from_,
+            ln.spec.to,
+            ln.spec.bandwidth_gbps,
+            spec.offload.bandwidth_headroom,
+            13.0,
+        )
+        for ln in request.links
+    ]
+    return Plan(
+        model=spec.model.served_name,
+        threshold_tokens=19400.0,
+        offload_fraction=0.496,
+        throughput_rps=3.24,
+        bottleneck="prfaas",
+        kv_bytes_per_token=16800.0,
+        clusters=clusters,
+        links=links,
+        routers=routers,
+    )
 
 
 def _res(r: Any) -> str:
     return f"{r.group}/{r.version}/{r.plural}".lstrip("/")
 
 
-def find(emulator: kmock.KubernetesEmulator, res: str, namespace: str | None,
-         name: str) -> dict[str, Any] | None:
+def find(
+    emulator: kmock.KubernetesEmulator, res: str, namespace: str | None, name: str
+) -> dict[str, Any] | None:
     """The live object ``res`` (``group/version/plural``) ``namespace/name``, or ``None``."""
     for (r, ns, n), obj in list(emulator.objects.items()):
         if _res(r) == res and ns == namespace and n == name and not obj.deleted:
@@ -159,14 +218,20 @@ class World:
         settings.retry.reconcile_delay_seconds = 0.3
         settings.metrics_port = 0
         stop = asyncio.Event()
-        task = asyncio.create_task(run_operator(
-            settings, server=str(self.local.url), planner=overrides.pop("planner", self.planner),
-            stop_flag=stop,
-        ))
+        task = asyncio.create_task(
+            run_operator(
+                settings,
+                server=str(self.local.url),
+                planner=overrides.pop("planner", self.planner),
+                stop_flag=stop,
+            )
+        )
         self.tasks.append((task, stop))
         watches_before = len(self.local["watch prfaas.io/v1alpha1/servingplans"])
-        await self.until(lambda: len(self.local["watch prfaas.io/v1alpha1/servingplans"])
-                         > watches_before, what="kopf to watch ServingPlans")
+        await self.until(
+            lambda: len(self.local["watch prfaas.io/v1alpha1/servingplans"]) > watches_before,
+            what="kopf to watch ServingPlans",
+        )
 
     async def stop_operator(self) -> None:
         while self.tasks:
@@ -210,8 +275,15 @@ class World:
     # -- kubectl-like helpers -------------------------------------------------------------------
 
     async def create(self, obj: dict[str, Any]) -> None:
-        obj = {**obj, "metadata": {**obj["metadata"], "resourceVersion": "1",
-                                   "uid": str(uuid.uuid4()), "generation": 1}}
+        obj = {
+            **obj,
+            "metadata": {
+                **obj["metadata"],
+                "resourceVersion": "1",
+                "uid": str(uuid.uuid4()),
+                "generation": 1,
+            },
+        }
         resp = await self.local.post(path_of(obj), json=obj)
         assert resp.status < 300, await resp.text()
 
@@ -220,8 +292,9 @@ class World:
         name = obj["metadata"]["name"]
         live = self.get_cr(obj["kind"], name, obj["metadata"].get("namespace"))
         gen = (live or {}).get("metadata", {}).get("generation", 1) + 1
-        resp = await self.local.patch(path_of(obj, name),
-                                      json={"metadata": {"generation": gen}, "spec": patch})
+        resp = await self.local.patch(
+            path_of(obj, name), json={"metadata": {"generation": gen}, "spec": patch}
+        )
         assert resp.status < 300, await resp.text()
 
     async def delete(self, obj: dict[str, Any]) -> None:
@@ -230,12 +303,19 @@ class World:
 
     def get_cr(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         cls = api.model_for_kind(kind)
-        return find(self.local, f"{api.API_VERSION}/{cls.PLURAL}",
-                    namespace if cls.NAMESPACED else None, name)
+        return find(
+            self.local,
+            f"{api.API_VERSION}/{cls.PLURAL}",
+            namespace if cls.NAMESPACED else None,
+            name,
+        )
 
     @staticmethod
-    def children(emulator: kmock.KubernetesEmulator, res: str = "apps/v1/deployments",
-                 plan: str | None = None) -> dict[str, dict[str, Any]]:
+    def children(
+        emulator: kmock.KubernetesEmulator,
+        res: str = "apps/v1/deployments",
+        plan: str | None = None,
+    ) -> dict[str, dict[str, Any]]:
         """Live objects of ``res`` carrying ``prfaas.io/plan`` (= ``plan`` if given), by name."""
         out = {}
         for (r, _, name), obj in list(emulator.objects.items()):
@@ -253,16 +333,23 @@ class World:
                 return dict(cond)
         return {}
 
-    async def make_available(self, emulator: kmock.KubernetesEmulator, name: str,
-                             namespace: str) -> None:
+    async def make_available(
+        self, emulator: kmock.KubernetesEmulator, name: str, namespace: str
+    ) -> None:
         """What the Deployment controller would write once every replica is up."""
         live = find(emulator, "apps/v1/deployments", namespace, name)
         assert live is not None, name
         n = live["spec"]["replicas"]
         resp = await emulator.patch(
             f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}/status",
-            json={"status": {"replicas": n, "readyReplicas": n, "availableReplicas": n,
-                             "updatedReplicas": n}},
+            json={
+                "status": {
+                    "replicas": n,
+                    "readyReplicas": n,
+                    "availableReplicas": n,
+                    "updatedReplicas": n,
+                }
+            },
         )
         assert resp.status < 300, await resp.text()
 
@@ -279,7 +366,8 @@ async def world() -> AsyncIterator[World]:
         declare(remote, with_crds=False)
         text = kubeconfig(str(remote.url))
         local.objects[("v1/secrets", OPERATOR_NS, SECRET)] = {
-            "apiVersion": "v1", "kind": "Secret",
+            "apiVersion": "v1",
+            "kind": "Secret",
             "metadata": {"name": SECRET, "namespace": OPERATOR_NS, "resourceVersion": "1"},
             "data": {"kubeconfig": base64.b64encode(text.encode()).decode()},
         }

@@ -40,11 +40,17 @@ async def test_restart_mid_reconcile_creates_no_duplicates(world: World) -> None
         hang.set_result({"message": "too late"})
 
     await world.start_operator()
-    await world.until(lambda: set(world.children(world.local)) == EXPECTED_LOCAL
-                      and set(world.children(world.remote)) == EXPECTED_REMOTE,
-                      what="convergence after restart")
-    await world.until(lambda: world.condition("hybrid-1t", "Ready").get("reason")
-                      == "ReplicasUnavailable", what="status after restart")
+    await world.until(
+        lambda: (
+            set(world.children(world.local)) == EXPECTED_LOCAL
+            and set(world.children(world.remote)) == EXPECTED_REMOTE
+        ),
+        what="convergence after restart",
+    )
+    await world.until(
+        lambda: world.condition("hybrid-1t", "Ready").get("reason") == "ReplicasUnavailable",
+        what="status after restart",
+    )
     # Every child exists once; the emulator refuses a second create (409), and the operator
     # never created one under another name.
     for emulator, want in ((world.local, EXPECTED_LOCAL), (world.remote, EXPECTED_REMOTE)):
@@ -62,23 +68,35 @@ async def test_injected_conflicts_and_server_errors_are_retried(world: World) ->
     world.local[f"post {deployments}"][:1] << 500 << {"message": "injected: etcd timeout"}
     world.remote[f"post {remote_deps}"][:2] << 503 << {"message": "injected: unavailable"}
     # The first status write of the plan conflicts.
-    world.local["patch /apis/prfaas.io/v1alpha1/namespaces/default/servingplans/hybrid-1t/status"][
-        :1
-    ] << 409 << {"message": "injected: the object has been modified"}
+    (
+        world.local[
+            "patch /apis/prfaas.io/v1alpha1/namespaces/default/servingplans/hybrid-1t/status"
+        ][:1]
+        << 409
+        << {"message": "injected: the object has been modified"}
+    )
 
     await world.start_operator()
     await _create_all(world)
-    await world.until(lambda: set(world.children(world.local)) == EXPECTED_LOCAL
-                      and set(world.children(world.remote)) == EXPECTED_REMOTE,
-                      what="convergence despite injected errors")
-    await world.until(lambda: world.condition("hybrid-1t", "Ready").get("reason")
-                      == "ReplicasUnavailable", what="status despite the conflict")
+    await world.until(
+        lambda: (
+            set(world.children(world.local)) == EXPECTED_LOCAL
+            and set(world.children(world.remote)) == EXPECTED_REMOTE
+        ),
+        what="convergence despite injected errors",
+    )
+    await world.until(
+        lambda: world.condition("hybrid-1t", "Ready").get("reason") == "ReplicasUnavailable",
+        what="status despite the conflict",
+    )
     for name in EXPECTED_LOCAL:
         await world.make_available(world.local, name, "default")
     for name in EXPECTED_REMOTE:
         await world.make_available(world.remote, name, "prefill")
-    await world.until(lambda: world.condition("hybrid-1t", "Ready").get("status") == "True",
-                      what="Ready after the faults")
+    await world.until(
+        lambda: world.condition("hybrid-1t", "Ready").get("status") == "True",
+        what="Ready after the faults",
+    )
     assert _posts(world.local, "deployments") >= 4  # 3 children + the retried one
     dep = find(world.local, "apps/v1/deployments", "default", "hybrid-1t-pd-h20-decode")
     assert dep is not None and dep["spec"]["replicas"] == 5
@@ -87,8 +105,13 @@ async def test_injected_conflicts_and_server_errors_are_retried(world: World) ->
 async def test_unreachable_cluster_degrades_without_deleting_elsewhere(world: World) -> None:
     await world.start_operator()
     await _create_all(world)
-    await world.until(lambda: set(world.children(world.remote)) == EXPECTED_REMOTE
-                      and set(world.children(world.local)) == EXPECTED_LOCAL, what="rollout")
+    await world.until(
+        lambda: (
+            set(world.children(world.remote)) == EXPECTED_REMOTE
+            and set(world.children(world.local)) == EXPECTED_LOCAL
+        ),
+        what="rollout",
+    )
 
     # Point the Secret at a port nobody listens on: the remote cluster is now unreachable.
     secret = f"/api/v1/namespaces/{OPERATOR_NS}/secrets/{SECRET}"
@@ -96,13 +119,22 @@ async def test_unreachable_cluster_degrades_without_deleting_elsewhere(world: Wo
     resp = await world.local.patch(secret, json={"data": {"kubeconfig": dead}})
     assert resp.status < 300
     degraded = await world.until(
-        lambda: (c := world.condition("hybrid-1t", "Degraded")).get("status") == "True"
-        and "prfaas-h200" in c.get("message", "") and c, what="Degraded naming the cluster")
+        lambda: (
+            (c := world.condition("hybrid-1t", "Degraded")).get("status") == "True"
+            and "prfaas-h200" in c.get("message", "")
+            and c
+        ),
+        what="Degraded naming the cluster",
+    )
     assert "unreachable" in degraded["message"]
     cluster = await world.until(
-        lambda: (world.get_cr("PrefillCluster", "prfaas-h200") or {}).get("status", {})
-        .get("reachable") is False and world.get_cr("PrefillCluster", "prfaas-h200"),
-        what="the cluster's Reachable=False")
+        lambda: (
+            (world.get_cr("PrefillCluster", "prfaas-h200") or {}).get("status", {}).get("reachable")
+            is False
+            and world.get_cr("PrefillCluster", "prfaas-h200")
+        ),
+        what="the cluster's Reachable=False",
+    )
     reach = [c for c in cluster["status"]["conditions"] if c["type"] == "Reachable"][0]
     assert reach["status"] == "False"
     assert set(world.children(world.local)) == EXPECTED_LOCAL
@@ -112,5 +144,7 @@ async def test_unreachable_cluster_degrades_without_deleting_elsewhere(world: Wo
     good = base64.b64encode(kubeconfig(str(world.remote.url)).encode()).decode()
     resp = await world.local.patch(secret, json={"data": {"kubeconfig": good}})
     assert resp.status < 300
-    await world.until(lambda: world.condition("hybrid-1t", "Degraded").get("status") == "False",
-                      what="recovery after the Secret is fixed")
+    await world.until(
+        lambda: world.condition("hybrid-1t", "Degraded").get("status") == "False",
+        what="recovery after the Secret is fixed",
+    )

@@ -28,10 +28,15 @@ async def _apply_case_study(world: World, *, wait: bool = False) -> dict[str, di
         await world.create(docs[kind])
     if wait:
         await world.until(
-            lambda: len(world.children(world.local)) == 3 and world.children(world.remote)
-            and (world.get_cr("ServingPlan", "hybrid-1t", "default") or {})
-            .get("status", {}).get("plan"),
-            what="the first rollout and its status")
+            lambda: (
+                len(world.children(world.local)) == 3
+                and world.children(world.remote)
+                and (world.get_cr("ServingPlan", "hybrid-1t", "default") or {})
+                .get("status", {})
+                .get("plan")
+            ),
+            what="the first rollout and its status",
+        )
     return docs
 
 
@@ -45,13 +50,15 @@ async def test_case_study_rolls_out_to_both_clusters_and_becomes_ready(world: Wo
         lambda: (d := world.children(world.local)) and len(d) == 3 and d, what="local Deployments"
     )
     assert set(remote) == {"hybrid-1t-prfaas-h200-prefill"}
-    assert set(local) == {"hybrid-1t-pd-h20-prefill", "hybrid-1t-pd-h20-decode",
-                          "hybrid-1t-pd-h20-router"}
+    assert set(local) == {
+        "hybrid-1t-pd-h20-prefill",
+        "hybrid-1t-pd-h20-decode",
+        "hybrid-1t-pd-h20-router",
+    }
     for cp in expected.clusters:
         emulator = world.remote if cp.name == "prfaas-h200" else world.local
         dep = world.children(emulator)[f"hybrid-1t-{cp.name}-{cp.role}"]
-        assert dep["metadata"]["namespace"] == (REMOTE_NS if cp.name == "prfaas-h200"
-                                                else LOCAL_NS)
+        assert dep["metadata"]["namespace"] == (REMOTE_NS if cp.name == "prfaas-h200" else LOCAL_NS)
         assert dep["spec"]["replicas"] == cp.instances
         assert _flag(dep, "--tensor-parallel-size") == str(cp.tensor_parallel)
         kv = json.loads(_flag(dep, "--kv-transfer-config"))
@@ -83,14 +90,20 @@ async def test_case_study_rolls_out_to_both_clusters_and_becomes_ready(world: Wo
         await world.make_available(world.local, name, LOCAL_NS)
     for name in remote:
         await world.make_available(world.remote, name, REMOTE_NS)
-    await world.until(lambda: world.condition("hybrid-1t", "Ready").get("status") == "True",
-                      what="Ready=True")
+    await world.until(
+        lambda: world.condition("hybrid-1t", "Ready").get("status") == "True", what="Ready=True"
+    )
     sp = world.get_cr("ServingPlan", "hybrid-1t", "default")
     assert sp is not None
     status = sp["status"]
     assert status["observedGeneration"] == 1
     assert [c["type"] for c in status["conditions"]] == [
-        "Ready", "Progressing", "Degraded", "Reconciling", "Stalled"]
+        "Ready",
+        "Progressing",
+        "Degraded",
+        "Reconciling",
+        "Stalled",
+    ]
     assert all(c["lastTransitionTime"] for c in status["conditions"])
     assert status["plan"]["thresholdTokens"] == expected.threshold_tokens
     # The remote cluster's status says it is reachable.
@@ -112,13 +125,20 @@ async def test_editing_the_slo_replans_and_observed_generation_follows(world: Wo
     want = expected.instances("pd-h20", "decode")
     assert want != before  # the edit matters to the planner
     await world.until(
-        lambda: world.children(world.local)["hybrid-1t-pd-h20-decode"]["spec"]["replicas"]
-        == want, what="decode replicas to follow the SLO")
+        lambda: world.children(world.local)["hybrid-1t-pd-h20-decode"]["spec"]["replicas"] == want,
+        what="decode replicas to follow the SLO",
+    )
     prefill = world.children(world.local)["hybrid-1t-pd-h20-prefill"]["spec"]["replicas"]
     assert prefill == expected.instances("pd-h20", "prefill")
     await world.until(
-        lambda: (world.get_cr("ServingPlan", "hybrid-1t", "default") or {})
-        .get("status", {}).get("observedGeneration") == 2, what="observedGeneration 2")
+        lambda: (
+            (world.get_cr("ServingPlan", "hybrid-1t", "default") or {})
+            .get("status", {})
+            .get("observedGeneration")
+            == 2
+        ),
+        what="observedGeneration 2",
+    )
 
 
 async def test_missing_cluster_degrades_and_keeps_children(world: World) -> None:
@@ -130,7 +150,8 @@ async def test_missing_cluster_degrades_and_keeps_children(world: World) -> None
     await world.delete(docs["PrefillCluster"])
     degraded = await world.until(
         lambda: (c := world.condition("hybrid-1t", "Degraded")).get("status") == "True" and c,
-        what="Degraded")
+        what="Degraded",
+    )
     assert "PrefillCluster/prfaas-h200" in degraded["message"]
     assert world.condition("hybrid-1t", "Ready")["reason"] == "ClusterMissing"
     assert world.children(world.local).keys() == before_local.keys()
@@ -138,8 +159,10 @@ async def test_missing_cluster_degrades_and_keeps_children(world: World) -> None
 
     # It comes back: the plan recovers without anyone touching the ServingPlan.
     await world.create(docs["PrefillCluster"])
-    await world.until(lambda: world.condition("hybrid-1t", "Degraded").get("status") == "False",
-                      what="Degraded=False after the cluster returns")
+    await world.until(
+        lambda: world.condition("hybrid-1t", "Degraded").get("status") == "False",
+        what="Degraded=False after the cluster returns",
+    )
 
 
 async def test_infeasible_spec_stalls_and_leaves_children_untouched(world: World) -> None:
@@ -151,7 +174,8 @@ async def test_infeasible_spec_stalls_and_leaves_children_untouched(world: World
     await world.edit_spec(docs["ServingPlan"], {"slo": {"tpot": "1ms"}})
     stalled = await world.until(
         lambda: (c := world.condition("hybrid-1t", "Stalled")).get("status") == "True" and c,
-        what="Stalled")
+        what="Stalled",
+    )
     assert "tpot" in stalled["message"]
     assert world.condition("hybrid-1t", "Degraded")["status"] == "True"
     sp = world.get_cr("ServingPlan", "hybrid-1t", "default") or {}
@@ -168,8 +192,10 @@ async def test_deleting_the_plan_removes_children_in_both_clusters(world: World)
     assert sp["metadata"].get("finalizers")  # deletion waits for the cleanup
 
     await world.delete(docs["ServingPlan"])
-    await world.until(lambda: world.get_cr("ServingPlan", "hybrid-1t", "default") is None,
-                      what="the ServingPlan to be gone")
+    await world.until(
+        lambda: world.get_cr("ServingPlan", "hybrid-1t", "default") is None,
+        what="the ServingPlan to be gone",
+    )
     for emulator in (world.local, world.remote):
         for res in ("apps/v1/deployments", "v1/services", "v1/configmaps"):
             assert world.children(emulator, res) == {}, res
