@@ -54,7 +54,7 @@ def run(
         if apply_mode not in ("server-side", "merge"):
             typer.echo("prfaas operator: --apply must be server-side or merge", err=True)
             raise typer.Exit(2)
-        settings.reconcile.apply_mode = apply_mode  # type: ignore[assignment]
+        settings.reconcile.apply_mode = apply_mode
     if metrics_port is not None:
         settings.metrics_port = metrics_port
     liveness = f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None

@@ -65,12 +65,12 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler) -> kopf.OperatorR
     @kopf.on.create(*_PLANS, registry=registry)
     @kopf.on.update(*_PLANS, registry=registry, field="spec")
     @kopf.on.resume(*_PLANS, registry=registry)
-    async def plan_changed(namespace: str, name: str, **_: Any) -> None:
-        await _reconcile(namespace, name)
+    async def plan_changed(namespace: str | None, name: str, **_: Any) -> None:
+        await _reconcile(namespace or "default", name)
 
     @kopf.timer(*_PLANS, registry=registry, interval=resync, initial_delay=resync)
-    async def plan_resync(namespace: str, name: str, **_: Any) -> None:
-        await _reconcile(namespace, name)
+    async def plan_resync(namespace: str | None, name: str, **_: Any) -> None:
+        await _reconcile(namespace or "default", name)
 
     @kopf.on.delete(*_PLANS, registry=registry)
     async def plan_deleted(body: kopf.Body, **_: Any) -> None:
@@ -92,7 +92,7 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler) -> kopf.OperatorR
         @kopf.on.update(*resource, registry=registry, id=f"{plural}-updated", field="spec")
         @kopf.on.resume(*resource, registry=registry, id=f"{plural}-resumed")
         async def cluster_changed(name: str, _kind: str = kind, **_: Any) -> None:
-            await rec.probe_cluster(_kind, name)  # type: ignore[arg-type]
+            await rec.probe_cluster(_kind, name)
             await _wake(name)
 
         @kopf.on.delete(*resource, registry=registry, id=f"{plural}-deleted", optional=True)
@@ -103,7 +103,7 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler) -> kopf.OperatorR
             *resource, registry=registry, id=f"{plural}-probe", interval=probe, initial_delay=probe
         )
         async def cluster_probe(name: str, _kind: str = kind, **_: Any) -> None:
-            await rec.probe_cluster(_kind, name)  # type: ignore[arg-type]
+            await rec.probe_cluster(_kind, name)
 
     @kopf.on.create(*_LINKS, registry=registry)
     @kopf.on.update(*_LINKS, registry=registry, field="spec")

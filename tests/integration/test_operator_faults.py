@@ -135,7 +135,7 @@ async def test_unreachable_cluster_degrades_without_deleting_elsewhere(world: Wo
         ),
         what="the cluster's Reachable=False",
     )
-    reach = [c for c in cluster["status"]["conditions"] if c["type"] == "Reachable"][0]
+    reach = next(c for c in cluster["status"]["conditions"] if c["type"] == "Reachable")
     assert reach["status"] == "False"
     assert set(world.children(world.local)) == EXPECTED_LOCAL
     assert set(world.children(world.remote)) == EXPECTED_REMOTE
