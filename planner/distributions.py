@@ -80,9 +80,7 @@ class LengthDistribution(ABC):
         """``E[L; L ≤ x]`` = ``E[L · 1(L ≤ x)]``."""
 
     @abstractmethod
-    def sample(
-        self, rng: np.random.Generator | random.Random | int | None, n: int
-    ) -> np.ndarray:
+    def sample(self, rng: np.random.Generator | random.Random | int | None, n: int) -> np.ndarray:
         """``n`` lengths as a float array; ``rng`` is a numpy Generator, a ``random.Random``
         (its state seeds a Generator) or a seed."""
 
@@ -177,9 +175,7 @@ class LogNormal(LengthDistribution):
         x = min(max(x, self.low), self.high)
         return (self._raw_partial(x) - self._raw_partial(self.low)) / self._mass
 
-    def sample(
-        self, rng: np.random.Generator | random.Random | int | None, n: int
-    ) -> np.ndarray:
+    def sample(self, rng: np.random.Generator | random.Random | int | None, n: int) -> np.ndarray:
         gen = _generator(rng)
         out = np.empty(0)
         lo, hi = math.log(self.low), math.log(self.high) if math.isfinite(self.high) else math.inf
@@ -242,9 +238,7 @@ class Empirical(LengthDistribution):
                 acc += w * (top * top - a * a) / (2.0 * (b - a))
         return acc
 
-    def sample(
-        self, rng: np.random.Generator | random.Random | int | None, n: int
-    ) -> np.ndarray:
+    def sample(self, rng: np.random.Generator | random.Random | int | None, n: int) -> np.ndarray:
         gen = _generator(rng)
         idx = gen.choice(len(self.weights), size=n, p=self._probs())
         lo = np.asarray(self.edges[:-1])[idx]
@@ -276,9 +270,7 @@ class Fixed(LengthDistribution):
     def partial_mean(self, x: float) -> float:
         return self.value if x >= self.value else 0.0
 
-    def sample(
-        self, rng: np.random.Generator | random.Random | int | None, n: int
-    ) -> np.ndarray:
+    def sample(self, rng: np.random.Generator | random.Random | int | None, n: int) -> np.ndarray:
         return np.full(n, float(self.value))
 
 
@@ -308,9 +300,7 @@ class Trace(LengthDistribution):
         k = int(np.searchsorted(self.values, x, side="right"))
         return float(sum(self.values[:k])) / len(self.values)
 
-    def sample(
-        self, rng: np.random.Generator | random.Random | int | None, n: int
-    ) -> np.ndarray:
+    def sample(self, rng: np.random.Generator | random.Random | int | None, n: int) -> np.ndarray:
         return _generator(rng).choice(np.asarray(self.values), size=n)
 
 
@@ -335,7 +325,5 @@ class Scaled(LengthDistribution):
     def partial_mean(self, x: float) -> float:
         return self.factor * self.base.partial_mean(x / self.factor)
 
-    def sample(
-        self, rng: np.random.Generator | random.Random | int | None, n: int
-    ) -> np.ndarray:
+    def sample(self, rng: np.random.Generator | random.Random | int | None, n: int) -> np.ndarray:
         return self.factor * self.base.sample(rng, n)
