@@ -1,0 +1,83 @@
+"""Apply helpers: subset comparison, availability, owner references, RBAC derived from KINDS."""
+
+from __future__ import annotations
+
+import pytest
+from prfaas.operator.apply import availability, is_subset, owner_reference
+from prfaas.operator.clients import KINDS, ClusterClient, OperatorError, kind_of, rbac_rules
+
+
+def test_is_subset_ignores_server_defaults_but_not_changes() -> None:
+    want = {"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "e"}]}}}}
+    have = {
+        "spec": {
+            "replicas": 3,
+            "progressDeadlineSeconds": 600,
+            "template": {"spec": {"containers": [{"name": "e", "tty": False}]}},
+        }
+    }
+    assert is_subset(want, have)
+    assert not is_subset({"spec": {"replicas": 4}}, have)
+    assert not is_subset({"spec": {"template": {"spec": {"containers": []}}}}, have)
+    assert is_subset({"a": 1}, {"a": 1.0})
+
+
+def test_availability_needs_updated_available_replicas_of_the_current_generation() -> None:
+    dep = {
+        "kind": "Deployment",
+        "metadata": {"generation": 2},
+        "spec": {"replicas": 3},
+        "status": {"observedGeneration": 2, "availableReplicas": 3, "updatedReplicas": 2},
+    }
+    assert availability(dep) == (2, 3)
+    dep["status"]["observedGeneration"] = 1
+    assert availability(dep) == (0, 3)
+    lws = {"kind": "LeaderWorkerSet", "spec": {"replicas": 2}, "status": {"readyReplicas": 2}}
+    assert availability(lws) == (2, 2)
+    assert availability({"kind": "Deployment", "spec": {"replicas": 1}}) == (0, 1)
+
+
+def test_owner_reference_needs_a_uid() -> None:
+    sp = {
+        "apiVersion": "prfaas.io/v1alpha1",
+        "kind": "ServingPlan",
+        "metadata": {"name": "a", "namespace": "n"},
+    }
+    assert owner_reference(sp) is None
+    sp["metadata"]["uid"] = "u-1"
+    ref = owner_reference(sp)
+    assert ref is not None and ref["uid"] == "u-1" and ref["controller"] is True
+
+
+def test_kind_of_refuses_unmanaged_kinds_and_wrong_versions() -> None:
+    assert kind_of({"apiVersion": "apps/v1", "kind": "Deployment"}).plural == "deployments"
+    with pytest.raises(KeyError):
+        kind_of({"apiVersion": "v1", "kind": "Pod"})
+    with pytest.raises(KeyError):
+        kind_of({"apiVersion": "apps/v1beta1", "kind": "Deployment"})
+
+
+async def test_undeclared_verbs_are_refused_before_any_request() -> None:
+    client = ClusterClient(name="x", server="http://127.0.0.1:9")
+    with pytest.raises(OperatorError, match="does not declare verb 'delete' on secrets"):
+        await client.delete(KINDS["Secret"], "ns", "s")
+    await client.close()
+
+
+def test_rbac_rules_cover_exactly_the_declared_kinds() -> None:
+    granted = {
+        (g, r, v)
+        for rule in rbac_rules()
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    declared = {(k.group, k.plural, v) for k in KINDS.values() for v in k.verbs}
+    status = {(g, r, v) for g, r, v in granted if r.endswith("/status")}
+    assert granted - status == declared
+    assert {r for _, r, _ in status} == {
+        "servingplans/status",
+        "prefillclusters/status",
+        "decodeclusters/status",
+        "interdclinks/status",
+    }

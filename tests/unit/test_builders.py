@@ -1,0 +1,224 @@
+"""Builders: the case study's children, checked against golden YAML and Kubernetes' own schemas.
+
+Regenerate the golden files after an intended change with
+``PRFAAS_UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_builders.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from prfaas.engine.launch import vllm_argv
+from prfaas.engine.router_config import parse_router_config
+from prfaas.operator import api
+from prfaas.operator.builders import (
+    BuildError,
+    ClusterTarget,
+    PlanInputs,
+    build_children,
+    child_name,
+    engine_launch,
+    label_value,
+)
+from prfaas.planner.plan import ClusterPlan, LinkPlan, Plan, RemotePrefill, RouterPlan
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden"
+K8S = kubernetes_validate.latest_version()
+
+
+def _docs() -> dict[str, dict[str, Any]]:
+    text = (REPO / "crds" / "samples" / "case-study.yaml").read_text()
+    return {d["kind"]: d for d in yaml.safe_load_all(text) if d}
+
+
+def _plan(decode_tp: int = 8) -> Plan:
+    """The paper's split: 4 PrfaaS instances, 3 PD-P and 5 PD-D on H20, all at TP8."""
+    return Plan(
+        model="hybrid-1t",
+        threshold_tokens=19400.0,
+        offload_fraction=0.496,
+        throughput_rps=3.24,
+        kv_bytes_per_token=16800.0,
+        clusters=[
+            ClusterPlan("prfaas-h200", "dc-a", "prefill", "H200", 4, 8, 1, "published"),
+            ClusterPlan("pd-h20", "dc-b", "prefill", "H20", 3, 8, 1, "roofline"),
+            ClusterPlan("pd-h20", "dc-b", "decode", "H20", 5, decode_tp, 1, "roofline"),
+        ],
+        links=[LinkPlan("dc-a-to-dc-b", "dc-a", "dc-b", 100.0, 0.8, 13.0)],
+        routers=[
+            RouterPlan(
+                "pd-h20", 19400.0, 16800.0, 0.0, [RemotePrefill("prfaas-h200", "dc-a-to-dc-b")]
+            )
+        ],
+    )
+
+
+def _inputs(
+    plan: Plan | None = None, *, pod_monitor: bool = False, scheduling: dict[str, Any] | None = None
+) -> PlanInputs:
+    docs = _docs()
+    pfc = docs["PrefillCluster"]
+    pfc["spec"]["target"] = {"namespace": "prefill", "kubeconfigSecretRef": {"name": "dc-a"}}
+    if scheduling:
+        pfc["spec"]["scheduling"] = scheduling
+    prefill = api.PrefillCluster.model_validate(pfc)
+    decode = api.DecodeCluster.model_validate(docs["DecodeCluster"])
+    sp = api.ServingPlan.model_validate(docs["ServingPlan"])
+    return PlanInputs(
+        name="hybrid-1t",
+        namespace="default",
+        spec=sp.spec,
+        plan=plan or _plan(),
+        clusters={
+            "prfaas-h200": ClusterTarget(
+                "prfaas-h200",
+                "PrefillCluster",
+                prefill.spec,
+                api_server="prfaas-system/dc-a/kubeconfig",
+                pod_monitor=pod_monitor,
+            ),
+            "pd-h20": ClusterTarget(
+                "pd-h20", "DecodeCluster", decode.spec, pod_monitor=pod_monitor
+            ),
+        },
+    )
+
+
+def _validate(obj: dict[str, Any]) -> None:
+    kubernetes_validate.validate(obj, K8S, strict=True)
+
+
+@pytest.mark.parametrize("cluster", ["prfaas-h200", "pd-h20"])
+def test_case_study_children_match_golden_and_validate(cluster: str) -> None:
+    children = build_children(_inputs())
+    text = yaml.safe_dump_all(children[cluster], sort_keys=True)
+    for obj in children[cluster]:
+        _validate(obj)
+    path = GOLDEN / f"case-study-{cluster}.yaml"
+    if os.environ.get("PRFAAS_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"{path.name} differs; see the module docstring"
+
+
+def test_engine_deployments_carry_the_plan() -> None:
+    children = build_children(_inputs())
+    by_name = {
+        o["metadata"]["name"]: o
+        for objs in children.values()
+        for o in objs
+        if o["kind"] == "Deployment"
+    }
+    decode = by_name["hybrid-1t-pd-h20-decode"]
+    assert decode["kind"] == "Deployment" and decode["spec"]["replicas"] == 5
+    pod = decode["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    argv = [*c["command"], *c["args"]]
+    sp = _inputs().spec
+    assert argv == vllm_argv(engine_launch(sp, _plan().clusters[2]))
+    kv = json.loads(argv[argv.index("--kv-transfer-config") + 1])
+    assert kv["kv_role"] == "kv_consumer" and kv["kv_load_failure_policy"] == "recompute"
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "8"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["UCX_TLS"]["value"] == "tcp,self"
+    assert (
+        env["VLLM_NIXL_SIDE_CHANNEL_HOST"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    )
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "8"}
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert pod["terminationGracePeriodSeconds"] > 0
+    prefill = by_name["hybrid-1t-prfaas-h200-prefill"]
+    assert prefill["metadata"]["namespace"] == "prefill"
+    pargs = prefill["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert json.loads(pargs[pargs.index("--kv-transfer-config") + 1])["kv_role"] == "kv_producer"
+    for obj in by_name.values():
+        labels = obj["metadata"]["labels"]
+        assert {"prfaas.io/plan", "prfaas.io/cluster", "prfaas.io/role"} <= set(labels)
+
+
+def test_router_configmap_is_what_the_router_reads() -> None:
+    cms = [o for o in build_children(_inputs())["pd-h20"] if o["kind"] == "ConfigMap"]
+    cfg = parse_router_config(cms[0]["data"]["router.yaml"])
+    assert cfg.threshold_tokens == 19400.0 and cfg.kv_bytes_per_token == 16800.0
+    assert cfg.local_datacenter == "dc-b"
+    assert cfg.datacenters["dc-b"].decode == [
+        "http://hybrid-1t-pd-h20-decode.default.svc.cluster.local:8000"
+    ]
+    # The prefill cluster lives behind another API server: a multi-cluster DNS name.
+    assert cfg.datacenters["dc-a"].prefill == [
+        "http://hybrid-1t-prfaas-h200-prefill.prefill.svc.clusterset.local:8000"
+    ]
+    assert cfg.links["dc-a"].capacity_gbps == 100.0 and cfg.links["dc-a"].headroom == 0.8
+
+
+def test_scheduling_comes_from_the_cluster() -> None:
+    sched = {
+        "nodeSelector": {"gpu": "h200"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    }
+    dep = build_children(_inputs(scheduling=sched))["prfaas-h200"][0]
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"gpu": "h200"}
+    assert pod["tolerations"] == sched["tolerations"]
+    _validate(dep)
+
+
+def test_instance_wider_than_a_node_becomes_a_leader_worker_set() -> None:
+    children = build_children(_inputs(_plan(decode_tp=16)))
+    lws = next(o for o in children["pd-h20"] if o["metadata"]["name"] == "hybrid-1t-pd-h20-decode")
+    assert lws["kind"] == "LeaderWorkerSet" and lws["apiVersion"] == "leaderworkerset.x-k8s.io/v1"
+    tmpl = lws["spec"]["leaderWorkerTemplate"]
+    assert tmpl["size"] == 2 and lws["spec"]["replicas"] == 5
+    for role in ("leaderTemplate", "workerTemplate"):
+        pod = tmpl[role]["spec"]
+        assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "8"}
+        _validate(
+            {
+                "apiVersion": "v1",
+                "kind": "PodTemplate",
+                "metadata": {"name": "t"},
+                "template": tmpl[role],
+            }
+        )
+    leader = tmpl["leaderTemplate"]["spec"]["containers"][0]["args"][0]
+    assert "--tensor-parallel-size 16" in leader and "--distributed-executor-backend ray" in leader
+
+
+def test_pod_monitor_only_when_served() -> None:
+    assert not any(
+        o["kind"] == "PodMonitor" for objs in build_children(_inputs()).values() for o in objs
+    )
+    monitors = [
+        o
+        for objs in build_children(_inputs(pod_monitor=True)).values()
+        for o in objs
+        if o["kind"] == "PodMonitor"
+    ]
+    assert len(monitors) == 2
+    assert monitors[0]["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+
+
+def test_zero_instances_build_nothing_and_unknown_clusters_fail() -> None:
+    plan = _plan()
+    plan.clusters[1].instances = 0
+    names = {o["metadata"]["name"] for o in build_children(_inputs(plan))["pd-h20"]}
+    assert "hybrid-1t-pd-h20-prefill" not in names
+    plan.clusters.append(ClusterPlan("elsewhere", "dc-c", "decode", "H20", 1))
+    with pytest.raises(BuildError, match="elsewhere"):
+        build_children(_inputs(plan))
+    with pytest.raises(BuildError, match="not feasible"):
+        build_children(_inputs(Plan(model="m", feasible=False, reason="too thin")))
+
+
+def test_names_and_label_values_stay_within_limits() -> None:
+    long = "x" * 80
+    assert len(child_name(long, "cluster", "decode")) == 63
+    assert child_name(long, "a") != child_name(long, "b")
+    assert child_name("9lives", "a").startswith("p-")
+    assert len(label_value(long)) <= 63 and label_value("short") == "short"
