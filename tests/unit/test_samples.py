@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from openapi_schema_validator import OAS30Validator
 from prfaas.operator import api
 from prfaas.operator.crds import build_crd
@@ -113,3 +115,51 @@ def test_local_sample_fits_one_cpu_machine() -> None:
     assert {c.spec.accelerator.type for c in clusters} == {"CPU"}
     assert sum(c.spec.accelerator.count for c in clusters) <= 2
     assert m.warnings == []
+
+
+# ----------------------------------------------------------------------------------------------
+# The CRD schema is never stricter than the models: whatever the API server would refuse, the
+# models refuse too (the reverse need not hold: cross-field rules live in the models).
+# ----------------------------------------------------------------------------------------------
+
+
+def _leaf_paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    paths = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            paths += _leaf_paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            paths += _leaf_paths(value, (*prefix, i))
+    return paths
+
+
+_VALUES = st.one_of(
+    st.integers(min_value=-(2**40), max_value=2**40),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.text(max_size=8),
+    st.sampled_from(["10s", "25ms", "0s", "auto", "fixed", "lognormal", "H200", "dc-a"]),
+    st.booleans(),
+    st.lists(st.integers(min_value=0, max_value=3), max_size=2),
+    st.dictionaries(st.sampled_from(["type", "value", "mu"]), st.integers(0, 3), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_crd_schema_is_never_stricter_than_the_models(data: st.DataObject) -> None:
+    _, doc = data.draw(st.sampled_from(_documents()), label="document")
+    doc = yaml.safe_load(yaml.safe_dump(doc))
+    paths = [p for p in _leaf_paths(doc) if p[0] == "spec"]
+    path = data.draw(st.sampled_from(paths), label="path")
+    parent = doc
+    for part in path[:-1]:
+        parent = parent[part]
+    if data.draw(st.booleans(), label="delete"):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = data.draw(_VALUES, label="value")
+    if _crd_validator(doc["kind"]).is_valid(doc):
+        return
+    with pytest.raises(ValueError):
+        api.model_for_kind(doc["kind"]).model_validate(doc)
