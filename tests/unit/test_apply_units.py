@@ -23,7 +23,7 @@ def test_is_subset_ignores_server_defaults_but_not_changes() -> None:
 
 
 def test_availability_needs_updated_available_replicas_of_the_current_generation() -> None:
-    dep = {
+    dep: dict[str, Any] = {
         "kind": "Deployment",
         "metadata": {"generation": 2},
         "spec": {"replicas": 3},
@@ -38,7 +38,7 @@ def test_availability_needs_updated_available_replicas_of_the_current_generation
 
 
 def test_owner_reference_needs_a_uid() -> None:
-    sp = {
+    sp: dict[str, Any] = {
         "apiVersion": "prfaas.io/v1alpha1",
         "kind": "ServingPlan",
         "metadata": {"name": "a", "namespace": "n"},
