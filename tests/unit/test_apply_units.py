@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from prfaas.operator.apply import availability, is_subset, owner_reference
 from prfaas.operator.clients import KINDS, ClusterClient, OperatorError, kind_of, rbac_rules
