@@ -7,7 +7,15 @@ heavy imports (vLLM, kopf, the simulator) happen inside the command, never at im
 from __future__ import annotations
 
 import typer
-from prfaas.operator import cmd_crds, cmd_operator, cmd_plan, cmd_router, cmd_up, cmd_validate
+from prfaas.operator import (
+    cmd_crds,
+    cmd_operator,
+    cmd_plan,
+    cmd_router,
+    cmd_simulate,
+    cmd_up,
+    cmd_validate,
+)
 
 __all__ = ["app", "main"]
 
@@ -31,6 +39,7 @@ app.command("plan")(cmd_plan.run)
 app.command("router")(cmd_router.run)
 app.command("up")(cmd_up.run)
 app.command("operator")(cmd_operator.run)
+app.command("simulate")(cmd_simulate.run)
 
 
 def main() -> None:

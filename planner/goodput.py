@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-
 from prfaas.planner.latency import LatencyModel
 from prfaas.planner.sim_arrivals import (
     ArrivalKind,
