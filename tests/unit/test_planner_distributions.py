@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from prfaas.planner.distributions import Empirical, Fixed, LogNormal, Trace
+from prfaas.planner.distributions import Empirical, Fixed, LengthDistribution, LogNormal, Trace
 
 CASE_STUDY = LogNormal(9.90, 1.00, 128, 131072)
 
@@ -28,7 +28,7 @@ def test_case_study_offload_fraction_at_published_threshold() -> None:
     ],
 )
 @pytest.mark.parametrize("q", [0.1, 0.5, 0.9])
-def test_split_conserves_mean(dist, q: float) -> None:
+def test_split_conserves_mean(dist: LengthDistribution, q: float) -> None:
     t = dist.quantile(q)
     s = dist.split(t)
     assert s.p * s.l_long + (1 - s.p) * s.l_short == pytest.approx(dist.mean, rel=1e-9)
@@ -55,7 +55,7 @@ def test_fixed_and_infinite_threshold() -> None:
 @pytest.mark.parametrize(
     "dist", [CASE_STUDY, Empirical.from_buckets([10, 90], [1, 3]), Trace((1, 2, 3)), Fixed(7)]
 )
-def test_samples_follow_the_distribution(dist) -> None:
+def test_samples_follow_the_distribution(dist: LengthDistribution) -> None:
     x = dist.sample(np.random.default_rng(7), 100_000)
     assert x.shape == (100_000,)
     assert x.min() >= dist.low - 1e-9 and x.max() <= dist.high + 1e-9

@@ -11,6 +11,7 @@ from prfaas.planner.catalog import GPUS
 from prfaas.planner.distributions import LogNormal
 from prfaas.planner.problem import ClusterInput, LinkInput
 from prfaas.planner.throughput import (
+    Evaluation,
     LocalPool,
     PrefillPool,
     Solver,
@@ -88,7 +89,7 @@ def test_thin_link_means_no_offload() -> None:
     assert math.isinf(ev.split.threshold) and ev.split.p == 0
 
 
-def _bounds(ev) -> list[float]:  # type: ignore[no-untyped-def]
+def _bounds(ev: Evaluation) -> list[float]:
     sp = ev.split
     out = [sum(s.theta_d for s in ev.local.values())]
     if sp.p > 0:
