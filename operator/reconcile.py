@@ -263,8 +263,15 @@ class Reconciler:
     async def _links(self) -> list[api.InterDCLink]:
         out = []
         for obj in await self.pool.local.list_objects(KINDS["InterDCLink"]):
+            body = {**_without_status(obj), "kind": "InterDCLink"}
             try:
-                out.append(api.InterDCLink.model_validate(_without_status(obj)))
+                # With status when it parses: the planner prefers a measured bandwidth.
+                out.append(api.InterDCLink.model_validate({**body, "status": obj.get("status")}))
+                continue
+            except ValidationError:
+                pass
+            try:
+                out.append(api.InterDCLink.model_validate(body))
             except ValidationError as exc:
                 log.warning(
                     "ignoring invalid InterDCLink %s: %s", obj.get("metadata", {}).get("name"), exc

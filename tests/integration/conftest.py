@@ -23,10 +23,9 @@ import pytest
 import pytest_asyncio
 import yaml
 from prfaas.operator import api
-from prfaas.operator.reconcile import PlannerFn, PlanRequest
+from prfaas.operator.reconcile import PlannerFn, PlanRequest, default_planner
 from prfaas.operator.runtime import run_operator
 from prfaas.operator.settings import OperatorSettings
-from prfaas.planner.plan import ClusterPlan, LinkPlan, Plan, RemotePrefill, RouterPlan
 
 REPO = Path(__file__).resolve().parents[2]
 CASE_STUDY = REPO / "crds" / "samples" / "case-study.yaml"
@@ -98,93 +97,6 @@ def path_of(obj: dict[str, Any], name: str | None = None) -> str:
     return f"{base}/{name}" if name else base
 
 
-def fake_planner(request: PlanRequest) -> Plan:
-    """A stand-in planner with the real one's contract: 8-GPU instances everywhere, the decode
-    cluster split 3 prefill / 5 decode (the paper's optimum), 2 / 6 when TPOT < 20 ms (a
-    tighter TPOT needs smaller decode batches, so more instances); infeasible under 5 ms."""
-    spec = request.serving_plan.spec
-    tpot = api.duration_seconds(spec.slo.tpot)
-    if tpot < 0.005:
-        return Plan(
-            model=spec.model.served_name,
-            feasible=False,
-            reason=f"spec.slo.tpot {spec.slo.tpot} is below the decode step time "
-            "(≈ 12 ms on H20 at TP8); raise it",
-        )
-    clusters: list[ClusterPlan] = []
-    for pc in request.prefill:
-        n = pc.spec.accelerator.count // 8
-        clusters.append(
-            ClusterPlan(
-                pc.metadata.name,
-                pc.spec.datacenter,
-                "prefill",
-                pc.spec.accelerator.type,
-                n,
-                8,
-                1,
-                "fake",
-            )
-        )
-    routers = []
-    for dc in request.decode:
-        total = dc.spec.accelerator.count // 8
-        n_d = min(total - 1, 5 if tpot >= 0.02 else 6)
-        clusters.append(
-            ClusterPlan(
-                dc.metadata.name,
-                dc.spec.datacenter,
-                "prefill",
-                dc.spec.accelerator.type,
-                total - n_d,
-                8,
-                1,
-                "fake",
-            )
-        )
-        clusters.append(
-            ClusterPlan(
-                dc.metadata.name,
-                dc.spec.datacenter,
-                "decode",
-                dc.spec.accelerator.type,
-                n_d,
-                8,
-                1,
-                "fake",
-            )
-        )
-        remotes = [
-            RemotePrefill(pc.metadata.name, ln.metadata.name)
-            for pc in request.prefill
-            for ln in request.links
-            if ln.spec.from_ == pc.spec.datacenter and ln.spec.to == dc.spec.datacenter
-        ]
-        routers.append(RouterPlan(dc.metadata.name, 19400.0, 16800.0, 0.0, remotes))
-    links = [
-        LinkPlan(
-            ln.metadata.name,
-            ln.spec.from_,
-            ln.spec.to,
-            ln.spec.bandwidth_gbps,
-            spec.offload.bandwidth_headroom,
-            13.0,
-        )
-        for ln in request.links
-    ]
-    return Plan(
-        model=spec.model.served_name,
-        threshold_tokens=19400.0,
-        offload_fraction=0.496,
-        throughput_rps=3.24,
-        bottleneck="prfaas",
-        kv_bytes_per_token=16800.0,
-        clusters=clusters,
-        links=links,
-        routers=routers,
-    )
-
-
 def _res(r: Any) -> str:
     return f"{r.group}/{r.version}/{r.plural}".lstrip("/")
 
@@ -205,7 +117,7 @@ class World:
 
     local: kmock.KubernetesEmulator
     remote: kmock.KubernetesEmulator
-    planner: PlannerFn = fake_planner
+    planner: PlannerFn = default_planner
     tasks: list[tuple[asyncio.Task[None], asyncio.Event]] = field(default_factory=list)
 
     async def start_operator(self, **overrides: Any) -> None:
