@@ -6,8 +6,9 @@ seed give the same result. What is modelled (DESIGN.md §5, papers.md §1.5-1.6,
 
 * **Routing** with the router's own policy (``prfaas.planner.routing``): the uncached prompt
   length after the best local prefix hit is compared with the threshold ``t`` of the remote
-  link's ``ThresholdController`` (fed by an ``EgressMeter`` of KV bytes routed over it), with
-  local fallback while the link is down. Inside a pool the instance with the longest prefix hit
+  link's ``ThresholdController``, fed as the router feeds it (the larger of an ``EgressMeter``
+  of KV bytes routed over the link and the bytes still in flight drained over one window),
+  with local fallback while the link is down. Inside a pool the instance with the longest prefix hit
   wins, then the one with the least queued work.
 * **Prefill**: per-instance FCFS queue; a batch takes queued prompts while their uncached
   tokens fit ``token_budget`` (at least one). ``pipeline_stages = k`` models inter-op (PP)
@@ -203,6 +204,8 @@ class _LinkState:
     link: SharedLink
     meter: EgressMeter
     controller: ThresholdController
+    in_flight: float = 0.0
+    """KV bytes routed over this link and not yet delivered (queued, prefilling or moving)."""
     offered_t: array = field(default_factory=lambda: array("d"))
     offered_b: array = field(default_factory=lambda: array("d"))
     thr_t: array = field(default_factory=lambda: array("d"))
@@ -420,7 +423,7 @@ class Simulation:
                 ctrl = state.controller
                 thr = ctrl.threshold
                 if self._adaptive:
-                    thr = ctrl.update(self.now, state.meter.rate_bps(self.now))
+                    thr = ctrl.update(self.now, self._estimated_bps(state))
                     if thr != state.thr_v[-1]:
                         state.thr_t.append(self.now)
                         state.thr_v.append(thr)
@@ -432,6 +435,7 @@ class Simulation:
             state = self._links[pool.link]
             nbytes = self._kv_tok * length + self._kv_fix
             state.meter.add(self.now, nbytes)
+            state.in_flight += nbytes
             state.offered_t.append(self.now)
             state.offered_b.append(nbytes)
             self._remote[r] = True
@@ -446,6 +450,12 @@ class Simulation:
         self._pool_waiting(pool, 1)
         if not inst.busy:
             self._start_batch(target)
+
+    def _estimated_bps(self, state: _LinkState) -> float:
+        """The router's egress estimate: the meter's rate, or the KV still in flight drained
+        over one window, whichever is larger (``engine_images/router_policy.py``)."""
+        drain = 8.0 * state.in_flight / state.meter.window_s
+        return max(state.meter.rate_bps(self.now), drain)
 
     def _pool_waiting(self, pool: _Pool, change: int) -> None:
         pool.waiting += change
@@ -544,10 +554,14 @@ class Simulation:
         self._schedule_link(li)
 
     def _on_link_done(self, li: int, version: int) -> None:
-        link = self._links[li].link
+        state = self._links[li]
+        link = state.link
         if version != link.version:
             return
         for r in link.finish(self.now):
+            state.in_flight = max(
+                0.0, state.in_flight - self._kv_tok * self._input[r] - self._kv_fix
+            )
             self._deliver(r)
         self._schedule_link(li)
 
