@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import networkx as nx
+from networkx.algorithms.flow import build_residual_network, preflow_push
 from prfaas.planner.problem import ClusterInput, LinkInput
 
 __all__ = ["Assignment", "Network", "build_network"]
@@ -28,6 +29,8 @@ _SOURCE = ("source", "")
 _SINK = ("sink", "")
 _UNITS = 1e6
 """Integer flow units per req/s for the min-cost flow (network simplex needs integers)."""
+_BIG = 1e15
+"""Stands for an unbounded capacity in the reused residual network (all real ones are ≪)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,18 @@ class Network:
     prefill: list[str]
     decode: list[str]
     headroom: float
+    _residual: nx.DiGraph | None = None
+
+    def _residual_network(self) -> nx.DiGraph:
+        """The residual network, built once; ``max_offload`` only rewrites its capacities."""
+        if self._residual is None:
+            r = build_residual_network(self.graph, "capacity")
+            r.graph["inf"] = _BIG
+            for u, v, data in self.graph.edges(data=True):
+                if not math.isfinite(data.get("capacity", math.inf)):
+                    r[u][v]["capacity"] = _BIG
+            self._residual = r
+        return self._residual
 
     def _set(
         self,
@@ -82,8 +97,13 @@ class Network:
             for name in self.decode:
                 cap = self.graph[("d", name)][_SINK]["capacity"]
                 self.graph[("d", name)][_SINK]["capacity"] = min(cap, supply)
-        _, flow = nx.maximum_flow(self.graph, _SOURCE, _SINK)
-        return {name: flow[("d", name)][_SINK] for name in self.decode}
+        r = self._residual_network()
+        for u, v, data in self.graph.edges(data=True):
+            cap = data.get("capacity", math.inf)
+            r[u][v]["capacity"] = min(cap, _BIG)
+        # Phase one of preflow-push already fixes the flow on edges into the sink.
+        preflow_push(self.graph, _SOURCE, _SINK, residual=r, value_only=True)
+        return {name: max(r[("d", name)][_SINK]["flow"], 0.0) for name in self.decode}
 
     def assign(
         self,
