@@ -5,30 +5,43 @@
 router's ConfigMap. ``Plan.from_dict()`` reads it back. Add fields only with defaults, so an
 older reader keeps working.
 
-Shape (version 1)::
+Shape (version 1), as ``prfaas plan crds/samples/case-study.yaml -o json`` prints it::
 
     {
       "version": 1,
-      "feasible": true,                 # false: "reason" says why and how to fix it
-      "reason": "",
-      "model": "ring-1t",
-      "thresholdTokens": 19400.0,       # null: no offload (t = infinity)
-      "offloadFraction": 0.496,         # p = P(uncached length > t)
-      "lLong": 44000.0, "lShort": 8000.0,
-      "throughputRps": 3.24,            # predicted Lambda_max
-      "bottleneck": "prfaas",           # prfaas | pd-prefill | pd-decode | link
-      "stages": {"prfaas": 1.61, "pdPrefill": 1.64, "pdDecode": 3.91},
-      "kvBytesPerToken": 16800.0, "kvFixedBytes": 1.8e8,
-      "clusters": [{"name", "datacenter", "role", "accelerator", "instances",
-                    "tensorParallel", "pipelineParallel", "gpusPerInstance", "gpus",
-                    "latencySource"}],
-      "links": [{"name", "from", "to", "capacityGbps", "headroom", "egressGbps"}],
-      "routers": [{"decodeCluster", "thresholdTokens", "kvBytesPerToken",
-                   "remotes": [{"prefillCluster", "link"}]}],
+      "feasible": true,                 # false: "reason" says why and how to fix it; the
+      "reason": "",                     #   other fields are then defaults
+      "model": "hybrid-1t",
+      "thresholdTokens": 19232.6,       # t on the *uncached* length; null: no offload (t = inf)
+      "offloadFraction": 0.499,         # p = P(uncached length > t)
+      "lLong": 44862.1, "lShort": 10158.9,   # E[L | L > t], E[L | L <= t] (tokens)
+      "throughputRps": 3.337,           # predicted Lambda_max (saturation rate, Eq. 6)
+      "bottleneck": "pd-prefill",       # prfaas | pd-prefill | pd-decode | link
+      "stages": {                       # req/s; prfaas/prfaasCompute/link only with offload
+        "pdPrefill": 1.671,             #   Theta_pd-p, summed over decode clusters (Eq. 4)
+        "pdDecode": 3.906,              #   Theta_pd-d (Eq. 5)
+        "prfaas": 1.666,                #   Theta_prfaas = min(compute, bandwidth) (Eq. 3, max-flow)
+        "prfaasCompute": 1.666,         #   N_prfaas / T_prefill(l_long)
+        "link": 10.46},                 #   what headroom x bandwidth alone could carry
+      "kvBytesPerToken": 17280.0, "kvFixedBytes": 180690944.0,   # S_kv(l) = fixed + l x per-token
+      "clusters": [                     # one row per (cluster, role) with instances; a decode
+        {"name": "pd-h20", "datacenter": "dc-b", "role": "decode",   # cluster has a "prefill"
+         "accelerator": "H20", "instances": 5,                       # row (PD-P) and a "decode"
+         "tensorParallel": 8, "pipelineParallel": 1,                 # row (PD-D)
+         "gpusPerInstance": 8, "gpus": 40,
+         "latencySource": "published"}],    # fit | roofline | published (the role's phase)
+      "links": [{"name": "dc-a-to-dc-b", "from": "dc-a", "to": "dc-b", "capacityGbps": 100,
+                 "headroom": 0.8, "egressGbps": 12.74}],   # predicted KV egress at Lambda_max
+      "routers": [{"decodeCluster": "pd-h20", "thresholdTokens": 19232.6,   # null: all local
+                   "kvBytesPerToken": 17280.0, "kvFixedBytes": 180690944.0,
+                   "remotes": [{"prefillCluster": "prfaas-h200", "link": "dc-a-to-dc-b"}]}],
       "predicted": {"ttftP90S": 3.5, "tpotP90S": 0.04, "attainment": 0.95,
-                    "rateRps": 2.0, "goodputRps": 3.0},
-      "baselines": [{"name", "throughputRps", "ratio", "gpus", "note"}],
-      "notes": ["..."]
+                    "rateRps": 2.0, "goodputRps": 3.0},   # null until simulated
+      "baselines": [{"name": "homogeneous-pd", "throughputRps": 2.026, "ratio": 1.65,
+                     "gpus": 96, "note": "...", "predicted": null}],
+                     # names: homogeneous-pd, naive-heterogeneous, homogeneous-pd-equal-cost;
+                     # ratio = this plan's throughputRps / the baseline's
+      "notes": ["..."]                  # provenance of every input and latency model
     }
 """
 
