@@ -1,0 +1,147 @@
+"""The PrfaaS case study (papers.md §1.7-1.8) through the simulator: the plan beats homogeneous PD.
+
+The paper reports −64% P90 TTFT and +54% throughput against homogeneous PD; the issue asks for
+the direction and at least half of each effect (≤ −32% P90 TTFT, ≥ +27% goodput).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prfaas.operator.cli import app
+from prfaas.operator.manifests import read_manifests
+from prfaas.operator.translate import problems_from_manifests
+from prfaas.planner.goodput import SloTarget, config_goodput
+from prfaas.planner.plan import Plan
+from prfaas.planner.planning import plan as make_plan
+from prfaas.planner.problem import Problem, SloInput
+from prfaas.planner.sim_plan import (
+    ScenarioRun,
+    common_rate,
+    predict,
+    run_scenarios,
+    scenarios,
+)
+from typer.testing import CliRunner
+
+SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "case-study.yaml"
+
+
+@pytest.fixture(scope="module")
+def problem() -> Problem:
+    return problems_from_manifests(read_manifests([SAMPLE]).resources)[0]
+
+
+@pytest.fixture(scope="module")
+def runs(problem: Problem) -> dict[str, ScenarioRun]:
+    found = scenarios(problem, make_plan(problem))
+    out = run_scenarios(problem, found, requests=6000, rate=common_rate(problem, found), seed=1)
+    return {r.scenario.name: r for r in out}
+
+
+def test_scenarios_follow_the_plan(problem: Problem) -> None:
+    found = {s.name: s for s in scenarios(problem, make_plan(problem))}
+    assert set(found) == {"prfaas-pd", "homogeneous-pd", "naive-heterogeneous"}
+    ours = found["prfaas-pd"].config
+    assert {p.name: p.instances for p in ours.prefill} == {"prfaas-h200": 4, "pd-h20": 3}
+    assert ours.decode is not None and ours.decode.instances == 5
+    assert ours.routing.threshold_tokens == pytest.approx(19_400, rel=0.05)
+    homo = found["homogeneous-pd"].config
+    assert homo.links == () and homo.routing.threshold_tokens is None
+    naive = found["naive-heterogeneous"].config
+    assert [p.name for p in naive.prefill] == ["prfaas-h200"]
+    assert naive.decode is not None and naive.decode.instances == 8
+    assert naive.routing.threshold_tokens == 0.0
+
+
+def test_p90_ttft_at_least_half_the_papers_reduction(runs: dict[str, ScenarioRun]) -> None:
+    ours = float(np.percentile(runs["prfaas-pd"].result.ttft, 90))
+    homo = float(np.percentile(runs["homogeneous-pd"].result.ttft, 90))
+    assert ours <= (1 - 0.64 / 2) * homo
+    assert runs["prfaas-pd"].result.offload_fraction == pytest.approx(0.5, abs=0.05)
+    # Egress stays far below the 100 Gbps link, as in the paper (≈13% at Λ_max).
+    egress = runs["prfaas-pd"].result.mean_egress_bps("dc-a-to-dc-b")
+    assert 2e9 < egress < 20e9
+
+
+def _goodputs(problem: Problem, ttft_s: float) -> dict[str, float]:
+    slo = SloTarget(ttft_s, problem.slo.tpot_s, problem.slo.attainment)
+    w = problem.workload
+    return {
+        s.name: config_goodput(
+            s.config,
+            w.input_length,
+            w.output_length,
+            slo,
+            requests=2000,
+            seed=3,
+            guess=0.8 * s.planned_rps,
+        ).rate  # fmt: skip
+        for s in scenarios(problem, make_plan(problem))
+        if s.name != "naive-heterogeneous"
+    }
+
+
+def test_goodput_at_least_half_the_papers_gain(problem: Problem) -> None:
+    at_slo = _goodputs(problem, problem.slo.ttft_s)
+    assert at_slo["prfaas-pd"] > 0.8 * make_plan(problem).throughput_rps
+    assert at_slo["prfaas-pd"] >= (1 + 0.54 / 2) * at_slo["homogeneous-pd"]
+    # At the sample's 10 s TTFT the H20-only cluster cannot prefill its longest prompts in time
+    # (its unloaded P90 TTFT is above 10 s), so its goodput is 0; with a looser TTFT objective
+    # both are positive and the comparison is about capacity, as the paper's +54%.
+    loose = _goodputs(problem, 30.0)
+    assert loose["homogeneous-pd"] > 1.0
+    assert loose["prfaas-pd"] >= (1 + 0.54 / 2) * loose["homogeneous-pd"]
+
+
+def test_predict_fills_the_plan_and_its_baselines(problem: Problem) -> None:
+    pl = make_plan(problem)
+    predict(problem, pl, requests=2000, seed=2)
+    assert pl.predicted is not None and pl.predicted.ttft_p90_s is not None
+    homo = next(b for b in pl.baselines if b.name == "homogeneous-pd")
+    assert homo.predicted is not None and homo.predicted.ttft_p90_s is not None
+    assert pl.predicted.ttft_p90_s < homo.predicted.ttft_p90_s
+    assert pl.predicted.rate_rps == homo.predicted.rate_rps
+    back = Plan.from_dict(json.loads(json.dumps(pl.to_dict())))
+    assert back.predicted == pl.predicted
+
+
+def test_tight_tpot_lowers_attainment(problem: Problem) -> None:
+    """Joint attainment: a TPOT objective below the decode step fails every request."""
+    tight = replace(problem, slo=SloInput(problem.slo.ttft_s, 0.001, 0.9, 0.9))
+    pl = make_plan(problem)
+    predict(tight, pl, requests=1000, rate=1.0)
+    assert pl.predicted is not None and pl.predicted.attainment == 0.0
+
+
+def test_cli_simulate_prints_json_and_plots(tmp_path: Path) -> None:
+    png = tmp_path / "sim.png"
+    result = CliRunner().invoke(
+        app,
+        [
+            "simulate", str(SAMPLE), "-n", "3000", "--no-goodput", "-o", "json",
+            "--bandwidth-schedule", "0:100,600:50,1200:100", "--plot", str(png),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout[result.stdout.index("{") :])
+    rows = {r["name"]: r for r in data["configurations"]}
+    assert rows["prfaas-pd"]["ttftP90S"] < rows["homogeneous-pd"]["ttftP90S"]
+    assert rows["prfaas-pd"]["rateRps"] == rows["homogeneous-pd"]["rateRps"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_simulate_table_and_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    table = runner.invoke(app, ["simulate", str(SAMPLE), "-n", "500", "--no-goodput"])
+    assert table.exit_code == 0, table.output
+    assert "vs homogeneous-pd" in table.stdout and "TTFT P90" in table.stdout
+    both = runner.invoke(app, ["simulate", str(SAMPLE), "--rate", "1", "--rate-scale", "2"])
+    assert both.exit_code != 0
+    bad = runner.invoke(app, ["simulate", str(SAMPLE), "--bandwidth-schedule", "fast"])
+    assert bad.exit_code == 1
+    assert "SECONDS:GBPS" in bad.output
