@@ -169,9 +169,12 @@ def plot_runs(runs: list[ScenarioRun], out: Path, title: str) -> None:
             ax.plot(starts, means / 1e9, label=f"{name} egress")
             cap = res.link_capacity[name]
             ax.step(
-                np.append(cap.t, end), np.append(cap.v, cap.v[-1]) / 1e9, where="post",
-                ls="--", label=f"{name} capacity",
-            )  # fmt: skip
+                np.append(cap.t, end),
+                np.append(cap.v, cap.v[-1]) / 1e9,
+                where="post",
+                ls="--",
+                label=f"{name} capacity",
+            )
         ax.set_xlabel("time (s)")
         ax.set_ylabel("Gbit/s")
         ax.set_title(f"{r.scenario.name}: link egress and offload threshold t")
@@ -179,8 +182,14 @@ def plot_runs(runs: list[ScenarioRun], out: Path, title: str) -> None:
         twin = ax.twinx()
         for name, thr in res.thresholds.items():
             v = np.where(np.isfinite(thr.v), thr.v, np.nan)
-            twin.step(np.append(thr.t, end), np.append(v, v[-1]) / 1e3, where="post",
-                      color="black", lw=0.9, label=f"t ({name})")  # fmt: skip
+            twin.step(
+                np.append(thr.t, end),
+                np.append(v, v[-1]) / 1e3,
+                where="post",
+                color="black",
+                lw=0.9,
+                label=f"t ({name})",
+            )
         twin.set_ylabel("threshold t (K tokens)")
         twin.set_ylim(bottom=0)
         ax.set_ylim(bottom=0)
@@ -225,9 +234,14 @@ def _simulate_one(
     total = n * len(found)
     if total < PROGRESS_FROM:
         return run_scenarios(
-            problem, found, requests=n, rate=at, seed=seed, stream=stream,
+            problem,
+            found,
+            requests=n,
+            rate=at,
+            seed=seed,
+            stream=stream,
             goodput_requests=goodput_requests,
-        )  # fmt: skip
+        )
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task("simulating", total=total)
@@ -237,9 +251,15 @@ def _simulate_one(
             bar.update(task, completed=offsets[name] + done, description=f"simulating {name}")
 
         return run_scenarios(
-            problem, found, requests=n, rate=at, seed=seed, stream=stream,
-            goodput_requests=goodput_requests, progress=progress,
-        )  # fmt: skip
+            problem,
+            found,
+            requests=n,
+            rate=at,
+            seed=seed,
+            stream=stream,
+            goodput_requests=goodput_requests,
+            progress=progress,
+        )
 
 
 def run(
@@ -322,10 +342,17 @@ def run(
             continue
         try:
             runs = _simulate_one(
-                problem, plan, requests=requests, rate=rate, rate_scale=rate_scale, seed=seed,
-                schedule=bandwidth_schedule, trace=trace,
-                goodput_requests=goodput_requests if goodput else 0, err=err,
-            )  # fmt: skip
+                problem,
+                plan,
+                requests=requests,
+                rate=rate,
+                rate_scale=rate_scale,
+                seed=seed,
+                schedule=bandwidth_schedule,
+                trace=trace,
+                goodput_requests=goodput_requests if goodput else 0,
+                err=err,
+            )
         except PlannerError as exc:
             err.print(f"[red]✗ {problem.name}: {exc}[/]")
             failed = True

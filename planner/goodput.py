@@ -125,9 +125,11 @@ def config_goodput(
     """Goodput of a whole configuration over ``requests`` sampled requests per probe."""
     base = synthetic_stream(requests, 1.0, inputs, outputs, seed=seed, kind=kind, cv=cv)
     return goodput(
-        _attainment_fn(config, base, slo, seed, on_probe), slo.attainment,
-        guess=guess, rel_tol=rel_tol,
-    )  # fmt: skip
+        _attainment_fn(config, base, slo, seed, on_probe),
+        slo.attainment,
+        guess=guess,
+        rel_tol=rel_tol,
+    )
 
 
 def _attainment_fn(
@@ -164,9 +166,14 @@ def prefill_goodput(
     unloaded = latency.prefill_seconds([float(probe.mean())])
     guess = 0.5 * pipeline_stages / max(unloaded, 1e-9)
     return config_goodput(
-        config, inputs, FixedLengths(1), SloTarget(ttft_s, math.inf, attainment),
-        requests=requests, seed=seed, guess=guess,
-    ).rate  # fmt: skip
+        config,
+        inputs,
+        FixedLengths(1),
+        SloTarget(ttft_s, math.inf, attainment),
+        requests=requests,
+        seed=seed,
+        guess=guess,
+    ).rate
 
 
 def decode_goodput(
@@ -189,6 +196,11 @@ def decode_goodput(
     step = latency.decode_step_seconds(max_batch, max_batch * (mean_in + mean_out / 2))
     guess = 0.5 * max_batch / max(step * mean_out, 1e-9)
     return config_goodput(
-        config, inputs, outputs, SloTarget(math.inf, tpot_s, attainment),
-        requests=requests, seed=seed, guess=guess,
-    ).rate  # fmt: skip
+        config,
+        inputs,
+        outputs,
+        SloTarget(math.inf, tpot_s, attainment),
+        requests=requests,
+        seed=seed,
+        guess=guess,
+    ).rate

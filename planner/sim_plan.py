@@ -215,9 +215,14 @@ def scenarios(problem: Problem, plan: Plan, *, schedule: CapacitySchedule = ()) 
             out.append(Scenario(HOMOGENEOUS, cfg, by_name[HOMOGENEOUS].throughput_rps))
     if NAIVE in by_name and problem.prefill_clusters:
         cfg = _config(
-            NAIVE, problem, plan, threshold=0.0, adaptive=False, schedule=schedule,
+            NAIVE,
+            problem,
+            plan,
+            threshold=0.0,
+            adaptive=False,
+            schedule=schedule,
             all_remote_decode=True,
-        )  # fmt: skip
+        )
         out.append(Scenario(NAIVE, cfg, by_name[NAIVE].throughput_rps))
     return out
 
@@ -268,9 +273,14 @@ def run_scenarios(
         if goodput_requests > 0:
             w = problem.workload
             good = config_goodput(
-                sc.config, w.input_length, w.output_length, slo,
-                requests=goodput_requests, seed=seed, guess=max(sc.planned_rps, 1e-3) * 0.8,
-            ).rate  # fmt: skip
+                sc.config,
+                w.input_length,
+                w.output_length,
+                slo,
+                requests=goodput_requests,
+                seed=seed,
+                guess=max(sc.planned_rps, 1e-3) * 0.8,
+            ).rate
         runs.append(ScenarioRun(sc, rate, res, good))
     return runs
 
@@ -325,17 +335,28 @@ def simulated_goodput(
         length = FixedLengths(max(1, round(load.length)))
         if load.role == "prefill":
             return prefill_goodput(
-                c.latency, length, load.ttft_s, 0.9, pipeline_stages=c.pp,
-                requests=requests, seed=seed,
-            )  # fmt: skip
+                c.latency,
+                length,
+                load.ttft_s,
+                0.9,
+                pipeline_stages=c.pp,
+                requests=requests,
+                seed=seed,
+            )
         out = outputs or FixedLengths(max(2, round(load.output_tokens)))
         ctx_in = FixedLengths(max(1, round(load.length - load.output_tokens / 2)))
         by_memory = int(c.kv_capacity_bytes // max(c.pp * load.kv_bytes_per_sequence, 1.0))
         batch = max(1, min(load.max_batch_size, by_memory))
         one = decode_goodput(
-            c.latency, ctx_in, out, load.tpot_s, 0.9, max_batch=batch,
-            requests=requests, seed=seed,
-        )  # fmt: skip
+            c.latency,
+            ctx_in,
+            out,
+            load.tpot_s,
+            0.9,
+            max_batch=batch,
+            requests=requests,
+            seed=seed,
+        )
         return c.pp * one if math.isfinite(one) else 0.0
 
     return fn

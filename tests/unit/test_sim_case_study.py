@@ -80,7 +80,7 @@ def _goodputs(problem: Problem, ttft_s: float) -> dict[str, float]:
             requests=2000,
             seed=3,
             guess=0.8 * s.planned_rps,
-        ).rate  # fmt: skip
+        ).rate
         for s in scenarios(problem, make_plan(problem))
         if s.name != "naive-heterogeneous"
     }
@@ -123,10 +123,19 @@ def test_cli_simulate_prints_json_and_plots(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app,
         [
-            "simulate", str(SAMPLE), "-n", "3000", "--no-goodput", "-o", "json",
-            "--bandwidth-schedule", "0:100,600:50,1200:100", "--plot", str(png),
+            "simulate",
+            str(SAMPLE),
+            "-n",
+            "3000",
+            "--no-goodput",
+            "-o",
+            "json",
+            "--bandwidth-schedule",
+            "0:100,600:50,1200:100",
+            "--plot",
+            str(png),
         ],
-    )  # fmt: skip
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout[result.stdout.index("{") :])
     rows = {r["name"]: r for r in data["configurations"]}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from prfaas.planner.goodput import SloTarget, config_goodput, goodput, prefill_goodput
 from prfaas.planner.latency import DistServeForm
 from prfaas.planner.sim_arrivals import FixedLengths
