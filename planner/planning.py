@@ -497,7 +497,59 @@ def _assemble(
         notes=notes,
     )
     out.baselines = _baselines(problem, solver, ev.rate, ctx)
+    if target is not None and target < ev.rate:
+        _size_for_target(out, target)
     return out
+
+
+def _size_for_target(out: Plan, target: float) -> None:
+    """Scale every role down to what ``target`` req/s needs (DistServe: replicate to the rate).
+
+    Each stage bound is linear in its own instance count, so ``ceil(N · target/Λ_max)`` keeps
+    every bound at or above ``target``; the threshold and the routing stay as planned.
+    """
+    full = out.throughput_rps
+    f = target / full
+    factors: dict[str, list[float]] = {"prefill-remote": [], "prefill-local": [], "decode": []}
+    remote = {r.prefill_cluster for router in out.routers for r in router.remotes}
+    for c in out.clusters:
+        if c.instances == 0:
+            continue
+        new = max(1, math.ceil(c.instances * f - 1e-9))
+        kind = (
+            "decode"
+            if c.role == "decode"
+            else ("prefill-remote" if c.name in remote else "prefill-local")
+        )
+        factors[kind].append(new / c.instances)
+        c.instances = new
+    st = out.stages
+
+    def scale(key: str, kind: str) -> None:
+        if key in st and factors[kind]:
+            st[key] *= min(factors[kind])
+
+    scale("pdPrefill", "prefill-local")
+    scale("pdDecode", "decode")
+    scale("prfaasCompute", "prefill-remote")
+    if "prfaas" in st:
+        st["prfaas"] = min(
+            st["prfaas"], st.get("prfaasCompute", math.inf), st.get("link", math.inf)
+        )
+    p = out.offload_fraction
+    bounds = [st["pdDecode"]]
+    if p < 1:
+        bounds.append(st["pdPrefill"] / (1 - p) if st["pdPrefill"] > 0 else math.inf)
+    if p > 0 and "prfaas" in st:
+        bounds.append(st["prfaas"] / p)
+    out.throughput_rps = min(bounds)
+    for link in out.links:
+        link.egress_gbps *= target / full
+    out.notes.append(
+        f"sized for the target {target:g} req/s: every role scaled to ceil(N × {f:.3g}); these "
+        f"instances sustain {out.throughput_rps:.3g} req/s (the whole pools: {full:.3g}); "
+        "egress is at the target rate"
+    )
 
 
 def plan(problem: Problem) -> Plan:

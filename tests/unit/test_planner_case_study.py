@@ -68,3 +68,16 @@ def test_json_form_round_trips(case_study: Plan) -> None:
     data = case_study.to_dict()
     assert data["version"] == 1 and data["routers"][0]["remotes"][0]["link"] == "dc-a-to-dc-b"
     assert Plan.from_dict(data).to_dict() == data
+
+
+def test_a_target_rate_sizes_the_plan_down() -> None:
+    import dataclasses
+
+    (problem,) = problems_from_manifests(load_manifests(SAMPLE).resources)
+    workload = dataclasses.replace(problem.workload, requests_per_second=2.0)
+    sized = plan(dataclasses.replace(problem, workload=workload))
+    assert sized.feasible
+    assert 2.0 <= sized.throughput_rps < 3.24
+    assert sum(c.gpus for c in sized.clusters) < 96
+    assert sized.threshold_tokens == pytest.approx(19.4e3, rel=WITHIN)
+    assert any("sized for the target" in n for n in sized.notes)

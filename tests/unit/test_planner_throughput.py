@@ -142,3 +142,35 @@ def test_predicted_egress_stays_within_headroom(bw: float, headroom: float, n_pr
     egress_bps = routed.link_rps["ab"] * size * 8
     assert egress_bps <= headroom * bw * 1e9 * (1 + 1e-9)
     assert routed.served["pd"] == pytest.approx(ev.served["pd"], rel=1e-4, abs=1e-5)
+
+
+@settings(max_examples=12, deadline=None)
+@given(bw=st.floats(0.5, 400.0), factor=st.floats(1.0, 10.0))
+def test_plan_level_bandwidth_properties(bw: float, factor: float) -> None:
+    from prfaas.planner.catalog import MODELS
+    from prfaas.planner.distributions import Fixed
+    from prfaas.planner.planning import plan
+    from prfaas.planner.problem import Problem, SloInput, WorkloadInput
+
+    def at(gbps: float):  # type: ignore[no-untyped-def]
+        return plan(Problem(
+            "p", MODELS["hybrid-1t"],
+            (ClusterInput("pre", "a", "prefill", GPUS["H200"], 32),
+             ClusterInput("pd", "b", "decode", GPUS["H20"], 64)),
+            (LinkInput("ab", "a", "b", gbps),),
+            WorkloadInput(DIST, Fixed(1024)), SloInput(10.0, 0.05),
+        ))  # fmt: skip
+
+    thin, wide = at(bw), at(bw * factor)
+    assert wide.throughput_rps >= thin.throughput_rps * (1 - 1e-6)
+    t_thin = thin.threshold_tokens or math.inf
+    t_wide = wide.threshold_tokens or math.inf
+    assert t_thin >= t_wide * (1 - 1e-3)
+    for p in (thin, wide):
+        st_ = p.stages
+        assert p.throughput_rps <= st_["pdDecode"] * (1 + 1e-9)
+        if p.threshold_tokens is not None:
+            assert p.throughput_rps <= st_["prfaas"] / p.offload_fraction * (1 + 1e-9)
+            assert p.throughput_rps <= st_["pdPrefill"] / (1 - p.offload_fraction) * (1 + 1e-9)
+        for link in p.links:
+            assert link.egress_gbps <= link.headroom * link.capacity_gbps * (1 + 1e-9)
