@@ -1,0 +1,115 @@
+"""The Helm chart, rendered and linted by Helm's own Go code (helm-python-sdk), every object
+validated against Kubernetes' schemas, and its RBAC compared with what the operator's code uses."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+from prfaas.operator.clients import rbac_rules
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "prfaas"
+K8S = kubernetes_validate.latest_version()
+
+
+def _render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    with helm.Chart.load(CHART) as chart:
+        out = chart.render(values or {}, name="prfaas", namespace="prfaas-system")
+    docs: list[dict[str, Any]] = []
+    for path, text in sorted(out.items()):
+        if path.endswith(".txt"):
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def _by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_chart_lints_clean() -> None:
+    report = helm.lint(CHART, strict=True)
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("values", [{}, {"serviceMonitor": {"enabled": True}}])
+def test_rendered_objects_validate(values: dict[str, Any]) -> None:
+    docs = _render(values)
+    kinds = sorted(d["kind"] for d in docs)
+    expected = [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+    ]
+    if values:
+        expected = sorted([*expected, "ServiceMonitor"])
+    assert kinds == expected
+    for doc in docs:
+        if doc["kind"] == "ServiceMonitor":  # a CRD kind: not in Kubernetes' schemas
+            assert doc["spec"]["endpoints"][0]["path"] == "/metrics"
+            continue
+        kubernetes_validate.validate(doc, K8S, strict=True)
+
+
+def test_chart_crds_are_the_generated_ones_and_validate() -> None:
+    generated = {p.name: p.read_text() for p in (REPO / "crds").glob("*.yaml")}
+    shipped = {p.name: p.read_text() for p in (CHART / "crds").glob("*.yaml")}
+    assert shipped == generated, "run: cp crds/*.yaml charts/prfaas/crds/"
+    with helm.Chart.load(CHART) as chart:
+        crds = chart.crds
+    assert len(crds) == 4
+    for text in shipped.values():
+        kubernetes_validate.validate(yaml.safe_load(text), K8S, strict=True)
+
+
+def _grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {
+        (g, r, v)
+        for rule in rules
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+
+
+def test_rbac_grants_exactly_what_the_operator_uses() -> None:
+    docs = _render()
+    granted = _grants(_by_kind(docs, "ClusterRole")[0]["rules"])
+    namespaced = _grants(_by_kind(docs, "Role")[0]["rules"])
+    assert namespaced == {("", "secrets", "get")}  # kubeconfigs, only in the release namespace
+    assert granted | namespaced == _grants(rbac_rules())
+    assert not any("*" in g for g in granted)
+
+
+def test_operator_pod_is_locked_down() -> None:
+    dep = _by_kind(_render(), "Deployment")[0]
+    pod = dep["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["port"] == "health"
+    assert container["command"] == ["python", "-m", "prfaas.operator"]
+    assert pod["serviceAccountName"] == _by_kind(_render(), "ServiceAccount")[0]["metadata"]["name"]
+
+
+def test_argocd_health_script_is_shipped_in_values_and_readme() -> None:
+    lua = resources.files("prfaas.operator").joinpath("data/health.lua").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["argocd"]["healthLua"] == lua
+    readme = (CHART / "README.md").read_text()
+    indented = "\n".join("    " + line if line.strip() else "" for line in lua.splitlines())
+    assert indented in readme
