@@ -88,6 +88,20 @@ def main() -> None:
         for n, r in (("prfaas-h200", "prefill"), ("pd-h20", "prefill"), ("pd-h20", "decode"))
     )
     print(f"  split N_prfaas/N_p/N_d: {split} (Table 6: 4/3/5)")
+    from prfaas.planner.profiles import CATALOG_PROFILES, fit_prefill, layer_fits
+
+    print("latency fits (relative error on their own points):")
+    _, rep = fit_prefill(CATALOG_PROFILES["hybrid-1t"][0].prefill)
+    print(
+        f"  Table 5 prefill (hybrid-1t, 8×H200): max {rep.max_rel_error:.1%}, "
+        f"rms {rep.rms_rel_error:.1%}"
+    )
+    for name, fit in layer_fits().items():
+        print(
+            f"  H200 layer {name}: prefill max {fit.prefill_report.max_rel_error:.1%} rms "
+            f"{fit.prefill_report.rms_rel_error:.1%}; decode (CUDA graph) max "
+            f"{fit.decode_report.max_rel_error:.1%} rms {fit.decode_report.rms_rel_error:.1%}"
+        )
     big = generated()
     q, med, worst = timed(lambda: plan(big), 3)
     print(

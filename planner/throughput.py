@@ -273,7 +273,7 @@ class Solver:
                 else:
                     b = mid
             cand = self.evaluate(math.exp(a))
-        pool = [*evals, cand, best]
+        pool = [*evals, cand, best, self.evaluate(0.0)]  # t = 0: offload everything
         top = max(e.rate for e in pool)
         near = [e for e in pool if e.rate >= top * (1.0 - self.tolerance)]
         return max(near, key=lambda e: e.split.threshold)

@@ -149,10 +149,11 @@ def test_predicted_egress_stays_within_headroom(bw: float, headroom: float, n_pr
 def test_plan_level_bandwidth_properties(bw: float, factor: float) -> None:
     from prfaas.planner.catalog import MODELS
     from prfaas.planner.distributions import Fixed
+    from prfaas.planner.plan import Plan
     from prfaas.planner.planning import plan
     from prfaas.planner.problem import Problem, SloInput, WorkloadInput
 
-    def at(gbps: float):  # type: ignore[no-untyped-def]
+    def at(gbps: float) -> Plan:
         return plan(Problem(
             "p", MODELS["hybrid-1t"],
             (ClusterInput("pre", "a", "prefill", GPUS["H200"], 32),
