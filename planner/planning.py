@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from prfaas.planner.catalog import GpuSpec, ModelArch
-from prfaas.planner.errors import CatalogError, PlannerError, ProfileError
+from prfaas.planner.errors import CatalogError, Infeasible, PlannerError, ProfileError
 from prfaas.planner.latency import InstanceLatency
 from prfaas.planner.parallelism import (
     Candidate,
@@ -38,10 +38,6 @@ from prfaas.planner.throughput import Evaluation, LocalPool, PrefillPool, Solver
 from prfaas.planner.topology import build_network
 
 __all__ = ["Infeasible", "PlannerError", "plan"]
-
-
-class Infeasible(PlannerError):
-    """The inputs admit no plan; the message says which input and how to fix it."""
 
 
 @dataclass(frozen=True, slots=True)
