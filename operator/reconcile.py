@@ -235,6 +235,10 @@ class Reconciler:
                         )
         await self._prune_dropped_clusters(status, clusters, clients, namespace, name)
         outcome.planned = True
+        if outcome.unreachable:
+            self.metrics.reconcile_errors.labels("ServingPlan", "Unreachable").inc()
+        if outcome.errors:
+            self.metrics.reconcile_errors.labels("ServingPlan", "ApiError").inc()
         await self._write_status(body, outcome, plan)
         self.metrics.record_plan(f"{namespace}/{name}", plan)
         return outcome
