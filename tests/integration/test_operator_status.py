@@ -99,6 +99,6 @@ async def test_server_side_apply_request(kmock: kmock.KubernetesEmulator) -> Non
         )
     finally:
         await client.close()
-    req = kmock["patch /api/v1/namespaces/ns/configmaps/c"][0]
+    req = next(iter(kmock["patch /api/v1/namespaces/ns/configmaps/c"]))
     assert req.headers["Content-Type"] == "application/apply-patch+yaml"
     assert req.params == {"fieldManager": "prfaas", "force": "true"}
