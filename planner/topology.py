@@ -56,11 +56,12 @@ class Network:
     def _residual_network(self) -> nx.DiGraph:
         """The residual network, built once; ``max_offload`` only rewrites its capacities."""
         if self._residual is None:
-            r = build_residual_network(self.graph, "capacity")
+            # networkx leaves zero-capacity edges out of a residual network: build it from a
+            # copy whose edges all have capacity, then every query writes the real ones.
+            shape = nx.DiGraph()
+            shape.add_edges_from((u, v, {"capacity": 1.0}) for u, v in self.graph.edges)
+            r = build_residual_network(shape, "capacity")
             r.graph["inf"] = _BIG
-            for u, v, data in self.graph.edges(data=True):
-                if not math.isfinite(data.get("capacity", math.inf)):
-                    r[u][v]["capacity"] = _BIG
             self._residual = r
         return self._residual
 
