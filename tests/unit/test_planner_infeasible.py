@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prfaas.operator.cli import app
 from prfaas.planner.catalog import GPUS, MODELS
 from prfaas.planner.distributions import Fixed, LogNormal
@@ -146,3 +148,44 @@ def test_cli_json_and_yaml_outputs(tmp_path: Path) -> None:
 def test_cli_rejects_invalid_manifests(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["plan", str(_write(tmp_path, "mu: 9.90", "mu: nine"))])
     assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    model=st.sampled_from(sorted(MODELS)),
+    pre_gpu=st.sampled_from(sorted(GPUS)),
+    dec_gpu=st.sampled_from(sorted(GPUS)),
+    pre_count=st.sampled_from([1, 2, 8, 16, 64]),
+    dec_count=st.sampled_from([1, 4, 8, 32]),
+    gbps=st.sampled_from([0.0, 0.001, 1.0, 100.0]),
+    mode=st.sampled_from(["auto", "fixed", "off"]),
+    ttft=st.sampled_from([0.05, 1.0, 30.0]),
+    tpot=st.sampled_from([0.005, 0.05, 0.5]),
+    hit=st.sampled_from([0.0, 0.5]),
+)
+def test_plan_never_raises(
+    model: str,
+    pre_gpu: str,
+    dec_gpu: str,
+    pre_count: int,
+    dec_count: int,
+    gbps: float,
+    mode: str,
+    ttft: float,
+    tpot: float,
+    hit: float,
+) -> None:
+    per_node = 8
+    problem = Problem(
+        "fuzz", MODELS[model],
+        (ClusterInput("pre", "a", "prefill", GPUS[pre_gpu], pre_count, min(per_node, pre_count)),
+         ClusterInput("pd", "b", "decode", GPUS[dec_gpu], dec_count, min(per_node, dec_count))),
+        (LinkInput("ab", "a", "b", gbps),),
+        WorkloadInput(LogNormal(8.0, 1.2, 16, 32768), Fixed(256), prefix_cache_hit_rate=hit),
+        SloInput(ttft, tpot),
+        OffloadInput(mode, 2048.0 if mode == "fixed" else None),  # type: ignore[arg-type]
+    )  # fmt: skip
+    p = plan(problem)
+    assert p.feasible or p.reason
+    if p.feasible:
+        assert p.throughput_rps >= 0 and Plan.from_dict(p.to_dict()).model == p.model
