@@ -183,7 +183,7 @@ def test_plan_never_raises(
         (LinkInput("ab", "a", "b", gbps),),
         WorkloadInput(LogNormal(8.0, 1.2, 16, 32768), Fixed(256), prefix_cache_hit_rate=hit),
         SloInput(ttft, tpot),
-        OffloadInput(mode, 2048.0 if mode == "fixed" else None),  # type: ignore[arg-type]
+        OffloadInput(mode, 2048.0 if mode == "fixed" else None),
     )  # fmt: skip
     p = plan(problem)
     assert p.feasible or p.reason
