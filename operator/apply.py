@@ -17,6 +17,7 @@ the ServingPlan so the garbage collector removes them; the rest are removed by
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from prfaas.operator.clients import KINDS, ApiError, ClusterClient, OperatorErro
 __all__ = [
     "CHILD_KINDS",
     "FIELD_MANAGER",
+    "LAST_APPLIED",
     "ApplyError",
     "ApplyMode",
     "ApplyResult",
@@ -36,6 +38,7 @@ __all__ = [
     "cluster_selector",
     "delete_children",
     "is_subset",
+    "merge_patch_body",
     "owner_reference",
     "plan_selector",
 ]
@@ -43,6 +46,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "prfaas"
+LAST_APPLIED = "prfaas.io/last-applied"
+"""Merge mode only: the manifest last written, for removing fields dropped since."""
 ApplyMode = Literal["server-side", "merge"]
 CHILD_KINDS: tuple[str, ...] = (
     "Deployment",
@@ -138,6 +143,7 @@ async def _apply_one(
         result.live[ref] = await client.apply(obj, FIELD_MANAGER)
         (result.patched if live is not None else result.created).append(ref)
         return
+    obj = _with_last_applied(obj)
     if live is None:
         try:
             result.live[ref] = await client.create(obj)
@@ -156,8 +162,48 @@ async def _apply_one(
         result.unchanged.append(ref)
         result.live[ref] = live
         return
-    result.live[ref] = await client.patch(kind, meta.get("namespace"), meta["name"], obj)
+    body = merge_patch_body(_last_applied(live), obj)
+    result.live[ref] = await client.patch(kind, meta.get("namespace"), meta["name"], body)
     result.patched.append(ref)
+
+
+def _with_last_applied(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with its own JSON in the ``LAST_APPLIED`` annotation (merge mode's memory of what
+    it wrote, so a field dropped from the manifest is removed from the live object)."""
+    meta = dict(obj["metadata"])
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != LAST_APPLIED}
+    meta["annotations"] = annotations
+    plain = {**obj, "metadata": meta}
+    meta["annotations"] = {
+        **annotations,
+        LAST_APPLIED: json.dumps(plain, sort_keys=True, separators=(",", ":")),
+    }
+    return {**obj, "metadata": meta}
+
+
+def _last_applied(live: Mapping[str, Any]) -> dict[str, Any]:
+    raw = ((live.get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED)
+    try:
+        out = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def merge_patch_body(last: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge-patch (RFC 7386) writing ``new`` and deleting (``null``) the keys that
+    ``last`` — what we wrote before — had and ``new`` no longer has."""
+    body: dict[str, Any] = {}
+    for key in last:
+        if key not in new:
+            body[key] = None
+    for key, value in new.items():
+        old = last.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            body[key] = merge_patch_body(old, value)
+        else:
+            body[key] = value
+    return body
 
 
 async def apply_children(

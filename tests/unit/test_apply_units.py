@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import kmock
 import pytest
-from prfaas.operator.apply import availability, is_subset, owner_reference
+from prfaas.operator.apply import (
+    ApplyError,
+    apply_children,
+    availability,
+    is_subset,
+    merge_patch_body,
+    owner_reference,
+)
 from prfaas.operator.clients import KINDS, ClusterClient, OperatorError, kind_of, rbac_rules
 
 
@@ -83,3 +91,64 @@ def test_rbac_rules_cover_exactly_the_declared_kinds() -> None:
         "decodeclusters/status",
         "interdclinks/status",
     }
+
+
+def test_merge_patch_body_deletes_what_was_dropped() -> None:
+    last = {"spec": {"a": 1, "sel": {"x": "1"}, "list": [1]}, "old": True}
+    new = {"spec": {"a": 2, "list": [2]}}
+    assert merge_patch_body(last, new) == {"old": None, "spec": {"a": 2, "sel": None, "list": [2]}}
+
+
+async def test_merge_mode_is_idempotent_removes_dropped_fields_and_prunes(
+    kmock: kmock.KubernetesEmulator,
+) -> None:
+    kmock.resources["v1/configmaps"] = kmock.ResourceInfo(
+        kind="ConfigMap",
+        singular="configmap",
+        namespaced=True,
+        verbs={"get", "list", "create", "patch", "delete"},
+    )
+    client = ClusterClient(name="t", server=str(kmock.url).rstrip("/"), ssl_context=False)
+    labels = {"prfaas.io/plan": "p", "prfaas.io/plan-namespace": "ns", "prfaas.io/cluster": "c"}
+
+    def cm(name: str, data: dict[str, str]) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "data": data,
+            "metadata": {"name": name, "namespace": "ns", "labels": labels},
+        }
+
+    try:
+        first = await apply_children(
+            client,
+            [cm("a", {"k": "v", "gone": "x"}), cm("b", {})],
+            selector=labels,
+            mode="merge",
+            kinds=["ConfigMap"],
+        )
+        assert sorted(first.created) == ["ConfigMap/ns/a", "ConfigMap/ns/b"]
+        again = await apply_children(
+            client,
+            [cm("a", {"k": "v", "gone": "x"}), cm("b", {})],
+            selector=labels,
+            mode="merge",
+            kinds=["ConfigMap"],
+        )
+        assert again.created == again.patched == again.pruned == []
+        third = await apply_children(
+            client, [cm("a", {"k": "w"})], selector=labels, mode="merge", kinds=["ConfigMap"]
+        )
+        assert third.patched == ["ConfigMap/ns/a"] and third.pruned == ["ConfigMap/ns/b"]
+        live = await client.get(KINDS["ConfigMap"], "ns", "a")
+        assert live is not None and live["data"] == {"k": "w"}
+        # An object of the same name without our labels is never touched.
+        foreign = cm("c", {})
+        foreign["metadata"]["labels"] = {}
+        await client.create(foreign)
+        with pytest.raises(ApplyError, match="does not touch objects it does not own"):
+            await apply_children(
+                client, [cm("c", {"k": "v"})], selector=labels, mode="merge", kinds=["ConfigMap"]
+            )
+    finally:
+        await client.close()
