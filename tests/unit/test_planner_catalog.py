@@ -53,3 +53,16 @@ def test_unknown_names_say_what_exists() -> None:
         gpu_spec("TPUv9")
     with pytest.raises(CatalogError, match="hybrid-1t"):
         model_arch("gpt-9")
+
+
+def test_planner_imports_no_kubernetes_or_http() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, prfaas.planner.planning, prfaas.planner.estimator;"
+        "bad = {'kopf', 'kubernetes', 'aiohttp', 'httpx', 'pydantic', 'torch'} & set(sys.modules);"
+        "print(sorted(bad)); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
