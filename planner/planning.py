@@ -314,6 +314,8 @@ def _stage_totals(solver: Solver, ev: Evaluation) -> dict[str, float]:
             if solver.network.links
             else math.inf
         )
+        if link >= 1e12:  # a same-datacenter path: no link limits the offload
+            link = math.inf
         stages.update(prfaas=reach, prfaasCompute=compute, link=link)
     return stages
 
