@@ -72,6 +72,8 @@ class FakeEngine:
     fail_status: int | None = None
     delay_s: float = 0.0
     token_delay_s: float = 0.0
+    break_after: int | None = None
+    """Streaming: drop the connection after this many tokens (a crash mid-answer)."""
     record: bool = True
     received: list[Received] = field(default_factory=list)
     issued: list[dict[str, Any]] = field(default_factory=list)
@@ -177,6 +179,9 @@ class FakeEngine:
         for i in range(n):
             if i and self.token_delay_s:
                 await asyncio.sleep(self.token_delay_s)
+            if i == self.break_after and request.transport is not None:
+                request.transport.abort()
+                return resp
             choice: dict[str, Any] = (
                 {"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}
                 if chat

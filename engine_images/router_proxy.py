@@ -549,7 +549,8 @@ class Relay:
             self.decode.finished()
             self.ticket.deliver()
             router.metrics.requests.labels(self.path, outcome).inc()
-            router.update_gauges()
+            if self.path != "local":  # link gauges moved (the tick loop refreshes them too)
+                router.update_gauges()
 
     async def _stream(self, request: web.Request) -> tuple[web.StreamResponse, str]:
         router, resp = self.router, self.resp
@@ -574,6 +575,8 @@ class Relay:
                 events += chunk.count(b"data:") - chunk.count(b"data: [DONE]")
                 last = now
                 await out.write(chunk)
+        except ConnectionResetError:  # the client went away; closing resp aborts decode
+            return out, "cancelled"
         except (TimeoutError, aiohttp.ClientError) as exc:
             # Headers are out: tell the client in-band, then end the stream.
             router._failed(self.decode)

@@ -6,6 +6,7 @@ planned ``t`` = 20 tokens: ``SHORT`` stays local, ``LONG`` goes to the remote da
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -390,8 +391,6 @@ async def test_kv_bytes_in_flight_are_counted_until_decode_answers() -> None:
         r.decode[0].delay_s = 0.2
         r.svc.router.tick()
         task = r.post("/v1/completions", {"prompt": LONG})
-        import asyncio
-
         pending = asyncio.create_task(task)
         while not r.decode[0].received:
             await asyncio.sleep(0.01)
@@ -448,3 +447,32 @@ async def test_config_file_is_reloaded_when_it_changes(tmp_path: Path) -> None:
                 == 1
             )
             assert svc.router.config.threshold_tokens == 5
+
+
+# ---------------------------------------------------------------------- broken streams
+async def test_decode_dying_mid_stream_ends_the_stream_with_an_error_event() -> None:
+    async with rig() as r:
+        r.decode[0].break_after = 2
+        body = {"prompt": SHORT, "stream": True, "max_tokens": 6}
+        status, _, raw = await r.post("/v1/completions", body)
+        assert status == 200  # headers were already sent
+        events = [e for e in raw.decode().split("\n\n") if e]
+        assert [json.loads(e[6:])["choices"][0]["text"] for e in events[:2]] == ["t0 ", "t1 "]
+        assert "broke off" in json.loads(events[-1][6:])["error"]["message"]
+        assert r.requests("error", "local") == 1
+        assert r.svc.router.policy.pool("dc-b", "decode")[0].in_flight == 0
+
+
+async def test_client_going_away_mid_stream_is_counted_and_releases_the_instance() -> None:
+    async with rig() as r:
+        r.decode[0].token_delay_s = 0.05
+        body = {"prompt": SHORT, "stream": True, "max_tokens": 200}
+        async with r.http.post(r.svc.url + "/v1/completions", json=body) as resp:
+            await resp.content.readline()
+            resp.close()
+        for _ in range(200):
+            if r.requests("cancelled", "local"):
+                break
+            await asyncio.sleep(0.02)
+        assert r.requests("cancelled", "local") == 1
+        assert r.svc.router.policy.pool("dc-b", "decode")[0].in_flight == 0

@@ -1,0 +1,62 @@
+"""Prompt lengths from a real (tiny, locally built) Hugging Face tokenizer, chat template too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prfaas.engine.router_tokenizer import (
+    ByteTokenizer,
+    HFPromptTokenizer,
+    PromptTokenizer,
+    load_tokenizer,
+)
+
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<unk>", "<s>", "<|user|>", "<|assistant|>"],
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(["hello world, the quick brown fox"] * 20, trainer)
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", unk_token="<unk>"
+    )
+    fast.chat_template = TEMPLATE
+    out = tmp_path_factory.mktemp("tok")
+    fast.save_pretrained(out)
+    return out
+
+
+def test_hf_tokenizer_counts_like_the_model_and_applies_the_chat_template(
+    tokenizer_dir: Path,
+) -> None:
+    tok = load_tokenizer(str(tokenizer_dir))
+    assert isinstance(tok, HFPromptTokenizer) and isinstance(tok, PromptTokenizer)
+    ids = tok.encode_prompt("hello world")
+    assert 0 < len(ids) < len("hello world")  # merges learnt: fewer tokens than bytes
+    chat = tok.encode_chat([{"role": "user", "content": "hello world"}])
+    no_gen = tok.encode_chat(
+        [{"role": "user", "content": "hello world"}], add_generation_prompt=False
+    )
+    special = tok._tok.convert_tokens_to_ids(["<|user|>", "<|assistant|>"])
+    assert chat[0] == special[0] and chat[-1] == special[1]
+    assert len(no_gen) == len(chat) - 1
+
+
+def test_byte_tokenizer_is_the_default_without_a_path() -> None:
+    tok = load_tokenizer(None)
+    assert isinstance(tok, ByteTokenizer)
+    assert tok.encode_prompt("héllo") == list("héllo".encode())
+    assert len(tok.encode_chat([{"role": "user", "content": "hi"}])) == len("user: hi\n")
