@@ -39,7 +39,7 @@ def run(
     import logging
 
     from prfaas.operator.runtime import run_operator
-    from prfaas.operator.settings import OperatorSettings
+    from prfaas.operator.settings import OperatorSettings, parse_apply_mode
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -50,11 +50,12 @@ def run(
     except ValueError as exc:
         typer.echo(f"prfaas operator: {exc}", err=True)
         raise typer.Exit(2) from exc
-    if apply_mode is not None:
-        if apply_mode not in ("server-side", "merge"):
-            typer.echo("prfaas operator: --apply must be server-side or merge", err=True)
-            raise typer.Exit(2)
-        settings.reconcile.apply_mode = apply_mode
+    try:
+        if apply_mode is not None:
+            settings.reconcile.apply_mode = parse_apply_mode(apply_mode)
+    except ValueError as exc:
+        typer.echo(f"prfaas operator: --apply: {exc}", err=True)
+        raise typer.Exit(2) from exc
     if metrics_port is not None:
         settings.metrics_port = metrics_port
     liveness = f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None

@@ -25,14 +25,17 @@ from prfaas.operator import api
 from prfaas.operator.builders import LABEL_PLAN, LABEL_PLAN_NAMESPACE
 from prfaas.operator.clients import ApiError
 from prfaas.operator.conditions import Outcome
-from prfaas.operator.reconcile import Reconciler
+from prfaas.operator.reconcile import ClusterKind, Reconciler
 
 __all__ = ["register"]
 
 log = logging.getLogger(__name__)
 
 _PLANS = (api.GROUP, api.VERSION, "servingplans")
-_CLUSTERS = {"PrefillCluster": "prefillclusters", "DecodeCluster": "decodeclusters"}
+_CLUSTERS: dict[ClusterKind, str] = {
+    "PrefillCluster": "prefillclusters",
+    "DecodeCluster": "decodeclusters",
+}
 _LINKS = (api.GROUP, api.VERSION, "interdclinks")
 
 
@@ -91,7 +94,7 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler) -> kopf.OperatorR
         @kopf.on.create(*resource, registry=registry, id=f"{plural}-changed")
         @kopf.on.update(*resource, registry=registry, id=f"{plural}-updated", field="spec")
         @kopf.on.resume(*resource, registry=registry, id=f"{plural}-resumed")
-        async def cluster_changed(name: str, _kind: str = kind, **_: Any) -> None:
+        async def cluster_changed(name: str, _kind: ClusterKind = kind, **_: Any) -> None:
             await rec.probe_cluster(_kind, name)
             await _wake(name)
 
@@ -102,7 +105,7 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler) -> kopf.OperatorR
         @kopf.timer(
             *resource, registry=registry, id=f"{plural}-probe", interval=probe, initial_delay=probe
         )
-        async def cluster_probe(name: str, _kind: str = kind, **_: Any) -> None:
+        async def cluster_probe(name: str, _kind: ClusterKind = kind, **_: Any) -> None:
             await rec.probe_cluster(_kind, name)
 
     @kopf.on.create(*_LINKS, registry=registry)

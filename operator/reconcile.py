@@ -45,6 +45,7 @@ from prfaas.planner.plan import Plan
 from pydantic import ValidationError
 
 __all__ = [
+    "ClusterKind",
     "EventSink",
     "PlanRequest",
     "PlannerFn",

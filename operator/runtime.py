@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from prfaas.operator.clients import ClientPool, ClusterClient, Unreachable
@@ -78,7 +78,7 @@ async def run_operator(
     rec = Reconciler(pool, settings, planner=planner, metrics=metrics)
     if post_events:
         rec.on_event = lambda body, type_, reason, message: kopf.event(
-            body, type=type_, reason=reason, message=message
+            kopf.Body(cast(kopf.RawBody, body)), type=type_, reason=reason, message=message
         )
     registry = register(kopf.OperatorRegistry(), rec)
     if server is not None:

@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 
 from prfaas.operator.apply import ApplyMode
 
-__all__ = ["OperatorSettings", "ReconcileSettings", "RetrySettings"]
+__all__ = ["OperatorSettings", "ReconcileSettings", "RetrySettings", "parse_apply_mode"]
+
+
+def parse_apply_mode(value: str) -> ApplyMode:
+    """``server-side`` or ``merge``; ``ValueError`` naming both otherwise."""
+    if value == "server-side":
+        return "server-side"
+    if value == "merge":
+        return "merge"
+    raise ValueError(f"apply mode {value!r}: use server-side or merge")
 
 
 @dataclass(slots=True)
@@ -63,10 +72,7 @@ class OperatorSettings:
         r.cluster_probe_seconds = float(
             e.get("PRFAAS_CLUSTER_PROBE_SECONDS", r.cluster_probe_seconds)
         )
-        mode = e.get("PRFAAS_APPLY_MODE", r.apply_mode)
-        if mode not in ("server-side", "merge"):
-            raise ValueError(f"PRFAAS_APPLY_MODE={mode!r}: use server-side or merge")
-        r.apply_mode = mode
+        r.apply_mode = parse_apply_mode(e.get("PRFAAS_APPLY_MODE", r.apply_mode))
         r.namespace = e.get("PRFAAS_NAMESPACE", e.get("POD_NAMESPACE", r.namespace))
         r.router_image = e.get("PRFAAS_ROUTER_IMAGE", r.router_image)
         s.metrics_port = int(e.get("PRFAAS_METRICS_PORT", s.metrics_port))
