@@ -302,7 +302,11 @@ class Router:
                 d.link.send(t0, d.kv_bytes)
                 ticket.link, ticket.kv_bytes = d.link, d.kv_bytes
                 self.update_gauges()
-            kv_params, path = await self._prefill(req, d, request_id, ticket)
+            d.decode.started()  # reserved while prefilling, so concurrent picks see the load
+            try:
+                kv_params, path = await self._prefill(req, d, request_id, ticket)
+            finally:
+                d.decode.finished()
             resp, decode = await self._open_decode(req, d, kv_params, request_id)
         except BaseException as exc:
             ticket.deliver()

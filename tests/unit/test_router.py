@@ -476,3 +476,17 @@ async def test_client_going_away_mid_stream_is_counted_and_releases_the_instance
             await asyncio.sleep(0.02)
         assert r.requests("cancelled", "local") == 1
         assert r.svc.router.policy.pool("dc-b", "decode")[0].in_flight == 0
+
+
+async def test_decode_load_counts_requests_still_prefilling() -> None:
+    async with rig(local_prefill=1, decode=2, threshold_tokens=1000, affinity_max_imbalance=1) as r:
+        await r.post("/v1/completions", {"prompt": LONG})  # one decode now holds LONG's prefix
+        holder, other = sorted(r.decode, key=lambda d: -len(d.received))
+        r.local_prefill[0].delay_s = 0.2
+        await asyncio.gather(
+            *(r.post("/v1/completions", {"prompt": f"{LONG}{i}"}) for i in range(6))
+        )
+        # Affinity alone would send all six to the holder: their decode legs start only after
+        # the prefill, so without counting them from the decision the holder looks idle.
+        assert len(other.received) >= 2
+        assert len(holder.received) > len(other.received)
