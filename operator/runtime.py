@@ -49,7 +49,9 @@ def kopf_settings() -> kopf.OperatorSettings:
     """Kopf settings we rely on (watching left at defaults: the emulator cannot honour more)."""
     s = kopf.OperatorSettings()
     s.peering.standalone = True
-    s.posting.level = logging.INFO
+    # Only warnings of kopf's own become Events (not "Timer succeeded" every resync); our
+    # ``kopf.event`` calls (plan changes, Stalled, Degraded) are posted regardless of level.
+    s.posting.level = logging.WARNING
     s.persistence.finalizer = "prfaas.io/children"
     return s
 
