@@ -52,18 +52,30 @@ class Network:
     decode: list[str]
     headroom: float
     _residual: nx.DiGraph | None = None
+    _shape: nx.DiGraph | None = None
+    _ids: dict[tuple[str, str], int] = field(default_factory=dict)
 
-    def _residual_network(self) -> nx.DiGraph:
+    def _id(self, node: tuple[str, str]) -> int:
+        """Flow algorithms run on integer nodes: their set iteration order, hence which of
+        several maximum flows they return, must not depend on string hash randomisation."""
+        if not self._ids:
+            self._ids = {n: i for i, n in enumerate(self.graph.nodes)}
+        return self._ids[node]
+
+    def _residual_network(self) -> tuple[nx.DiGraph, nx.DiGraph]:
         """The residual network, built once; ``max_offload`` only rewrites its capacities."""
-        if self._residual is None:
+        if self._residual is None or self._shape is None:
             # networkx leaves zero-capacity edges out of a residual network: build it from a
             # copy whose edges all have capacity, then every query writes the real ones.
             shape = nx.DiGraph()
-            shape.add_edges_from((u, v, {"capacity": 1.0}) for u, v in self.graph.edges)
+            shape.add_nodes_from(self._id(n) for n in self.graph.nodes)
+            shape.add_edges_from(
+                (self._id(u), self._id(v), {"capacity": 1.0}) for u, v in self.graph.edges
+            )
             r = build_residual_network(shape, "capacity")
             r.graph["inf"] = _BIG
-            self._residual = r
-        return self._residual
+            self._residual, self._shape = r, shape
+        return self._residual, self._shape
 
     def _set(
         self,
@@ -98,13 +110,15 @@ class Network:
             for name in self.decode:
                 cap = self.graph[("d", name)][_SINK]["capacity"]
                 self.graph[("d", name)][_SINK]["capacity"] = min(cap, supply)
-        r = self._residual_network()
+        r, shape = self._residual_network()
+        ids = self._id
         for u, v, data in self.graph.edges(data=True):
             cap = data.get("capacity", math.inf)
-            r[u][v]["capacity"] = min(cap, _BIG)
+            r[ids(u)][ids(v)]["capacity"] = min(cap, _BIG)
         # Phase one of preflow-push already fixes the flow on edges into the sink.
-        preflow_push(self.graph, _SOURCE, _SINK, residual=r, value_only=True)
-        return {name: max(r[("d", name)][_SINK]["flow"], 0.0) for name in self.decode}
+        preflow_push(shape, ids(_SOURCE), ids(_SINK), residual=r, value_only=True)
+        sink = ids(_SINK)
+        return {name: max(r[ids(("d", name))][sink]["flow"], 0.0) for name in self.decode}
 
     def assign(
         self,
@@ -115,13 +129,16 @@ class Network:
         """Route ``served_rps`` at minimum total RTT within every capacity."""
         self._set(prefill_rps, served_rps, bytes_per_request)
         g = nx.DiGraph()
+        g.add_nodes_from(self._id(n) for n in self.graph.nodes)
         for u, v, data in self.graph.edges(data=True):
             cap = data.get("capacity", math.inf)
             attrs: dict[str, int] = {"weight": int(data.get("weight", 0))}
             if math.isfinite(cap):
                 attrs["capacity"] = math.floor(cap * _UNITS)
-            g.add_edge(u, v, **attrs)
-        flow = nx.max_flow_min_cost(g, _SOURCE, _SINK)
+            g.add_edge(self._id(u), self._id(v), **attrs)
+        label = {i: n for n, i in self._ids.items()}
+        by_id = nx.max_flow_min_cost(g, self._id(_SOURCE), self._id(_SINK))
+        flow = {label[u]: {label[v]: f for v, f in vs.items()} for u, vs in by_id.items()}
         served = {name: flow[("d", name)][_SINK] / _UNITS for name in self.decode}
         link_rps = {
             name: flow[("l", name)][("dc", lk.to)] / _UNITS for name, lk in self.links.items()
