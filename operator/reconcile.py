@@ -208,6 +208,15 @@ class Reconciler:
             if client is None:
                 continue  # unreachable: keep what runs there
             owner = body if self.pool.key(targets[cname].spec.target) == "local" else None
+            if any(o["kind"] == "LeaderWorkerSet" for o in objs) and not await client.serves(
+                KINDS["LeaderWorkerSet"]
+            ):
+                outcome.errors.append(
+                    f"{cname}: an instance spans several nodes, which needs the LeaderWorkerSet "
+                    "CRD (leaderworkerset.x-k8s.io/v1); install LWS there or use GPUs with more "
+                    "memory per node"
+                )
+                continue
             try:
                 result = await apply_children(
                     client,

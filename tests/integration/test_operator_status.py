@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import kmock
 from prfaas.operator.clients import ClusterClient
+from prfaas.operator.reconcile import PlanRequest, default_planner
+from prfaas.planner.plan import Plan
 
 from .conftest import ALL_VERBS, World, case_study, find
 
@@ -102,3 +104,32 @@ async def test_server_side_apply_request(kmock: kmock.KubernetesEmulator) -> Non
     req = next(iter(kmock["patch /api/v1/namespaces/ns/configmaps/c"]))
     assert req.headers["Content-Type"] == "application/apply-patch+yaml"
     assert req.params == {"fieldManager": "prfaas", "force": "true"}
+
+
+async def test_multi_node_instances_need_leader_worker_sets(world: World) -> None:
+    def wide_decode(request: PlanRequest) -> Plan:
+        plan = default_planner(request)
+        for cp in plan.clusters:
+            if cp.role == "decode":
+                cp.tensor_parallel, cp.instances = 16, 2  # 16 GPUs > 8 per node
+        return plan
+
+    await world.start_operator(planner=wide_decode)
+    for kind in ("PrefillCluster", "DecodeCluster", "InterDCLink", "ServingPlan"):
+        await world.create(case_study()[kind])
+    degraded = await world.until(
+        lambda: (c := world.condition("hybrid-1t", "Degraded")).get("status") == "True" and c,
+        what="Degraded: no LeaderWorkerSet CRD",
+    )
+    assert "LeaderWorkerSet" in degraded["message"] and "pd-h20" in degraded["message"]
+
+    world.local.resources["leaderworkerset.x-k8s.io/v1/leaderworkersets"] = kmock.ResourceInfo(
+        kind="LeaderWorkerSet", singular="leaderworkerset", verbs=ALL_VERBS, namespaced=True
+    )
+    lws = await world.until(
+        lambda: world.children(world.local, "leaderworkerset.x-k8s.io/v1/leaderworkersets"),
+        what="the LeaderWorkerSet once the CRD is served",
+    )
+    spec = lws["hybrid-1t-pd-h20-decode"]["spec"]
+    assert spec["replicas"] == 2 and spec["leaderWorkerTemplate"]["size"] == 2
+    assert "hybrid-1t-pd-h20-decode" not in world.children(world.local)  # no Deployment too
