@@ -3,9 +3,11 @@
 The run appends to flat arrays while it goes and builds a ``SimResult`` once at the end;
 nothing here is touched by the event loop's hot path. Latencies follow the usual definitions:
 
-* TTFT: arrival → first token at the decode instance (prefill, KV transfer and queueing);
-* TPOT: (finish − first token) / (output tokens − 1), 0 for one-token outputs; it includes any
-  wait for a decode slot, which is what a user sees;
+* TTFT: arrival → the request joins a decode batch, when its first token (made by prefill) is
+  streamed: prefill queueing and compute, KV transfer and any wait for a decode slot, as in a
+  PD system where nothing reaches the user before decode starts;
+* TPOT: (finish − first token) / (output tokens − 1), 0 for one-token outputs: the pace of
+  the decode batch;
 * E2E: arrival → last token.
 
 SLO attainment counts a request only if TTFT *and* TPOT are both met (DistServe's code checks
@@ -103,9 +105,10 @@ class SimResult:
     """When the request joined its prefill instance's queue (after routing)."""
     prefill_start_s: Floats
     prefill_end_s: Floats
+    kv_ready_s: Floats
+    """When the request's KV reached the decode side (prefill end plus transfer)."""
     first_token_s: Floats
-    decode_start_s: Floats
-    """When the request joined a decode batch (its first token time if it waited for none)."""
+    """When the request joined a decode batch and its first token went out."""
     finish_s: Floats
     links: dict[str, StepSeries] = field(default_factory=dict)
     """Egress (bit/s) per link."""
@@ -153,11 +156,13 @@ class SimResult:
     def offload_fraction(self) -> float:
         return float(self.remote.mean()) if len(self) else 0.0
 
-    def attainment(self, ttft_s: float, tpot_s: float) -> float:
-        """Fraction of requests meeting the TTFT and the TPOT objective together."""
+    def attainment(self, ttft_s: float, tpot_s: float, *, last: float = 1.0) -> float:
+        """Fraction of requests meeting the TTFT and the TPOT objective together; ``last`` < 1
+        counts only that fraction of the latest arrivals."""
         if len(self) == 0:
             return 0.0
-        ok = (self.ttft <= ttft_s) & (self.tpot <= tpot_s)
+        start = min(int(len(self) * (1.0 - last)), len(self) - 1)
+        ok = (self.ttft[start:] <= ttft_s) & (self.tpot[start:] <= tpot_s)
         return float(ok.mean())
 
     def mean_egress_bps(self, link: str, start: float = 0.0, end: float | None = None) -> float:

@@ -353,6 +353,7 @@ def simulated_goodput(
             out,
             load.tpot_s,
             0.9,
+            ttft_s=load.ttft_s,
             max_batch=batch,
             requests=requests,
             seed=seed,

@@ -248,7 +248,7 @@ class Simulation:
         self._pstart = [nan] * n
         self._pend = [nan] * n
         self._first = [nan] * n
-        self._dstart = [nan] * n
+        self._ready = [nan] * n
         self._finish = [nan] * n
         self._req_inst: list[int] = [0] * n
         self._hash_memo: dict[int, list[bytes]] = {}
@@ -532,7 +532,7 @@ class Simulation:
                 self._deliver(r)
 
     def _finished_at_first_token(self, r: int) -> None:
-        self._first[r] = self._dstart[r] = self._finish[r] = self.now
+        self._first[r] = self._ready[r] = self._finish[r] = self.now
         self._count_done()
 
     def _count_done(self) -> None:
@@ -578,12 +578,12 @@ class Simulation:
     # ---- decode ------------------------------------------------------------------------------
 
     def _deliver(self, r: int) -> None:
-        """KV of ``r`` is at the decode side: the first token goes out now."""
+        """KV of ``r`` is at the decode side; its first token goes out when it joins a batch."""
         now = self.now
         if not self._decoders or self._output[r] <= 1:
             self._finished_at_first_token(r)
             return
-        self._first[r] = now
+        self._ready[r] = now
         decs = self._decoders
         di = 0
         if len(decs) > 1:
@@ -618,7 +618,7 @@ class Simulation:
     def _admit(self, d: _Decoder, r: int) -> None:
         contrib = self._input[r] + 1 - d.steps
         d.base_ctx += contrib
-        self._dstart[r] = self.now
+        self._first[r] = self.now
         heapq.heappush(d.members, (d.steps + self._output[r] - 1, r, contrib))
 
     def _start_epoch(self, di: int) -> None:
@@ -687,7 +687,7 @@ class Simulation:
             prefill_start_s=f(self._pstart, dtype=np.float64),
             prefill_end_s=f(self._pend, dtype=np.float64),
             first_token_s=f(self._first, dtype=np.float64),
-            decode_start_s=f(self._dstart, dtype=np.float64),
+            kv_ready_s=f(self._ready, dtype=np.float64),
             finish_s=f(self._finish, dtype=np.float64),
             links=links,
             link_capacity=capacity,
