@@ -6,7 +6,8 @@
 #   PYTHON       interpreter that creates .venv            (default: python3)
 #   PYTEST_ARGS  what `make test` passes to pytest         (default: tests)
 #                e.g. make test PYTEST_ARGS='tests/unit -k crds'
-#   MAIN_ARGS    what the main job of `make run` works on  (default: the case-study sample)
+#   MAIN_ARGS    what the main job of `make run` works on  (default: the local sample;
+#                add --netns as root for a tc-shaped link between two namespaces)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -17,7 +18,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.prfaas-install-stamp
 PYTEST_ARGS ?= tests
-MAIN_ARGS ?= crds/samples/case-study.yaml
+MAIN_ARGS ?= crds/samples/local.yaml
 LINT_PATHS := planner operator engine_images prfaas
 # mypy cannot follow the editable install's folder → package mapping (operator/ is
 # prfaas.operator), so it checks the package through a tree of links with the real names.
@@ -26,7 +27,7 @@ TYPECHECK_TREE := build/typecheck
 .PHONY: help install run test lint crds clean
 
 help:
-	@echo "make run    set up .venv if needed, then run the main job (prfaas on $(MAIN_ARGS))"
+	@echo "make run    set up .venv if needed, then run the main job (prfaas up $(MAIN_ARGS))"
 	@echo "make test   set up .venv if needed, then run the test suite (PYTEST_ARGS=$(PYTEST_ARGS))"
 	@echo "make lint   ruff check and mypy over $(LINT_PATHS)"
 	@echo "make crds   regenerate crds/ from operator/api.py"
@@ -51,13 +52,9 @@ install: $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps nixl-cu12==1.5.1 nixl==1.5.1; \
 	echo "$$hash" > $(STAMP)
 
-# The main job: `prfaas plan` on the case study once the planner provides it, `validate` until then.
+# The main job: the local two-datacenter deployment (engines, router) until Ctrl-C.
 run: install
-	@if $(BIN)/prfaas plan --help >/dev/null 2>&1; then \
-		set -x; $(BIN)/prfaas plan $(MAIN_ARGS); \
-	else \
-		set -x; $(BIN)/prfaas validate $(MAIN_ARGS); \
-	fi
+	$(BIN)/prfaas up $(MAIN_ARGS)
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
