@@ -1,7 +1,9 @@
 """HTTP routes of the router (aiohttp): thin handlers over ``Router``; errors mapped in one place.
 
 Routes: ``POST /v1/completions``, ``POST /v1/chat/completions`` (streaming or not),
-``GET /v1/models``, ``GET /healthz`` (and ``/health``), ``GET /metrics``.
+``GET /v1/models``, ``GET /healthz`` (and ``/health``), ``GET /metrics``, ``GET /status``
+(routing state as JSON). Answers carry ``X-Request-Id``, ``X-PrfaaS-Route`` and
+``X-PrfaaS-Uncached-Tokens``.
 """
 
 from __future__ import annotations
@@ -81,6 +83,11 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "decode_healthy": healthy})
 
 
+async def status(request: web.Request) -> web.Response:
+    """Routing state (links, ``t``, egress, instance loads and health) for people and tools."""
+    return web.json_response(request.app[ROUTER_KEY].snapshot())
+
+
 async def metrics(request: web.Request) -> web.Response:
     router = request.app[ROUTER_KEY]
     router.update_gauges()
@@ -99,4 +106,5 @@ def build_app(router: Router) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/health", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/status", status)
     return app

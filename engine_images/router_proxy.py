@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
@@ -48,6 +49,8 @@ from prfaas.engine.router_tokenizer import PromptTokenizer, load_tokenizer
 
 __all__ = [
     "PREFILL_KV_PARAMS",
+    "ROUTE_HEADER",
+    "UNCACHED_HEADER",
     "ApiKind",
     "ParsedRequest",
     "Relay",
@@ -72,6 +75,11 @@ PREFILL_KV_PARAMS: dict[str, Any] = {
     "remote_port": None,
 }
 """What the prefill leg asks for: "prefill, keep the blocks, someone will pull them"."""
+
+ROUTE_HEADER = "X-PrfaaS-Route"
+"""Response header: ``local``, ``remote`` or ``fallback`` — the path this request took."""
+UNCACHED_HEADER = "X-PrfaaS-Uncached-Tokens"
+"""Response header: prompt tokens no local prefix cache held (what ``t`` was compared with)."""
 
 _INLINE_TOKENIZE_CHARS = 16384
 """Longer prompts are tokenised in a worker thread so the event loop keeps serving."""
@@ -279,6 +287,46 @@ class Router:
             m.kv_in_flight.labels(link.name).set(link.bytes_in_flight)
             m.link_up.labels(link.name).set(1.0 if link.usable(now) else 0.0)
 
+    def snapshot(self) -> dict[str, Any]:
+        """Routing state as JSON (``GET /status``): links with their ``t`` and egress, and
+        every instance's load, cached blocks and health."""
+        now = self.clock()
+
+        def finite(x: float) -> float | None:
+            return x if math.isfinite(x) else None
+
+        links = [
+            {
+                "name": ln.name,
+                "datacenter": ln.datacenter,
+                "thresholdTokens": finite(ln.controller.threshold),
+                "plannedTokens": ln.controller.planned,
+                "egressBps": ln.estimated_bps(now),
+                "budgetBps": ln.controller.budget_bps,
+                "kvBytesInFlight": ln.bytes_in_flight,
+                "up": ln.usable(now),
+            }
+            for ln in self.policy.links.values()
+        ]
+        instances = [
+            {
+                "url": i.url,
+                "datacenter": i.datacenter,
+                "role": i.role,
+                "inFlight": i.in_flight,
+                "cachedBlocks": len(i.cache),
+                "healthy": i.circuit.allows(now),
+                "consecutiveFailures": i.circuit.failures,
+            }
+            for i in self.policy.instances.values()
+        ]
+        return {
+            "model": self.config.model,
+            "localDatacenter": self.config.local_datacenter,
+            "links": links,
+            "instances": instances,
+        }
+
     def healthy_decode(self) -> int:
         now = self.clock()
         pool = self.policy.pool(self.config.local_datacenter, "decode")
@@ -313,7 +361,9 @@ class Router:
             self.metrics.requests.labels(path, _outcome(exc)).inc()
             self.update_gauges()
             raise
-        return Relay(self, req, request_id, path, t0, resp, decode, d.hashes, ticket)
+        return Relay(
+            self, req, request_id, path, t0, resp, decode, d.hashes, ticket, d.uncached_tokens
+        )
 
     def _check_model(self, req: ParsedRequest) -> None:
         model = req.body.get("model")
@@ -515,7 +565,16 @@ class Relay:
     decode: Instance
     hashes: list[bytes]
     ticket: _Ticket
-    _events: int = field(default=0)
+    uncached_tokens: int = 0
+
+    def headers(self, content_type: str) -> dict[str, str]:
+        """Response headers: the request id, and which path the router chose and why."""
+        return {
+            "Content-Type": content_type,
+            "X-Request-Id": self.request_id,
+            ROUTE_HEADER: self.path,
+            UNCACHED_HEADER: str(self.uncached_tokens),
+        }
 
     async def respond(self, request: web.Request) -> web.StreamResponse:
         router, resp = self.router, self.resp
@@ -530,10 +589,7 @@ class Relay:
                 out = web.Response(
                     body=data,
                     status=resp.status,
-                    headers={
-                        "Content-Type": resp.headers.get("Content-Type", "application/json"),
-                        "X-Request-Id": self.request_id,
-                    },
+                    headers=self.headers(resp.headers.get("Content-Type", "application/json")),
                 )
                 outcome = "ok"
             return out
@@ -561,9 +617,8 @@ class Relay:
         out = web.StreamResponse(
             status=resp.status,
             headers={
-                "Content-Type": resp.headers.get("Content-Type", "text/event-stream"),
+                **self.headers(resp.headers.get("Content-Type", "text/event-stream")),
                 "Cache-Control": "no-cache",
-                "X-Request-Id": self.request_id,
             },
         )
         await out.prepare(request)

@@ -168,6 +168,8 @@ async def test_long_prompt_handshake_fields_are_exactly_right() -> None:
         assert dec.body == {**body, "kv_transfer_params": r.remote[0].issued[0]}
         assert _sse_texts(raw) == ["t0 ", "t1 ", "t2 ", "t3 ", "t4 ", "[DONE]"]
         assert r.requests("ok", "remote") == 1
+        assert headers["X-PrfaaS-Route"] == "remote"
+        assert headers["X-PrfaaS-Uncached-Tokens"] == str(len(LONG))
         assert r.metric("prfaas_router_ttft_seconds_count") == 1
         assert r.metric("prfaas_router_tpot_seconds_count") == 1
 
@@ -291,13 +293,14 @@ async def test_remote_prefill_failure_falls_back_to_local(failure: str) -> None:
             r.remote[0].delay_s = 2.0  # prefill timeout is 0.3 s
         else:
             await r.remote[0].stop()
-        status, _, data = await r.post("/v1/completions", {"prompt": LONG, "max_tokens": 2})
+        status, headers, data = await r.post("/v1/completions", {"prompt": LONG, "max_tokens": 2})
         assert status == 200
         assert json.loads(data)["choices"][0]["text"] == "t0 t1 "
         assert len(r.local_prefill[0].received) == 1
         (dec,) = r.decode[0].received
         assert dec.body["kv_transfer_params"] == r.local_prefill[0].issued[0]
         assert r.requests("ok", "fallback") == 1
+        assert headers["X-PrfaaS-Route"] == "fallback"
         assert r.metric("prfaas_router_kv_bytes_in_flight", link="a-to-b") == 0
 
 
@@ -410,6 +413,12 @@ async def test_models_health_and_metrics_endpoints() -> None:
         await r.post("/v1/completions", {"prompt": LONG})
         async with r.http.get(r.svc.url + "/metrics") as resp:
             text = await resp.text()
+        async with r.http.get(r.svc.url + "/status") as resp:
+            state = await resp.json()
+        (link,) = state["links"]
+        assert link["name"] == "a-to-b" and link["thresholdTokens"] == 20 and link["up"]
+        roles = sorted((i["datacenter"], i["role"], i["inFlight"]) for i in state["instances"])
+        assert roles == [("dc-a", "prefill", 0), ("dc-b", "decode", 0)]
         for name in (
             'prfaas_router_requests_total{outcome="ok",path="remote"} 1.0',
             "prfaas_router_ttft_seconds_bucket",
