@@ -313,6 +313,7 @@ def run(
     from prfaas.operator.translate import TranslateError, problems_from_manifests
     from prfaas.planner.errors import PlannerError
     from prfaas.planner.planning import plan as make_plan
+    from prfaas.planner.sim_plan import fill_predicted
     from rich.console import Console
 
     if rate is not None and rate_scale is not None:
@@ -358,7 +359,10 @@ def run(
             failed = True
             continue
         rows = summary_rows(runs, problem)
-        results.append({"servingPlan": problem.name, "configurations": rows})
+        fill_predicted(plan, runs, problem)
+        results.append(
+            {"servingPlan": problem.name, "configurations": rows, "plan": plan.to_dict()}
+        )
         if output is SimOutput.table:
             _table(console, problem.name, problem, rows)
         if plot is not None:

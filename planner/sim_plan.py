@@ -54,6 +54,7 @@ __all__ = [
     "Scenario",
     "ScenarioRun",
     "common_rate",
+    "fill_predicted",
     "predict",
     "run_scenarios",
     "scenarios",
@@ -314,12 +315,19 @@ def predict(
     runs = run_scenarios(
         problem, found, requests=requests, rate=at, seed=seed, goodput_requests=goodput_requests
     )
+    fill_predicted(plan, runs, problem)
+    return runs
+
+
+def fill_predicted(plan: Plan, runs: list[ScenarioRun], problem: Problem) -> Plan:
+    """Write simulated P90 TTFT/TPOT, attainment (and goodput, if searched) into ``plan``."""
     by_name = {run.scenario.name: run for run in runs}
-    plan.predicted = _predicted(by_name[PRFAAS], problem)
+    if PRFAAS in by_name:
+        plan.predicted = _predicted(by_name[PRFAAS], problem)
     for b in plan.baselines:
         if b.name in by_name:
             b.predicted = _predicted(by_name[b.name], problem)
-    return runs
+    return plan
 
 
 def simulated_goodput(

@@ -141,6 +141,8 @@ def test_cli_simulate_prints_json_and_plots(tmp_path: Path) -> None:
     rows = {r["name"]: r for r in data["configurations"]}
     assert rows["prfaas-pd"]["ttftP90S"] < rows["homogeneous-pd"]["ttftP90S"]
     assert rows["prfaas-pd"]["rateRps"] == rows["homogeneous-pd"]["rateRps"]
+    predicted = Plan.from_dict(data["plan"]).predicted
+    assert predicted is not None and predicted.ttft_p90_s == rows["prfaas-pd"]["ttftP90S"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
