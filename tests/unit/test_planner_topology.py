@@ -85,3 +85,33 @@ def test_decode_cluster_without_link_runs_all_local() -> None:
     routers = {r.decode_cluster: r for r in p.routers}
     assert routers["d1"].threshold_tokens is None and routers["d1"].remotes == []
     assert routers["d0"].threshold_tokens is not None
+
+
+def test_plans_do_not_depend_on_hash_randomisation() -> None:
+    # The benchmark's 10 × 20 problem: with string-labelled flow nodes, PYTHONHASHSEED 0 and 1
+    # gave different maximum flows, hence different fallbacks and Λ_max (71.10 vs 70.73).
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[2] / "bench" / "planner.py"
+    code = (
+        "import importlib.util, json, sys;"
+        f"spec = importlib.util.spec_from_file_location('b', {str(bench)!r});"
+        "m = importlib.util.module_from_spec(spec); sys.modules['b'] = m;"
+        "spec.loader.exec_module(m);"
+        "from prfaas.planner.planning import plan;"
+        "print(json.dumps(plan(m.generated()).to_dict(), sort_keys=True))"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("0", "1")
+    }
+    assert len(outs) == 1
