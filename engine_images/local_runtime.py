@@ -30,7 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from prfaas.engine.compat import SHIM_DIR
 from prfaas.engine.launch import EngineLaunch, EngineRole, vllm_argv, vllm_env
@@ -453,9 +453,9 @@ class LocalRuntime:
         from prfaas.engine.router_config import dump_router_config, router_config_from_plan
 
         layout = self.layout
-        endpoints: dict[str, dict[str, list[str]]] = {}
+        endpoints: dict[str, dict[Literal["prefill", "decode"], list[str]]] = {}
         for e in layout.engines:
-            if e.role in ("prefill", "decode"):
+            if e.role == "prefill" or e.role == "decode":
                 endpoints.setdefault(e.cluster, {}).setdefault(e.role, []).append(e.router_url)
         plan = layout.plan
         if capacity_gbps is not None:
