@@ -200,7 +200,12 @@ class Solver:
         local = {pool.name: best_split(pool, sp.p, sp.l_short, all_decode) for pool in self.local}
         caps = {p.name: p.instances / p.stage(sp.l_long) for p in self.prefill}
         size = self.kv_bytes(sp.l_long)
-        offloading = {name: True for name in local}
+        # Offload only where it can pay: a cluster whose capacity with full offload does not
+        # beat its all-local capacity keeps t = ∞.
+        offloading = {
+            name: all_decode or s.capacity > self._all_local[name].capacity * (1 + 1e-12)
+            for name, s in local.items()
+        }
         served: dict[str, float] = {}
         for _ in range(2):  # second pass: clusters better off all-local stop asking for offload
             demand = {n: sp.p * s.capacity if offloading[n] else 0.0 for n, s in local.items()}
