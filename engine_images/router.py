@@ -20,6 +20,8 @@ import contextlib
 import logging
 import os
 import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -41,7 +43,8 @@ class RouterService:
     half controller interval, so ``t`` decays back while no request arrives).
 
     ``source`` is the router file's path, or a ``RouterConfig`` (no reloading). ``port=0``
-    picks a free port; ``url`` tells which after ``start``.
+    picks a free port; ``url`` tells which after ``start``. ``tokenizer`` and ``clock``
+    (monotonic seconds) replace the configured tokenizer and the real clock in tests.
     """
 
     def __init__(
@@ -52,13 +55,14 @@ class RouterService:
         port: int = 8000,
         reload_interval_s: float = 1.0,
         tokenizer: PromptTokenizer | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = None if isinstance(source, RouterConfig) else Path(source)
         self.host, self.port = host, port
         self.reload_interval_s = reload_interval_s
         self._mtime: float | None = None
         config = source if isinstance(source, RouterConfig) else self._load()
-        self.router = Router(config, tokenizer=tokenizer)
+        self.router = Router(config, tokenizer=tokenizer, clock=clock)
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
 

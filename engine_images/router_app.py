@@ -53,15 +53,15 @@ async def _proxy(request: web.Request, kind: ApiKind) -> web.StreamResponse:
     return await relay.respond(request)
 
 
-async def completions(request: web.Request) -> web.StreamResponse:
+async def _completions(request: web.Request) -> web.StreamResponse:
     return await _proxy(request, "completions")
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
+async def _chat_completions(request: web.Request) -> web.StreamResponse:
     return await _proxy(request, "chat")
 
 
-async def models(request: web.Request) -> web.Response:
+async def _models(request: web.Request) -> web.Response:
     cfg = request.app[ROUTER_KEY].config
     card = {
         "id": cfg.model,
@@ -73,7 +73,7 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": [card]})
 
 
-async def healthz(request: web.Request) -> web.Response:
+async def _healthz(request: web.Request) -> web.Response:
     """200 while at least one decode instance is healthy, else 503 with the reason."""
     router = request.app[ROUTER_KEY]
     healthy = router.healthy_decode()
@@ -83,12 +83,12 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "decode_healthy": healthy})
 
 
-async def status(request: web.Request) -> web.Response:
+async def _status(request: web.Request) -> web.Response:
     """Routing state (links, ``t``, egress, instance loads and health) for people and tools."""
     return web.json_response(request.app[ROUTER_KEY].snapshot())
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def _metrics(request: web.Request) -> web.Response:
     router = request.app[ROUTER_KEY]
     router.update_gauges()
     resp = web.Response(body=router.metrics.exposition())
@@ -100,11 +100,11 @@ def build_app(router: Router) -> web.Application:
     """The aiohttp application serving ``router`` (its lifecycle is the caller's)."""
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     app[ROUTER_KEY] = router
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/health", healthz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/status", status)
+    app.router.add_post("/v1/completions", _completions)
+    app.router.add_post("/v1/chat/completions", _chat_completions)
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/health", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/status", _status)
     return app

@@ -466,26 +466,26 @@ class Router:
                 data = await resp.read()
                 status = resp.status
         except TimeoutError as exc:
-            self._failed(inst)
+            self.record_failure(inst)
             raise UpstreamTimeoutError(
                 f"prefill on {inst.url} did not answer within {t.prefill_s:g} s"
             ) from exc
         except aiohttp.ClientError as exc:
-            self._failed(inst)
+            self.record_failure(inst)
             raise UpstreamError(f"prefill on {inst.url} failed: {exc!r}") from exc
         finally:
             inst.finished()
         if 400 <= status < 500:
             raise UpstreamRejectedError(_reason(data), status=status, body=data)
         if status >= 300:
-            self._failed(inst)
+            self.record_failure(inst)
             raise UpstreamError(f"prefill on {inst.url} answered {status}: {_reason(data)}")
         try:
             params = json.loads(data).get("kv_transfer_params")
         except (ValueError, AttributeError):
             params = None
         if not isinstance(params, dict):
-            self._failed(inst)
+            self.record_failure(inst)
             raise UpstreamError(
                 f"prefill on {inst.url} answered without kv_transfer_params; start it with "
                 "--kv-transfer-config kv_role=kv_producer"
@@ -494,7 +494,8 @@ class Router:
         inst.cache.insert(d.hashes)
         return params
 
-    def _failed(self, inst: Instance) -> None:
+    def record_failure(self, inst: Instance) -> None:
+        """An engine call failed: count it and feed the instance's circuit."""
         inst.circuit.record_failure(self.clock())
         self.metrics.backend_failures.labels(inst.datacenter, inst.role).inc()
 
@@ -524,7 +525,7 @@ class Router:
                 )
             except (TimeoutError, aiohttp.ClientError) as exc:
                 inst.finished()
-                self._failed(inst)
+                self.record_failure(inst)
                 last = f"decode on {inst.url} failed: {exc!r}"
             except BaseException:
                 inst.finished()
@@ -539,7 +540,7 @@ class Router:
                     inst.finished()
                 if 400 <= resp.status < 500:
                     raise UpstreamRejectedError(_reason(data), status=resp.status, body=data)
-                self._failed(inst)
+                self.record_failure(inst)
                 last = f"decode on {inst.url} answered {resp.status}: {_reason(data)}"
             log.warning("request %s: %s", rid, last)
             now = self.clock()
@@ -594,7 +595,7 @@ class Relay:
                 outcome = "ok"
             return out
         except (TimeoutError, aiohttp.ClientError) as exc:
-            router._failed(self.decode)
+            router.record_failure(self.decode)
             raise UpstreamError(f"decode on {self.decode.url} broke off: {exc!r}") from exc
         except (asyncio.CancelledError, ConnectionResetError):
             outcome = "cancelled"
@@ -638,7 +639,7 @@ class Relay:
             return out, "cancelled"
         except (TimeoutError, aiohttp.ClientError) as exc:
             # Headers are out: tell the client in-band, then end the stream.
-            router._failed(self.decode)
+            router.record_failure(self.decode)
             err = UpstreamError(f"decode on {self.decode.url} broke off: {exc!r}")
             await out.write(b"data: " + json.dumps(err.to_json()).encode() + b"\n\n")
             await out.write_eof()
