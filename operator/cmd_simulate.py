@@ -212,6 +212,7 @@ def _simulate_one(
     schedule: str | None,
     trace: Path | None,
     goodput_requests: int,
+    arrival: tuple[str, float],
     err: Console,
 ) -> list[ScenarioRun]:
     from prfaas.planner.sim_arrivals import load_trace
@@ -232,6 +233,7 @@ def _simulate_one(
             at *= rate_scale
     n = len(stream) if stream is not None else requests
     total = n * len(found)
+    kind = "gamma" if arrival[0] == "gamma" else "poisson"
     if total < PROGRESS_FROM:
         return run_scenarios(
             problem,
@@ -241,6 +243,8 @@ def _simulate_one(
             seed=seed,
             stream=stream,
             goodput_requests=goodput_requests,
+            arrival=kind,
+            cv=arrival[1],
         )
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as bar:
@@ -259,6 +263,8 @@ def _simulate_one(
             stream=stream,
             goodput_requests=goodput_requests,
             progress=progress,
+            arrival=kind,
+            cv=arrival[1],
         )
 
 
@@ -309,6 +315,7 @@ def run(
 ) -> None:
     """Simulate the plan of every ServingPlan in FILE against homogeneous PD and naive
     heterogeneous: TTFT/TPOT percentiles, SLO attainment, goodput, link egress."""
+    from prfaas.operator import api
     from prfaas.operator.manifests import read_manifests
     from prfaas.operator.translate import TranslateError, problems_from_manifests
     from prfaas.planner.errors import PlannerError
@@ -332,11 +339,21 @@ def run(
     if not problems:
         err.print(f"[red]✗[/] {file} holds no ServingPlan to simulate")
         raise typer.Exit(EXIT_INVALID)
-    console = Console(soft_wrap=True, highlight=False, width=max(Console().width, 120))
+    console = Console(soft_wrap=True, highlight=False, width=max(Console().width, 150))
     failed = False
     results: list[dict[str, Any]] = []
+    arrivals = {
+        sp.metadata.name: (sp.spec.workload.arrival.kind, sp.spec.workload.arrival.cv)
+        for sp in manifests.of_kind(api.ServingPlan)
+    }
     for problem in problems:
         plan = make_plan(problem)
+        if problem.workload.prefix_cache_hit_rate > 0 and trace is None:
+            err.print(
+                f"[yellow]! {problem.name}: prefixCacheHitRate is not simulated for sampled "
+                "requests (they share no prefixes); give a --trace with prefix_id to model "
+                "cache hits[/]"
+            )
         if not plan.feasible:
             err.print(f"[red]✗ {problem.name}: infeasible — {plan.reason}[/]")
             failed = True
@@ -352,6 +369,7 @@ def run(
                 schedule=bandwidth_schedule,
                 trace=trace,
                 goodput_requests=goodput_requests if goodput else 0,
+                arrival=arrivals.get(problem.name, ("poisson", 1.0)),
                 err=err,
             )
         except PlannerError as exc:

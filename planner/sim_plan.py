@@ -33,6 +33,7 @@ from prfaas.planner.parallelism import Candidate, RoleLoad, decode_batch
 from prfaas.planner.plan import Plan, Predicted
 from prfaas.planner.problem import ClusterInput, GoodputFn, OffloadInput, Problem
 from prfaas.planner.sim_arrivals import (
+    ArrivalKind,
     FixedLengths,
     LengthSampler,
     RequestStream,
@@ -239,9 +240,11 @@ def common_rate(problem: Problem, found: list[Scenario], load: float = 0.8) -> f
     return load * min(planned)
 
 
-def _stream(problem: Problem, n: int, rate: float, seed: int) -> RequestStream:
+def _stream(
+    problem: Problem, n: int, rate: float, seed: int, kind: ArrivalKind, cv: float
+) -> RequestStream:
     w = problem.workload
-    return synthetic_stream(n, rate, w.input_length, w.output_length, seed=seed)
+    return synthetic_stream(n, rate, w.input_length, w.output_length, seed=seed, kind=kind, cv=cv)
 
 
 def run_scenarios(
@@ -254,10 +257,13 @@ def run_scenarios(
     stream: RequestStream | None = None,
     goodput_requests: int = 0,
     progress: Callable[[str, int], None] | None = None,
+    arrival: ArrivalKind = "poisson",
+    cv: float = 1.0,
 ) -> list[ScenarioRun]:
-    """Simulate every scenario over the same requests at ``rate``; optionally search goodput
-    with ``goodput_requests`` requests per probe."""
-    base = stream if stream is not None else _stream(problem, requests, rate, seed)
+    """Simulate every scenario over the same requests at ``rate`` (sampled from the workload
+    with ``arrival``/``cv`` unless ``stream`` is given); optionally search goodput with
+    ``goodput_requests`` requests per probe."""
+    base = stream if stream is not None else _stream(problem, requests, rate, seed, arrival, cv)
     slo = SloTarget(problem.slo.ttft_s, problem.slo.tpot_s, problem.slo.attainment)
     runs = []
     for sc in found:
@@ -281,6 +287,8 @@ def run_scenarios(
                 requests=goodput_requests,
                 seed=seed,
                 guess=max(sc.planned_rps, 1e-3) * 0.8,
+                kind=arrival,
+                cv=cv,
             ).rate
         runs.append(ScenarioRun(sc, rate, res, good))
     return runs

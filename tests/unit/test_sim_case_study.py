@@ -156,3 +156,22 @@ def test_cli_simulate_table_and_errors(tmp_path: Path) -> None:
     bad = runner.invoke(app, ["simulate", str(SAMPLE), "--bandwidth-schedule", "fast"])
     assert bad.exit_code == 1
     assert "SECONDS:GBPS" in bad.output
+
+
+def test_cli_simulate_uses_bursty_arrivals_from_the_servingplan(tmp_path: Path) -> None:
+    bursty = tmp_path / "bursty.yaml"
+    text = SAMPLE.read_text()
+    marker = "    outputLength:\n"
+    assert marker in text
+    bursty.write_text(
+        text.replace(marker, "    arrival:\n      kind: gamma\n      cv: 4\n" + marker)
+    )
+    args = ["-n", "3000", "--no-goodput", "-o", "json", "--seed", "5"]
+    runner = CliRunner()
+    p90 = {}
+    for name, path in (("poisson", SAMPLE), ("gamma", bursty)):
+        result = runner.invoke(app, ["simulate", str(path), *args])
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.stdout[result.stdout.index("{") :])
+        p90[name] = data["configurations"][0]["ttftP90S"]
+    assert p90["gamma"] > 1.5 * p90["poisson"]
