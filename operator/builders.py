@@ -16,7 +16,10 @@ Every child carries ``prfaas.io/plan``, ``prfaas.io/plan-namespace``, ``prfaas.i
 Cross-cluster addressing: engines in the same Kubernetes cluster as the router are reached at
 ``<svc>.<ns>.svc.cluster.local``; engines in another cluster at ``<svc>.<ns>.svc.clusterset.local``
 (the Multi-Cluster Services API domain), which a multi-cluster DNS (Submariner, Cilium
-ClusterMesh, GKE MCS…) must serve.
+ClusterMesh, GKE MCS…) must serve. KV itself moves pod to pod (NIXL over UCX TCP, handshake on
+the pod IP), so pod IPs must be routable between the datacenters (VPC peering, a flat network).
+The router sees one URL per pool (the Service), so its prefix-cache affinity is per pool, not
+per instance.
 """
 
 from __future__ import annotations
@@ -344,17 +347,12 @@ def _engine_service(inputs: PlanInputs, target: ClusterTarget, role: ChildRole) 
         "kind": "Service",
         "metadata": _meta(inputs, name, target.spec.target.namespace, target.name, role),
         "spec": {
-            # Headless: DNS answers with every ready engine, so the router can spread requests.
-            "clusterIP": "None",
+            # A ClusterIP Service: the router keeps a pool of connections to it, which kube-proxy
+            # spreads over the ready engines. (NIXL's handshake does not use the Service: peers
+            # dial the pod IP the engine publishes in ``kv_transfer_params``.)
             "selector": _selector(inputs, target.name, role),
             "ports": [
                 {"name": "http", "port": ENGINE_PORT, "targetPort": "http", "protocol": "TCP"},
-                {
-                    "name": "nixl",
-                    "port": SIDE_CHANNEL_PORT,
-                    "targetPort": "nixl",
-                    "protocol": "TCP",
-                },
             ],
         },
     }
