@@ -27,7 +27,10 @@ LatencySource = Literal["fit", "roofline", "published"]
 class LatencyModel(Protocol):
     """Step times of one engine instance (one TP×PP group), in seconds."""
 
-    source: LatencySource
+    @property
+    def source(self) -> LatencySource:
+        """Where the numbers come from: ``fit``, ``roofline`` or ``published``."""
+        ...
 
     def prefill_seconds(self, lengths: Sequence[float]) -> float:
         """Time to prefill one batch holding prompts of these (uncached) lengths."""
@@ -62,8 +65,11 @@ class DistServeForm:
 class PrefillPhase(Protocol):
     """Prefill time of one batch on one instance, with where the number comes from."""
 
-    source: LatencySource
-    note: str
+    @property
+    def source(self) -> LatencySource: ...
+
+    @property
+    def note(self) -> str: ...
 
     def __call__(self, lengths: Sequence[float]) -> float: ...
 
@@ -71,8 +77,11 @@ class PrefillPhase(Protocol):
 class DecodePhase(Protocol):
     """Decode step time on one instance, with where the number comes from."""
 
-    source: LatencySource
-    note: str
+    @property
+    def source(self) -> LatencySource: ...
+
+    @property
+    def note(self) -> str: ...
 
     def __call__(self, batch: int, total_context: float) -> float: ...
 

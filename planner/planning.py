@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from prfaas.planner.catalog import GpuSpec, ModelArch
 from prfaas.planner.errors import CatalogError, Infeasible, PlannerError, ProfileError
@@ -72,7 +73,7 @@ def _choose(
     cands = candidates(m, c.gpu, c.count, c.per_node, need, s, problem.profiles)
     if not cands:
         raise _no_fit(m, c, problem, role)
-    kind = "decode" if role == "decode" else "prefill"
+    kind: Literal["prefill", "decode"] = "decode" if role == "decode" else "prefill"
     load = RoleLoad(
         kind,
         length,
