@@ -485,6 +485,8 @@ class Reconciler:
                     [condition("Reachable", "False", "Unreachable", str(exc))],
                 )
                 return False
+            # Re-discover optional CRDs (PodMonitor) of this server on the next plan pass.
+            self._serves_pod_monitor.pop(client.server, None)
             gpus = _allocatable(
                 nodes, cspec.accelerator.resource_name, cspec.scheduling.node_selector
             )
