@@ -107,3 +107,35 @@ def test_binned_egress_follows_a_schedule() -> None:
     starts, means = binned_mean(StepSeries.of(*link.egress_series()), 20.0, 5.0)
     assert list(starts) == [0.0, 5.0, 10.0, 15.0]
     assert np.allclose(means, [8e9, 8e9, 4e9, 4e9])
+
+
+def _fallback_config(schedule: str) -> SimConfig:
+    prefill = DistServeForm(0.01, 1e-5, 0.0, 0.0, 0.0, 0.0)
+    return SimConfig(
+        "fallback",
+        (PrefillPool("remote", "dc-a", 2, prefill), PrefillPool("local", "dc-b", 2, prefill)),
+        DecodePool("decode", "dc-b", 2, DistServeForm(0, 0, 0, 1e-3, 0, 0), max_batch=64),
+        links=(
+            LinkSpec("a-b", "dc-a", "dc-b", 10.0, rtt_s=0.01, schedule=parse_schedule(schedule)),
+        ),
+        routing=RoutingSpec(threshold_tokens=1000, adaptive=False),
+        kv_bytes_per_token=1e5,  # 0.5 GB per request: 0.4 s on the 10 Gbps link
+    )
+
+
+def test_link_down_falls_back_to_local_and_stalled_transfers_resume() -> None:
+    stream = synthetic_stream(600, 2.0, FixedLengths(5000), FixedLengths(4), seed=3)
+    res = simulate(_fallback_config("0:10,100:0,200:10"), stream)
+    down = (res.arrival_s > 100.0) & (res.arrival_s < 200.0)
+    up = res.arrival_s > 201.0
+    assert down.sum() > 100 and not res.remote[down].any()
+    assert res.remote[up].all()
+    # Transfers caught by the outage wait for the link and finish after it returns.
+    stalled = res.remote & (res.prefill_end_s < 100.0) & (res.kv_ready_s > 100.0)
+    assert stalled.any() and (res.kv_ready_s[stalled] >= 200.0).all()
+
+
+def test_a_link_that_never_returns_is_an_error() -> None:
+    stream = synthetic_stream(50, 2.0, FixedLengths(5000), FixedLengths(4), seed=3)
+    with pytest.raises(SimulatorError, match="never finished"):
+        simulate(_fallback_config("0:10,10:0"), stream)

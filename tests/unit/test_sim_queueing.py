@@ -128,3 +128,19 @@ def test_same_seed_same_result_and_other_seed_differs() -> None:
     assert np.array_equal(a.remote, b.remote)
     assert a.events == b.events
     assert not np.array_equal(a.finish_s, c.finish_s)
+
+
+def test_prefill_batching_amortises_the_fixed_cost() -> None:
+    """Short prompts at 1.5× the unbatched capacity: a token budget keeps the queue stable."""
+    lat = DistServeForm(0.05, 1e-5, 0.0, 0.0, 0.0, 0.0)  # 51 ms for one 100-token prompt
+    stream = synthetic_stream(
+        4000, 1.5 / lat.prefill_seconds([100]), FixedLengths(100), FixedLengths(1), seed=1
+    )
+    alone = simulate(
+        SimConfig("b0", (PrefillPool("p", "dc", 1, lat, token_budget=0),), None), stream
+    )
+    batched = simulate(
+        SimConfig("b", (PrefillPool("p", "dc", 1, lat, token_budget=2048),), None), stream
+    )
+    assert batched.ttft.mean() < 0.2
+    assert alone.ttft.mean() > 10 * batched.ttft.mean()  # unbatched: overloaded, queue grows
