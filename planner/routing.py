@@ -81,6 +81,15 @@ class PrefixCache:
             n += 1
         return n
 
+    def peek(self, hashes: Sequence[bytes]) -> int:
+        """Like ``match`` but leaves recency alone: for comparing instances before choosing."""
+        n = 0
+        for h in hashes:
+            if h not in self._blocks:
+                break
+            n += 1
+        return n
+
     def insert(self, hashes: Iterable[bytes]) -> None:
         """Record blocks as cached, evicting the least recently used beyond capacity."""
         for h in hashes:

@@ -389,7 +389,7 @@ class Simulation:
             inst = insts[i]
             hit = 0
             if hashes is not None and inst.cache is not None:
-                hit = inst.cache.match(hashes)
+                hit = inst.cache.peek(hashes)
             key = (-hit, inst.load + (0 if not inst.busy else 1))
             if best < 0 or key < best_key:
                 best, best_key, ties = i, key, 1
