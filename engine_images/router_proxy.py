@@ -33,6 +33,7 @@ from aiohttp import web
 from prfaas.engine.router_config import RouterConfig
 from prfaas.engine.router_errors import (
     BadRequestError,
+    ConfigError,
     InvalidJSONError,
     MissingFieldError,
     ModelNotFoundError,
@@ -248,7 +249,7 @@ class Router:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         if self.tokenizer is None:
-            self.tokenizer = await asyncio.to_thread(load_tokenizer, self.config.tokenizer)
+            self.tokenizer = await self._load_tokenizer(self.config.tokenizer)
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
@@ -269,10 +270,22 @@ class Router:
     async def reconfigure(self, config: RouterConfig) -> None:
         """Adopt a new router file (endpoints, t, links…); caches and loops carry over."""
         if config.tokenizer != self.config.tokenizer and not self._tokenizer_injected:
-            self.tokenizer = await asyncio.to_thread(load_tokenizer, config.tokenizer)
+            self.tokenizer = await self._load_tokenizer(config.tokenizer)
         self.config = config
         self.policy.reconfigure(config)
+        for gauge in (self.metrics.threshold, self.metrics.kv_in_flight, self.metrics.link_up):
+            gauge.clear()  # links may have been renamed or removed
         self.update_gauges()
+
+    @staticmethod
+    async def _load_tokenizer(path: str | None) -> PromptTokenizer:
+        try:
+            return await asyncio.to_thread(load_tokenizer, path)
+        except Exception as exc:  # transformers raises OSError, ValueError, EnvironmentError…
+            raise ConfigError(
+                f"cannot load the tokenizer {path!r} named in the router file: {exc}; point "
+                "'tokenizer' at the served model's directory (or null to count bytes)"
+            ) from exc
 
     def tick(self) -> None:
         """Run the bandwidth loop (decay ``t`` when idle) and refresh gauges."""

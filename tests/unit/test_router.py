@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from prfaas.engine.router import RouterService
 from prfaas.engine.router_config import RouterConfig, dump_router_config
+from prfaas.engine.router_errors import ConfigError
 from prfaas.engine.router_fakes import FakeEngine
 from prfaas.engine.router_proxy import PREFILL_KV_PARAMS
 from prfaas.engine.router_tokenizer import ByteTokenizer
@@ -499,3 +500,11 @@ async def test_decode_load_counts_requests_still_prefilling() -> None:
         # the prefill, so without counting them from the decision the holder looks idle.
         assert len(other.received) >= 2
         assert len(holder.received) > len(other.received)
+
+
+async def test_a_tokenizer_that_cannot_load_is_a_config_error(tmp_path: Path) -> None:
+    cfg = _config([], [], ["http://127.0.0.1:9"], tokenizer=str(tmp_path / "missing"))
+    svc = RouterService(cfg, port=0)
+    with pytest.raises(ConfigError, match="cannot load the tokenizer"):
+        await svc.start()
+    await svc.stop()
