@@ -1,7 +1,8 @@
 """HTTP routes of the router (aiohttp): thin handlers over ``Router``; errors mapped in one place.
 
 Routes: ``POST /v1/completions``, ``POST /v1/chat/completions`` (streaming or not),
-``GET /v1/models``, ``GET /healthz`` (and ``/health``), ``GET /metrics``, ``GET /status``
+``GET /v1/models``, ``GET /healthz`` (readiness; also ``/health``), ``GET /livez``
+(liveness), ``GET /metrics``, ``GET /status``
 (routing state as JSON). Answers carry ``X-Request-Id``, ``X-PrfaaS-Route`` and
 ``X-PrfaaS-Uncached-Tokens``.
 """
@@ -83,6 +84,12 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "decode_healthy": healthy})
 
 
+async def _livez(request: web.Request) -> web.Response:
+    """200 while the process serves HTTP (a liveness probe: engines being down is not a reason
+    to restart the router; ``/healthz`` is the readiness check)."""
+    return web.json_response({"status": "alive"})
+
+
 async def _status(request: web.Request) -> web.Response:
     """Routing state (links, ``t``, egress, instance loads and health) for people and tools."""
     return web.json_response(request.app[ROUTER_KEY].snapshot())
@@ -105,6 +112,7 @@ def build_app(router: Router) -> web.Application:
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/health", _healthz)
+    app.router.add_get("/livez", _livez)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/status", _status)
     return app

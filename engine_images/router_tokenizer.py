@@ -9,6 +9,7 @@ router file names no tokenizer, and by tests and benchmarks.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -52,13 +53,23 @@ def _flatten_chat(messages: Sequence[Mapping[str, Any]]) -> str:
 
 
 class HFPromptTokenizer:
-    """The served model's tokenizer through ``transformers`` (imported when constructed)."""
+    """The served model's tokenizer through ``transformers`` (imported when constructed).
+
+    ``path`` is a local directory, or a hub id that is looked up in the local cache first and
+    downloaded only when it is missing there and ``HF_HUB_OFFLINE`` is not set.
+    """
 
     def __init__(self, path: str) -> None:
         from transformers import AutoTokenizer
 
         self.path = path
-        self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        try:
+            self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except OSError:
+            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
+                raise
+            # Not on disk (a hub id in a fresh pod): fetch it once, like the engines do.
+            self._tok = AutoTokenizer.from_pretrained(path)
         self._warned = False
 
     def encode_prompt(self, prompt: str) -> list[int]:

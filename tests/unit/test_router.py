@@ -258,6 +258,8 @@ async def test_no_decode_instance_gives_503_with_the_reason() -> None:
         assert "no healthy decode instance in datacenter 'dc-b'" in data.decode()
         async with r.http.get(r.svc.url + "/healthz") as h:
             assert h.status == 503
+        async with r.http.get(r.svc.url + "/livez") as h:
+            assert h.status == 200  # the process itself is fine: no restart wanted
         assert r.requests("error", "local") == 0
         assert r.requests("error", "none") == 1
 
