@@ -15,7 +15,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prfaas.engine.router_errors import RouterError, UpstreamRejectedError
 from prfaas.engine.router_metrics import CONTENT_TYPE_LATEST
-from prfaas.engine.router_proxy import ApiKind, Router, new_request_id
+from prfaas.engine.router_proxy import Router
+from prfaas.engine.router_request import ApiKind, new_request_id
 
 __all__ = ["ROUTER_KEY", "build_app", "error_middleware"]
 

@@ -21,7 +21,7 @@ from prfaas.engine.router import RouterService
 from prfaas.engine.router_config import RouterConfig, dump_router_config
 from prfaas.engine.router_errors import ConfigError
 from prfaas.engine.router_fakes import FakeEngine
-from prfaas.engine.router_proxy import PREFILL_KV_PARAMS
+from prfaas.engine.router_request import PREFILL_KV_PARAMS
 from prfaas.engine.router_tokenizer import ByteTokenizer
 
 SHORT = "hello"

@@ -17,6 +17,7 @@ MODULES = [
     "prfaas.engine.router_metrics",
     "prfaas.engine.router_policy",
     "prfaas.engine.router_proxy",
+    "prfaas.engine.router_request",
     "prfaas.engine.router_tokenizer",
 ]
 
