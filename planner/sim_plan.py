@@ -14,8 +14,9 @@ Modelling choices, all stated so they can be argued with:
 * a decode instance batches up to the batch the planner assumed (the largest meeting TPOT and
   fitting KV, ``parallelism.decode_batch``); with PP it keeps PP micro-batches in flight, so it
   is simulated as PP decoders of that batch;
-* the prefix-cache hit rate of a synthetic workload is not simulated (no shared prefixes to
-  hit); a trace with prefix ids is.
+* each prefill instance keeps a prefix cache (``BLOCK_TOKENS``-token blocks) in the memory its
+  weights leave free; the hit rate of a synthetic workload is not simulated (its requests
+  share no prefixes), a trace with prefix ids is.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from prfaas.planner.simulator import (
 )
 
 __all__ = [
+    "BLOCK_TOKENS",
     "Scenario",
     "ScenarioRun",
     "common_rate",
@@ -110,6 +112,18 @@ def _decode_batch(problem: Problem, gpu: GpuSpec, tp: int, pp: int, lat: Latency
     return max(batch, 1)
 
 
+BLOCK_TOKENS = 16
+"""Prefix-cache block (vLLM's default ``block_size``); only traces with prefix ids use it."""
+
+
+def _cache_blocks(problem: Problem, gpu: GpuSpec, gpus: int) -> int:
+    """Blocks of KV an instance can keep for prefix hits: its memory after the weights."""
+    m = problem.model
+    free = gpus * gpu.memory_bytes * problem.settings.memory_utilization - m.weight_bytes
+    per_block = BLOCK_TOKENS * max(m.kv_bytes_per_token, 1)
+    return max(0, int(free // per_block))
+
+
 def _cluster(problem: Problem, name: str) -> ClusterInput:
     for c in problem.clusters:
         if c.name == name:
@@ -164,11 +178,26 @@ def _config(
         if n < 1:
             continue
         lat = _latency(problem, inp, c.tensor_parallel, c.pipeline_parallel)
-        pools.append(PrefillPool(c.name, c.datacenter, n, lat, pipeline_stages=c.pipeline_parallel))
+        blocks = _cache_blocks(problem, inp.gpu, c.gpus_per_instance)
+        pools.append(
+            PrefillPool(
+                c.name,
+                c.datacenter,
+                n,
+                lat,
+                pipeline_stages=c.pipeline_parallel,
+                cache_blocks=blocks,
+            )
+        )
     if not any(p.datacenter == d.datacenter for p in pools) and not all_remote_decode:
         # Colocated PD (a pool too small to split): decode instances also prefill. Modelled
         # as prefill instances of the decode shape beside them (optimistic: no time sharing).
-        pools.append(PrefillPool(f"{d.name}-colocated", d.datacenter, d.instances, dec_lat))
+        blocks = _cache_blocks(problem, dec_in.gpu, d.gpus_per_instance)
+        pools.append(
+            PrefillPool(
+                f"{d.name}-colocated", d.datacenter, d.instances, dec_lat, cache_blocks=blocks
+            )
+        )
     m = problem.model
     return SimConfig(
         name,
@@ -180,6 +209,7 @@ def _config(
         ),
         kv_bytes_per_token=float(m.kv_bytes_per_token),
         kv_fixed_bytes=float(m.fixed_state_bytes),
+        block_tokens=BLOCK_TOKENS,
     )
 
 

@@ -250,7 +250,6 @@ class Simulation:
         self._first = [nan] * n
         self._ready = [nan] * n
         self._finish = [nan] * n
-        self._req_inst: list[int] = [0] * n
         self._hash_memo: dict[int, list[bytes]] = {}
         self._build(config)
 
@@ -443,7 +442,6 @@ class Simulation:
             inst.cache.match(hashes)  # mark the chosen instance's blocks most recently used
         uncached = max(1, length - hit)
         self._uncached[r] = uncached
-        self._req_inst[r] = target
         self._queued[r] = self.now
         inst.queue.append(r)
         inst.load += uncached

@@ -19,6 +19,7 @@ from prfaas.planner.goodput import SloTarget, config_goodput
 from prfaas.planner.plan import Plan
 from prfaas.planner.planning import plan as make_plan
 from prfaas.planner.problem import Problem, SloInput
+from prfaas.planner.sim_arrivals import load_trace
 from prfaas.planner.sim_plan import (
     ScenarioRun,
     common_rate,
@@ -175,3 +176,47 @@ def test_cli_simulate_uses_bursty_arrivals_from_the_servingplan(tmp_path: Path) 
         data = json.loads(result.stdout[result.stdout.index("{") :])
         p90[name] = data["configurations"][0]["ttftP90S"]
     assert p90["gamma"] > 1.5 * p90["poisson"]
+
+
+def test_cli_simulate_replays_a_trace(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    trace = tmp_path / "trace.csv"
+    times = np.cumsum(rng.exponential(1.0, 300))
+    lengths = np.clip(rng.lognormal(9.9, 1.0, 300), 128, 131072).astype(int)
+    rows = [
+        f"{t:.3f},{n},1024,{i % 7}" for i, (t, n) in enumerate(zip(times, lengths, strict=True))
+    ]
+    trace.write_text("time,input_tokens,output_tokens,prefix_id\n" + "\n".join(rows) + "\n")
+    result = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            str(SAMPLE),
+            "--trace",
+            str(trace),
+            "--rate-scale",
+            "1.5",
+            "--no-goodput",
+            "-o",
+            "json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout[result.stdout.index("{") :])
+    first = data["configurations"][0]
+    assert first["requests"] == 300
+    assert first["rateRps"] == pytest.approx(1.5 * 300 / times[-1], rel=1e-3)
+
+
+def test_trace_prefix_ids_hit_the_prefill_caches(problem: Problem, tmp_path: Path) -> None:
+    """Multi-turn conversations: each turn extends the previous one, so most of it is cached."""
+    trace = tmp_path / "turns.csv"
+    rows = [f"{2.0 * i:.1f},{4000 + 500 * (i // 10)},64,{i % 10}" for i in range(100)]
+    trace.write_text("time,input_tokens,output_tokens,prefix_id\n" + "\n".join(rows) + "\n")
+    stream = load_trace(trace)
+    found = scenarios(problem, make_plan(problem))
+    runs = run_scenarios(problem, found, requests=len(stream), rate=stream.rate, stream=stream)
+    res = runs[0].result
+    later = np.arange(len(res)) >= 10  # every conversation's first turn is a miss
+    assert (res.uncached_tokens[:10] == res.input_tokens[:10]).all()
+    assert (res.uncached_tokens[later] <= 512).all()
