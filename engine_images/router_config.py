@@ -13,6 +13,10 @@ One router runs in front of each decode cluster. Its file (YAML or JSON, camelCa
       dc-a: {prefill: ["http://10.0.0.7:8000"], decode: []}
     links:                            # one per remote datacenter that may prefill for us
       dc-a: {name: dc-a-to-dc-b, capacityGbps: 1.0, headroom: 0.8}
+
+A PrfaaS cluster inside the local datacenter is listed under its cluster name with a link of
+unbounded capacity (``capacityGbps: null``), so long prompts still go to it and short ones to
+the local PD-P pool.
     thresholdTokens: 256              # planned t; null: never offload
     kvBytesPerToken: 8192.0
     kvFixedBytes: 0.0
@@ -90,8 +94,9 @@ class LinkSettings(_Model):
 
     name: str = ""
     """The InterDCLink's name (metric label); defaults to ``<remote>-to-<local>``."""
-    capacity_gbps: float = Field(ge=0)
-    """Usable bandwidth, Gbit/s. 0 marks the link down (no remote prefill)."""
+    capacity_gbps: float | None = Field(default=None, ge=0)
+    """Usable bandwidth, Gbit/s. 0 marks the link down (no remote prefill); ``None`` means
+    unbounded (a prefill cluster inside the local datacenter: ``t`` never rises)."""
     headroom: float = Field(default=0.8, gt=0, le=1)
     """Fraction of capacity the router may fill with KV before raising ``t``."""
     down: bool = False
@@ -286,8 +291,20 @@ def router_config_from_plan(
     links_by_name = {ln.name: ln for ln in plan.links}
     links: dict[str, LinkSettings] = {}
     for remote in rplan.remotes:
+        dc = dc_of.get(remote.prefill_cluster)
+        if dc is None:
+            raise RouterConfigError(f"cluster {remote.prefill_cluster!r} is not in plan.clusters")
+        if not remote.link or dc == local_dc:
+            # A PrfaaS cluster inside the local datacenter: its own pool (long prompts go there,
+            # short ones to PD-P), reached without an inter-DC link.
+            key = remote.prefill_cluster
+            if key in dc_of.values():
+                key = f"{local_dc}/{key}"
+            urls = list(endpoints.get(remote.prefill_cluster, {}).get("prefill", []))
+            pools.setdefault(key, {"prefill": [], "decode": []})["prefill"].extend(urls)
+            links[key] = LinkSettings(name=f"{remote.prefill_cluster}-in-{local_dc}")
+            continue
         add(remote.prefill_cluster, "prefill")
-        dc = dc_of[remote.prefill_cluster]
         lp = links_by_name.get(remote.link)
         if lp is None:
             raise RouterConfigError(f"router names link {remote.link!r}, absent from plan.links")

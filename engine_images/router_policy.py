@@ -173,7 +173,7 @@ class RoutingPolicy:
         ctl = config.controller
         for dc in config.remote_datacenters:
             ls = config.link(dc)
-            cap = ls.capacity_gbps * 1e9
+            cap = math.inf if ls.capacity_gbps is None else ls.capacity_gbps * 1e9
             state = self.links.get(dc)
             if state is None:
                 state = LinkState(

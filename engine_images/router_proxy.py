@@ -175,7 +175,7 @@ class Router:
                 "thresholdTokens": finite(ln.controller.threshold),
                 "plannedTokens": ln.controller.planned,
                 "egressBps": ln.estimated_bps(now),
-                "budgetBps": ln.controller.budget_bps,
+                "budgetBps": finite(ln.controller.budget_bps),
                 "kvBytesInFlight": ln.bytes_in_flight,
                 "up": ln.usable(now),
             }

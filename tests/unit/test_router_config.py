@@ -110,3 +110,29 @@ def test_invalid_files_name_the_problem(tmp_path: Path) -> None:
             "model: m\nlocalDatacenter: y\ndatacenters: {y: {decode: [u]}}\n"
             "links: {y: {capacityGbps: 1}}\n"
         )
+
+
+def test_same_datacenter_prefill_cluster_gets_its_own_pool_with_an_unbounded_link() -> None:
+    plan = Plan(
+        model="m",
+        threshold_tokens=1000.0,
+        kv_bytes_per_token=1.0,
+        clusters=[
+            ClusterPlan("prfaas-x", "dc-b", "prefill", "H200", 2),
+            ClusterPlan("pd", "dc-b", "prefill", "H20", 1),
+            ClusterPlan("pd", "dc-b", "decode", "H20", 3),
+        ],
+        routers=[RouterPlan("pd", 1000.0, 1.0, remotes=[RemotePrefill("prfaas-x", "")])],
+    )
+    cfg = router_config_from_plan(
+        plan,
+        {
+            "prfaas-x": {"prefill": ["http://x0", "http://x1"]},
+            "pd": {"prefill": ["http://p0"], "decode": ["http://d0"]},
+        },
+    )
+    assert cfg.datacenters["dc-b"].prefill == ["http://p0"]
+    assert cfg.datacenters["prfaas-x"].prefill == ["http://x0", "http://x1"]
+    assert cfg.links["prfaas-x"].capacity_gbps is None
+    assert cfg.remote_datacenters == ["prfaas-x"]
+    assert parse_router_config(dump_router_config(cfg)) == cfg

@@ -165,3 +165,11 @@ def test_reconfigure_keeps_caches_and_loops_and_drops_removed_instances() -> Non
     assert p.links["far"] is link and link.controller.threshold == 400.0
     p.reconfigure(_config(threshold_tokens=500))
     assert link.controller.threshold == 500.0
+
+
+def test_unbounded_link_never_raises_t() -> None:
+    p = RoutingPolicy(_config(links={"far": {"capacity_gbps": None}}, kv_bytes_per_token=1e12))
+    link = p.links["far"]
+    link.send(0.0, 1e15)
+    assert p.tick(1.0)["far-to-local"] == 100.0
+    assert p.decide(toks(101), 1.1).route == "remote"
