@@ -139,7 +139,8 @@ def _table(console: Console, name: str, problem: Problem, rows: list[dict[str, A
 
 
 def plot_runs(runs: list[ScenarioRun], out: Path, title: str) -> None:
-    """TTFT CDF per configuration; egress, capacity and threshold t over time (one PNG)."""
+    """TTFT CDF per configuration; egress, capacity and threshold t over time; queue depth per
+    pool of the first configuration (one PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,7 +149,7 @@ def plot_runs(runs: list[ScenarioRun], out: Path, title: str) -> None:
     from prfaas.planner.sim_metrics import binned_mean
 
     linked = [r for r in runs if r.result.links]
-    fig, axes = plt.subplots(1 + len(linked), 1, figsize=(9, 4 + 3.2 * len(linked)))
+    fig, axes = plt.subplots(2 + len(linked), 1, figsize=(9, 7.2 + 3.2 * len(linked)))
     axes = np.atleast_1d(axes)
     ax = axes[0]
     for r in runs:
@@ -160,7 +161,7 @@ def plot_runs(runs: list[ScenarioRun], out: Path, title: str) -> None:
     ax.set_title(f"{title}: TTFT CDF at {runs[0].rate:.3g} req/s")
     ax.legend()
     ax.grid(alpha=0.3)
-    for ax, r in zip(axes[1:], linked, strict=True):
+    for ax, r in zip(axes[1:-1], linked, strict=True):
         res = r.result
         end = res.end_s
         bin_s = max(end / 200.0, 1.0)
@@ -196,6 +197,17 @@ def plot_runs(runs: list[ScenarioRun], out: Path, title: str) -> None:
         lines = ax.get_legend_handles_labels()
         more = twin.get_legend_handles_labels()
         ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right", fontsize=8)
+    ax = axes[-1]
+    ours = runs[0].result
+    q_bin = max(ours.end_s / 200.0, 1.0)
+    for name, series in ours.queues.items():
+        starts, means = binned_mean(series, ours.end_s, q_bin)
+        ax.plot(starts, means, label=name)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("requests waiting")
+    ax.set_title(f"{runs[0].scenario.name}: queue depth per pool")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -163,7 +163,9 @@ def _config(
     n_dec = d.instances
     if all_remote_decode:
         n_dec = dec_in.count // d.gpus_per_instance
-    decode = DecodePool(d.name, d.datacenter, n_dec * d.pipeline_parallel, dec_lat, max_batch=batch)
+    decode = DecodePool(
+        f"{d.name}/decode", d.datacenter, n_dec * d.pipeline_parallel, dec_lat, max_batch=batch
+    )
     pools: list[PrefillPool] = []
     for c in plan.clusters:
         if c.role != "prefill":
@@ -181,7 +183,7 @@ def _config(
         blocks = _cache_blocks(problem, inp.gpu, c.gpus_per_instance)
         pools.append(
             PrefillPool(
-                c.name,
+                f"{c.name}/prefill",
                 c.datacenter,
                 n,
                 lat,
@@ -195,7 +197,11 @@ def _config(
         blocks = _cache_blocks(problem, dec_in.gpu, d.gpus_per_instance)
         pools.append(
             PrefillPool(
-                f"{d.name}-colocated", d.datacenter, d.instances, dec_lat, cache_blocks=blocks
+                f"{d.name}/colocated-prefill",
+                d.datacenter,
+                d.instances,
+                dec_lat,
+                cache_blocks=blocks,
             )
         )
     m = problem.model

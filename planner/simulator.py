@@ -256,6 +256,9 @@ class Simulation:
     # ---- setup -------------------------------------------------------------------------------
 
     def _build(self, config: SimConfig) -> None:
+        names = [p.name for p in config.prefill] + ([config.decode.name] if config.decode else [])
+        if len(set(names)) != len(names):
+            raise SimulatorError(f"pool names must be unique (they key the results): {names}")
         dec = config.decode
         home = dec.datacenter if dec is not None else None
         links_by_from: dict[str, int] = {}

@@ -48,13 +48,16 @@ def test_scenarios_follow_the_plan(problem: Problem) -> None:
     found = {s.name: s for s in scenarios(problem, make_plan(problem))}
     assert set(found) == {"prfaas-pd", "homogeneous-pd", "naive-heterogeneous"}
     ours = found["prfaas-pd"].config
-    assert {p.name: p.instances for p in ours.prefill} == {"prfaas-h200": 4, "pd-h20": 3}
+    assert {p.name: p.instances for p in ours.prefill} == {
+        "prfaas-h200/prefill": 4,
+        "pd-h20/prefill": 3,
+    }
     assert ours.decode is not None and ours.decode.instances == 5
     assert ours.routing.threshold_tokens == pytest.approx(19_400, rel=0.05)
     homo = found["homogeneous-pd"].config
     assert homo.links == () and homo.routing.threshold_tokens is None
     naive = found["naive-heterogeneous"].config
-    assert [p.name for p in naive.prefill] == ["prfaas-h200"]
+    assert [p.name for p in naive.prefill] == ["prfaas-h200/prefill"]
     assert naive.decode is not None and naive.decode.instances == 8
     assert naive.routing.threshold_tokens == 0.0
 
