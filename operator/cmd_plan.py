@@ -109,6 +109,13 @@ def render_table(console: Console, name: str, plan: Plan) -> None:
         for b in plan.baselines:
             base.add_row(b.name, f"{b.throughput_rps:.3f}", f"{b.ratio:.2f}×", str(b.gpus), b.note)
         console.print(base)
+    simulated = [("plan", plan.predicted)] + [(b.name, b.predicted) for b in plan.baselines]
+    for who, pr in simulated:
+        if pr is not None and pr.ttft_p90_s is not None and pr.tpot_p90_s is not None:
+            console.print(
+                f"simulated {who} at {_num(pr.rate_rps)} req/s: P90 TTFT {pr.ttft_p90_s:.2f}s, "
+                f"P90 TPOT {pr.tpot_p90_s * 1e3:.1f}ms, SLO attainment {pr.attainment or 0:.1%}"
+            )
     for note in plan.notes:
         console.print(f"[dim]• {escape(note)}[/]")
 
@@ -118,6 +125,15 @@ def run(
     output: Annotated[
         OutputFormat, typer.Option("--output", "-o", help="table, yaml or json.")
     ] = OutputFormat.table,
+    simulate: Annotated[
+        int,
+        typer.Option(
+            "--simulate",
+            min=0,
+            help="Also simulate this many requests per configuration and fill `predicted` "
+            "(P90 TTFT/TPOT, attainment) for the plan and each baseline; 0: off.",
+        ),
+    ] = 0,
 ) -> None:
     """Plan every ServingPlan in FILE: instances, TP/PP, threshold t, Λ_max, egress, baselines."""
     from prfaas.operator.manifests import read_manifests
@@ -140,6 +156,16 @@ def run(
         err.print(f"[red]✗[/] {file} holds no ServingPlan to plan")
         raise typer.Exit(EXIT_INVALID)
     plans = [(p.name, make_plan(p)) for p in problems]
+    if simulate:
+        from prfaas.planner.errors import PlannerError
+        from prfaas.planner.sim_plan import predict
+
+        for problem, (_, pl) in zip(problems, plans, strict=True):
+            if pl.feasible:
+                try:
+                    predict(problem, pl, requests=simulate)
+                except PlannerError as exc:
+                    pl.notes.append(f"not simulated: {exc}")
     if output is OutputFormat.table:
         width = max(shutil.get_terminal_size((140, 40)).columns, 120)
         console = Console(soft_wrap=True, highlight=False, width=width)

@@ -223,3 +223,13 @@ def test_trace_prefix_ids_hit_the_prefill_caches(problem: Problem, tmp_path: Pat
     later = np.arange(len(res)) >= 10  # every conversation's first turn is a miss
     assert (res.uncached_tokens[:10] == res.input_tokens[:10]).all()
     assert (res.uncached_tokens[later] <= 512).all()
+
+
+def test_prfaas_plan_simulate_fills_predicted() -> None:
+    result = CliRunner().invoke(app, ["plan", str(SAMPLE), "-o", "json", "--simulate", "1000"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["predicted"]["ttftP90S"] > 0
+    assert {b["name"]: b["predicted"] is not None for b in data["baselines"]}["homogeneous-pd"]
+    plain = CliRunner().invoke(app, ["plan", str(SAMPLE), "-o", "json"])
+    assert json.loads(plain.stdout)["predicted"] is None  # not simulated unless asked
