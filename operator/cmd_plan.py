@@ -134,6 +134,14 @@ def run(
             "(P90 TTFT/TPOT, attainment) for the plan and each baseline; 0: off.",
         ),
     ] = 0,
+    simulated_goodput: Annotated[
+        bool,
+        typer.Option(
+            "--simulated-goodput",
+            help="Rank TP×PP candidates by simulated goodput (DistServe's bisection over the "
+            "simulator) instead of the M/D/1 closed forms; slower.",
+        ),
+    ] = False,
 ) -> None:
     """Plan every ServingPlan in FILE: instances, TP/PP, threshold t, Λ_max, egress, baselines."""
     from prfaas.operator.manifests import read_manifests
@@ -155,6 +163,14 @@ def run(
     if not problems:
         err.print(f"[red]✗[/] {file} holds no ServingPlan to plan")
         raise typer.Exit(EXIT_INVALID)
+    if simulated_goodput:
+        from dataclasses import replace
+
+        from prfaas.planner.sim_plan import simulated_goodput as goodput_fn
+
+        problems = [
+            replace(p, settings=replace(p.settings, goodput=goodput_fn())) for p in problems
+        ]
     plans = [(p.name, make_plan(p)) for p in problems]
     if simulate:
         from prfaas.planner.errors import PlannerError

@@ -233,3 +233,13 @@ def test_prfaas_plan_simulate_fills_predicted() -> None:
     assert {b["name"]: b["predicted"] is not None for b in data["baselines"]}["homogeneous-pd"]
     plain = CliRunner().invoke(app, ["plan", str(SAMPLE), "-o", "json"])
     assert json.loads(plain.stdout)["predicted"] is None  # not simulated unless asked
+
+
+def test_prfaas_plan_simulated_goodput_flag() -> None:
+    result = CliRunner().invoke(app, ["plan", str(SAMPLE), "-o", "json", "--simulated-goodput"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["feasible"] and data["throughputRps"] == pytest.approx(
+        make_plan(problems_from_manifests(read_manifests([SAMPLE]).resources)[0]).throughput_rps,
+        rel=0.05,
+    )
