@@ -39,9 +39,10 @@ log = logging.getLogger(__name__)
 
 
 class RouterService:
-    """A router serving HTTP, plus its two background loops: the file watcher (reload on a
-    modification-time change, every ``reload_interval_s``) and the threshold ticker (every
-    half controller interval, so ``t`` decays back while no request arrives).
+    """A router serving HTTP, plus its background loops: the file watcher (reload on a
+    modification-time change, every ``reload_interval_s``), the threshold ticker (every half
+    controller interval, so ``t`` decays back while no request arrives) and the engines'
+    health prober (``health`` in the router file).
 
     ``source`` is the router file's path, or a ``RouterConfig`` (no reloading). ``port=0``
     picks a free port; ``url`` tells which after ``start``. ``tokenizer`` and ``clock``
@@ -90,6 +91,8 @@ class RouterService:
         if self.port == 0:
             self.port = int(self._runner.addresses[0][1])
         self._tasks = [asyncio.create_task(self._tick_loop())]
+        if self.router.config.health.enabled:
+            self._tasks.append(asyncio.create_task(self._probe_loop()))
         if self.path is not None:
             self._tasks.append(asyncio.create_task(self._watch_loop()))
         log.info("router serving %s on %s", self.router.config.model, self.url)
@@ -150,6 +153,16 @@ class RouterService:
                 await self.reload_if_changed()
             except Exception:  # never let the watcher die silently
                 log.exception("router file reload failed")
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.router.config.health.interval_s)
+            if not self.router.config.health.enabled:
+                continue
+            try:
+                await self.router.probe()
+            except Exception:  # never let the prober die silently
+                log.exception("health probe round failed")
 
     async def _tick_loop(self) -> None:
         while True:

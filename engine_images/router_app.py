@@ -99,6 +99,7 @@ async def _status(request: web.Request) -> web.Response:
 async def _metrics(request: web.Request) -> web.Response:
     router = request.app[ROUTER_KEY]
     router.update_gauges()
+    router.update_instance_gauges()
     resp = web.Response(body=router.metrics.exposition())
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp

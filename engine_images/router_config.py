@@ -47,6 +47,7 @@ __all__ = [
     "CircuitSettings",
     "ControllerSettings",
     "DatacenterEndpoints",
+    "HealthSettings",
     "LinkSettings",
     "RouterConfig",
     "RouterConfigError",
@@ -139,6 +140,17 @@ class CircuitSettings(_Model):
     """How long an open circuit stays open before one trial request is let through."""
 
 
+class HealthSettings(_Model):
+    """Background probes of every engine instance (``GET <url><path>``)."""
+
+    enabled: bool = True
+    interval_s: float = Field(default=5.0, gt=0)
+    """Seconds between probe rounds."""
+    timeout_s: float = Field(default=2.0, gt=0)
+    path: str = "/health"
+    """vLLM's health endpoint."""
+
+
 class RouterConfig(_Model):
     """Everything one router needs (see the module docstring for the file's shape)."""
 
@@ -165,6 +177,9 @@ class RouterConfig(_Model):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
     circuit: CircuitSettings = Field(default_factory=CircuitSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    """A failed probe counts as a failed call (it can open a circuit); once probes opened it,
+    the first passing probe closes it again."""
 
     @model_validator(mode="after")
     def _check_datacenters(self) -> RouterConfig:

@@ -46,6 +46,8 @@ class RouterMetrics:
     kv_in_flight: Gauge = field(init=False)
     threshold: Gauge = field(init=False)
     link_up: Gauge = field(init=False)
+    egress: Gauge = field(init=False)
+    instance_up: Gauge = field(init=False)
     backend_failures: Counter = field(init=False)
     config_reloads: Counter = field(init=False)
 
@@ -86,6 +88,18 @@ class RouterMetrics:
             "prfaas_router_threshold_tokens",
             "Current offload threshold t (+Inf: no offload).",
             ["link"],
+            registry=r,
+        )
+        self.egress = Gauge(
+            "prfaas_router_link_egress_bits_per_second",
+            "Estimated KV egress on the link (what t is steered by).",
+            ["link"],
+            registry=r,
+        )
+        self.instance_up = Gauge(
+            "prfaas_router_instance_up",
+            "1 while the engine instance's circuit lets requests through.",
+            ["datacenter", "role", "url"],
             registry=r,
         )
         self.link_up = Gauge(

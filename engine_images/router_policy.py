@@ -78,6 +78,8 @@ class Instance:
     circuit: Circuit
     in_flight: int = 0
     last_pick: int = -1
+    down_by_probe: bool = False
+    """The open circuit was opened by health probes (a passing probe may close it)."""
 
     def started(self) -> None:
         self.in_flight += 1

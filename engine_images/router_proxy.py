@@ -133,9 +133,11 @@ class Router:
             self.tokenizer = await self._load_tokenizer(config.tokenizer)
         self.config = config
         self.policy.reconfigure(config)
-        for gauge in (self.metrics.threshold, self.metrics.kv_in_flight, self.metrics.link_up):
-            gauge.clear()  # links may have been renamed or removed
+        m = self.metrics
+        for gauge in (m.threshold, m.kv_in_flight, m.link_up, m.egress, m.instance_up):
+            gauge.clear()  # links and instances may have been renamed or removed
         self.update_gauges()
+        self.update_instance_gauges()
 
     @staticmethod
     async def _load_tokenizer(path: str | None) -> PromptTokenizer:
@@ -151,6 +153,7 @@ class Router:
         """Run the bandwidth loop (decay ``t`` when idle) and refresh gauges."""
         self.policy.tick(self.clock())
         self.update_gauges()
+        self.update_instance_gauges()
 
     def update_gauges(self) -> None:
         now = self.clock()
@@ -159,6 +162,35 @@ class Router:
             m.threshold.labels(link.name).set(link.controller.threshold)
             m.kv_in_flight.labels(link.name).set(link.bytes_in_flight)
             m.link_up.labels(link.name).set(1.0 if link.usable(now) else 0.0)
+            m.egress.labels(link.name).set(link.estimated_bps(now))
+
+    async def probe(self) -> None:
+        """One round of health probes over every instance (concurrently)."""
+        h = self.config.health
+        timeout = aiohttp.ClientTimeout(total=h.timeout_s)
+
+        async def one(inst: Instance) -> None:
+            try:
+                async with self.session.get(inst.url + h.path, timeout=timeout) as resp:
+                    ok = resp.status < 500
+            except (TimeoutError, aiohttp.ClientError):
+                ok = False
+            if ok:
+                if inst.down_by_probe:
+                    inst.circuit.record_success()
+                    inst.down_by_probe = False
+            else:
+                inst.circuit.record_failure(self.clock())
+                inst.down_by_probe = True
+
+        await asyncio.gather(*(one(i) for i in list(self.policy.instances.values())))
+        self.update_instance_gauges()
+
+    def update_instance_gauges(self) -> None:
+        now = self.clock()
+        for i in self.policy.instances.values():
+            up = 1.0 if i.circuit.allows(now) else 0.0
+            self.metrics.instance_up.labels(i.datacenter, i.role, i.url).set(up)
 
     def snapshot(self) -> dict[str, Any]:
         """Routing state as JSON (``GET /status``): links with their ``t`` and egress, and
@@ -371,6 +403,7 @@ class Router:
 
     def record_failure(self, inst: Instance) -> None:
         """An engine call failed: count it and feed the instance's circuit."""
+        inst.down_by_probe = False
         inst.circuit.record_failure(self.clock())
         self.metrics.backend_failures.labels(inst.datacenter, inst.role).inc()
 

@@ -45,6 +45,7 @@ def _config(
         "max_model_len": 256,
         "timeouts": {"connect_s": 1.0, "prefill_s": 0.3, "decode_s": 5.0, "first_byte_s": 5.0},
         "circuit": {"failures": 2, "retry_after_s": 600.0},
+        "health": {"enabled": False},  # tests run probe rounds themselves
     }
     data.update(overrides)
     return RouterConfig.model_validate(data)
@@ -510,3 +511,40 @@ async def test_a_tokenizer_that_cannot_load_is_a_config_error(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="cannot load the tokenizer"):
         await svc.start()
     await svc.stop()
+
+
+async def test_health_probes_take_a_dead_decode_out_and_bring_it_back() -> None:
+    async with rig(decode=2) as r:
+        dead = r.decode[0]
+        await dead.stop()
+        await r.svc.router.probe()
+        await r.svc.router.probe()  # circuit.failures = 2
+        up = {
+            d.url: r.metric(
+                "prfaas_router_instance_up", datacenter="dc-b", role="decode", url=d.url
+            )
+            for d in r.decode
+        }
+        assert up == {dead.url: 0.0, r.decode[1].url: 1.0}
+        for _ in range(3):
+            status, _, _ = await r.post("/v1/completions", {"prompt": SHORT})
+            assert status == 200
+        assert dead.received == [] and len(r.decode[1].received) == 3
+        await dead.start()  # same port
+        await r.svc.router.probe()
+        assert (
+            r.metric("prfaas_router_instance_up", datacenter="dc-b", role="decode", url=dead.url)
+            == 1.0
+        )
+        async with r.http.get(r.svc.url + "/healthz") as h:
+            assert (await h.json())["decode_healthy"] == 2
+
+
+async def test_a_passing_probe_does_not_reopen_an_instance_failing_requests() -> None:
+    async with rig() as r:
+        r.decode[0].fail_status = 500  # /health still answers 200
+        for _ in range(2):
+            await r.post("/v1/completions", {"prompt": SHORT})
+        await r.svc.router.probe()
+        status, _, _ = await r.post("/v1/completions", {"prompt": SHORT})
+        assert status == 503
