@@ -8,8 +8,8 @@ seed give the same result. What is modelled (DESIGN.md §5, papers.md §1.5-1.6,
   length after the best local prefix hit is compared with the threshold ``t`` of the remote
   link's ``ThresholdController``, fed as the router feeds it (the larger of an ``EgressMeter``
   of KV bytes routed over the link and the bytes still in flight drained over one window),
-  with local fallback while the link is down. Inside a pool the instance with the longest prefix hit
-  wins, then the one with the least queued work.
+  with local fallback while the link is down. Inside a pool the instance with the longest
+  prefix hit wins, then the one with the least queued work.
 * **Prefill**: per-instance FCFS queue; a batch takes queued prompts while their uncached
   tokens fit ``token_budget`` (at least one). ``pipeline_stages = k`` models inter-op (PP)
   parallelism: a batch takes the latency model's full time ``D`` but the instance accepts the
@@ -20,7 +20,10 @@ seed give the same result. What is modelled (DESIGN.md §5, papers.md §1.5-1.6,
   fixed, so the step time grows by a constant per step (context grows by the batch size); the
   time of the n-th step is a closed-form quadratic, and the loop jumps straight to the next
   completion or to the step boundary where a newly arrived request joins. Cost grows with the
-  number of requests, not with the number of output tokens.
+  number of requests, not with the number of output tokens. (The step time is taken as affine
+  in context within one such epoch, from the model at its first two steps: exact for
+  DistServe's form, the usual case for roofline models that stay memory-bound.) A request's
+  first token goes out when it joins a batch, so a wait for a decode slot counts in TTFT.
 """
 
 from __future__ import annotations
