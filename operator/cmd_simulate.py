@@ -236,6 +236,8 @@ def _simulate_one(
     stream = None
     if trace is not None:
         stream = load_trace(trace)
+        if rate is not None and stream.rate > 0:
+            stream = stream.scaled(rate / stream.rate)  # replay the trace at this mean rate
         if rate_scale is not None:
             stream = stream.scaled(rate_scale)
         at = stream.rate
