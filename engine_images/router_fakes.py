@@ -58,10 +58,6 @@ def fake_kv_params(engine_id: str, request_id: str, num_tokens: int) -> dict[str
     }
 
 
-async def _health(request: web.Request) -> web.Response:
-    return web.Response()
-
-
 @dataclass(eq=False)
 class FakeEngine:
     """One fake engine on ``127.0.0.1``; ``url`` is set by ``start``."""
@@ -72,6 +68,8 @@ class FakeEngine:
     fail_status: int | None = None
     delay_s: float = 0.0
     token_delay_s: float = 0.0
+    health_delay_s: float = 0.0
+    """Seconds ``GET /health`` takes (a busy engine)."""
     break_after: int | None = None
     """Streaming: drop the connection after this many tokens (a crash mid-answer)."""
     record: bool = True
@@ -86,7 +84,7 @@ class FakeEngine:
         app = web.Application()
         app.router.add_post("/v1/completions", self._handle)
         app.router.add_post("/v1/chat/completions", self._handle)
-        app.router.add_get("/health", _health)
+        app.router.add_get("/health", self._health)
         return app
 
     async def start(self) -> str:
@@ -112,6 +110,11 @@ class FakeEngine:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+    async def _health(self, request: web.Request) -> web.Response:
+        if self.health_delay_s:
+            await asyncio.sleep(self.health_delay_s)
+        return web.Response()
 
     def requests_to(self, path: str) -> list[Received]:
         return [r for r in self.received if r.path == path]

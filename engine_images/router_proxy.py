@@ -165,7 +165,9 @@ class Router:
             m.egress.labels(link.name).set(link.estimated_bps(now))
 
     async def probe(self) -> None:
-        """One round of health probes over every instance (concurrently)."""
+        """One round of health probes over every instance (concurrently). Refused or reset
+        connections and 5xx answers count as failures; a probe that times out counts as
+        nothing, so a busy engine is not taken out of service for being slow."""
         h = self.config.health
         timeout = aiohttp.ClientTimeout(total=h.timeout_s)
 
@@ -173,7 +175,9 @@ class Router:
             try:
                 async with self.session.get(inst.url + h.path, timeout=timeout) as resp:
                     ok = resp.status < 500
-            except (TimeoutError, aiohttp.ClientError):
+            except TimeoutError:
+                return  # slow, not dead (a busy engine on a small host): no verdict
+            except aiohttp.ClientError:
                 ok = False
             if ok:
                 if inst.down_by_probe:

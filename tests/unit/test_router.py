@@ -548,3 +548,12 @@ async def test_a_passing_probe_does_not_reopen_an_instance_failing_requests() ->
         await r.svc.router.probe()
         status, _, _ = await r.post("/v1/completions", {"prompt": SHORT})
         assert status == 503
+
+
+async def test_a_slow_health_answer_is_not_a_failure() -> None:
+    async with rig(health={"enabled": False, "timeout_s": 0.05}) as r:
+        r.decode[0].health_delay_s = 0.5
+        for _ in range(3):
+            await r.svc.router.probe()
+        status, _, _ = await r.post("/v1/completions", {"prompt": SHORT})
+        assert status == 200
