@@ -6,7 +6,8 @@ Engines are expensive (≈ 30-40 s to start, ≈ 3 GB each), so:
   prompt the tests use, and stops it before anything else starts;
 * ``deployment`` (module): the sample plan (``crds/samples/local.yaml``) as processes — a prefill
   engine in dc-a, a decode engine in dc-b, the router — inside two network namespaces joined by
-  a ``tc tbf``-shaped veth link when running as root, on loopback otherwise.
+  a ``tc tbf``-shaped veth link when running as root, on loopback otherwise (or with
+  ``PRFAAS_E2E_NETNS=0``).
 
 At most two engines are alive at any time. Every fixture stops what it started (process groups,
 namespaces), also when a test fails.
@@ -14,6 +15,7 @@ namespaces), also when a test fails.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +52,14 @@ LONG = words("word", 150)
 """1372 tokens: over t, prefilled in dc-a and its KV pulled by dc-b."""
 LOAD = [words(f"r{k}x", 60 + 8 * k) for k in range(8)]
 """Distinct long prompts (no shared prefix blocks) for the fallback test."""
-PROMPTS = [SHORT, LONG, *LOAD]
+AFTER_KILL = words("late", 120)
+"""A long prompt nobody sent before: sent after dc-a's engine died."""
+PROMPTS = [SHORT, LONG, *LOAD, AFTER_KILL]
+
+
+def use_netns() -> bool:
+    """Namespaces when root, unless ``PRFAAS_E2E_NETNS=0`` asks for the loopback layout."""
+    return os.environ.get("PRFAAS_E2E_NETNS", "1") != "0" and have_net_admin()
 
 
 def completion_body(prompt: str, **extra: Any) -> dict[str, Any]:
@@ -131,7 +140,7 @@ def deployment(reference: dict[str, list[int]], tiny_model: Path) -> Iterator[De
     manifests = load_manifests(SAMPLE)
     plan = local_plan(manifests)
     net = None
-    if have_net_admin():
+    if use_netns():
         link = plan.links[0]
         net = TwoDatacenterNet("dc-a", "dc-b", link.capacity_gbps * 1e9).open()
     try:

@@ -17,6 +17,7 @@ import pytest
 from prfaas.engine.compat import SHIM_LOG_PREFIX
 
 from .conftest import (
+    AFTER_KILL,
     LOAD,
     LONG,
     MAX_TOKENS,
@@ -174,8 +175,10 @@ def test_shaping_the_link_down_raises_t_and_restoring_lowers_it(deployment: Depl
         assert raised > planned
     finally:
         runtime.set_link_gbps(link.capacity_gbps)
-    _wait(lambda: metric(router, "prfaas_router_threshold_tokens", link=link.name) < raised,
+    # Restored: t decays back down to the planned value (and no lower).
+    _wait(lambda: metric(router, "prfaas_router_threshold_tokens", link=link.name) <= planned,
           "t to decay after the link was restored")
+    assert metric(router, "prfaas_router_threshold_tokens", link=link.name) == planned
 
 
 def _wait(cond: Any, what: str, attempts: int = 120) -> None:
@@ -190,6 +193,11 @@ def test_killing_the_remote_prefill_engine_mid_load_falls_back_locally(
     deployment: Deployment, reference: dict[str, list[int]]
 ) -> None:
     router = deployment.router
+    link = deployment.runtime.layout.link
+    assert link is not None
+    planned = deployment.runtime.layout.plan.threshold_tokens
+    # Every LOAD prompt is longer than t, so each one is sent to dc-a first.
+    assert metric(router, "prfaas_router_threshold_tokens", link=link.name) == planned
     fallback_before = metric(router, _REQUESTS, path="fallback")
     with ThreadPoolExecutor(max_workers=len(LOAD)) as pool:
         futures = [pool.submit(_post, router, completion_body(p)) for p in LOAD]
@@ -201,7 +209,7 @@ def test_killing_the_remote_prefill_engine_mid_load_falls_back_locally(
         body = r.json()
         assert body["usage"]["completion_tokens"] == MAX_TOKENS
         assert token_ids(body) == reference[prompt]
-    # Requests after the kill cannot reach dc-a either; they too are answered, locally.
-    r = _post(router, completion_body(LOAD[0]))
-    assert r.status_code == 200 and token_ids(r.json()) == reference[LOAD[0]]
+    # A new long prompt after the kill cannot reach dc-a either; it too is answered, locally.
+    r = _post(router, completion_body(AFTER_KILL))
+    assert r.status_code == 200 and token_ids(r.json()) == reference[AFTER_KILL]
     assert metric(router, _REQUESTS, path="fallback") > fallback_before

@@ -15,7 +15,7 @@ import pytest
 from prfaas.engine.local_runtime import free_port
 from prfaas.engine.netns import have_net_admin
 
-from .conftest import MAX_TOKENS, SAMPLE, completion_body
+from .conftest import MAX_TOKENS, SAMPLE, completion_body, use_netns
 
 pytestmark = pytest.mark.e2e
 
@@ -54,7 +54,7 @@ def _namespaces() -> set[str]:
 
 
 def test_prfaas_up_serves_a_completion_and_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> None:
-    netns = have_net_admin()
+    netns = use_netns()
     port = 8000 if netns else free_port()
     namespaces_before = _namespaces()
     argv = [sys.executable, "-m", "prfaas", "up", str(SAMPLE), "--port", str(port),
