@@ -409,6 +409,32 @@ def _vllm_router_argv(port: int, ports: tuple[int, int]) -> list[str] | None:
     ]
 
 
+async def _measure(
+    name: str, argv: list[str], body: bytes, args: argparse.Namespace, tmp: Path
+) -> Result:
+    """Start one router on ``ROUTER_CPU``, measure it, stop it."""
+    port = int(argv[argv.index("--port") + 1])
+    log = tmp / f"{name}.log"
+    proc = _spawn(argv, ROUTER_CPU, log)
+    try:
+        await _wait_ready(port, proc, "/health", 60, log)
+        lat = await _router_latencies(port, body, args.requests)
+        rps, errors = await _throughput(port, body, args.concurrency, args.seconds)
+    finally:
+        _stop(proc)
+    return Result(name, _pct(lat, 50), _pct(lat, 99), rps, errors)
+
+
+def _median(results: list[Result]) -> Result:
+    return Result(
+        results[0].name,
+        statistics.median(r.p50_ms for r in results),
+        statistics.median(r.p99_ms for r in results),
+        statistics.median(r.rps for r in results),
+        sum(r.errors for r in results),
+    )
+
+
 async def _bench(args: argparse.Namespace) -> None:
     os.sched_setaffinity(0, {HELPER_CPU})
     tmp = Path(tempfile.mkdtemp(prefix="prfaas-bench-"))
@@ -418,62 +444,59 @@ async def _bench(args: argparse.Namespace) -> None:
         HELPER_CPU,
         tmp / "fakes.log",
     )
-    procs = [fakes]
     bodies = _bodies(args.prompt_bytes)
-    results: list[Result] = []
+    routers: list[tuple[str, list[str]]] = []
+    if args.only in (None, "prfaas"):
+        routers.append(("prfaas-router", _prfaas_argv(tmp, _free_port(), ports)))
+    if args.only in (None, "vllm-router"):
+        peer = _vllm_router_argv(_free_port(), ports)
+        if peer is None:
+            print("vllm-router: not installed (pip install 'prfaas[bench]'); skipped")
+        else:
+            routers.append(("vllm-router", peer))
+    rounds: dict[str, list[Result]] = {name: [] for name, _ in routers}
     try:
         await _wait_ready(ports[0], fakes, "/health", 30, tmp / "fakes.log")
         direct = await _direct_latencies(ports, bodies, args.requests)
+        d50, d99 = _pct(direct, 50), _pct(direct, 99)
         print(
-            f"direct (client calls prefill then decode itself): p50 {_pct(direct, 50):.3f} ms"
-            f"  p99 {_pct(direct, 99):.3f} ms",
+            f"direct (client calls prefill then decode itself): p50 {d50:.3f} ms  p99 {d99:.3f} ms",
             flush=True,
         )
-        routers: list[tuple[str, list[str] | None]] = []
-        if args.only in (None, "prfaas"):
-            port = _free_port()
-            routers.append(("prfaas-router", _prfaas_argv(tmp, port, ports)))
-        if args.only in (None, "vllm-router"):
-            port = _free_port()
-            routers.append(("vllm-router", _vllm_router_argv(port, ports)))
-        for name, argv in routers:
-            if argv is None:
-                print(f"{name}: not installed (pip install 'prfaas[bench]'); skipped")
-                continue
-            port = int(argv[argv.index("--port") + 1])
-            log = tmp / f"{name}.log"
-            proc = _spawn(argv, ROUTER_CPU, log)
-            procs.append(proc)
-            await _wait_ready(port, proc, "/health", 60, log)
-            lat = await _router_latencies(port, bodies[0], args.requests)
-            rps, errors = await _throughput(port, bodies[0], args.concurrency, args.seconds)
-            _stop(proc)
-            results.append(Result(name, _pct(lat, 50), _pct(lat, 99), rps, errors))
-            r = results[-1]
-            print(
-                f"{name}: p50 {r.p50_ms:.3f} ms (+{r.p50_ms - _pct(direct, 50):.3f})  "
-                f"p99 {r.p99_ms:.3f} ms (+{r.p99_ms - _pct(direct, 99):.3f})  "
-                f"max {r.rps:.0f} req/s at concurrency {args.concurrency}"
-                f"{f' ({errors} errors)' if errors else ''}",
-                flush=True,
-            )
+        for k in range(args.rounds):  # alternate, so both see the same background load
+            for name, argv in routers:
+                r = await _measure(name, argv, bodies[0], args, tmp)
+                rounds[name].append(r)
+                print(
+                    f"  round {k + 1} {name}: p50 {r.p50_ms:.3f} ms  p99 {r.p99_ms:.3f} ms  "
+                    f"{r.rps:.0f} req/s{f' ({r.errors} errors)' if r.errors else ''}",
+                    flush=True,
+                )
     finally:
-        for p in procs:
-            _stop(p)
+        _stop(fakes)
         shutil.rmtree(tmp, ignore_errors=True)
-    by = {r.name: r for r in results}
-    if "prfaas-router" in by and "vllm-router" in by:
-        ours, peer = by["prfaas-router"], by["vllm-router"]
-        d50, d99 = _pct(direct, 50), _pct(direct, 99)
-        r50 = (ours.p50_ms - d50) / max(peer.p50_ms - d50, 1e-9)
-        r99 = (ours.p99_ms - d99) / max(peer.p99_ms - d99, 1e-9)
+    print(
+        f"median of {args.rounds} rounds ({args.prompt_bytes}-byte prompt, non-streaming, "
+        f"max req/s at concurrency {args.concurrency}):"
+    )
+    by = {name: _median(rs) for name, rs in rounds.items() if rs}
+    for r in by.values():
         print(
-            f"ratio prfaas/vllm-router: added p50 {r50:.2f}x  added p99 {r99:.2f}x"
-            f"  max req/s {ours.rps / max(peer.rps, 1e-9):.2f}x"
+            f"{r.name}: p50 {r.p50_ms:.3f} ms (+{r.p50_ms - d50:.3f} added)  "
+            f"p99 {r.p99_ms:.3f} ms (+{r.p99_ms - d99:.3f} added)  max {r.rps:.0f} req/s"
+            f"{f' ({r.errors} errors)' if r.errors else ''}"
+        )
+    if "prfaas-router" in by and "vllm-router" in by:
+        ours, peer_r = by["prfaas-router"], by["vllm-router"]
+        r50 = (ours.p50_ms - d50) / max(peer_r.p50_ms - d50, 1e-9)
+        r99 = (ours.p99_ms - d99) / max(peer_r.p99_ms - d99, 1e-9)
+        print(
+            f"ratio prfaas/vllm-router: added p50 {r50:.2f}x  added p99 {r99:.2f}x  "
+            f"max req/s {ours.rps / max(peer_r.rps, 1e-9):.2f}x"
         )
     print(
         f"(router on CPU {ROUTER_CPU}; fakes + load generator on CPU {HELPER_CPU}; "
-        f"{os.cpu_count()} CPUs, shared machine: numbers are indicative)"
+        f"{os.cpu_count()} CPUs shared with other work: numbers are indicative)"
     )
 
 
@@ -484,6 +507,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--prompt-bytes", type=int, default=1024)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per router")
     ap.add_argument(
         "--serve-fakes", nargs=2, type=int, metavar=("PREFILL", "DECODE"), help=argparse.SUPPRESS
     )
