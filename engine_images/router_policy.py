@@ -143,6 +143,7 @@ class RoutingPolicy:
     instances: dict[tuple[str, str, str], Instance] = field(default_factory=dict)
     links: dict[str, LinkState] = field(default_factory=dict)
     _picks: itertools.count[int] = field(default_factory=itertools.count)
+    _pools: dict[tuple[str, str], list[Instance]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.reconfigure(self.config)
@@ -171,6 +172,9 @@ class RoutingPolicy:
                     inst.circuit.retry_after_s = c.retry_after_s
                     wanted[key] = inst
         self.instances = wanted
+        self._pools = {}
+        for (dc, role, _), inst in wanted.items():
+            self._pools.setdefault((dc, role), []).append(inst)
         links: dict[str, LinkState] = {}
         ctl = config.controller
         for dc in config.remote_datacenters:
@@ -197,7 +201,8 @@ class RoutingPolicy:
         self.links = links
 
     def pool(self, datacenter: str, role: str) -> list[Instance]:
-        return [i for (dc, r, _), i in self.instances.items() if dc == datacenter and r == role]
+        """The instances of one role in one datacenter (configuration order; do not mutate)."""
+        return self._pools.get((datacenter, role), [])
 
     @property
     def local_prefill_pool(self) -> list[Instance]:
