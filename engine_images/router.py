@@ -1,9 +1,10 @@
 """The PrfaaS router: an OpenAI-compatible gateway in front of one decode cluster.
 
 It sends long uncached prompts to a remote prefill cluster and short ones to the local PD
-cluster, with the vLLM ``kv_transfer_params`` two-step call (``router_proxy``), a
-bandwidth-aware threshold (``router_policy``), metrics (``router_metrics``) and one error tree
-(``router_errors``). Configured by the router file (``router_config``), re-read when it changes.
+cluster, with the vLLM ``kv_transfer_params`` two-step call (``router_proxy``, bodies in
+``router_request``), a bandwidth-aware threshold (``router_policy``), metrics
+(``router_metrics``) and one error tree (``router_errors``). Configured by the router file
+(``router_config``), re-read when its modification time changes.
 
 Run it::
 
@@ -11,6 +12,24 @@ Run it::
 
     async with RouterService("router.yaml", port=0) as svc:  # in-process (tests, prfaas up)
         print(svc.url)                                       # http://127.0.0.1:<port>
+
+HTTP: ``POST /v1/completions`` and ``/v1/chat/completions`` (streaming or not), ``GET
+/v1/models``, ``/healthz`` (readiness: 503 while no decode instance is healthy), ``/livez``,
+``/metrics``, ``/status`` (links, ``t``, egress, instance loads as JSON). Answers carry
+``X-Request-Id`` (the client's, or a new one; sent on both engine legs), ``X-PrfaaS-Route``
+(``local`` / ``remote`` / ``fallback``) and ``X-PrfaaS-Uncached-Tokens``.
+
+What happens on failure: a malformed request gets a 4xx with the reason and reaches no engine;
+a remote prefill that fails, times out or whose link is down (``down: true``, capacity 0, or
+an open circuit) falls back to local prefill, then to the decode instance prefilling itself;
+a decode instance that fails before answering is replaced by another; a decode stream that
+breaks off ends with an in-band ``data: {"error": …}`` event; no healthy decode instance → 503.
+
+Metrics (``prfaas_router_``): ``requests_total{path, outcome}``, ``ttft_seconds``,
+``tpot_seconds``, ``uncached_tokens``, ``kv_bytes_in_flight{link}``,
+``threshold_tokens{link}``, ``link_egress_bits_per_second{link}``, ``link_up{link}``,
+``instance_up{datacenter, role, url}``, ``backend_failures_total{datacenter, role}``,
+``config_reloads_total{outcome}``.
 """
 
 from __future__ import annotations
