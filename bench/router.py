@@ -378,7 +378,7 @@ def _prfaas_argv(tmp: Path, port: int, ports: tuple[int, int]) -> list[str]:
     ]
 
 
-def _vllm_router_argv(port: int, ports: tuple[int, int]) -> list[str] | None:
+def _vllm_router_argv(port: int, ports: tuple[int, int], policy: str) -> list[str] | None:
     exe = shutil.which("vllm-router") or str(Path(sys.executable).parent / "vllm-router")
     if not Path(exe).exists():
         return None
@@ -390,7 +390,7 @@ def _vllm_router_argv(port: int, ports: tuple[int, int]) -> list[str] | None:
         "--decode",
         f"http://127.0.0.1:{ports[1]}",
         "--policy",
-        "round_robin",
+        policy,
         "--kv-connector",
         "nixl",
         "--host",
@@ -449,7 +449,7 @@ async def _bench(args: argparse.Namespace) -> None:
     if args.only in (None, "prfaas"):
         routers.append(("prfaas-router", _prfaas_argv(tmp, _free_port(), ports)))
     if args.only in (None, "vllm-router"):
-        peer = _vllm_router_argv(_free_port(), ports)
+        peer = _vllm_router_argv(_free_port(), ports, args.peer_policy)
         if peer is None:
             print("vllm-router: not installed (pip install 'prfaas[bench]'); skipped")
         else:
@@ -477,7 +477,7 @@ async def _bench(args: argparse.Namespace) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     print(
         f"median of {args.rounds} rounds ({args.prompt_bytes}-byte prompt, non-streaming, "
-        f"max req/s at concurrency {args.concurrency}):"
+        f"max req/s at concurrency {args.concurrency}; vllm-router --policy {args.peer_policy}):"
     )
     by = {name: _median(rs) for name, rs in rounds.items() if rs}
     for r in by.values():
@@ -508,6 +508,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--prompt-bytes", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per router")
+    ap.add_argument(
+        "--peer-policy",
+        default="cache_aware",
+        help="vllm-router --policy (its default, cache_aware, like ours keeps a prefix index)",
+    )
     ap.add_argument(
         "--serve-fakes", nargs=2, type=int, metavar=("PREFILL", "DECODE"), help=argparse.SUPPRESS
     )
