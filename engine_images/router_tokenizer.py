@@ -1,19 +1,31 @@
 """Prompt length as the engine will see it: the served model's tokenizer, or a stand-in.
 
-``PromptTokenizer`` is the interface the router needs (two methods). ``HFPromptTokenizer``
-loads the served model's tokenizer with ``transformers.AutoTokenizer`` (offline; chat template
-applied for chat requests, as vLLM does). ``ByteTokenizer`` counts UTF-8 bytes: used when the
-router file names no tokenizer, and by tests and benchmarks.
+``PromptTokenizer`` is the interface the router needs (two methods). ``load_tokenizer`` picks:
+
+* ``FastPromptTokenizer`` when the model directory has ``tokenizer.json``: the ``tokenizers``
+  library plus the chat template rendered with Jinja the way ``transformers`` does it — no
+  ``transformers``/``torch`` import, so the router starts in a second and stays small;
+* ``HFPromptTokenizer`` otherwise (``transformers.AutoTokenizer``: slow tokenizers, hub ids);
+* ``ByteTokenizer`` (UTF-8 bytes) when the router file names no tokenizer (tests, benchmarks).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["ByteTokenizer", "HFPromptTokenizer", "PromptTokenizer", "load_tokenizer"]
+__all__ = [
+    "ByteTokenizer",
+    "FastPromptTokenizer",
+    "HFPromptTokenizer",
+    "PromptTokenizer",
+    "load_tokenizer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +104,95 @@ class HFPromptTokenizer:
         return [int(t) for t in out]
 
 
+class FastPromptTokenizer:
+    """``tokenizer.json`` through ``tokenizers``; chat templates through a Jinja sandbox set up
+    like ``transformers``' (trim/lstrip blocks, ``loopcontrols``, ``raise_exception``,
+    ``strftime_now``, non-ASCII ``tojson``), with the special tokens of ``tokenizer_config``."""
+
+    def __init__(self, path: str | Path) -> None:
+        from tokenizers import Tokenizer
+
+        root = Path(path)
+        self.path = str(root)
+        self._tok = Tokenizer.from_file(str(root / "tokenizer.json"))
+        cfg_file = root / "tokenizer_config.json"
+        cfg: dict[str, Any] = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
+        template = cfg.get("chat_template")
+        if isinstance(template, list):  # named templates: the default one
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default") or next(iter(named.values()), None)
+        jinja_file = root / "chat_template.jinja"
+        if template is None and jinja_file.exists():
+            template = jinja_file.read_text()
+        self._specials = {
+            k: (v.get("content") if isinstance(v, dict) else v)
+            for k, v in cfg.items()
+            if k.endswith("_token") and isinstance(v, str | dict)
+        }
+        self._template = _compile_template(template) if template else None
+        self._warned = False
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return list(self._tok.encode(prompt).ids)
+
+    def encode_chat(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> list[int]:
+        kwargs = dict(options.pop("chat_template_kwargs", None) or {})
+        kwargs.update({k: v for k, v in options.items() if v is not None})
+        continue_final = bool(kwargs.pop("continue_final_message", False))
+        add_generation_prompt = bool(kwargs.pop("add_generation_prompt", not continue_final))
+        if self._template is None:
+            if not self._warned:
+                log.warning(
+                    "%s has no chat template; estimating chat length from the text", self.path
+                )
+                self._warned = True
+            return self.encode_prompt(_flatten_chat(messages))
+        conversation = [dict(m) for m in messages]
+        text = self._template.render(
+            messages=conversation,
+            add_generation_prompt=add_generation_prompt,
+            **{**self._specials, **kwargs},
+        )
+        if continue_final and conversation:  # end the text where the last message's text ends
+            last = conversation[-1].get("content")
+            if isinstance(last, str) and last.strip() and last.strip() in text:
+                text = text[: text.rindex(last.strip()) + len(last.strip())]
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+
+def _compile_template(source: str) -> Any:
+    from jinja2 import TemplateError, ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    def tojson(
+        x: Any,
+        ensure_ascii: bool = False,
+        indent: int | None = None,
+        separators: Any = None,
+        sort_keys: bool = False,
+    ) -> str:
+        return json.dumps(
+            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[ext.loopcontrols]
+    )
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(source)
+
+
 def load_tokenizer(path: str | None) -> PromptTokenizer:
-    """``HFPromptTokenizer(path)``, or ``ByteTokenizer()`` when ``path`` is ``None``."""
+    """The lightest tokenizer that counts like the engine: ``FastPromptTokenizer`` for a
+    directory with ``tokenizer.json``, else ``HFPromptTokenizer``; ``ByteTokenizer`` for
+    ``None``."""
     if path is None:
         return ByteTokenizer()
+    if (Path(path) / "tokenizer.json").is_file():
+        return FastPromptTokenizer(path)
     return HFPromptTokenizer(path)
