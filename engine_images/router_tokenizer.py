@@ -148,11 +148,17 @@ class FastPromptTokenizer:
                 self._warned = True
             return self.encode_prompt(_flatten_chat(messages))
         conversation = [dict(m) for m in messages]
-        text = self._template.render(
-            messages=conversation,
-            add_generation_prompt=add_generation_prompt,
-            **{**self._specials, **kwargs},
-        )
+        try:
+            text = self._template.render(
+                messages=conversation,
+                add_generation_prompt=add_generation_prompt,
+                **{**self._specials, **kwargs},
+            )
+        except Exception as exc:  # the template refused these messages: the engine will judge
+            if not self._warned:
+                log.warning("chat template failed (%s); estimating length from the text", exc)
+                self._warned = True
+            return self.encode_prompt(_flatten_chat(messages))
         if continue_final and conversation:  # end the text where the last message's text ends
             last = conversation[-1].get("content")
             if isinstance(last, str) and last.strip() and last.strip() in text:

@@ -100,3 +100,12 @@ def test_byte_tokenizer_is_the_default_without_a_path() -> None:
     assert isinstance(tok, ByteTokenizer)
     assert tok.encode_prompt("héllo") == list("héllo".encode())
     assert len(tok.encode_chat([{"role": "user", "content": "hi"}])) == len("user: hi\n")
+
+
+def test_a_template_that_raises_falls_back_to_an_estimate(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    (tmp_path / "tokenizer.json").write_text((tokenizer_dir / "tokenizer.json").read_text())
+    (tmp_path / "chat_template.jinja").write_text("{{ raise_exception('roles must alternate') }}")
+    tok = load_tokenizer(str(tmp_path))
+    assert tok.encode_chat(CHATS[0]) == tok.encode_prompt("user: hello world\n")
