@@ -6,6 +6,8 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prfaas.engine.router_config import RouterConfig
 from prfaas.engine.router_errors import NoBackendError
 from prfaas.engine.router_policy import Circuit, RoutingPolicy
@@ -173,3 +175,23 @@ def test_unbounded_link_never_raises_t() -> None:
     link.send(0.0, 1e15)
     assert p.tick(1.0)["far-to-local"] == 100.0
     assert p.decide(toks(101), 1.1).route == "remote"
+
+
+@given(
+    n=st.integers(min_value=1, max_value=400),
+    held_blocks=st.integers(min_value=0, max_value=40),
+    t=st.integers(min_value=0, max_value=400),
+)
+@settings(max_examples=200, deadline=None)
+def test_remote_exactly_when_uncached_exceeds_t(n: int, held_blocks: int, t: int) -> None:
+    p = RoutingPolicy(_config(threshold_tokens=t))
+    prompt = toks(n)
+    hashes = p.decide(prompt, 0.0).hashes
+    p.pool("local", "prefill")[0].cache.insert(hashes[:held_blocks])
+    d = p.decide(prompt, 0.0)
+    cached = min(n, min(held_blocks, len(hashes)) * 10)
+    assert d.uncached_tokens == n - cached
+    assert (d.route == "remote") == (n - cached > t)
+    if d.route == "remote":
+        assert d.prefill is not None and d.prefill.datacenter == "far"
+        assert d.kv_bytes == 10.0 * n + 7.0  # decode holds nothing of it
