@@ -99,10 +99,15 @@ def test_engines_load_the_compat_shim_and_idle_quietly(deployment: Deployment) -
         log = deployment.engine_log(role).read_text(errors="replace")
         assert f"{SHIM_LOG_PREFIX}patched" in log, f"{role} engine did not load the shim"
         assert "skipped the NIXL worker's os.sched_setaffinity" in log
-    # Busy-polling NIXL progress threads cost ~0.75 core per idle engine; patched ≈ 0.01.
+    # Busy-polling NIXL progress threads cost ~0.75 core per idle engine, all the time; patched,
+    # both engines use ≈ 0.02 once the last request's work has drained (a few seconds).
     leaders = [p.pid for n, p in deployment.runtime.processes.items() if n != "router"]
-    cores = _cpu_cores_used(leaders, seconds=3.0)
-    assert cores < 0.3, f"idle engines used {cores:.2f} cores"
+    windows = []
+    for _ in range(8):
+        windows.append(_cpu_cores_used(leaders, seconds=2.0))
+        if windows[-1] < 0.3:
+            break
+    assert min(windows) < 0.3, f"idle engines used {windows} cores in 2 s windows"
 
 
 def _cpu_cores_used(pgids: list[int], seconds: float) -> float:
