@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -286,8 +289,13 @@ def _free_port() -> int:
 
 
 def _pinned(cpu: int) -> Callable[[], None]:
+    """Child setup: run on ``cpu`` only, and get SIGTERM when the bench dies (Linux prctl
+    PR_SET_PDEATHSIG), so an interrupted bench leaves no servers behind."""
+
     def pin() -> None:
         os.sched_setaffinity(0, {cpu})
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
     return pin
 
