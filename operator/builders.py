@@ -432,7 +432,7 @@ def _router_children(inputs: PlanInputs, target: ClusterTarget) -> list[dict[str
         ],
         "ports": [{"name": "http", "containerPort": exposure.port, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 15},
+        "livenessProbe": {"httpGet": {"path": "/livez", "port": "http"}, "periodSeconds": 15},
         "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
         "securityContext": {
             "runAsNonRoot": True,
