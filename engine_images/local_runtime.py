@@ -44,6 +44,7 @@ __all__ = [
     "LocalRuntimeError",
     "ManagedProcess",
     "build_layout",
+    "direct_local_plan",
     "free_port",
     "local_plan",
     "monolithic_layout",
@@ -65,12 +66,55 @@ class LocalRuntimeError(RuntimeError):
 
 
 def local_plan(manifests: Any) -> Plan:
-    """A ``Plan`` for one machine: one instance per cluster and role named by the ServingPlan.
+    """The plan ``prfaas up`` runs: the planner's, with one instance per cluster and role.
+
+    The planner (``prfaas.planner.planning.plan``) decides ``t``, the KV bytes per token and
+    which clusters and roles exist; on one small host each planned (cluster, role) runs as a
+    single engine. If the planner is unavailable or cannot plan these manifests, a direct layout
+    is used (``direct_local_plan``) and the plan's notes say why.
+    """
+    from prfaas.operator import api
+
+    plans = manifests.of_kind(api.ServingPlan)
+    if len(plans) != 1:
+        raise LocalRuntimeError(f"expected exactly one ServingPlan, found {len(plans)}")
+    if plans[0].spec.model.architecture is None:
+        raise LocalRuntimeError(
+            "prfaas up runs a tiny generated model: give spec.model.architecture "
+            "(a catalog model is too large for this machine)"
+        )
+    try:
+        from prfaas.operator.translate import problems_from_manifests
+        from prfaas.planner.errors import PlannerError
+        from prfaas.planner.planning import plan as planner_plan
+    except ImportError as exc:
+        return _with_note(direct_local_plan(manifests), f"planner unavailable ({exc})")
+    try:
+        planned = planner_plan(problems_from_manifests(manifests.resources)[0])
+    except (PlannerError, ValueError, IndexError) as exc:
+        return _with_note(direct_local_plan(manifests), f"planner failed: {exc}")
+    if not planned.feasible:
+        return _with_note(direct_local_plan(manifests), f"planner: infeasible: {planned.reason}")
+    planned.clusters = [
+        replace(c, instances=1, tensor_parallel=1, pipeline_parallel=1)
+        for c in planned.clusters
+        if c.instances > 0
+    ]
+    planned.notes.append("prfaas up: one CPU engine per planned cluster and role")
+    return planned
+
+
+def _with_note(plan: Plan, note: str) -> Plan:
+    plan.notes.append(note)
+    return plan
+
+
+def direct_local_plan(manifests: Any) -> Plan:
+    """One instance per cluster and role named by the ServingPlan, without the planner.
 
     Every PrefillCluster gets one prefill instance; every DecodeCluster one decode instance
-    (which also prefills short prompts). ``t`` is the ServingPlan's fixed threshold (``auto``
-    here uses ``thresholdTokens`` too, or 256); KV bytes per token come from the model's
-    architecture. (A two-core host runs one engine per core; the planner's sizing is for GPUs.)
+    (which also prefills short prompts). ``t`` is the ServingPlan's ``thresholdTokens`` (or
+    256); KV bytes per token come from the model's architecture.
     """
     from prfaas.operator import api
 

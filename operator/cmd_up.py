@@ -127,10 +127,13 @@ def _print_summary(runtime: Any) -> None:
     console.print(table)
     plan = runtime.layout.plan
     console.print(
-        f"plan: threshold t = {plan.threshold_tokens} tokens, "
-        f"{plan.kv_bytes_per_token:.0f} KV bytes/token, link "
-        + json.dumps(info["link"])
+        f"plan: threshold t = {plan.threshold_tokens} tokens (offload fraction "
+        f"{plan.offload_fraction:.2f}), {plan.kv_bytes_per_token:.0f} KV bytes/token, "
+        f"predicted {plan.throughput_rps:.1f} req/s (bottleneck {plan.bottleneck or '-'}), "
+        "link " + json.dumps(info["link"])
     )
+    for note in plan.notes:
+        console.print(f"  note: {note}")
     console.print(f"[bold]endpoint: {info['endpoint']}[/bold]  (OpenAI API: /v1/completions, "
                   "/v1/chat/completions, /metrics)")
     console.print(

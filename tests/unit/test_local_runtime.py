@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prfaas.engine.compat import SHIM_DIR
@@ -15,6 +17,7 @@ from prfaas.engine.local_runtime import (
     LocalRuntimeError,
     _spawn,
     build_layout,
+    direct_local_plan,
     local_plan,
     wait_healthy,
 )
@@ -22,18 +25,28 @@ from prfaas.engine.netns import TwoDatacenterNet, have_net_admin, leftovers, tbf
 from prfaas.engine.router_config import load_router_config
 from prfaas.operator import api
 from prfaas.operator.manifests import load_manifests
+from prfaas.planner.plan import Plan
 
 SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "local.yaml"
 
 
-def test_local_plan_of_the_sample() -> None:
-    plan = local_plan(load_manifests(SAMPLE))
+@pytest.mark.parametrize("make_plan", [local_plan, direct_local_plan],
+                         ids=["planner", "direct"])
+def test_local_plan_of_the_sample(make_plan: Callable[[Any], Plan]) -> None:
+    plan = make_plan(load_manifests(SAMPLE))
+    assert plan.feasible
     roles = {(c.datacenter, c.role, c.instances) for c in plan.clusters}
     assert roles == {("dc-a", "prefill", 1), ("dc-b", "decode", 1)}
     assert plan.threshold_tokens == 256
     assert plan.kv_bytes_per_token == 2 * 2 * 2 * 64 * 4  # K and V, 2 layers, 2 heads, fp32
     [router] = plan.routers
     assert [r.prefill_cluster for r in router.remotes] == ["local-prefill"]
+    assert [ln.capacity_gbps for ln in plan.links] == [1.0]
+
+
+def test_prfaas_up_uses_the_planner() -> None:
+    assert not any("planner" in note and "fail" in note
+                   for note in local_plan(load_manifests(SAMPLE)).notes)
 
 
 def test_local_plan_refuses_a_catalog_model() -> None:
