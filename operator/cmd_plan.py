@@ -151,8 +151,8 @@ def run(
 
     err = Console(stderr=True, soft_wrap=True, highlight=False)
     manifests = read_manifests([file])
-    for problem in manifests.problems:
-        err.print(f"[red]{problem}[/]")
+    for issue in manifests.problems:
+        err.print(f"[red]{issue}[/]")
     if manifests.problems:
         raise typer.Exit(EXIT_INVALID)
     try:

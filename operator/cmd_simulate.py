@@ -16,7 +16,7 @@ import json
 import math
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -247,7 +247,7 @@ def _simulate_one(
             at *= rate_scale
     n = len(stream) if stream is not None else requests
     total = n * len(found)
-    kind = "gamma" if arrival[0] == "gamma" else "poisson"
+    kind: Literal["poisson", "gamma"] = "gamma" if arrival[0] == "gamma" else "poisson"
     if total < PROGRESS_FROM:
         return run_scenarios(
             problem,
@@ -341,8 +341,8 @@ def run(
         raise typer.BadParameter("give --rate or --rate-scale, not both")
     err = Console(stderr=True, soft_wrap=True, highlight=False)
     manifests = read_manifests([file])
-    for problem in manifests.problems:
-        err.print(f"[red]{problem}[/]")
+    for issue in manifests.problems:
+        err.print(f"[red]{issue}[/]")
     if manifests.problems:
         raise typer.Exit(EXIT_INVALID)
     try:

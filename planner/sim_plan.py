@@ -29,7 +29,7 @@ import numpy as np
 from prfaas.planner.catalog import GpuSpec
 from prfaas.planner.estimator import latency_model
 from prfaas.planner.goodput import SloTarget, config_goodput
-from prfaas.planner.latency import LatencyModel
+from prfaas.planner.latency import InstanceLatency
 from prfaas.planner.parallelism import Candidate, RoleLoad, decode_batch
 from prfaas.planner.plan import Plan, Predicted
 from prfaas.planner.problem import ClusterInput, GoodputFn, OffloadInput, Problem
@@ -88,13 +88,13 @@ class ScenarioRun:
     goodput_rps: float | None = None
 
 
-def _latency(problem: Problem, cluster: ClusterInput, tp: int, pp: int) -> LatencyModel:
+def _latency(problem: Problem, cluster: ClusterInput, tp: int, pp: int) -> InstanceLatency:
     return latency_model(
         problem.model, cluster.gpu, tp, pp, problem.profiles, problem.settings.roofline
     )
 
 
-def _decode_batch(problem: Problem, gpu: GpuSpec, tp: int, pp: int, lat: LatencyModel) -> int:
+def _decode_batch(problem: Problem, gpu: GpuSpec, tp: int, pp: int, lat: InstanceLatency) -> int:
     m, w = problem.model, problem.workload
     ctx = w.input_length.mean + w.output_length.mean / 2.0
     usable = tp * pp * gpu.memory_bytes * problem.settings.memory_utilization

@@ -298,21 +298,21 @@ class Simulation:
                     f"prefill pool {pool.name!r} needs instances >= 1 and pipeline_stages >= 1"
                 )
             remote = home is not None and pool.datacenter != home
-            link = -1
+            link_idx = -1
             if remote:
                 if pool.datacenter not in links_by_from:
                     raise SimulatorError(
                         f"prefill pool {pool.name!r} is in {pool.datacenter!r} but no link "
                         f"goes from there to the decode datacenter {home!r}; add an InterDCLink"
                     )
-                link = links_by_from[pool.datacenter]
+                link_idx = links_by_from[pool.datacenter]
             insts = []
             for _ in range(pool.instances):
                 cache = PrefixCache(pool.cache_blocks) if pool.cache_blocks > 0 else None
                 inst = _Prefiller(pi, pool.latency, pool.token_budget, pool.pipeline_stages, cache)
                 insts.append(inst)
                 self._instances.append(inst)
-            self._pools.append(_Pool(pool.name, remote, link, insts))
+            self._pools.append(_Pool(pool.name, remote, link_idx, insts))
         self._local = [i for i, p in enumerate(self._instances) if not self._pools[p.pool].remote]
         self._remote_ids = [i for i, p in enumerate(self._instances) if self._pools[p.pool].remote]
         self._decoders: list[_Decoder] = []
