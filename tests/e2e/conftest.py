@@ -55,6 +55,8 @@ LOAD = [words(f"r{k}x", 60 + 8 * k) for k in range(8)]
 AFTER_KILL = words("late", 120)
 """A long prompt nobody sent before: sent after dc-a's engine died."""
 PROMPTS = [SHORT, LONG, *LOAD, AFTER_KILL]
+CHATS = {"short-chat": "hello, how are you?", "long-chat": words("chat", 140)}
+"""User messages of chat requests (the router applies the model's chat template to count)."""
 
 
 def use_netns() -> bool:
@@ -67,6 +69,15 @@ def completion_body(prompt: str, **extra: Any) -> dict[str, Any]:
     return {
         "model": MODEL, "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0,
         "ignore_eos": True, "return_token_ids": True, **extra,
+    }
+
+
+def chat_body(content: str, **extra: Any) -> dict[str, Any]:
+    """A greedy chat request of ``MAX_TOKENS`` tokens that returns token ids."""
+    return {
+        "model": MODEL, "messages": [{"role": "user", "content": content}],
+        "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True,
+        "return_token_ids": True, **extra,
     }
 
 
@@ -94,7 +105,8 @@ def tiny_model() -> Path:
 
 @pytest.fixture(scope="session")
 def reference(tiny_model: Path) -> dict[str, list[int]]:
-    """Greedy token ids of the monolithic engine for every prompt in ``PROMPTS``."""
+    """Greedy token ids of the monolithic engine for every prompt in ``PROMPTS`` and every chat
+    message in ``CHATS``."""
     runtime = LocalRuntime(monolithic_layout(tiny_model, MODEL, core=0))
     try:
         runtime.start(with_router=False)
@@ -105,6 +117,10 @@ def reference(tiny_model: Path) -> dict[str, list[int]]:
                 r = client.post(url + "/v1/completions", json=completion_body(prompt))
                 r.raise_for_status()
                 out[prompt] = token_ids(r.json())
+            for content in CHATS.values():
+                r = client.post(url + "/v1/chat/completions", json=chat_body(content))
+                r.raise_for_status()
+                out[content] = token_ids(r.json())
         return out
     finally:
         runtime.stop()

@@ -18,12 +18,14 @@ from prfaas.engine.compat import SHIM_LOG_PREFIX
 
 from .conftest import (
     AFTER_KILL,
+    CHATS,
     LOAD,
     LONG,
     MAX_TOKENS,
     MODEL,
     SHORT,
     Deployment,
+    chat_body,
     completion_body,
     metric,
     token_ids,
@@ -92,6 +94,19 @@ def test_streamed_remote_answer_equals_monolithic(
             if line.startswith("data: ") and line != "data: [DONE]":
                 ids += json.loads(line[6:])["choices"][0].get("token_ids") or []
     assert ids == reference[LONG]
+
+
+@pytest.mark.parametrize(("name", "path"), [("short-chat", "local"), ("long-chat", "remote")])
+def test_chat_completions_equal_monolithic(
+    deployment: Deployment, reference: dict[str, list[int]], name: str, path: str
+) -> None:
+    content = CHATS[name]
+    before = metric(deployment.router, _REQUESTS, path=path, outcome="ok")
+    r = httpx.post(deployment.router + "/v1/chat/completions", json=chat_body(content),
+                   timeout=180)
+    assert r.status_code == 200, r.text
+    assert token_ids(r.json()) == reference[content]
+    assert metric(deployment.router, _REQUESTS, path=path, outcome="ok") == before + 1
 
 
 def test_engines_load_the_compat_shim_and_idle_quietly(deployment: Deployment) -> None:
