@@ -7,10 +7,12 @@ one without. If vLLM moves or renames what the shim patches, the first case fail
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 from prfaas.engine.compat import SHIM_DIR, SHIM_LOG_PREFIX
@@ -69,3 +71,40 @@ def test_without_the_shim_vllm_still_needs_it(cpus: list[int]) -> None:
     assert result["affinity"] == [0]
     assert result["patched"] == []
     assert SHIM_LOG_PREFIX not in stderr
+
+
+def _shim_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """The shim imported in-process with its import hook switched off."""
+    monkeypatch.setenv("PRFAAS_COMPAT_DISABLE", "1")
+    return importlib.import_module("prfaas.engine.compat.sitecustomize")
+
+
+def _fake_base_worker() -> types.ModuleType:
+    module = types.ModuleType("fake_base_worker")
+    module.nixl_agent_config = lambda **kw: kw  # type: ignore[attr-defined]
+    module.os = os  # type: ignore[attr-defined]
+    return module
+
+
+def test_other_vllm_versions_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    shim = _shim_module(monkeypatch)
+    monkeypatch.setattr(shim, "_vllm_version", lambda: "0.33.0")
+    module = _fake_base_worker()
+    assert shim.patch_base_worker(module) == []
+    assert module.os is os
+    assert module.nixl_agent_config(num_threads=0) == {"num_threads": 0}
+
+
+def test_patching_is_idempotent(monkeypatch: pytest.MonkeyPatch) -> None:
+    shim = _shim_module(monkeypatch)
+    monkeypatch.setattr(shim, "_vllm_version", lambda: "0.32.0")
+    module = _fake_base_worker()
+    first = shim.patch_base_worker(module)
+    wrapped = module.nixl_agent_config
+    assert shim.patch_base_worker(module) == first and len(first) == 2
+    assert module.nixl_agent_config is wrapped
+    assert wrapped(num_threads=0) == {"num_threads": 0, "enable_prog_thread": False}
+    assert module.os.getpid() == os.getpid()
+    cpus = os.sched_getaffinity(0)
+    module.os.sched_setaffinity(0, {min(cpus)})  # a no-op: this process keeps its CPUs
+    assert os.sched_getaffinity(0) == cpus
