@@ -40,8 +40,7 @@ def run(
         raise KeyboardInterrupt
 
     # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python keeps that.
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
     runtime: LocalRuntime | None = None
     try:
         runtime = _prepare(file, netns=netns, port=port, workdir=workdir)
@@ -56,9 +55,13 @@ def run(
         typer.echo(f"prfaas up: {exc}", err=True)
         raise typer.Exit(1) from exc
     finally:
+        for sig in previous:  # a second Ctrl-C must not interrupt the clean-up
+            signal.signal(sig, signal.SIG_IGN)
         if runtime is not None:
             runtime.stop()
             typer.echo("stopped: every process and namespace it started is gone")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _prepare(file: Path, *, netns: bool, port: int, workdir: Path | None) -> Any:
