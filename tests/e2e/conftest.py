@@ -16,6 +16,7 @@ namespaces), also when a test fails.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,19 @@ def metric(base_url: str, name: str, **labels: str) -> float:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 total += s.value
     return total
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sigterm_stops_engines() -> Iterator[None]:
+    """``timeout`` and CI runners stop pytest with SIGTERM, which would skip every finalizer and
+    leave engines running; as a KeyboardInterrupt the finalizers stop them."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    yield
+    signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture(scope="session")
