@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 import httpx
-from prfaas.engine.local_runtime import LocalRuntime, build_layout, local_plan
+from prfaas.engine.local_plan import local_plan
+from prfaas.engine.local_runtime import LocalRuntime, build_layout
 from prfaas.engine.netns import TwoDatacenterNet, have_net_admin
 from prfaas.engine.tinymodel import ensure_tiny_model
 from prfaas.operator.manifests import load_manifests

@@ -1,16 +1,17 @@
 """A plan realised as processes on this machine: what ``prfaas up FILE.yaml`` runs.
 
-From the manifests (PrefillCluster, DecodeCluster, InterDCLink, ServingPlan) it builds a
-``LocalLayout`` — one vLLM CPU engine per planned (cluster, role), the tiny generated model, the
-router's file — and ``LocalRuntime`` starts it: engines first (each in its own process group,
-bound to its own core with ``VLLM_CPU_OMP_THREADS_BIND``, ``--enforce-eager``, a small KV
-space, the compatibility shim on ``PYTHONPATH``), then the router in front of the decode
-datacenter once every engine answers ``/health``.
+``build_layout`` turns a plan (``local_plan.local_plan`` of the manifests) into a
+``LocalLayout``: one vLLM CPU engine per planned (cluster, role), the tiny generated model, the
+router's file. ``LocalRuntime`` starts it: engines first (each in its own process group, bound
+to its own core with ``VLLM_CPU_OMP_THREADS_BIND``, ``--enforce-eager``, a small KV space, the
+compatibility shim on ``PYTHONPATH``), then the router in front of the decode datacenter once
+every engine answers ``/health``.
 
-With ``netns=True`` (root) each datacenter runs in its own network namespace and the two are
-joined by a veth pair shaped with ``tc tbf`` at the InterDCLink's bandwidth (``netns.py``); the
-engines' UCX traffic — the KV — crosses that link. ``set_link_gbps`` reshapes it and rewrites
-the router's file with the new capacity, as the operator's link probe would.
+Given a ``TwoDatacenterNet`` (root), each datacenter runs in its own network namespace and the
+two are joined by a veth pair shaped with ``tc tbf`` at the InterDCLink's bandwidth
+(``netns.py``); the engines' UCX traffic — the KV — crosses that link. ``set_link_gbps``
+reshapes it and rewrites the router's file with the new capacity, as the operator's link probe
+would.
 
 ``stop()`` (also run at interpreter exit) kills every process group it started and deletes the
 namespaces it created; it is idempotent.
@@ -22,150 +23,37 @@ import atexit
 import contextlib
 import os
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 from prfaas.engine.compat import SHIM_DIR
 from prfaas.engine.launch import EngineLaunch, EngineRole, vllm_argv, vllm_env
 from prfaas.engine.netns import DatacenterNet, TwoDatacenterNet
-from prfaas.planner.plan import ClusterPlan, LinkPlan, Plan, RemotePrefill, RouterPlan
+from prfaas.engine.processes import (
+    LocalRuntimeError,
+    ManagedProcess,
+    free_port,
+    spawn,
+    wait_healthy,
+)
+from prfaas.planner.plan import LinkPlan, Plan
 
 __all__ = [
     "LocalEngine",
     "LocalLayout",
     "LocalRuntime",
     "LocalRuntimeError",
-    "ManagedProcess",
     "build_layout",
-    "direct_local_plan",
-    "free_port",
-    "local_plan",
     "monolithic_layout",
-    "wait_healthy",
 ]
 
 _ENGINE_PORT_BASE = {"prefill": 8100, "decode": 8200, "monolithic": 8300}
 _SIDE_CHANNEL_BASE = 5600
-
-
-class LocalRuntimeError(RuntimeError):
-    """The local deployment could not be planned, started or reached; the message says which
-    part and where its log is."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Planning: manifests → Plan → layout
-# ----------------------------------------------------------------------------------------------
-
-
-def local_plan(manifests: Any) -> Plan:
-    """The plan ``prfaas up`` runs: the planner's, with one instance per cluster and role.
-
-    The planner (``prfaas.planner.planning.plan``) decides ``t``, the KV bytes per token and
-    which clusters and roles exist; on one small host each planned (cluster, role) runs as a
-    single engine. If the planner is unavailable or cannot plan these manifests, a direct layout
-    is used (``direct_local_plan``) and the plan's notes say why.
-    """
-    from prfaas.operator import api
-
-    plans = manifests.of_kind(api.ServingPlan)
-    if len(plans) != 1:
-        raise LocalRuntimeError(f"expected exactly one ServingPlan, found {len(plans)}")
-    if plans[0].spec.model.architecture is None:
-        raise LocalRuntimeError(
-            "prfaas up runs a tiny generated model: give spec.model.architecture "
-            "(a catalog model is too large for this machine)"
-        )
-    try:
-        from prfaas.operator.translate import problems_from_manifests
-        from prfaas.planner.errors import PlannerError
-        from prfaas.planner.planning import plan as planner_plan
-    except ImportError as exc:
-        return _with_note(direct_local_plan(manifests), f"planner unavailable ({exc})")
-    try:
-        planned = planner_plan(problems_from_manifests(manifests.resources)[0])
-    except (PlannerError, ValueError, IndexError) as exc:
-        return _with_note(direct_local_plan(manifests), f"planner failed: {exc}")
-    if not planned.feasible:
-        return _with_note(direct_local_plan(manifests), f"planner: infeasible: {planned.reason}")
-    planned.clusters = [
-        replace(c, instances=1, tensor_parallel=1, pipeline_parallel=1)
-        for c in planned.clusters
-        if c.instances > 0
-    ]
-    planned.notes.append("prfaas up: one CPU engine per planned cluster and role")
-    return planned
-
-
-def _with_note(plan: Plan, note: str) -> Plan:
-    plan.notes.append(note)
-    return plan
-
-
-def direct_local_plan(manifests: Any) -> Plan:
-    """One instance per cluster and role named by the ServingPlan, without the planner.
-
-    Every PrefillCluster gets one prefill instance; every DecodeCluster one decode instance
-    (which also prefills short prompts). ``t`` is the ServingPlan's ``thresholdTokens`` (or
-    256); KV bytes per token come from the model's architecture.
-    """
-    from prfaas.operator import api
-
-    plans = manifests.of_kind(api.ServingPlan)
-    if len(plans) != 1:
-        raise LocalRuntimeError(f"expected exactly one ServingPlan, found {len(plans)}")
-    sp = plans[0].spec
-    arch = sp.model.architecture
-    if arch is None:
-        raise LocalRuntimeError(
-            "prfaas up runs a tiny generated model: give spec.model.architecture "
-            "(a catalog model is too large for this machine)"
-        )
-    prefill = {p.metadata.name: p.spec for p in manifests.of_kind(api.PrefillCluster)}
-    decode = {d.metadata.name: d.spec for d in manifests.of_kind(api.DecodeCluster)}
-    links = [ln for ln in manifests.of_kind(api.InterDCLink)]
-    clusters: list[ClusterPlan] = []
-    for name in sp.clusters.prefill:
-        if name not in prefill:
-            raise LocalRuntimeError(f"ServingPlan names PrefillCluster {name!r}, not in the file")
-        clusters.append(ClusterPlan(name, prefill[name].datacenter, "prefill", "CPU", 1))
-    for name in sp.clusters.decode:
-        if name not in decode:
-            raise LocalRuntimeError(f"ServingPlan names DecodeCluster {name!r}, not in the file")
-        clusters.append(ClusterPlan(name, decode[name].datacenter, "decode", "CPU", 1))
-    kv_per_token = float(2 * arch.layers * arch.kv_heads * arch.head_dim * arch.dtype_bytes)
-    link_plans = [
-        LinkPlan(ln.metadata.name, ln.spec.from_, ln.spec.to, ln.spec.bandwidth_gbps,
-                 sp.offload.bandwidth_headroom)
-        for ln in links
-    ]
-    threshold = None if sp.offload.mode == "off" else float(sp.offload.threshold_tokens or 256)
-    routers = []
-    for name in sp.clusters.decode:
-        dc = decode[name].datacenter
-        remotes = [
-            RemotePrefill(p, ln.name)
-            for p in sp.clusters.prefill
-            for ln in link_plans
-            if ln.from_ == prefill[p].datacenter and ln.to == dc
-        ]
-        routers.append(RouterPlan(name, threshold, kv_per_token, remotes=remotes))
-    return Plan(
-        model=sp.model.served_name,
-        threshold_tokens=threshold,
-        kv_bytes_per_token=kv_per_token,
-        clusters=clusters,
-        links=link_plans,
-        routers=routers,
-        notes=["local layout: one CPU engine per cluster and role (prfaas up)"],
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,13 +97,6 @@ class LocalLayout:
             if e.role == role:
                 return e
         raise LocalRuntimeError(f"the layout has no {role} engine")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def build_layout(
@@ -335,110 +216,6 @@ def _dc_net(net: TwoDatacenterNet | None, datacenter: str | None) -> DatacenterN
     )
 
 
-# ----------------------------------------------------------------------------------------------
-# Processes
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class ManagedProcess:
-    """A child started in its own process group (so its whole tree can be signalled)."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    _log: IO[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM the process group, SIGKILL it after ``timeout_s``; reap the leader."""
-        for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, sig)
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline:
-                if self.popen.poll() is not None and not _group_alive(self.popen.pid):
-                    break
-                time.sleep(0.1)
-            else:
-                continue
-            break
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=1)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _spawn(
-    name: str, argv: Sequence[str], env: dict[str, str], log_dir: Path
-) -> ManagedProcess:
-    log_path = log_dir / f"{name}.log"
-    log = log_path.open("ab")
-    log.write(f"$ {' '.join(argv)}\n".encode())
-    log.flush()
-    popen = subprocess.Popen(
-        list(argv), env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    return ManagedProcess(name, popen, log_path, log)
-
-
-def wait_healthy(
-    url: str, procs: Sequence[ManagedProcess], *, timeout_s: float = 300.0, path: str = "/health"
-) -> float:
-    """Poll ``url + path`` until it answers 200; returns the seconds waited.
-
-    Raises ``LocalRuntimeError`` with the log tail if a process in ``procs`` exits first, or
-    after ``timeout_s``.
-    """
-    import httpx
-
-    start = time.monotonic()
-    while True:
-        for p in procs:
-            if not p.alive():
-                raise LocalRuntimeError(
-                    f"{p.name} exited with {p.popen.returncode} before {url} was healthy; "
-                    f"log {p.log_path}:\n{p.log_tail()}"
-                )
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + path, timeout=2.0).status_code == 200:
-                return time.monotonic() - start
-        if time.monotonic() - start > timeout_s:
-            tails = "\n".join(f"--- {p.name} ({p.log_path})\n{p.log_tail(10)}" for p in procs)
-            raise LocalRuntimeError(f"{url} not healthy after {timeout_s:.0f}s\n{tails}")
-        time.sleep(0.5)
-
-
-# ----------------------------------------------------------------------------------------------
-# The runtime
-# ----------------------------------------------------------------------------------------------
-
-
 @dataclass(slots=True)
 class LocalRuntime:
     """Starts and stops one ``LocalLayout``. Use as a context manager or call start/stop."""
@@ -488,7 +265,7 @@ class LocalRuntime:
         argv = vllm_argv(engine.launch, python=sys.executable)
         if engine.net is not None:
             argv = engine.net.exec_prefix() + argv
-        proc = _spawn(engine.name, argv, _engine_env(engine.launch), self.workdir)
+        proc = spawn(engine.name, argv, _engine_env(engine.launch), self.workdir)
         self.processes[engine.name] = proc
         return proc
 
@@ -527,7 +304,7 @@ class LocalRuntime:
             argv = layout.router_net.exec_prefix() + argv
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         t0 = time.monotonic()
-        proc = _spawn("router", argv, env, self.workdir)
+        proc = spawn("router", argv, env, self.workdir)
         self.processes["router"] = proc
         wait_healthy(layout.router_url, [proc], timeout_s=timeout_s, path="/healthz")
         self.start_seconds["router"] = time.monotonic() - t0

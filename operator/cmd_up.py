@@ -65,12 +65,8 @@ def run(
 
 
 def _prepare(file: Path, *, netns: bool, port: int, workdir: Path | None) -> Any:
-    from prfaas.engine.local_runtime import (
-        LocalRuntime,
-        LocalRuntimeError,
-        build_layout,
-        local_plan,
-    )
+    from prfaas.engine.local_plan import local_plan
+    from prfaas.engine.local_runtime import LocalRuntime, LocalRuntimeError, build_layout
     from prfaas.engine.netns import TwoDatacenterNet, have_net_admin
     from prfaas.engine.tinymodel import TinyModelSpec, ensure_tiny_model
     from prfaas.operator import api

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prfaas.engine.local_runtime import free_port
 from prfaas.engine.netns import have_net_admin
+from prfaas.engine.processes import free_port
 
 from .conftest import MAX_TOKENS, SAMPLE, completion_body, use_netns
 

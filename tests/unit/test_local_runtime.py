@@ -12,16 +12,10 @@ from typing import Any
 import pytest
 from prfaas.engine.compat import SHIM_DIR
 from prfaas.engine.launch import vllm_argv, vllm_env
-from prfaas.engine.local_runtime import (
-    LocalRuntime,
-    LocalRuntimeError,
-    _spawn,
-    build_layout,
-    direct_local_plan,
-    local_plan,
-    wait_healthy,
-)
+from prfaas.engine.local_plan import direct_local_plan, local_plan
+from prfaas.engine.local_runtime import LocalRuntime, LocalRuntimeError, build_layout
 from prfaas.engine.netns import TwoDatacenterNet, have_net_admin, leftovers, tbf_args
+from prfaas.engine.processes import spawn, wait_healthy
 from prfaas.engine.router_config import load_router_config
 from prfaas.operator import api
 from prfaas.operator.manifests import load_manifests
@@ -85,7 +79,7 @@ def test_router_file_points_at_the_engines(tmp_path: Path) -> None:
 
 
 def test_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
-    proc = _spawn("tree", ["sh", "-c", "sleep 300 & sleep 300 & wait"], dict(os.environ),
+    proc = spawn("tree", ["sh", "-c", "sleep 300 & sleep 300 & wait"], dict(os.environ),
                   tmp_path)
     proc.stop(timeout_s=5)
     with pytest.raises(ProcessLookupError):
@@ -93,7 +87,7 @@ def test_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
 
 
 def test_wait_healthy_reports_an_early_exit_with_the_log(tmp_path: Path) -> None:
-    proc = _spawn("dies", [sys.executable, "-c", "print('boom'); raise SystemExit(3)"],
+    proc = spawn("dies", [sys.executable, "-c", "print('boom'); raise SystemExit(3)"],
                   dict(os.environ), tmp_path)
     with pytest.raises(LocalRuntimeError, match=r"(?s)exited with 3.*boom"):
         wait_healthy("http://127.0.0.1:9", [proc], timeout_s=30)
