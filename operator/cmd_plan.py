@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from prfaas.operator.cmd_common import load_problems
 
 if TYPE_CHECKING:
     from prfaas.planner.plan import Plan
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 __all__ = ["OutputFormat", "render_table", "run"]
 
 EXIT_INFEASIBLE = 1
-EXIT_INVALID = 2
 
 
 class OutputFormat(StrEnum):
@@ -144,25 +144,11 @@ def run(
     ] = False,
 ) -> None:
     """Plan every ServingPlan in FILE: instances, TP/PP, threshold t, Λ_max, egress, baselines."""
-    from prfaas.operator.manifests import read_manifests
-    from prfaas.operator.translate import TranslateError, problems_from_manifests
     from prfaas.planner.planning import plan as make_plan
     from rich.console import Console
 
     err = Console(stderr=True, soft_wrap=True, highlight=False)
-    manifests = read_manifests([file])
-    for issue in manifests.problems:
-        err.print(f"[red]{issue}[/]")
-    if manifests.problems:
-        raise typer.Exit(EXIT_INVALID)
-    try:
-        problems = problems_from_manifests(manifests.resources)
-    except TranslateError as exc:
-        err.print(f"[red]✗[/] {exc}")
-        raise typer.Exit(EXIT_INVALID) from exc
-    if not problems:
-        err.print(f"[red]✗[/] {file} holds no ServingPlan to plan")
-        raise typer.Exit(EXIT_INVALID)
+    _, problems = load_problems(file, err, "plan")
     if simulated_goodput:
         from dataclasses import replace
 

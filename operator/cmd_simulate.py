@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
+from prfaas.operator.cmd_common import load_problems
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from prfaas.planner.plan import Plan
     from prfaas.planner.problem import Problem
     from prfaas.planner.sim_plan import ScenarioRun
@@ -29,7 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["SimOutput", "plot_runs", "run", "summary_rows"]
 
 EXIT_FAILED = 1
-EXIT_INVALID = 2
 PROGRESS_FROM = 50_000
 """Show a progress bar when at least this many requests are simulated in all."""
 
@@ -248,26 +250,8 @@ def _simulate_one(
     n = len(stream) if stream is not None else requests
     total = n * len(found)
     kind: Literal["poisson", "gamma"] = "gamma" if arrival[0] == "gamma" else "poisson"
-    if total < PROGRESS_FROM:
-        return run_scenarios(
-            problem,
-            found,
-            requests=n,
-            rate=at,
-            seed=seed,
-            stream=stream,
-            goodput_requests=goodput_requests,
-            arrival=kind,
-            cv=arrival[1],
-        )
-    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task("simulating", total=total)
-        offsets = {sc.name: i * n for i, sc in enumerate(found)}
 
-        def progress(name: str, done: int) -> None:
-            bar.update(task, completed=offsets[name] + done, description=f"simulating {name}")
-
+    def simulate(progress: Callable[[str, int], None] | None = None) -> list[ScenarioRun]:
         return run_scenarios(
             problem,
             found,
@@ -280,6 +264,18 @@ def _simulate_one(
             arrival=kind,
             cv=arrival[1],
         )
+
+    if total < PROGRESS_FROM:
+        return simulate()
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("simulating", total=total)
+        offsets = {sc.name: i * n for i, sc in enumerate(found)}
+
+        def progress(name: str, done: int) -> None:
+            bar.update(task, completed=offsets[name] + done, description=f"simulating {name}")
+
+        return simulate(progress)
 
 
 def run(
@@ -330,8 +326,6 @@ def run(
     """Simulate the plan of every ServingPlan in FILE against homogeneous PD and naive
     heterogeneous: TTFT/TPOT percentiles, SLO attainment, goodput, link egress."""
     from prfaas.operator import api
-    from prfaas.operator.manifests import read_manifests
-    from prfaas.operator.translate import TranslateError, problems_from_manifests
     from prfaas.planner.errors import PlannerError
     from prfaas.planner.planning import plan as make_plan
     from prfaas.planner.sim_plan import fill_predicted
@@ -340,19 +334,7 @@ def run(
     if rate is not None and rate_scale is not None:
         raise typer.BadParameter("give --rate or --rate-scale, not both")
     err = Console(stderr=True, soft_wrap=True, highlight=False)
-    manifests = read_manifests([file])
-    for issue in manifests.problems:
-        err.print(f"[red]{issue}[/]")
-    if manifests.problems:
-        raise typer.Exit(EXIT_INVALID)
-    try:
-        problems = problems_from_manifests(manifests.resources)
-    except TranslateError as exc:
-        err.print(f"[red]✗[/] {exc}")
-        raise typer.Exit(EXIT_INVALID) from exc
-    if not problems:
-        err.print(f"[red]✗[/] {file} holds no ServingPlan to simulate")
-        raise typer.Exit(EXIT_INVALID)
+    manifests, problems = load_problems(file, err, "simulate")
     console = Console(soft_wrap=True, highlight=False, width=max(Console().width, 150))
     failed = False
     results: list[dict[str, Any]] = []
