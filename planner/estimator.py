@@ -103,6 +103,20 @@ def _published_decode(p: ProfileData, roof: RooflineDecode) -> DecodePhase:
     return ScaledDecode(roof, sum(ratios) / len(ratios), p.origin)
 
 
+def _allreduce_seconds_per_token(model: ModelArch, gpu: GpuSpec, tp: int) -> float:
+    """TP all-reduce time per token (two per layer, ring: 2(TP-1)/TP of the activation each),
+    which a per-layer TP1 fit does not contain."""
+    return (
+        model.layers
+        * 4
+        * (tp - 1)
+        / tp
+        * model.hidden
+        * model.dtype_bytes
+        / (gpu.interconnect_gbps * 1e9)
+    )
+
+
 def _prefill_phase(
     model: ModelArch,
     gpu: GpuSpec,
@@ -125,15 +139,7 @@ def _prefill_phase(
     fit, ftp = _layer_fit(model, tp)
     if fit is not None:
         h200 = gpu_spec("H200")
-        per_token_comm = (
-            model.layers
-            * 4
-            * (tp - 1)
-            / tp
-            * model.hidden
-            * model.dtype_bytes
-            / (h200.interconnect_gbps * 1e9)
-        )
+        per_token_comm = _allreduce_seconds_per_token(model, h200, tp)
         a, b, c = fit.prefill
         base = FittedPrefill(
             model.layers * a + h200.step_overhead_s,
@@ -177,15 +183,7 @@ def _decode_phase(
             * model.weight_bytes_per_param
             / (ftp * h200.hbm_gbps * 1e9 * s.bandwidth_efficiency)
         )
-        per_token_comm = (
-            model.layers
-            * 4
-            * (tp - 1)
-            / tp
-            * model.hidden
-            * model.dtype_bytes
-            / (h200.interconnect_gbps * 1e9)
-        )
+        per_token_comm = _allreduce_seconds_per_token(model, h200, tp)
         a, b, c = fit.decode
         base = FittedDecode(
             model.layers * a + h200.step_overhead_s + lm_head,

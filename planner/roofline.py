@@ -113,6 +113,23 @@ class RooflineDecode:
         return max(compute, memory) + comm + self.pp * g.step_overhead_s
 
 
+def _transfer(measured: float, base_roofline: float, target_roofline: float) -> float:
+    """``T_B = max(R_B, T_A + R_B - R_A)``: keep the measured residue, swap the roofline."""
+    return max(target_roofline, measured + target_roofline - base_roofline)
+
+
+def _moved_note(
+    phase: str,
+    base: PrefillPhase | DecodePhase,
+    b: RooflinePrefill | RooflineDecode,
+    t: RooflinePrefill | RooflineDecode,
+) -> str:
+    return (
+        f"{base.source} {phase} of {b.gpu.name} TP{b.tp}×PP{b.pp} moved to "
+        f"{t.gpu.name} TP{t.tp}×PP{t.pp}"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TransferredPrefill:
     """A measured prefill phase moved to another GPU/TP/PP by the roofline difference."""
@@ -124,16 +141,12 @@ class TransferredPrefill:
 
     @property
     def note(self) -> str:
-        b, t = self.base_roofline, self.target
-        return (
-            f"{self.base.source} prefill of {b.gpu.name} TP{b.tp}×PP{b.pp} moved to "
-            f"{t.gpu.name} TP{t.tp}×PP{t.pp}: T_B = T_A + R_B - R_A (roofline at MFU "
-            f"{t.settings.prefill_mfu:g})"
+        return _moved_note("prefill", self.base, self.base_roofline, self.target) + (
+            f": T_B = T_A + R_B - R_A (roofline at MFU {self.target.settings.prefill_mfu:g})"
         )
 
     def __call__(self, lengths: Sequence[float]) -> float:
-        target = self.target(lengths)
-        return max(target, self.base(lengths) + target - self.base_roofline(lengths))
+        return _transfer(self.base(lengths), self.base_roofline(lengths), self.target(lengths))
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,17 +160,16 @@ class TransferredDecode:
 
     @property
     def note(self) -> str:
-        b, t = self.base_roofline, self.target
         return (
-            f"{self.base.source} decode of {b.gpu.name} TP{b.tp}×PP{b.pp} moved to "
-            f"{t.gpu.name} TP{t.tp}×PP{t.pp} by the roofline difference"
+            _moved_note("decode", self.base, self.base_roofline, self.target)
+            + " by the roofline difference"
         )
 
     def __call__(self, batch: int, total_context: float) -> float:
-        target = self.target(batch, total_context)
-        return max(
-            target,
-            self.base(batch, total_context) + target - self.base_roofline(batch, total_context),
+        return _transfer(
+            self.base(batch, total_context),
+            self.base_roofline(batch, total_context),
+            self.target(batch, total_context),
         )
 
 
