@@ -38,7 +38,7 @@ from prfaas.planner.problem import ClusterInput, Problem
 from prfaas.planner.throughput import Evaluation, LocalPool, PrefillPool, Solver
 from prfaas.planner.topology import build_network
 
-__all__ = ["Infeasible", "PlannerError", "plan"]
+__all__ = ["Infeasible", "PlannerError", "plan", "role_load"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,20 +69,12 @@ def _choose(
     problem: Problem, c: ClusterInput, role: str, length: float, need: float
 ) -> Candidate | None:
     """Algorithm 1 for one role of one cluster; ``Infeasible`` when nothing fits or meets SLO."""
-    m, s, w = problem.model, problem.settings, problem.workload
+    m, s = problem.model, problem.settings
     cands = candidates(m, c.gpu, c.count, c.per_node, need, s, problem.profiles)
     if not cands:
         raise _no_fit(m, c, problem, role)
     kind: Literal["prefill", "decode"] = "decode" if role == "decode" else "prefill"
-    load = RoleLoad(
-        kind,
-        length,
-        m.kv_bytes(length),
-        w.output_length.mean,
-        problem.slo.ttft_s,
-        problem.slo.tpot_s,
-        problem.max_batch_size,
-    )
+    load = role_load(problem, kind, length)
     best = search(cands, load, s.goodput)
     if best is None:
         fastest = min(cands, key=lambda x: x.latency.prefill_seconds([length]))
@@ -123,12 +115,14 @@ def _must(c: Candidate | None) -> Candidate:
     return c
 
 
-def _decode_load(problem: Problem, ctx: float) -> RoleLoad:
+def role_load(problem: Problem, kind: Literal["prefill", "decode"], length: float) -> RoleLoad:
+    """What one role of ``problem`` must serve: prompts of ``length`` (prefill) or sequences of
+    mean cached context ``length`` (decode)."""
     m, w = problem.model, problem.workload
     return RoleLoad(
-        "decode",
-        ctx,
-        m.kv_bytes(ctx),
+        kind,
+        length,
+        m.kv_bytes(length),
         w.output_length.mean,
         problem.slo.ttft_s,
         problem.slo.tpot_s,
@@ -137,7 +131,7 @@ def _decode_load(problem: Problem, ctx: float) -> RoleLoad:
 
 
 def _solver(problem: Problem, shapes: _Shapes, ctx: float) -> Solver:
-    load = _decode_load(problem, ctx)
+    load = role_load(problem, "decode", ctx)
     pre = [
         PrefillPool(
             c.name,
@@ -350,6 +344,15 @@ def _plan(problem: Problem) -> Plan:
     return _assemble(problem, shapes, solver, ev, ctx)
 
 
+def _cluster_plan(
+    c: ClusterInput, role: Literal["prefill", "decode"], instances: int, cand: Candidate
+) -> ClusterPlan:
+    phase = cand.latency.prefill if role == "prefill" else cand.latency.decode
+    return ClusterPlan(
+        c.name, c.datacenter, role, c.gpu.name, instances, cand.tp, cand.pp, phase.source
+    )
+
+
 def _assemble(
     problem: Problem, shapes: _Shapes, solver: Solver, ev: Evaluation, ctx: float
 ) -> Plan:
@@ -362,16 +365,7 @@ def _assemble(
     for c in problem.prefill_clusters:
         cand = shapes.prefill[c.name]
         clusters.append(
-            ClusterPlan(
-                c.name,
-                c.datacenter,
-                "prefill",
-                c.gpu.name,
-                c.count // cand.gpus if offloading else 0,
-                cand.tp,
-                cand.pp,
-                cand.latency.prefill.source,
-            )
+            _cluster_plan(c, "prefill", c.count // cand.gpus if offloading else 0, cand)
         )
         notes.append(
             f"{c.name} prefill latency ({cand.latency.prefill.source}): {cand.latency.prefill.note}"
@@ -380,18 +374,7 @@ def _assemble(
         split = ev.local[c.name]
         pre, dec = shapes.pd_prefill[c.name], shapes.pd_decode[c.name]
         if pre is not None and split.n_p > 0:
-            clusters.append(
-                ClusterPlan(
-                    c.name,
-                    c.datacenter,
-                    "prefill",
-                    c.gpu.name,
-                    split.n_p,
-                    pre.tp,
-                    pre.pp,
-                    pre.latency.prefill.source,
-                )
-            )
+            clusters.append(_cluster_plan(c, "prefill", split.n_p, pre))
             notes.append(
                 f"{c.name} PD-P latency ({pre.latency.prefill.source}): {pre.latency.prefill.note}"
             )
@@ -400,18 +383,7 @@ def _assemble(
                 f"{c.name} is too small for separate PD-P and PD-D instances: its decode "
                 "instances also prefill short prompts (time-shared)"
             )
-        clusters.append(
-            ClusterPlan(
-                c.name,
-                c.datacenter,
-                "decode",
-                c.gpu.name,
-                split.n_d,
-                dec.tp,
-                dec.pp,
-                dec.latency.decode.source,
-            )
-        )
+        clusters.append(_cluster_plan(c, "decode", split.n_d, dec))
         notes.append(
             f"{c.name} PD-D latency ({dec.latency.decode.source}): {dec.latency.decode.note}"
         )

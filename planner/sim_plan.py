@@ -32,6 +32,7 @@ from prfaas.planner.goodput import SloTarget, config_goodput
 from prfaas.planner.latency import InstanceLatency
 from prfaas.planner.parallelism import Candidate, RoleLoad, decode_batch
 from prfaas.planner.plan import Plan, Predicted
+from prfaas.planner.planning import role_load
 from prfaas.planner.problem import ClusterInput, GoodputFn, OffloadInput, Problem
 from prfaas.planner.sim_arrivals import (
     ArrivalKind,
@@ -99,16 +100,7 @@ def _decode_batch(problem: Problem, gpu: GpuSpec, tp: int, pp: int, lat: Instanc
     ctx = w.input_length.mean + w.output_length.mean / 2.0
     usable = tp * pp * gpu.memory_bytes * problem.settings.memory_utilization
     cand = Candidate(tp, pp, lat, usable - m.weight_bytes)
-    load = RoleLoad(
-        "decode",
-        ctx,
-        m.kv_bytes(ctx),
-        w.output_length.mean,
-        problem.slo.ttft_s,
-        problem.slo.tpot_s,
-        problem.max_batch_size,
-    )
-    batch, _ = decode_batch(cand, load)
+    batch, _ = decode_batch(cand, role_load(problem, "decode", ctx))
     return max(batch, 1)
 
 
