@@ -191,7 +191,10 @@ class _Conn:
 
 
 def _bodies(prompt_bytes: int) -> tuple[bytes, bytes, bytes]:
-    """(client body, prefill body, decode body) — the latter two for the direct baseline."""
+    """(client body, prefill body, decode body) — the latter two for the direct baseline,
+    built as the router builds its legs."""
+    from prfaas.engine.router_request import decode_body, prefill_body
+
     body = {
         "model": "tiny",
         "prompt": "lorem ipsum dolor " * (prompt_bytes // 18 + 1),
@@ -199,20 +202,8 @@ def _bodies(prompt_bytes: int) -> tuple[bytes, bytes, bytes]:
         "temperature": 0.0,
     }
     body["prompt"] = str(body["prompt"])[:prompt_bytes]
-    prefill = {
-        **body,
-        "max_tokens": 1,
-        "stream": False,
-        "kv_transfer_params": {
-            "do_remote_decode": True,
-            "do_remote_prefill": False,
-            "remote_engine_id": None,
-            "remote_block_ids": None,
-            "remote_host": None,
-            "remote_port": None,
-        },
-    }
-    decode = {**body, "kv_transfer_params": _KV}
+    prefill = prefill_body(body)
+    decode = decode_body(body, _KV)
     return (json.dumps(body).encode(), json.dumps(prefill).encode(), json.dumps(decode).encode())
 
 
