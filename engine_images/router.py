@@ -43,7 +43,6 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
 from aiohttp import web
 from prfaas.engine.router_app import build_app
@@ -51,13 +50,14 @@ from prfaas.engine.router_config import RouterConfig, RouterConfigError, load_ro
 from prfaas.engine.router_errors import ConfigError
 from prfaas.engine.router_proxy import Router
 from prfaas.engine.router_tokenizer import PromptTokenizer
+from prfaas.engine.serving import AsyncService, serve_app
 
 __all__ = ["Router", "RouterService", "run_router"]
 
 log = logging.getLogger(__name__)
 
 
-class RouterService:
+class RouterService(AsyncService):
     """A router serving HTTP, plus its background loops: the file watcher (reload on a
     modification-time change, every ``reload_interval_s``), the threshold ticker (every half
     controller interval, so ``t`` decays back while no request arrives) and the engines'
@@ -103,12 +103,9 @@ class RouterService:
     async def start(self) -> str:
         """Load the tokenizer, bind the port, start the loops; returns the base URL."""
         await self.router.start()
-        self._runner = web.AppRunner(build_app(self.router), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
-        await site.start()
+        self._runner, bound = await serve_app(build_app(self.router), self.host, self.port)
         if self.port == 0:
-            self.port = int(self._runner.addresses[0][1])
+            self.port = bound
         self._tasks = [asyncio.create_task(self._tick_loop())]
         if self.router.config.health.enabled:
             self._tasks.append(asyncio.create_task(self._probe_loop()))
@@ -128,15 +125,6 @@ class RouterService:
             await self._runner.cleanup()
             self._runner = None
         await self.router.close()
-
-    async def __aenter__(self) -> RouterService:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def reload_if_changed(self) -> bool:
         """Re-read the router file if its mtime moved; a bad file keeps the old config."""

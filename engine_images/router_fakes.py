@@ -18,10 +18,10 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal
 
 from aiohttp import web
+from prfaas.engine.serving import AsyncService, serve_app
 
 __all__ = ["FakeEngine", "Received", "fake_kv_params"]
 
@@ -59,7 +59,7 @@ def fake_kv_params(engine_id: str, request_id: str, num_tokens: int) -> dict[str
 
 
 @dataclass(eq=False)
-class FakeEngine:
+class FakeEngine(AsyncService):
     """One fake engine on ``127.0.0.1``; ``url`` is set by ``start``."""
 
     role: FakeRole
@@ -88,11 +88,7 @@ class FakeEngine:
         return app
 
     async def start(self) -> str:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        self._runner, self.port = await serve_app(self.app(), "127.0.0.1", self.port)
         self.url = f"http://127.0.0.1:{self.port}"
         self.name = self.name or f"{self.role}-{self.port}"
         return self.url
@@ -101,15 +97,6 @@ class FakeEngine:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    async def __aenter__(self) -> FakeEngine:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def _health(self, request: web.Request) -> web.Response:
         if self.health_delay_s:
