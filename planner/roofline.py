@@ -61,7 +61,10 @@ def _comm_seconds(model: ModelArch, gpu: GpuSpec, tp: int, pp: int, tokens: floa
 
 
 @dataclass(frozen=True, slots=True)
-class RooflinePrefill:
+class _Roofline:
+    """One TP×PP instance of ``model`` on ``gpu``, and the roofline step time shared by both
+    phases (the module docstring's formula)."""
+
     model: ModelArch
     gpu: GpuSpec
     tp: int = 1
@@ -69,6 +72,16 @@ class RooflinePrefill:
     settings: RooflineSettings = field(default_factory=RooflineSettings)
     source: LatencySource = "roofline"
 
+    def _step(self, flops: float, memory_bytes: float, mfu: float, tokens: float) -> float:
+        g, s = self.gpu, self.settings
+        compute = flops / (self.tp * g.bf16_tflops * 1e12 * mfu)
+        memory = memory_bytes / (self.tp * g.hbm_gbps * 1e9 * s.bandwidth_efficiency)
+        comm = _comm_seconds(self.model, g, self.tp, self.pp, tokens)
+        return max(compute, memory) + comm + self.pp * g.step_overhead_s
+
+
+@dataclass(frozen=True, slots=True)
+class RooflinePrefill(_Roofline):
     @property
     def note(self) -> str:
         return (
@@ -77,23 +90,13 @@ class RooflinePrefill:
         )
 
     def __call__(self, lengths: Sequence[float]) -> float:
-        m, g, s = self.model, self.gpu, self.settings
+        m = self.model
         flops = sum(m.prefill_flops(x) for x in lengths)
-        compute = flops / (self.tp * g.bf16_tflops * 1e12 * s.prefill_mfu)
-        memory = m.weight_bytes / (self.tp * g.hbm_gbps * 1e9 * s.bandwidth_efficiency)
-        comm = _comm_seconds(m, g, self.tp, self.pp, sum(lengths))
-        return max(compute, memory) + comm + self.pp * g.step_overhead_s
+        return self._step(flops, m.weight_bytes, self.settings.prefill_mfu, sum(lengths))
 
 
 @dataclass(frozen=True, slots=True)
-class RooflineDecode:
-    model: ModelArch
-    gpu: GpuSpec
-    tp: int = 1
-    pp: int = 1
-    settings: RooflineSettings = field(default_factory=RooflineSettings)
-    source: LatencySource = "roofline"
-
+class RooflineDecode(_Roofline):
     @property
     def note(self) -> str:
         return (
@@ -102,15 +105,13 @@ class RooflineDecode:
         )
 
     def __call__(self, batch: int, total_context: float) -> float:
-        m, g, s = self.model, self.gpu, self.settings
-        compute = m.decode_flops(batch, total_context) / (
-            self.tp * g.bf16_tflops * 1e12 * s.decode_mfu
+        m = self.model
+        return self._step(
+            m.decode_flops(batch, total_context),
+            m.decode_bytes(batch, total_context),
+            self.settings.decode_mfu,
+            batch,
         )
-        memory = m.decode_bytes(batch, total_context) / (
-            self.tp * g.hbm_gbps * 1e9 * s.bandwidth_efficiency
-        )
-        comm = _comm_seconds(m, g, self.tp, self.pp, batch)
-        return max(compute, memory) + comm + self.pp * g.step_overhead_s
 
 
 def _transfer(measured: float, base_roofline: float, target_roofline: float) -> float:
@@ -121,8 +122,8 @@ def _transfer(measured: float, base_roofline: float, target_roofline: float) -> 
 def _moved_note(
     phase: str,
     base: PrefillPhase | DecodePhase,
-    b: RooflinePrefill | RooflineDecode,
-    t: RooflinePrefill | RooflineDecode,
+    b: _Roofline,
+    t: _Roofline,
 ) -> str:
     return (
         f"{base.source} {phase} of {b.gpu.name} TP{b.tp}×PP{b.pp} moved to "
