@@ -17,8 +17,9 @@ proxy calls ``RoutingPolicy.decide`` and reports back through ``Instance`` / ``L
 * **Bandwidth**: a remote prefill puts ``kv_bytes_per_token × (prompt − decode-cached) +
   kv_fixed_bytes`` on its link's ``EgressMeter`` and into ``bytes_in_flight`` until decode has
   pulled it. The estimated egress is the larger of the meter's rate and in-flight bytes drained
-  over one window; ``ThresholdController`` raises ``t`` while that exceeds ``headroom ×
-  capacity`` and decays it back afterwards (``tick``).
+  over one window; ``ThresholdController`` derives ``t``'s base from every request's uncached
+  length (``observe``) and the link's budget, raises ``t`` while that estimate exceeds
+  ``headroom × capacity`` and decays it back afterwards (``tick``).
 * **Circuits**: ``failures`` consecutive failures open an instance's or a link's circuit for
   ``retryAfterS``; afterwards requests are let through again, and one success closes it.
 """
@@ -114,6 +115,7 @@ class LinkState:
     def send(self, now: float, nbytes: float) -> None:
         """A remote prefill was dispatched: ``nbytes`` of KV will cross this link."""
         self.meter.add(now, nbytes)
+        self.controller.sent(now, nbytes)
         self.bytes_in_flight += nbytes
 
     def delivered(self, nbytes: float) -> None:
@@ -186,7 +188,13 @@ class RoutingPolicy:
                     dc,
                     ls.name,
                     EgressMeter(window_s=ctl.window_s),
-                    ThresholdController(config.threshold_tokens, cap, headroom=ls.headroom),
+                    ThresholdController(
+                        config.threshold_tokens,
+                        cap,
+                        headroom=ls.headroom,
+                        kv_bytes_per_token=config.kv_bytes_per_token,
+                        kv_fixed_bytes=config.kv_fixed_bytes,
+                    ),
                     Circuit(c.failures, c.retry_after_s),
                 )
             state.name, state.down = ls.name, ls.down
@@ -195,6 +203,8 @@ class RoutingPolicy:
             tc.headroom, tc.max_threshold = ls.headroom, ctl.max_threshold_tokens
             tc.raise_factor, tc.decay_factor = ctl.raise_factor, ctl.decay_factor
             tc.low_water, tc.interval_s = ctl.low_water, ctl.interval_s
+            tc.kv_bytes_per_token = config.kv_bytes_per_token
+            tc.kv_fixed_bytes = config.kv_fixed_bytes
             tc.set_capacity(cap)
             tc.set_planned(config.threshold_tokens)
             links[dc] = state
@@ -258,6 +268,7 @@ class RoutingPolicy:
         best_link: LinkState | None = None
         best_util = math.inf
         for link in self.links.values():
+            link.controller.observe(now, uncached)  # the length distribution t* comes from
             t = link.tick(now)
             if not self.pool(link.datacenter, "prefill"):
                 continue

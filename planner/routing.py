@@ -4,10 +4,13 @@
   hashes of fixed-size token blocks (as vLLM's prefix cache, Mooncake's conductor and llm-d's
   prefix scorer do), with LRU eviction.
 * ``EgressMeter``: KV bytes put on a link over a sliding window → estimated egress (bit/s).
-* ``ThresholdController``: the PrfaaS short-timescale loop (papers.md §1.6) — while estimated
-  egress exceeds ``headroom × capacity`` raise the offload threshold ``t`` (fewer, longer, i.e.
-  lower-Φ_kv requests go remote); once egress falls below a low-water mark, decay ``t`` back
-  towards the planned value.
+* ``ThresholdController``: the PrfaaS short-timescale loop (papers.md §1.6). Its base is
+  re-derived from the incremental-length distribution after prefix matching: the smallest
+  ``t* ≥ planned`` whose predicted egress ``λ·E[S_kv(L)·1{L>t}]`` over a sliding window of
+  observed uncached lengths fits ``headroom × capacity``. A multiplicative feedback on top
+  raises ``t`` further only while the KV actually sent exceeds both the budget and the model
+  (a model mismatch), and decays back otherwise. With too few observations it is the plain
+  feedback loop on the caller's egress estimate (the planned value as base).
 * ``choose_route``: remote prefill iff the uncached length exceeds ``t`` and the remote side is
   usable.
 
@@ -24,6 +27,8 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+import numpy as np
 
 __all__ = [
     "EgressMeter",
@@ -129,12 +134,31 @@ class EgressMeter:
 
 @dataclass(slots=True)
 class ThresholdController:
-    """Raises the offload threshold while a link is over budget, then decays it back.
+    """Keeps a link's KV egress under budget by raising the offload threshold ``t``.
 
-    ``planned`` is the planner's ``t`` (``None``: no offload). The controller moves at most
-    once per ``interval_s``: ×``raise_factor`` while egress > ``headroom × capacity``,
-    ×``decay_factor`` (never below ``planned``) while egress < ``low_water × headroom ×
-    capacity``. ``threshold`` is ``math.inf`` when nothing may be offloaded.
+    ``planned`` is the planner's ``t`` (``None``: no offload). ``threshold`` is ``math.inf``
+    when nothing may be offloaded. Two parts, moved at most once per ``interval_s``:
+
+    * **Derived base** ``max(planned, t*)``: ``observe`` records every routed request's uncached
+      length (the last ``window_s`` seconds, ``window_requests`` at most); ``t*`` is the
+      smallest ``t`` whose predicted egress ``8·λ·E[kv(L)·1{L>t}]``, with ``kv(l) =
+      kv_bytes_per_token·l + kv_fixed_bytes`` and ``λ`` the window's rate, fits
+      ``headroom × capacity`` — exact over the sorted window (suffix sums), recomputed at most
+      once per ``interval_s`` and on ``set_capacity``. A step change in capacity moves ``t``
+      once, to a fixed point, instead of in ×1.5 steps that overshoot while the egress
+      estimate lags (with ~1 GB of KV per request on a few Gbps it flips between 0 and several
+      budgets). Drops smaller than ``hysteresis`` wait (sampling noise); rises and a return to
+      ``planned`` do not. The base needs ``min_observations`` in the window.
+    * **Feedback** on top, ×``raise_factor``: with a trusted base, only while the KV bytes
+      reported by ``sent`` over the window exceed the budget and what the model says those
+      requests carry by ``mismatch_tolerance`` (raises paced at a quarter window); else it
+      decays ×``decay_factor`` back to the base. Without a trusted base it is the original
+      loop: raise while the caller's estimate > ``headroom × capacity``, decay (never below
+      ``planned``) while it is < ``low_water × headroom × capacity``. The feedback's ratio
+      above the base carries over when the base moves.
+
+    With no observations this is exactly the original loop. Once capacity is restored the
+    base returns to ``planned`` at once and the feedback decays back to exactly it.
     """
 
     planned: float | None
@@ -145,11 +169,38 @@ class ThresholdController:
     decay_factor: float = 0.8
     low_water: float = 0.7
     interval_s: float = 0.5
+    kv_bytes_per_token: float = 0.0
+    kv_fixed_bytes: float = 0.0
+    window_s: float = 60.0
+    window_requests: int = 4096
+    min_observations: int = 32
+    hysteresis: float = 0.85
+    mismatch_tolerance: float = 0.1
     threshold: float = math.inf
     _last_move: float = -math.inf
+    _base: float = math.inf
+    _last_derive: float = -math.inf
+    _last_now: float = -math.inf
+    _obs_t: deque[float] = field(default_factory=deque)
+    _obs_l: deque[float] = field(default_factory=deque)
+    _obs_sum: float = 0.0
+    _trusted: bool = False
+    _sent: EgressMeter = field(default_factory=EgressMeter)
+    _modelled: EgressMeter = field(default_factory=EgressMeter)
+    _sent_since: float = -math.inf
+    _last_raise: float = -math.inf
 
     def __post_init__(self) -> None:
+        if self.window_requests < 1 or self.window_s <= 0:
+            raise ValueError(
+                f"window_requests ({self.window_requests}) and window_s ({self.window_s}) "
+                "must be positive"
+            )
         self.threshold = self._floor()
+        self._base = self.threshold
+        self._sent.window_s = self._modelled.window_s = self.window_s
+        self._obs_t = deque(maxlen=self.window_requests)
+        self._obs_l = deque(maxlen=self.window_requests)
 
     def _floor(self) -> float:
         if self.planned is None or self.capacity_bps <= 0:
@@ -160,13 +211,86 @@ class ThresholdController:
     def budget_bps(self) -> float:
         return self.headroom * self.capacity_bps
 
+    @property
+    def base(self) -> float:
+        """The derived part ``max(planned, t*)`` as of the last derivation."""
+        return self._base
+
+    def observe(self, now: float, uncached_tokens: float) -> None:
+        """A request was routed (either way) with this uncached length: O(1), no sorting."""
+        self._last_now = now
+        obs_l = self._obs_l
+        if len(obs_l) == obs_l.maxlen:
+            self._obs_sum -= obs_l[0]  # about to fall out
+        self._obs_t.append(now)
+        obs_l.append(uncached_tokens)
+        self._obs_sum += uncached_tokens
+
+    def derive(self, now: float) -> float:
+        """``max(planned, t*)`` from the observations in the window ending at ``now``."""
+        floor = self._floor()
+        kv_tok, kv_fix = self.kv_bytes_per_token, self.kv_fixed_bytes
+        budget = self.budget_bps
+        obs_t, obs_l = self._obs_t, self._obs_l
+        horizon = now - self.window_s
+        while obs_t and obs_t[0] <= horizon:
+            obs_t.popleft()
+            self._obs_sum -= obs_l.popleft()
+        n = len(obs_l)
+        if n == 0:
+            self._obs_sum = 0.0  # no drift carried over
+        self._trusted = n >= self.min_observations
+        if not self._trusted or math.isinf(floor) or math.isinf(budget):
+            return floor
+        if kv_tok <= 0 and kv_fix <= 0:
+            return floor
+        # λ: the window's rate; when the request bound truncates it, over the span it covers.
+        span = self.window_s
+        if n == obs_l.maxlen:
+            span = max(now - obs_t[0], self.interval_s)
+        # Predicted egress with threshold t: 8·(1/span)·Σ_{l>t} kv(l) (λ·E[·] = Σ/span).
+        allowance = budget * span / 8.0
+        if kv_tok * self._obs_sum + kv_fix * n <= 0.999 * allowance:
+            return floor  # even offloading everything would fit (running sum: O(1))
+        lengths = np.fromiter(obs_l, dtype=np.float64, count=n)
+        above = lengths[lengths > floor]
+        if kv_tok * float(above.sum()) + kv_fix * above.size <= allowance:
+            return floor  # the plan fits: no sorting needed
+        lengths.sort()
+        suffix = np.cumsum((kv_tok * lengths + kv_fix)[::-1])[::-1]  # suffix[i] = Σ_{j≥i}
+        # Smallest i whose suffix fits: t* = lengths[i-1] keeps 0..i-1 local.
+        fits = suffix <= allowance
+        i = int(np.argmax(fits)) if fits.any() else n
+        t_star = float(lengths[i - 1]) if i > 0 else floor
+        return min(self.max_threshold, max(floor, t_star))
+
+    def sent(self, now: float, nbytes: float, uncached_tokens: float | None = None) -> None:
+        """A request was routed over the link: ``nbytes`` of KV will cross it, where the model
+        says ``kv(uncached_tokens)`` (default: as many). Their ratio is the model mismatch."""
+        self._sent.add(now, nbytes)
+        modelled = nbytes
+        if uncached_tokens is not None:
+            modelled = self.kv_bytes_per_token * uncached_tokens + self.kv_fixed_bytes
+        self._modelled.add(now, modelled)
+        if math.isinf(self._sent_since):
+            self._sent_since = now
+
     def set_capacity(self, capacity_bps: float) -> None:
-        """The link's capacity changed (re-plan, probe, or schedule)."""
+        """The link's capacity changed (re-plan, probe, or schedule): re-derive the base now."""
+        if capacity_bps != self.capacity_bps:  # traffic routed for the old budget
+            self._sent = EgressMeter(window_s=self.window_s)
+            self._modelled = EgressMeter(window_s=self.window_s)
+            self._sent_since = self._last_now
         self.capacity_bps = capacity_bps
         if capacity_bps <= 0:
             self.threshold = math.inf
-        elif math.isinf(self.threshold):
+            return
+        if math.isinf(self.threshold):
             self.threshold = self._floor()
+            self._base = self.threshold
+        if len(self._obs_l):
+            self._rebase(self.derive(self._last_now))
+            self._last_derive = self._last_now
 
     def set_planned(self, planned: float | None) -> None:
         """The planner's ``t`` changed (a new plan): never stay below the new floor."""
@@ -174,20 +298,69 @@ class ThresholdController:
         floor = self._floor()
         if math.isinf(floor) or math.isinf(self.threshold) or self.threshold < floor:
             self.threshold = floor
+        self._base = self.derive(self._last_now)
+
+    def _rebase(self, base: float) -> None:
+        """Move the derived part to ``base``, keeping the feedback ratio above it."""
+        old = self._base
+        if base == old or (old * self.hysteresis < base < old and base > self._floor()):
+            return  # small drops wait (sampling noise); rises and returns to the plan do not
+        if math.isinf(old) or math.isinf(base) or self.threshold <= old:
+            self.threshold = base
+        else:
+            self.threshold = min(self.max_threshold, base * (self.threshold / old))
+        self._base = base
 
     def update(self, now: float, egress_bps: float) -> float:
         """Feed the current egress estimate; returns the threshold to use now."""
         floor = self._floor()
         if math.isinf(floor):
             self.threshold = math.inf
+            self._base = math.inf
             return self.threshold
+        if now > self._last_now:
+            self._last_now = now
+        if now - self._last_derive >= self.interval_s and len(self._obs_l):
+            self._rebase(self.derive(now))
+            self._last_derive = now
+        base = self._base if not math.isinf(self._base) else floor
         if now - self._last_move < self.interval_s:
             return self.threshold
+        if self._trusted:
+            return self._feedback_on_mismatch(now, base)
         if egress_bps > self.budget_bps:
-            self.threshold = min(self.max_threshold, max(self.threshold, floor) * self.raise_factor)
+            self.threshold = min(self.max_threshold, max(self.threshold, base) * self.raise_factor)
             self._last_move = now
-        elif egress_bps < self.low_water * self.budget_bps and self.threshold > floor:
-            self.threshold = max(floor, self.threshold * self.decay_factor)
+        elif egress_bps < self.low_water * self.budget_bps and self.threshold > base:
+            self.threshold = max(base, self.threshold * self.decay_factor)
+            self._last_move = now
+        return self.threshold
+
+    def _feedback_on_mismatch(self, now: float, base: float) -> float:
+        """The feedback part while the derived base is trusted.
+
+        The base already targets the budget, so the feedback corrects only a model mismatch:
+        KV bytes actually sent over the last window above the budget *and* above what the
+        model says those same requests carry. The caller's estimate is not used here: it
+        counts bytes still queued for remote prefill, and with ~1 GB per request a few-second
+        estimate flips between 0 and several budgets (sampling noise, not mismatch). Raises
+        are paced at a quarter window (the measurement needs that long to show a move);
+        without a mismatch the feedback decays at the controller's interval.
+        """
+        sent = self._sent.rate_bps(now)
+        mismatch = (
+            now - self._sent_since >= self.window_s  # a full window since capacity changed
+            and sent > self.budget_bps
+            and sent > self._modelled.rate_bps(now) * (1.0 + self.mismatch_tolerance)
+        )
+        if mismatch:
+            if now - self._last_raise >= self.window_s / 4:
+                self.threshold = min(
+                    self.max_threshold, max(self.threshold, base) * self.raise_factor
+                )
+                self._last_move = self._last_raise = now
+        elif self.threshold > base:
+            self.threshold = max(base, self.threshold * self.decay_factor)
             self._last_move = now
         return self.threshold
 

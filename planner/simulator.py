@@ -110,6 +110,11 @@ class RoutingSpec:
     raise_factor: float = 1.5
     decay_factor: float = 0.8
     low_water: float = 0.7
+    distribution_aware: bool = True
+    """Derive ``t``'s base from the observed uncached lengths (``ThresholdController.observe``);
+    False: the plain multiplicative feedback loop."""
+    derive_window_s: float = 60.0
+    """Sliding window of observed lengths (λ and the length distribution) for that base."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +289,9 @@ class Simulation:
                 decay_factor=r.decay_factor,
                 low_water=r.low_water,
                 interval_s=r.controller_interval_s,
+                kv_bytes_per_token=config.kv_bytes_per_token,
+                kv_fixed_bytes=config.kv_fixed_bytes,
+                window_s=r.derive_window_s,
             )
             state = _LinkState(link, EgressMeter(window_s=r.meter_window_s), ctrl)
             state.thr_t.append(0.0)
@@ -326,6 +334,7 @@ class Simulation:
         self._dec_v = array("d", [0.0])
         self._dec_waiting = 0
         self._adaptive = config.routing.adaptive
+        self._observe = config.routing.distribution_aware
         self._caching = any(p.cache_blocks > 0 for p in config.prefill)
         self._kv_tok = config.kv_bytes_per_token
         self._kv_fix = config.kv_fixed_bytes
@@ -428,6 +437,8 @@ class Simulation:
                 ctrl = state.controller
                 thr = ctrl.threshold
                 if self._adaptive:
+                    if self._observe:
+                        ctrl.observe(self.now, length - hit)
                     thr = ctrl.update(self.now, self._estimated_bps(state))
                     if thr != state.thr_v[-1]:
                         state.thr_t.append(self.now)
@@ -440,6 +451,7 @@ class Simulation:
             state = self._links[pool.link]
             nbytes = self._kv_tok * length + self._kv_fix
             state.meter.add(self.now, nbytes)
+            state.controller.sent(self.now, nbytes, uncached_tokens=length - hit)
             state.in_flight += nbytes
             state.offered_t.append(self.now)
             state.offered_b.append(nbytes)
