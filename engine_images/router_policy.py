@@ -112,10 +112,11 @@ class LinkState:
         """Run the threshold loop once; returns the current ``t`` for this link."""
         return self.controller.update(now, self.estimated_bps(now))
 
-    def send(self, now: float, nbytes: float) -> None:
-        """A remote prefill was dispatched: ``nbytes`` of KV will cross this link."""
+    def send(self, now: float, nbytes: float, uncached_tokens: float | None = None) -> None:
+        """A remote prefill was dispatched: ``nbytes`` of KV will cross this link (the
+        controller compares them with what its model says ``uncached_tokens`` carry)."""
         self.meter.add(now, nbytes)
-        self.controller.sent(now, nbytes)
+        self.controller.sent(now, nbytes, uncached_tokens)
         self.bytes_in_flight += nbytes
 
     def delivered(self, nbytes: float) -> None:

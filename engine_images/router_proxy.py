@@ -256,7 +256,7 @@ class Router:
             self.metrics.uncached.observe(d.uncached_tokens)
             path = d.route
             if d.link is not None:
-                d.link.send(t0, d.kv_bytes)
+                d.link.send(t0, d.kv_bytes, d.uncached_tokens)
                 ticket.link, ticket.kv_bytes = d.link, d.kv_bytes
                 self.update_gauges()
             d.decode.started()  # reserved while prefilling, so concurrent picks see the load
