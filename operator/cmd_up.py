@@ -23,8 +23,11 @@ def run(
     file: Annotated[Path, typer.Argument(help="Manifests: clusters, link, ServingPlan.")],
     netns: Annotated[
         bool,
-        typer.Option("--netns", help="One network namespace per datacenter, joined by a veth "
-                     "pair shaped with tc tbf at the InterDCLink's bandwidth (needs root)."),
+        typer.Option(
+            "--netns",
+            help="One network namespace per datacenter, joined by a veth "
+            "pair shaped with tc tbf at the InterDCLink's bandwidth (needs root).",
+        ),
     ] = False,
     port: Annotated[int, typer.Option(help="Router port.")] = 8000,
     workdir: Annotated[
@@ -44,8 +47,10 @@ def run(
     runtime: LocalRuntime | None = None
     try:
         runtime = _prepare(file, netns=netns, port=port, workdir=workdir)
-        typer.echo(f"starting {len(runtime.layout.engines)} engines and the router "
-                   f"(logs in {runtime.workdir}) ...")
+        typer.echo(
+            f"starting {len(runtime.layout.engines)} engines and the router "
+            f"(logs in {runtime.workdir}) ..."
+        )
         runtime.start()
         _print_summary(runtime)
         _live(runtime.layout.router_url, refresh)
@@ -80,11 +85,18 @@ def _prepare(file: Path, *, netns: bool, port: int, workdir: Path | None) -> Any
     sp = manifests.of_kind(api.ServingPlan)[0].spec
     arch = sp.model.architecture
     assert arch is not None  # local_plan checked it
-    model_dir = ensure_tiny_model(TinyModelSpec(
-        layers=arch.layers, hidden=arch.hidden, heads=arch.heads, kv_heads=arch.kv_heads,
-        head_dim=arch.head_dim, ffn=arch.ffn, vocab=arch.vocab,
-        max_positions=max(4096, arch.max_context),
-    ))
+    model_dir = ensure_tiny_model(
+        TinyModelSpec(
+            layers=arch.layers,
+            hidden=arch.hidden,
+            heads=arch.heads,
+            kv_heads=arch.kv_heads,
+            head_dim=arch.head_dim,
+            ffn=arch.ffn,
+            vocab=arch.vocab,
+            max_positions=max(4096, arch.max_context),
+        )
+    )
     net = None
     if netns:
         if not have_net_admin():
@@ -98,8 +110,14 @@ def _prepare(file: Path, *, netns: bool, port: int, workdir: Path | None) -> Any
         net = TwoDatacenterNet(next(iter(prefill_dcs)), next(iter(decode_dcs)), gbps * 1e9)
         net.open()
     try:
-        layout = build_layout(plan, model_dir=model_dir, net=net, router_port=port,
-                              max_model_len=arch.max_context, block_size=sp.engine.block_size)
+        layout = build_layout(
+            plan,
+            model_dir=model_dir,
+            net=net,
+            router_port=port,
+            max_model_len=arch.max_context,
+            block_size=sp.engine.block_size,
+        )
     except BaseException:
         if net is not None:
             net.close()
@@ -121,8 +139,15 @@ def _print_summary(runtime: Any) -> None:
         table.add_column(col)
     for e in info["engines"]:
         started = runtime.start_seconds.get(e["name"])
-        table.add_row(e["name"], e["role"], e["datacenter"], e["url"], str(e["core"]),
-                      e["namespace"] or "-", f"{started:.1f}s" if started else "-")
+        table.add_row(
+            e["name"],
+            e["role"],
+            e["datacenter"],
+            e["url"],
+            str(e["core"]),
+            e["namespace"] or "-",
+            f"{started:.1f}s" if started else "-",
+        )
     console.print(table)
     plan = runtime.layout.plan
     console.print(
@@ -133,11 +158,13 @@ def _print_summary(runtime: Any) -> None:
     )
     for note in plan.notes:
         console.print(f"  note: {note}")
-    console.print(f"[bold]endpoint: {info['endpoint']}[/bold]  (OpenAI API: /v1/completions, "
-                  "/v1/chat/completions, /metrics)")
+    console.print(
+        f"[bold]endpoint: {info['endpoint']}[/bold]  (OpenAI API: /v1/completions, "
+        "/v1/chat/completions, /metrics)"
+    )
     console.print(
         f"try: curl {info['endpoint']}/v1/completions -H 'Content-Type: application/json' "
-        f"-d '{{\"model\": \"{info['model']}\", \"prompt\": \"hello\", \"max_tokens\": 16}}'"
+        f'-d \'{{"model": "{info["model"]}", "prompt": "hello", "max_tokens": 16}}\''
     )
     console.print("Ctrl-C stops everything.")
     sys.stdout.flush()
@@ -147,8 +174,13 @@ def router_snapshot(metrics_text: str) -> dict[str, Any]:
     """The numbers the live table shows, from the router's ``/metrics`` text."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    out: dict[str, Any] = {"requests": {}, "ttft_sum": 0.0, "ttft_count": 0.0, "threshold": {},
-                           "kv_in_flight": {}}
+    out: dict[str, Any] = {
+        "requests": {},
+        "ttft_sum": 0.0,
+        "ttft_count": 0.0,
+        "threshold": {},
+        "kv_in_flight": {},
+    }
     for family in text_string_to_metric_families(metrics_text):
         for s in family.samples:
             if s.name == "prfaas_router_requests_total":
@@ -166,8 +198,10 @@ def router_snapshot(metrics_text: str) -> dict[str, Any]:
 
 
 def live_table(snapshot: dict[str, Any]) -> Any:
-    """A rich table of one snapshot."""
+    """A rich table of one snapshot, with TTFT, t and KV in flight below it."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="router")
     for col in ("path", "outcome", "requests"):
@@ -178,8 +212,11 @@ def live_table(snapshot: dict[str, Any]) -> Any:
     mean = snapshot["ttft_sum"] / count if count else 0.0
     thresholds = ", ".join(f"{k}: {v:.0f}" for k, v in snapshot["threshold"].items()) or "-"
     kv = ", ".join(f"{k}: {v / 1e6:.2f} MB" for k, v in snapshot["kv_in_flight"].items()) or "-"
-    table.caption = f"TTFT mean {mean * 1000:.0f} ms over {count:.0f} | t {thresholds} | KV {kv}"
-    return table
+    summary = Text(
+        f"TTFT mean {mean * 1000:.0f} ms over {count:.0f} requests\n"
+        f"threshold t (tokens): {thresholds}\nKV in flight: {kv}"
+    )
+    return Group(table, summary)
 
 
 def _live(url: str, refresh: float) -> None:
