@@ -44,12 +44,16 @@ class RouterMetrics:
     tpot: Histogram = field(init=False)
     uncached: Histogram = field(init=False)
     kv_in_flight: Gauge = field(init=False)
+    kv_shipped: Counter = field(init=False)
+    kv_transfer_seconds: Counter = field(init=False)
     threshold: Gauge = field(init=False)
     link_up: Gauge = field(init=False)
     egress: Gauge = field(init=False)
     instance_up: Gauge = field(init=False)
     backend_failures: Counter = field(init=False)
     config_reloads: Counter = field(init=False)
+    _busy: dict[str, tuple[int, float]] = field(default_factory=dict, init=False)
+    """Per link: transfers under way and when the current busy period began."""
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -81,6 +85,20 @@ class RouterMetrics:
         self.kv_in_flight = Gauge(
             "prfaas_router_kv_bytes_in_flight",
             "KV bytes of remote prefills not yet pulled.",
+            ["link"],
+            registry=r,
+        )
+        self.kv_shipped = Counter(
+            "prfaas_router_kv_bytes",
+            "KV bytes of remote prefills that decode pulled (shipped over the link).",
+            ["link"],
+            registry=r,
+        )
+        self.kv_transfer_seconds = Counter(
+            "prfaas_router_kv_transfer_seconds",
+            "Seconds during which at least one KV transfer was under way on the link (from the "
+            "remote prefill's answer to decode's first byte); kv_bytes / this = the link's "
+            "achieved throughput while busy, which the operator writes to InterDCLink status.",
             ["link"],
             registry=r,
         )
@@ -120,6 +138,26 @@ class RouterMetrics:
             ["outcome"],
             registry=r,
         )
+
+    def transfer_started(self, link: str, now: float) -> None:
+        """A KV transfer on ``link`` began (the remote prefill answered; decode pulls next)."""
+        active, since = self._busy.get(link, (0, now))
+        self._busy[link] = (active + 1, since if active else now)
+
+    def transfer_ended(self, link: str, now: float, shipped_bytes: float) -> None:
+        """That transfer ended; ``shipped_bytes`` (0 when abandoned) crossed the link. Busy
+        time is the union of transfer intervals, so concurrent transfers are not counted twice
+        and bytes / seconds is the throughput the link achieved, not a per-transfer share."""
+        active, since = self._busy.get(link, (0, now))
+        if active <= 0:
+            return
+        if shipped_bytes > 0:
+            self.kv_shipped.labels(link).inc(shipped_bytes)
+        if active == 1:
+            del self._busy[link]
+            self.kv_transfer_seconds.labels(link).inc(max(0.0, now - since))
+        else:
+            self._busy[link] = (active - 1, since)
 
     def exposition(self) -> bytes:
         """The text format served at ``/metrics``."""

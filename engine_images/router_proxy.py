@@ -66,11 +66,22 @@ class _Ticket:
 
     link: LinkState | None = None
     kv_bytes: float = 0.0
+    metrics: RouterMetrics | None = None
+    """Set once the remote prefill answered: decode is pulling the KV over ``link``."""
 
-    def deliver(self) -> None:
+    def pulling(self, metrics: RouterMetrics, now: float) -> None:
+        """The remote prefill answered: the KV transfer on ``link`` starts (metered)."""
         if self.link is not None:
+            self.metrics = metrics
+            metrics.transfer_started(self.link.name, now)
+
+    def deliver(self, now: float = 0.0, *, shipped: bool = False) -> None:
+        """Release the bytes; ``shipped``: decode answered, so the KV crossed the link."""
+        if self.link is not None:
+            if self.metrics is not None:
+                self.metrics.transfer_ended(self.link.name, now, self.kv_bytes if shipped else 0)
             self.link.delivered(self.kv_bytes)
-            self.link, self.kv_bytes = None, 0.0
+            self.link, self.kv_bytes, self.metrics = None, 0.0, None
 
 
 def _outcome(exc: BaseException) -> str:
@@ -266,7 +277,7 @@ class Router:
                 d.decode.finished()
             resp, decode = await self._open_decode(req, d, kv_params, request_id)
         except BaseException as exc:
-            ticket.deliver()
+            ticket.deliver(self.clock())
             self.metrics.requests.labels(path, _outcome(exc)).inc()
             self.update_gauges()
             raise
@@ -340,6 +351,7 @@ class Router:
                 prefill = self.policy.local_prefill(d.hashes, self.clock())
             else:
                 d.link.circuit.record_success()
+                ticket.pulling(self.metrics, self.clock())
                 return params, path
         tried: set[int] = set()
         while prefill is not None:
@@ -499,8 +511,9 @@ class Relay:
                 out, outcome = await self._stream(request)
             else:
                 data = await resp.read()
-                router.metrics.ttft.observe(router.clock() - self.t0)
-                self.ticket.deliver()
+                now = router.clock()
+                router.metrics.ttft.observe(now - self.t0)
+                self.ticket.deliver(now, shipped=True)
                 out = web.Response(
                     body=data,
                     status=resp.status,
@@ -522,7 +535,7 @@ class Relay:
             else:
                 resp.close()
             self.decode.finished()
-            self.ticket.deliver()
+            self.ticket.deliver(router.clock())
             router.metrics.requests.labels(self.path, outcome).inc()
             if self.path != "local":  # link gauges moved (the tick loop refreshes them too)
                 router.update_gauges()
@@ -545,7 +558,7 @@ class Relay:
                 if events == 0:
                     first = now
                     router.metrics.ttft.observe(now - self.t0)
-                    self.ticket.deliver()
+                    self.ticket.deliver(now, shipped=True)
                 events += chunk.count(b"data:") - chunk.count(b"data: [DONE]")
                 last = now
                 await out.write(chunk)

@@ -557,3 +557,21 @@ async def test_a_slow_health_answer_is_not_a_failure() -> None:
             await r.svc.router.probe()
         status, _, _ = await r.post("/v1/completions", {"prompt": SHORT})
         assert status == 200
+
+
+async def test_shipped_kv_bytes_and_transfer_seconds_are_counted_per_link() -> None:
+    async with rig() as r:
+        r.decode[0].delay_s = 0.05
+        await r.post("/v1/completions", {"prompt": LONG})
+        await r.post("/v1/completions", {"prompt": SHORT})  # local: nothing crosses the link
+        assert r.metric("prfaas_router_kv_bytes_total", link="a-to-b") == 100.0 * len(LONG)
+        assert r.metric("prfaas_router_kv_transfer_seconds_total", link="a-to-b") >= 0.05
+
+
+async def test_abandoned_transfer_counts_busy_time_but_no_shipped_bytes() -> None:
+    async with rig() as r:
+        r.decode[0].fail_status = 500
+        status, _, _ = await r.post("/v1/completions", {"prompt": LONG})
+        assert status >= 500
+        assert r.metric("prfaas_router_kv_bytes_total", link="a-to-b") == 0
+        assert r.metric("prfaas_router_kv_bytes_in_flight", link="a-to-b") == 0
