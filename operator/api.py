@@ -30,6 +30,7 @@ __all__ = [
     "Accelerator",
     "ArrivalProcess",
     "Autoscaling",
+    "AutoscalingStatus",
     "ClusterRefs",
     "ClusterStatus",
     "Condition",
@@ -49,6 +50,7 @@ __all__ = [
     "ModelArchitecture",
     "ModelSpec",
     "ObjectMeta",
+    "ObservedWorkload",
     "Offload",
     "PrefillCluster",
     "PrefillClusterSpec",
@@ -520,6 +522,29 @@ class ServingPlanSpec(_Model):
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
 
 
+class ObservedWorkload(_Model):
+    """What the routers saw (from Prometheus), written by the autoscaler."""
+
+    rate_rps: float | None = Field(default=None, description="Arrival rate, requests/s.")
+    mean_input_tokens: float | None = Field(
+        default=None, description="Mean uncached prompt length, tokens."
+    )
+    window_seconds: float | None = Field(default=None, description="Range of the queries, s.")
+    at: str | None = Field(default=None, description="RFC 3339 time of the observation.")
+
+
+class AutoscalingStatus(_Model):
+    """Whether the autoscaler can read its metrics, and if not why."""
+
+    metrics_available: bool | None = Field(
+        default=None, description="Prometheus answered the last poll (unset before the first)."
+    )
+    message: str = Field(default="", description="Why not, and what to check.")
+    last_answer: str | None = Field(
+        default=None, description="RFC 3339 time of the last answered poll."
+    )
+
+
 class ServingPlanStatus(_Model):
     """The plan in force and how it is doing, written by the operator."""
 
@@ -535,6 +560,12 @@ class ServingPlanStatus(_Model):
         default=None, description="Predicted sustainable throughput, requests/s."
     )
     ready: str | None = Field(default=None, description="Short readiness summary.")
+    observed: ObservedWorkload | None = Field(
+        default=None, description="Load the routers saw (autoscaling only)."
+    )
+    autoscaling: AutoscalingStatus | None = Field(
+        default=None, description="State of the autoscaling loop (autoscaling only)."
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 
 - ServingPlan create / update / resume / every ``resyncSeconds`` → ``reconcile_plan``;
   delete → ``cleanup_plan`` (kopf's finalizer keeps the object until children in every cluster
-  are gone).
+  are gone); with ``spec.autoscaling.enabled``, every ``autoscale.tick_seconds`` →
+  ``autoscale_plan`` (which polls Prometheus once the plan's own interval has passed).
 - PrefillCluster / DecodeCluster create / update / delete → re-reconcile the plans naming them;
   every ``clusterProbeSeconds`` → ``probe_cluster`` (reachability, allocatable GPUs).
 - InterDCLink create / update / delete → re-reconcile every plan; timer → ``observe_link``.
@@ -74,6 +75,22 @@ def register(registry: kopf.OperatorRegistry, rec: Reconciler) -> kopf.OperatorR
     @kopf.timer(*_PLANS, registry=registry, interval=resync, initial_delay=resync)
     async def plan_resync(namespace: str | None, name: str, **_: Any) -> None:
         await _reconcile(namespace or "default", name)
+
+    def _autoscaled(spec: kopf.Spec, **_: Any) -> bool:
+        return bool((spec.get("autoscaling") or {}).get("enabled"))
+
+    @kopf.timer(
+        *_PLANS,
+        registry=registry,
+        id="plan-autoscale",
+        interval=rec.settings.autoscale.tick_seconds,
+        when=_autoscaled,
+    )
+    async def plan_autoscale(namespace: str | None, name: str, **_: Any) -> None:
+        try:
+            await rec.autoscale_plan(namespace or "default", name)
+        except ApiError as exc:
+            raise kopf.TemporaryError(str(exc), delay=delay) from exc
 
     @kopf.on.delete(*_PLANS, registry=registry)
     async def plan_deleted(body: kopf.Body, **_: Any) -> None:

@@ -55,6 +55,37 @@ class OperatorMetrics:
             ["plan"],
             registry=r,
         )
+        self.autoscale_rate = Gauge(
+            "prfaas_operator_autoscale_observed_rate_rps",
+            "Arrival rate the routers saw (the last autoscaling observation), requests/s.",
+            ["plan"],
+            registry=r,
+        )
+        self.autoscale_input_tokens = Gauge(
+            "prfaas_operator_autoscale_observed_input_tokens",
+            "Mean uncached prompt length the routers saw, tokens.",
+            ["plan"],
+            registry=r,
+        )
+        self.autoscale_decisions = Counter(
+            "prfaas_operator_autoscale_decisions",
+            "Replica decisions by plan, cluster, role and direction (up, down, hold: the plan "
+            "wants fewer but the scale-down window has not passed).",
+            ["plan", "cluster", "role", "direction"],
+            registry=r,
+        )
+        self.autoscale_errors = Counter(
+            "prfaas_operator_autoscale_query_errors",
+            "Autoscaling polls that got no answer from Prometheus (nothing was scaled down).",
+            ["plan"],
+            registry=r,
+        )
+        self.link_measured_gbps = Gauge(
+            "prfaas_operator_autoscale_link_measured_gbps",
+            "KV throughput achieved on an InterDCLink while transfers were under way, Gbit/s.",
+            ["link"],
+            registry=r,
+        )
         self._server: Any = None
 
     @contextmanager
@@ -71,16 +102,19 @@ class OperatorMetrics:
 
     def record_plan(self, plan_key: str, plan: Plan) -> None:
         """Publish the planned instances, t and Λ_max of ``plan`` under ``plan_key``."""
-        self.forget_plan(plan_key)
+        self.forget_plan(plan_key, observed=False)
         for cp in plan.clusters:
             self.planned_instances.labels(plan_key, cp.name, cp.role).set(cp.instances)
         t = plan.threshold_tokens
         self.threshold_tokens.labels(plan_key).set(float("inf") if t is None else t)
         self.predicted_throughput.labels(plan_key).set(plan.throughput_rps)
 
-    def forget_plan(self, plan_key: str) -> None:
-        """Drop every series of a deleted (or re-planned) ServingPlan."""
-        for gauge in (self.planned_instances, self.threshold_tokens, self.predicted_throughput):
+    def forget_plan(self, plan_key: str, *, observed: bool = True) -> None:
+        """Drop every series of a deleted (or, with ``observed=False``, re-planned) ServingPlan."""
+        gauges = [self.planned_instances, self.threshold_tokens, self.predicted_throughput]
+        if observed:
+            gauges += [self.autoscale_rate, self.autoscale_input_tokens]
+        for gauge in gauges:
             for labels in list(gauge._metrics):  # prometheus_client keeps them here
                 if labels and labels[0] == plan_key:
                     gauge.remove(*labels)

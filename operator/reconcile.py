@@ -35,11 +35,13 @@ from prfaas.operator.clients import KINDS, ApiError, ClientPool, ClusterClient, 
 from prfaas.operator.conditions import (
     Outcome,
     condition,
+    format_time,
     merge_conditions,
     set_condition,
     summarize,
 )
 from prfaas.operator.metrics import OperatorMetrics
+from prfaas.operator.scaler import Autoscaler
 from prfaas.operator.settings import OperatorSettings
 from prfaas.planner.plan import Plan
 from pydantic import ValidationError
@@ -102,9 +104,20 @@ class Reconciler:
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     clock: Callable[[], _dt.datetime] = _utcnow
     on_event: EventSink | None = None
+    autoscaler: Autoscaler | None = None
+    """Observed load and replica stabilisation (built from ``settings.autoscale`` if absent)."""
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     _pending: set[tuple[str, str]] = field(default_factory=set)
     _serves_pod_monitor: dict[str, bool] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.autoscaler is None:
+            self.autoscaler = Autoscaler(self.settings.autoscale, self.metrics, clock=self.clock)
+
+    @property
+    def scaler(self) -> Autoscaler:
+        assert self.autoscaler is not None  # set in __post_init__
+        return self.autoscaler
 
     # ------------------------------------------------------------------------------------------
     # ServingPlan
@@ -170,7 +183,9 @@ class Reconciler:
                 outcome.unreachable.append(cname)
                 await self._mark_reachable(clusters[cname][0], cname, False, str(exc))
 
-        request = PlanRequest(sp, tuple(prefill), tuple(decode), tuple(links))
+        key = f"{namespace}/{name}"
+        planned_sp, observed_notes = self.scaler.planning_plan(key, sp)
+        request = PlanRequest(planned_sp, tuple(prefill), tuple(decode), tuple(links))
         try:
             plan = await asyncio.to_thread(self.planner, request)
         except Exception as exc:  # the planner's errors, and anything it did not foresee
@@ -182,6 +197,8 @@ class Reconciler:
             outcome.stalled_reason = plan.reason or "the planner found no feasible plan"
             await self._write_status(body, outcome, None)
             return outcome
+        plan.notes.extend(observed_notes)
+        self.scaler.apply(key, spec, plan, status.get("plan"))
 
         targets = {
             cname: ClusterTarget(
@@ -344,10 +361,12 @@ class Reconciler:
             new["throughputRps"] = plan.throughput_rps
         wanted = outcome.children
         new["ready"] = f"{wanted - len(outcome.not_available)}/{wanted}"
+        meta = body["metadata"]
+        key = f"{meta.get('namespace') or 'default'}/{meta['name']}"
+        new |= self.scaler.status(key, _autoscaling(body))
         current = {k: old.get(k) for k in new}
         if current == new:
             return
-        meta = body["metadata"]
         await self.pool.local.patch(
             KINDS["ServingPlan"],
             meta.get("namespace"),
@@ -410,6 +429,48 @@ class Reconciler:
         )
 
     # ------------------------------------------------------------------------------------------
+    # Autoscaling
+    # ------------------------------------------------------------------------------------------
+
+    async def autoscale_plan(self, namespace: str, name: str) -> bool:
+        """One autoscaling step: when the plan's interval has passed, poll Prometheus, publish
+        measured link bandwidth, and re-reconcile (which re-plans with what was observed).
+        Returns whether Prometheus was polled. Prometheus down → a Warning Event and
+        ``status.autoscaling.metricsAvailable: false``; the replicas in force stay."""
+        body = await self.pool.local.get(KINDS["ServingPlan"], namespace, name)
+        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+            return False
+        scaling = _autoscaling(body)
+        key = f"{namespace}/{name}"
+        if scaling is None or not scaling.enabled or not self.scaler.due(key, scaling):
+            return False
+        before = self.scaler.plans.get(key)
+        had_error = before.error if before is not None else None
+        obs = await self.scaler.poll(key, namespace, name, scaling)
+        error = self.scaler.plans[key].error
+        if error and error != had_error:
+            log.warning("autoscaling %s: %s", key, error)
+            await self._event(body, "Warning", "MetricsUnavailable", error)
+        if obs is not None:
+            for link, gbps in sorted(obs.link_gbps.items()):
+                await self._publish_link(link, gbps)
+        await self.reconcile_plan(namespace, name)
+        return True
+
+    async def _publish_link(self, name: str, gbps: float) -> None:
+        obj = await self.pool.local.get(KINDS["InterDCLink"], None, name)
+        if obj is None:
+            return
+        probing = ((obj.get("spec") or {}).get("probing") or {}).get("enabled", True)
+        if not probing:
+            return
+        obj.setdefault("kind", "InterDCLink")
+        fields = {"measuredGbps": round(gbps, 3), "lastProbe": format_time(self.clock())}
+        old = obj.get("status") or {}
+        await self._write_cluster_status(obj, fields, list(old.get("conditions") or []))
+        await self.observe_link(name)
+
+    # ------------------------------------------------------------------------------------------
     # Deletion
     # ------------------------------------------------------------------------------------------
 
@@ -440,6 +501,7 @@ class Reconciler:
         for client in clients.values():
             deleted += await delete_children(client, selector)
         self.metrics.forget_plan(f"{namespace}/{name}")
+        self.scaler.forget(f"{namespace}/{name}")
         self._locks.pop((namespace, name), None)
         return deleted
 
@@ -533,6 +595,13 @@ class Reconciler:
                     )
                 ],
             )
+
+
+def _autoscaling(body: dict[str, Any]) -> api.Autoscaling | None:
+    try:
+        return api.Autoscaling.model_validate((body.get("spec") or {}).get("autoscaling") or {})
+    except ValidationError:
+        return None
 
 
 def _cluster_spec(kind: str, obj: dict[str, Any]) -> api.PrefillClusterSpec | api.DecodeClusterSpec:

@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 
 from prfaas.operator.apply import ApplyMode
 
-__all__ = ["OperatorSettings", "ReconcileSettings", "RetrySettings", "parse_apply_mode"]
+__all__ = [
+    "AutoscaleSettings",
+    "OperatorSettings",
+    "ReconcileSettings",
+    "RetrySettings",
+    "parse_apply_mode",
+]
 
 
 def parse_apply_mode(value: str) -> ApplyMode:
@@ -56,9 +62,33 @@ class RetrySettings:
 
 
 @dataclass(slots=True)
+class AutoscaleSettings:
+    tick_seconds: float = 5.0
+    """How often ServingPlans with ``autoscaling.enabled`` are checked (seconds); each plan is
+    polled only once its own ``spec.autoscaling.interval`` has passed."""
+    scale_down_window_seconds: float = 300.0
+    """A lower replica target must hold this long before a role shrinks (HPA's default 5 min),
+    so a dip in traffic does not tear down engines that take minutes to load weights."""
+    query_window_seconds: float = 120.0
+    """Range of the ``increase(...)`` queries (seconds): at least 4 scrape intervals of 15 s so a
+    missed scrape does not zero the rate."""
+    tolerance: float = 0.1
+    """A new observed rate or mean prompt length replaces the one in force only when it moved
+    by more than this fraction, so noise neither re-plans nor rolls the routers."""
+    min_transfer_seconds: float = 5.0
+    """A link's measured bandwidth is published only after this much KV transfer time in the
+    window; less is too little to tell the link's throughput from request latency."""
+    query_timeout_seconds: float = 10.0
+    """Timeout of one Prometheus query (seconds)."""
+    prometheus_url: str | None = None
+    """Used when a ServingPlan does not set ``spec.autoscaling.prometheusUrl``."""
+
+
+@dataclass(slots=True)
 class OperatorSettings:
     reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
+    autoscale: AutoscaleSettings = field(default_factory=AutoscaleSettings)
     metrics_port: int = 8080
     """Port of ``/metrics`` (Prometheus) and ``/healthz``; 0 disables the server."""
 
@@ -75,5 +105,11 @@ class OperatorSettings:
         r.apply_mode = parse_apply_mode(e.get("PRFAAS_APPLY_MODE", r.apply_mode))
         r.namespace = e.get("PRFAAS_NAMESPACE", e.get("POD_NAMESPACE", r.namespace))
         r.router_image = e.get("PRFAAS_ROUTER_IMAGE", r.router_image)
+        a = s.autoscale
+        a.tick_seconds = float(e.get("PRFAAS_AUTOSCALE_TICK_SECONDS", a.tick_seconds))
+        a.scale_down_window_seconds = float(
+            e.get("PRFAAS_SCALE_DOWN_WINDOW_SECONDS", a.scale_down_window_seconds)
+        )
+        a.prometheus_url = e.get("PRFAAS_PROMETHEUS_URL") or a.prometheus_url
         s.metrics_port = int(e.get("PRFAAS_METRICS_PORT", s.metrics_port))
         return s
