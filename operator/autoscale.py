@@ -226,9 +226,9 @@ class Stabilizer:
     def decide(self, key: Key, recommended: int, current: int | None, now: float) -> int:
         """Replicas to apply for ``key`` at monotonic time ``now``. ``current``: what runs now
         (seeds the history after a restart, so a restart never skips the window)."""
+        if key not in self._history and current is not None and current > recommended:
+            self._history[key] = [(now, current)]  # first sight (a restart): hold what runs
         history = [(t, r) for t, r in self._history.get(key, []) if now - t < self.window_s]
-        if not history and current is not None and current > recommended:
-            history.append((now, current))
         history.append((now, recommended))
         self._history[key] = history
         return max(r for _, r in history)
@@ -249,7 +249,7 @@ def stabilise_plan(
 ) -> list[tuple[str, str, int, int]]:
     """Clamp and stabilise ``plan``'s instances in place; returns ``(cluster, role, planned,
     applied)`` per role and notes each role held above (or clamped away from) its plan."""
-    out = []
+    out: list[tuple[str, str, int, int]] = []
     for cp in plan.clusters:
         planned = cp.instances
         target = clamp(planned, scaling.min_replicas, scaling.max_replicas)

@@ -184,6 +184,8 @@ class Reconciler:
                 await self._mark_reachable(clusters[cname][0], cname, False, str(exc))
 
         key = f"{namespace}/{name}"
+        # Status shows the observation this pass plans with, even if a poll lands meanwhile.
+        scaling_status = self.scaler.status(key, spec.autoscaling)
         planned_sp, observed_notes = self.scaler.planning_plan(key, sp)
         request = PlanRequest(planned_sp, tuple(prefill), tuple(decode), tuple(links))
         try:
@@ -266,7 +268,7 @@ class Reconciler:
             self.metrics.reconcile_errors.labels("ServingPlan", "Unreachable").inc()
         if outcome.errors:
             self.metrics.reconcile_errors.labels("ServingPlan", "ApiError").inc()
-        await self._write_status(body, outcome, plan)
+        await self._write_status(body, outcome, plan, scaling_status)
         self.metrics.record_plan(f"{namespace}/{name}", plan)
         return outcome
 
@@ -345,7 +347,11 @@ class Reconciler:
                     )
 
     async def _write_status(
-        self, body: dict[str, Any], outcome: Outcome, plan: Plan | None
+        self,
+        body: dict[str, Any],
+        outcome: Outcome,
+        plan: Plan | None,
+        scaling_status: dict[str, Any] | None = None,
     ) -> None:
         old = body.get("status") or {}
         conditions, _ = merge_conditions(
@@ -363,7 +369,9 @@ class Reconciler:
         new["ready"] = f"{wanted - len(outcome.not_available)}/{wanted}"
         meta = body["metadata"]
         key = f"{meta.get('namespace') or 'default'}/{meta['name']}"
-        new |= self.scaler.status(key, _autoscaling(body))
+        if scaling_status is None:
+            scaling_status = self.scaler.status(key, _autoscaling(body))
+        new |= scaling_status
         current = {k: old.get(k) for k in new}
         if current == new:
             return

@@ -129,6 +129,7 @@ class World:
         settings.retry.api_backoff_seconds = 0.02
         settings.retry.reconcile_delay_seconds = 0.3
         settings.metrics_port = 0
+        settings.autoscale = overrides.pop("autoscale", settings.autoscale)
         stop = asyncio.Event()
         task = asyncio.create_task(
             run_operator(

@@ -173,3 +173,18 @@ def test_stabilise_plan_clamps_holds_and_notes() -> None:
     assert [c.instances for c in plan.clusters] == [4, 8, 0]
     assert any("p/prefill at 4 (planned 1) until the scale-down window" in n for n in plan.notes)
     assert any("d/decode at 8 (planned 20) within minReplicas" in n for n in plan.notes)
+
+
+def test_settings_from_env_read_the_autoscaling_variables() -> None:
+    from prfaas.operator.settings import OperatorSettings
+
+    s = OperatorSettings.from_env(
+        {
+            "PRFAAS_PROMETHEUS_URL": "http://prom:9090",
+            "PRFAAS_SCALE_DOWN_WINDOW_SECONDS": "42",
+            "PRFAAS_AUTOSCALE_TICK_SECONDS": "2",
+        }
+    )
+    assert s.autoscale.prometheus_url == "http://prom:9090"
+    assert s.autoscale.scale_down_window_seconds == 42.0 and s.autoscale.tick_seconds == 2.0
+    assert OperatorSettings.from_env({}).autoscale.prometheus_url is None
