@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from prfaas.operator import api
+from prfaas.operator.builders import LABEL_PLAN, LABEL_PLAN_NAMESPACE, label_value
 from prfaas.operator.prometheus import Sample
 from prfaas.planner.plan import Plan
 
@@ -41,6 +43,7 @@ __all__ = [
     "clamp",
     "observe",
     "observed_workload",
+    "prom_label",
     "queries",
     "settle",
     "stabilise_plan",
@@ -53,10 +56,18 @@ MIN_RATE_RPS = 0.001
 """An idle plan is planned for this rate (the API wants a positive rate): its minimum size."""
 
 
+def prom_label(k8s_label: str) -> str:
+    """The Prometheus label a PodMonitor's ``podTargetLabels`` makes of a pod label."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", k8s_label)
+
+
 def queries(plan: str, namespace: str, window_s: float) -> dict[str, str]:
     """The PromQL instant queries for one plan's routers (selected by the labels the operator's
     PodMonitor copies from the router pods: ``prfaas_io_plan``, ``prfaas_io_plan_namespace``)."""
-    sel = f'{{prfaas_io_plan="{plan}",prfaas_io_plan_namespace="{namespace}"}}'
+    sel = (
+        f'{{{prom_label(LABEL_PLAN)}="{label_value(plan)}",'
+        f'{prom_label(LABEL_PLAN_NAMESPACE)}="{label_value(namespace)}"}}'
+    )
     w = f"{max(1, round(window_s))}s"
     return {
         "requests": f"sum(increase(prfaas_router_requests_total{sel}[{w}]))",

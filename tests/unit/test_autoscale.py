@@ -15,6 +15,7 @@ from prfaas.operator.autoscale import (
     clamp,
     observe,
     observed_workload,
+    prom_label,
     queries,
     settle,
     stabilise_plan,
@@ -188,3 +189,40 @@ def test_settings_from_env_read_the_autoscaling_variables() -> None:
     assert s.autoscale.prometheus_url == "http://prom:9090"
     assert s.autoscale.scale_down_window_seconds == 42.0 and s.autoscale.tick_seconds == 2.0
     assert OperatorSettings.from_env({}).autoscale.prometheus_url is None
+
+
+def test_queries_select_by_the_labels_the_pod_monitor_copies_onto_router_series() -> None:
+    from pathlib import Path
+
+    import yaml
+    from prfaas.operator.builders import ClusterTarget, PlanInputs, build_children
+    from prfaas.operator.reconcile import PlanRequest, default_planner
+
+    sample = Path(__file__).resolve().parents[2] / "crds" / "samples" / "case-study.yaml"
+    docs = {d["kind"]: d for d in yaml.safe_load_all(sample.read_text()) if d}
+    sp = api.ServingPlan.model_validate(docs["ServingPlan"])
+    pc = api.PrefillCluster.model_validate(docs["PrefillCluster"])
+    dc = api.DecodeCluster.model_validate(docs["DecodeCluster"])
+    link = api.InterDCLink.model_validate(docs["InterDCLink"])
+    plan = default_planner(PlanRequest(sp, (pc,), (dc,), (link,)))
+    targets = {
+        pc.metadata.name: ClusterTarget(
+            pc.metadata.name, "PrefillCluster", pc.spec, pod_monitor=True
+        ),
+        dc.metadata.name: ClusterTarget(
+            dc.metadata.name, "DecodeCluster", dc.spec, pod_monitor=True
+        ),
+    }
+    objs = build_children(PlanInputs("hybrid-1t", "default", sp.spec, plan, targets))
+    router = next(
+        o
+        for o in objs[dc.metadata.name]
+        if o["kind"] == "Deployment" and "router" in o["metadata"]["name"]
+    )
+    monitor = next(o for o in objs[dc.metadata.name] if o["kind"] == "PodMonitor")
+    pod_labels = router["spec"]["template"]["metadata"]["labels"]
+    copied = {prom_label(k): pod_labels[k] for k in monitor["spec"]["podTargetLabels"]}
+    query = queries("hybrid-1t", "default", 60)["requests"]
+    for label, value in copied.items():
+        assert f'{label}="{value}"' in query
+    assert len(copied) == 2
