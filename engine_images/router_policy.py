@@ -131,7 +131,7 @@ class Decision:
     route: Route
     prompt_tokens: int
     uncached_tokens: int
-    hashes: list[bytes]
+    hashes: list[int]
     decode: Instance
     prefill: Instance | None
     link: LinkState | None = None
@@ -227,7 +227,7 @@ class RoutingPolicy:
         return {link.name: link.tick(now) for link in self.links.values()}
 
     def pick(
-        self, instances: Sequence[Instance], hashes: Sequence[bytes], now: float
+        self, instances: Sequence[Instance], hashes: Sequence[int], now: float
     ) -> tuple[Instance | None, int]:
         """Best healthy instance by cache affinity, then load; with its cached block count."""
         healthy = [i for i in instances if i.circuit.allows(now)]
@@ -285,7 +285,7 @@ class RoutingPolicy:
                 return Decision("remote", n, uncached, hashes, decode, prefill, best_link, kv)
         return Decision("local", n, uncached, hashes, decode, self.local_prefill(hashes, now))
 
-    def local_prefill(self, hashes: Sequence[bytes], now: float) -> Instance | None:
+    def local_prefill(self, hashes: Sequence[int], now: float) -> Instance | None:
         """A healthy local PD-P instance; ``None`` means decode prefills itself."""
         dc = self.config.local_datacenter
         inst, _ = self.pick(self.pool(dc, "prefill"), hashes, now)

@@ -490,7 +490,7 @@ class Relay:
     t0: float
     resp: aiohttp.ClientResponse
     decode: Instance
-    hashes: list[bytes]
+    hashes: list[int]
     ticket: _Ticket
     uncached_tokens: int = 0
 

@@ -20,11 +20,10 @@ router's monotonic clock use the same code.
 
 from __future__ import annotations
 
-import hashlib
 import math
-from array import array
+import struct
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -42,12 +41,15 @@ __all__ = [
 Route = Literal["local", "remote"]
 
 
-def block_hashes(tokens: Sequence[int], block_size: int, *, salt: bytes = b"") -> list[bytes]:
-    """Chained hashes of the *full* blocks of ``tokens`` (a partial tail block is not cached).
+def block_hashes(tokens: Sequence[int], block_size: int, *, salt: bytes = b"") -> list[int]:
+    """Chained 64-bit hashes of the *full* blocks of ``tokens`` (a partial tail block is not
+    cached).
 
-    Block ``i``'s hash covers blocks ``0..i``, so equal hashes mean equal prefixes. Token ids
-    are hashed as packed 64-bit integers (one C call per block: the router runs this for every
-    request).
+    Block ``i``'s hash covers blocks ``0..i`` (``hash((parent, block_bytes))``), so equal hashes
+    mean equal prefixes. Token ids are packed once as 64-bit integers and each block is hashed
+    with the interpreter's keyed SipHash (seeded per process, 64-bit: collisions between
+    distinct prefixes are ~2⁻⁶⁴ per pair) — a few times cheaper than a cryptographic digest, and
+    the router runs this for every request. Values are only comparable within one process.
     """
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
@@ -55,53 +57,70 @@ def block_hashes(tokens: Sequence[int], block_size: int, *, salt: bytes = b"") -
     if n_full == 0:
         return []
     try:
-        data = memoryview(array("q", tokens[:n_full]).tobytes())
-    except OverflowError as exc:
-        raise ValueError("token ids must fit in 64 bits") from exc
+        data = struct.pack(f"<{n_full}q", *tokens[:n_full])
+    except struct.error as exc:
+        raise ValueError(f"token ids must be integers that fit in 64 bits: {exc}") from exc
     step = 8 * block_size
-    out: list[bytes] = []
-    parent = salt
+    out: list[int] = []
+    append = out.append
+    parent = hash(salt) if salt else 0
     for start in range(0, len(data), step):
-        digest = hashlib.blake2b(parent, digest_size=16)
-        digest.update(data[start : start + step])
-        parent = digest.digest()
-        out.append(parent)
+        parent = hash((parent, data[start : start + step]))
+        append(parent)
     return out
 
 
 @dataclass(slots=True)
 class PrefixCache:
-    """An LRU set of block hashes held by one instance, ``capacity_blocks`` at most."""
+    """An LRU set of block hashes held by one instance, ``capacity_blocks`` at most.
+
+    Keys are any hashable block ids (the router's ``block_hashes`` ints, the simulator's
+    bytes). Hits cost one ``move_to_end`` each: a missing key raises ``KeyError`` there, which
+    ends the leading run without a separate membership test.
+    """
 
     capacity_blocks: int
-    _blocks: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+    _blocks: OrderedDict[Hashable, None] = field(default_factory=OrderedDict)
 
-    def match(self, hashes: Sequence[bytes]) -> int:
+    def match(self, hashes: Iterable[Hashable]) -> int:
         """Number of leading blocks of ``hashes`` this instance holds (marks them recently used)."""
+        touch = self._blocks.move_to_end
         n = 0
-        for h in hashes:
-            if h not in self._blocks:
-                break
-            self._blocks.move_to_end(h)
-            n += 1
+        try:
+            for h in hashes:
+                touch(h)
+                n += 1
+        except KeyError:
+            pass
         return n
 
-    def peek(self, hashes: Sequence[bytes]) -> int:
+    def peek(self, hashes: Iterable[Hashable]) -> int:
         """Like ``match`` but leaves recency alone: for comparing instances before choosing."""
+        blocks = self._blocks
         n = 0
         for h in hashes:
-            if h not in self._blocks:
+            if h not in blocks:
                 break
             n += 1
         return n
 
-    def insert(self, hashes: Iterable[bytes]) -> None:
-        """Record blocks as cached, evicting the least recently used beyond capacity."""
-        for h in hashes:
-            self._blocks[h] = None
-            self._blocks.move_to_end(h)
-        while len(self._blocks) > self.capacity_blocks:
-            self._blocks.popitem(last=False)
+    def insert(self, hashes: Iterable[Hashable]) -> None:
+        """Record blocks as cached (most recently used, in order), evicting the least recently
+        used beyond capacity."""
+        blocks = self._blocks
+        touch = blocks.move_to_end
+        it = iter(hashes)
+        for h in it:  # the leading run already held: one move each
+            try:
+                touch(h)
+            except KeyError:
+                blocks[h] = None  # a new key goes to the end
+                break
+        for h in it:
+            blocks[h] = None
+            touch(h)
+        while len(blocks) > self.capacity_blocks:
+            blocks.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._blocks)
