@@ -227,9 +227,15 @@ class RoutingPolicy:
         return {link.name: link.tick(now) for link in self.links.values()}
 
     def pick(
-        self, instances: Sequence[Instance], hashes: Sequence[int], now: float
+        self,
+        instances: Sequence[Instance],
+        hashes: Sequence[int],
+        now: float,
+        matched: dict[Instance, int] | None = None,
     ) -> tuple[Instance | None, int]:
-        """Best healthy instance by cache affinity, then load; with its cached block count."""
+        """Best healthy instance by cache affinity, then load; with its cached block count.
+        ``matched`` (one decision's memo, same ``hashes``) holds the prefix length of every
+        instance already looked up: looking again would give the same count and LRU order."""
         healthy = [i for i in instances if i.circuit.allows(now)]
         if not healthy:
             return None, 0
@@ -239,7 +245,14 @@ class RoutingPolicy:
         best_key: tuple[int, int, int] = (-1, 0, 0)
         best_blocks = 0
         for inst in healthy:
-            blocks = inst.cache.match(hashes) if inst.in_flight <= limit else 0
+            blocks = 0
+            if inst.in_flight <= limit:
+                if matched is None:
+                    blocks = inst.cache.match(hashes)
+                elif inst in matched:
+                    blocks = matched[inst]
+                else:
+                    blocks = matched[inst] = inst.cache.match(hashes)
             key = (blocks, -inst.in_flight, -inst.last_pick)
             if key > best_key:
                 best, best_key, best_blocks = inst, key, blocks
@@ -253,18 +266,25 @@ class RoutingPolicy:
         bs = cfg.block_size
         n = len(tokens)
         hashes = block_hashes(tokens, bs)
-        decode, decode_blocks = self.pick(self.pool(cfg.local_datacenter, "decode"), hashes, now)
+        # Prefixes looked up are remembered for this decision: the local prefill pool is looked
+        # at twice (and is the decode pool where there is none); again, match would return the
+        # same counts and leave the same LRU order.
+        matched: dict[Instance, int] = {}
+        decode_pool = self.pool(cfg.local_datacenter, "decode")
+        decode, decode_blocks = self.pick(decode_pool, hashes, now, matched)
         if decode is None:
             raise NoBackendError(
                 f"no healthy decode instance in datacenter {cfg.local_datacenter!r} "
-                f"({len(self.pool(cfg.local_datacenter, 'decode'))} configured, all failing); "
+                f"({len(decode_pool)} configured, all failing); "
                 f"retry after {cfg.circuit.retry_after_s:g} s or check the engines"
             )
         local_pool = self.local_prefill_pool
-        local_cached = max(
-            (min(n, i.cache.match(hashes) * bs) for i in local_pool if i.circuit.allows(now)),
-            default=0,
-        )
+        local_cached = 0
+        for i in local_pool:
+            if i.circuit.allows(now):
+                if i not in matched:
+                    matched[i] = i.cache.match(hashes)
+                local_cached = max(local_cached, min(n, matched[i] * bs))
         uncached = n - local_cached
         best_link: LinkState | None = None
         best_util = math.inf
@@ -283,10 +303,13 @@ class RoutingPolicy:
                 moved = max(0, n - min(n, decode_blocks * bs))
                 kv = cfg.kv_bytes_per_token * moved + cfg.kv_fixed_bytes
                 return Decision("remote", n, uncached, hashes, decode, prefill, best_link, kv)
-        return Decision("local", n, uncached, hashes, decode, self.local_prefill(hashes, now))
+        prefill = self.local_prefill(hashes, now, matched)
+        return Decision("local", n, uncached, hashes, decode, prefill)
 
-    def local_prefill(self, hashes: Sequence[int], now: float) -> Instance | None:
+    def local_prefill(
+        self, hashes: Sequence[int], now: float, matched: dict[Instance, int] | None = None
+    ) -> Instance | None:
         """A healthy local PD-P instance; ``None`` means decode prefills itself."""
         dc = self.config.local_datacenter
-        inst, _ = self.pick(self.pool(dc, "prefill"), hashes, now)
+        inst, _ = self.pick(self.pool(dc, "prefill"), hashes, now, matched)
         return inst
