@@ -40,7 +40,9 @@ from prfaas.engine.router_request import (
     ApiKind,
     ParsedRequest,
     decode_body,
+    dump_json,
     engine_error_reason,
+    load_json,
     parse_request,
     prefill_body,
 )
@@ -375,7 +377,7 @@ class Router:
     ) -> dict[str, Any]:
         t = self.config.timeouts
         timeout = aiohttp.ClientTimeout(total=t.prefill_s, connect=t.connect_s)
-        payload = json.dumps(prefill_body(req.body)).encode()
+        payload = dump_json(prefill_body(req.body), plain=req.plain_json)
         inst.started()
         try:
             async with self.session.post(
@@ -404,9 +406,12 @@ class Router:
                 f"prefill on {inst.url} answered {status}: {engine_error_reason(data)}"
             )
         try:
-            params = json.loads(data).get("kv_transfer_params")
+            answer, plain = load_json(data)
+            params = answer.get("kv_transfer_params")
         except (ValueError, AttributeError):
             params = None
+        else:
+            req.plain_json = req.plain_json and plain  # the decode body carries these params
         if not isinstance(params, dict):
             self.record_failure(inst)
             raise UpstreamError(
@@ -432,7 +437,7 @@ class Router:
         timeout = aiohttp.ClientTimeout(
             total=t.decode_s, connect=t.connect_s, sock_read=t.first_byte_s
         )
-        payload = json.dumps(decode_body(req.body, kv)).encode()
+        payload = dump_json(decode_body(req.body, kv), plain=req.plain_json)
         headers = {"Content-Type": "application/json", "X-Request-Id": rid}
         inst: Instance | None = d.decode
         tried: set[int] = set()

@@ -14,11 +14,13 @@ legs of vLLM's disaggregated call (``shared/reference/vllm-cpu-pd.md``)::
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
 from prfaas.engine.router_errors import BadRequestError, InvalidJSONError, MissingFieldError
 
 __all__ = [
@@ -27,7 +29,9 @@ __all__ = [
     "ApiKind",
     "ParsedRequest",
     "decode_body",
+    "dump_json",
     "engine_error_reason",
+    "load_json",
     "new_request_id",
     "parse_request",
     "prefill_body",
@@ -48,6 +52,33 @@ PREFILL_KV_PARAMS: dict[str, Any] = {
 """What the prefill leg asks for: "prefill, keep the blocks, someone will pull them"."""
 
 
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+"""A number orjson might not read as ``json`` does (ints beyond 64 bits become floats there)."""
+
+
+def load_json(raw: bytes) -> tuple[Any, bool]:
+    """``(value, plain)``: parsed by orjson (``plain``: no NaN/Infinity, no int beyond 64 bits,
+    so ``dump_json(value, plain=True)`` writes it back exactly), or — for what orjson refuses
+    or might read differently — by ``json``, which raises ``ValueError`` as before."""
+    if _LONG_DIGITS.search(raw) is None:
+        try:
+            return orjson.loads(raw), True
+        except orjson.JSONDecodeError:
+            pass  # json decides (and words the error): NaN, 1e400, UTF-16, lone surrogates…
+    return json.loads(raw), False
+
+
+def dump_json(value: Any, *, plain: bool) -> bytes:
+    """JSON bytes of ``value``: orjson when everything in it came from ``load_json`` as
+    ``plain`` (orjson would turn NaN into null), else ``json.dumps``."""
+    if plain:
+        try:
+            return orjson.dumps(value)
+        except TypeError:
+            pass  # e.g. lone surrogates in a str: json escapes them
+    return json.dumps(value).encode()
+
+
 def new_request_id() -> str:
     """A fresh id for a request that came without ``X-Request-Id``."""
     return uuid.uuid4().hex
@@ -63,6 +94,9 @@ class ParsedRequest:
     max_tokens: int | None
     prompt_ids: list[int] | None = None
     """Set when the completions prompt is already token ids."""
+    plain_json: bool = True
+    """Every JSON value the legs' bodies will carry was read by orjson (``load_json``), so
+    ``dump_json`` may write them with orjson; cleared when one was not."""
 
 
 def _optional_positive_int(body: Mapping[str, Any], key: str) -> int | None:
@@ -98,7 +132,7 @@ def _single_prompt(prompt: Any) -> str | list[int]:
 def parse_request(kind: ApiKind, raw: bytes) -> ParsedRequest:
     """Validate the body; raises ``BadRequestError`` subclasses (the engines never see these)."""
     try:
-        body = json.loads(raw)
+        body, plain = load_json(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidJSONError(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
@@ -125,7 +159,7 @@ def parse_request(kind: ApiKind, raw: bytes) -> ParsedRequest:
         raise BadRequestError(f"'stream' must be true or false, got {stream!r}")
     max_tokens = _optional_positive_int(body, "max_completion_tokens")
     legacy = _optional_positive_int(body, "max_tokens")
-    return ParsedRequest(kind, body, stream, max_tokens or legacy, prompt_ids)
+    return ParsedRequest(kind, body, stream, max_tokens or legacy, prompt_ids, plain)
 
 
 def prefill_body(body: Mapping[str, Any]) -> dict[str, Any]:
