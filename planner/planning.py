@@ -26,6 +26,7 @@ from typing import Literal
 from prfaas.planner.catalog import GpuSpec, ModelArch
 from prfaas.planner.errors import CatalogError, Infeasible, PlannerError, ProfileError
 from prfaas.planner.latency import InstanceLatency
+from prfaas.planner.multicluster import Commodity, Point, RemoteLP, optimise_thresholds
 from prfaas.planner.parallelism import (
     Candidate,
     RoleLoad,
@@ -35,7 +36,7 @@ from prfaas.planner.parallelism import (
 )
 from prfaas.planner.plan import Baseline, ClusterPlan, LinkPlan, Plan, RemotePrefill, RouterPlan
 from prfaas.planner.problem import ClusterInput, Problem
-from prfaas.planner.throughput import Evaluation, LocalPool, PrefillPool, Solver
+from prfaas.planner.throughput import Evaluation, LocalPool, LocalSplit, PrefillPool, Solver
 from prfaas.planner.topology import build_network
 
 __all__ = ["Infeasible", "PlannerError", "plan", "role_load"]
@@ -353,15 +354,135 @@ def _cluster_plan(
     )
 
 
-def _assemble(
-    problem: Problem, shapes: _Shapes, solver: Solver, ev: Evaluation, ctx: float
-) -> Plan:
+@dataclass(slots=True)
+class _Outcome:
+    """What the plan reports, from one global ``t`` or from a threshold per decode cluster."""
+
+    rate: float
+    local: dict[str, LocalSplit]
+    thresholds: dict[str, float | None]
+    """Per decode cluster: its router's ``t`` (``None``: all local)."""
+    threshold: float | None
+    p: float
+    l_long: float
+    l_short: float
+    stages: dict[str, float]
+    egress_gbps: dict[str, float]
+    remotes: dict[str, list[RemotePrefill]]
+    notes: list[str]
+
+
+def _global_outcome(problem: Problem, solver: Solver, ev: Evaluation) -> _Outcome:
+    """The single-threshold plan (PrfaaS Eqs. 3-8 as published)."""
     m, sp = problem.model, ev.split
     offloading = [n for n, on in ev.offloading.items() if on] if sp.p > 0 else []
     threshold = None if sp.p <= 0 or not offloading else sp.threshold
-    stages = _stage_totals(solver, ev)
+    size = m.kv_bytes(sp.l_long) if sp.p > 0 else 0.0
+    egress: dict[str, float] = {}
+    remotes: dict[str, list[RemotePrefill]] = {n: [] for n in ev.local}
+    if threshold is not None:
+        served = {n: (ev.served.get(n, 0.0) if n in offloading else 0.0) for n in ev.local}
+        assignment = solver.network.assign(ev.prefill_rps, served, size)
+        egress = {k: v * size * 8 / 1e9 for k, v in assignment.link_rps.items()}
+        for (dec_name, pre_name), path in assignment.pairs.items():
+            if dec_name in offloading:
+                remotes[dec_name].append(RemotePrefill(pre_name, path[0] if path else ""))
+    notes = [
+        f"{name} runs all-local (t = ∞ for its router): offload would not raise its rate"
+        for name, on in ev.offloading.items()
+        if sp.p > 0 and not on
+    ]
+    return _Outcome(
+        ev.rate,
+        dict(ev.local),
+        {n: threshold if n in offloading else None for n in ev.local},
+        threshold,
+        sp.p if threshold is not None else 0.0,
+        sp.l_long if threshold is not None else 0.0,
+        sp.l_short,
+        _stage_totals(solver, ev),
+        egress,
+        remotes,
+        notes,
+    )
+
+
+def _multi_outcome(problem: Problem, solver: Solver, ev: Evaluation) -> _Outcome:
+    """A threshold per decode cluster (``multicluster``); never below the global-``t`` plan."""
+    res = optimise_thresholds(solver, ev)
+    on = {n: c for n, c in res.clusters.items() if c.offloading and c.offload_rps > 0}
+    rate = res.rate
+    offloaded = sum(c.offload_rps for c in on.values())
+    local_rps = sum(c.rate - c.offload_rps for c in res.clusters.values())
+    sizes = {c.name: c.count for c in problem.decode_clusters}
+    largest = max(on, key=lambda n: (sizes[n], n), default=None)
+    remotes: dict[str, list[RemotePrefill]] = {n: [] for n in res.clusters}
+    for (dec_name, pre_name), path in sorted(res.routing.pairs.items()):
+        if dec_name in on and res.routing.pair_rps.get((dec_name, pre_name), 0.0) > 0:
+            remotes[dec_name].append(RemotePrefill(pre_name, path[0] if path else ""))
+    stages = {
+        "pdPrefill": sum(c.local.theta_p for c in res.clusters.values()),
+        "pdDecode": sum(c.local.theta_d for c in res.clusters.values()),
+    }
+    if on:
+        lp = RemoteLP(solver.network)
+        tau = {
+            n: {q.name: q.stage(c.split.l_long) / q.instances if q.instances else 1e9
+                for q in solver.prefill}
+            for n, c in on.items()
+        }  # fmt: skip
+        coms = [
+            Commodity(n, (Point(c.split.p, math.inf, c.kv_bytes, tau[n]),)) for n, c in on.items()
+        ]
+
+        def most(**kw: bool) -> float:
+            return sum(lp.solve(coms, offload=True, **kw).rate[n] * on[n].split.p for n in on)
+
+        link = most(compute=False) if lp.links else math.inf
+        stages.update(
+            prfaas=most(),
+            prfaasCompute=most(links=False),
+            link=math.inf if link >= 1e12 else link,
+        )
+    notes = [
+        "per-cluster thresholds (shared PrfaaS compute and links, multi-commodity LP): "
+        + ", ".join(
+            f"{n} t={c.split.threshold:,.0f} Λ={c.rate:.3g}" if n in on else f"{n} all-local"
+            for n, c in res.clusters.items()
+        )
+        + f"; Λ_max {rate:.4g} req/s vs {ev.rate:.4g} with one global t"
+    ]
+    return _Outcome(
+        rate,
+        {n: c.local for n, c in res.clusters.items()},
+        {n: (c.split.threshold if n in on else None) for n, c in res.clusters.items()},
+        on[largest].split.threshold if largest is not None else None,
+        offloaded / rate if rate > 0 else 0.0,
+        sum(c.offload_rps * c.split.l_long for c in on.values()) / offloaded if on else 0.0,
+        sum((c.rate - c.offload_rps) * c.split.l_short for c in res.clusters.values()) / local_rps
+        if local_rps > 0
+        else 0.0,
+        stages,
+        {k: v * 8 / 1e9 for k, v in res.routing.link_bytes.items()},
+        remotes,
+        notes,
+    )
+
+
+def _assemble(
+    problem: Problem, shapes: _Shapes, solver: Solver, ev: Evaluation, ctx: float
+) -> Plan:
+    m = problem.model
+    multi = (
+        problem.offload.mode == "auto"
+        and len(problem.decode_clusters) > 1
+        and bool(problem.prefill_clusters)
+    )
+    out_ = (_multi_outcome if multi else _global_outcome)(problem, solver, ev)
+    threshold, stages = out_.threshold, out_.stages
     notes = list(problem.notes)
     clusters: list[ClusterPlan] = []
+    offloading = [n for n, t in out_.thresholds.items() if t is not None]
     for c in problem.prefill_clusters:
         cand = shapes.prefill[c.name]
         clusters.append(
@@ -371,7 +492,7 @@ def _assemble(
             f"{c.name} prefill latency ({cand.latency.prefill.source}): {cand.latency.prefill.note}"
         )
     for c in problem.decode_clusters:
-        split = ev.local[c.name]
+        split = out_.local[c.name]
         pre, dec = shapes.pd_prefill[c.name], shapes.pd_decode[c.name]
         if pre is not None and split.n_p > 0:
             clusters.append(_cluster_plan(c, "prefill", split.n_p, pre))
@@ -387,51 +508,34 @@ def _assemble(
         notes.append(
             f"{c.name} PD-D latency ({dec.latency.decode.source}): {dec.latency.decode.note}"
         )
-    size = m.kv_bytes(sp.l_long) if sp.p > 0 else 0.0
-    links: list[LinkPlan] = []
-    routers: list[RouterPlan] = []
-    assignment = None
-    if threshold is not None:
-        served = {n: (ev.served.get(n, 0.0) if n in offloading else 0.0) for n in ev.local}
-        assignment = solver.network.assign(ev.prefill_rps, served, size)
-    for lk in problem.links:
-        rps = assignment.link_rps.get(lk.name, 0.0) if assignment else 0.0
-        links.append(
-            LinkPlan(
-                lk.name,
-                lk.from_,
-                lk.to,
-                lk.bandwidth_gbps,
-                problem.offload.headroom,
-                rps * size * 8 / 1e9,
-            )
+    links = [
+        LinkPlan(
+            lk.name,
+            lk.from_,
+            lk.to,
+            lk.bandwidth_gbps,
+            problem.offload.headroom,
+            out_.egress_gbps.get(lk.name, 0.0),
         )
-    for c in problem.decode_clusters:
-        remotes: list[RemotePrefill] = []
-        if assignment is not None and c.name in offloading:
-            for (dec_name, pre_name), path in assignment.pairs.items():
-                if dec_name == c.name:
-                    remotes.append(RemotePrefill(pre_name, path[0] if path else ""))
-        routers.append(
-            RouterPlan(
-                c.name,
-                threshold if c.name in offloading else None,
-                float(m.kv_bytes_per_token),
-                float(m.fixed_state_bytes),
-                remotes,
-            )
+        for lk in problem.links
+    ]
+    routers = [
+        RouterPlan(
+            c.name,
+            out_.thresholds[c.name],
+            float(m.kv_bytes_per_token),
+            float(m.fixed_state_bytes),
+            out_.remotes[c.name] if out_.thresholds[c.name] is not None else [],
         )
+        for c in problem.decode_clusters
+    ]
     if problem.prefill_clusters and threshold is None and problem.offload.mode != "off":
         notes.append(
             "t = ∞ (no offload): offloading long prompts does not raise Λ_max here — "
             "the links are too thin or the PrfaaS clusters too slow to beat all-local "
             "prefill"
         )
-    for name, on in ev.offloading.items():
-        if sp.p > 0 and not on:
-            notes.append(
-                f"{name} runs all-local (t = ∞ for its router): offload would not raise its rate"
-            )
+    notes += out_.notes
     notes.append(
         f"S_kv(l) = {m.kv_bytes_per_token} B/token × l + {m.fixed_state_bytes / 2**20:.1f} MiB "
         f"fixed state, computed from the {m.name} architecture"
@@ -446,19 +550,19 @@ def _assemble(
         f"{rs.decode_mfu:g}, HBM efficiency {rs.bandwidth_efficiency:g}"
     )
     target = problem.workload.requests_per_second
-    if target is not None and ev.rate < target:
+    if target is not None and out_.rate < target:
         notes.append(
-            f"target {target:g} req/s exceeds the predicted Λ_max {ev.rate:.3g} req/s: "
+            f"target {target:g} req/s exceeds the predicted Λ_max {out_.rate:.3g} req/s: "
             "add GPUs or lower workload.requestsPerSecond"
         )
     out = Plan(
         model=m.name,
         threshold_tokens=threshold,
-        offload_fraction=sp.p if threshold is not None else 0.0,
-        l_long=sp.l_long if threshold is not None else 0.0,
-        l_short=sp.l_short,
-        throughput_rps=ev.rate,
-        bottleneck=_bottleneck(stages, sp.p if threshold is not None else 0.0),
+        offload_fraction=out_.p,
+        l_long=out_.l_long,
+        l_short=out_.l_short,
+        throughput_rps=out_.rate,
+        bottleneck=_bottleneck(stages, out_.p),
         stages=stages,
         kv_bytes_per_token=float(m.kv_bytes_per_token),
         kv_fixed_bytes=float(m.fixed_state_bytes),
@@ -467,8 +571,8 @@ def _assemble(
         routers=routers,
         notes=notes,
     )
-    out.baselines = _baselines(problem, solver, ev.rate, ctx)
-    if target is not None and target < ev.rate:
+    out.baselines = _baselines(problem, solver, out_.rate, ctx)
+    if target is not None and target < out_.rate:
         _size_for_target(out, target)
     return out
 
