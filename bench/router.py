@@ -12,9 +12,14 @@ what saturates first unless said so). Printed, never asserted:
     python bench/router.py                 # both routers
     python bench/router.py --only prfaas   # without vllm-router (pip install 'prfaas[bench]')
 
-The prfaas router routes every request to the remote datacenter (``t = 0``), so each one runs
-the full policy: block hashes, prefix-cache lookups, link egress accounting and threshold loop.
-Its tokenizer is the UTF-8 byte counter (no tokenizer path in the bench config).
+The prfaas router offloads every *uncached* prompt to the remote datacenter (``t = 0``). Each
+request runs the full policy (block hashes, prefix-cache lookups, threshold loop). With the
+default ``--prompts same`` the decode instance's prefix cache holds the whole (block-aligned)
+prompt after the first request, so the uncached length is 0 and prfaas serves it locally with
+one upstream call (decode only) while vllm-router and the direct baseline make two; with
+``--prompts unique`` every prompt is fresh, so prfaas also makes both calls (remote prefill,
+then decode) and the comparison is like for like. Its tokenizer is the UTF-8 byte counter (no
+tokenizer path in the bench config).
 """
 
 from __future__ import annotations
@@ -233,17 +238,28 @@ async def _direct_latencies(
         d.close()
 
 
-async def _router_latencies(port: int, body: bytes, n: int) -> list[float]:
+def _client_body_source(body: bytes, unique: bool) -> Callable[[], bytes]:
+    """The client body of each request: always ``body``, or (``unique``) ``body`` with a fresh
+    counter in front of its prompt, so no prefix cache holds any of it (every request is
+    uncached, hence routed remote by the prfaas router's ``t = 0``: prefill then decode)."""
+    if not unique:
+        return lambda: body
+    head, sep, tail = body.partition(b'"prompt": "')
+    counter = iter(range(1 << 62))
+    return lambda: head + sep + b"%012d " % next(counter) + tail
+
+
+async def _router_latencies(port: int, body: Callable[[], bytes], n: int) -> list[float]:
     c = _Conn(port)
     try:
-        await _latencies(lambda: c.post("/v1/completions", body), 200)
-        return await _latencies(lambda: c.post("/v1/completions", body), n)
+        await _latencies(lambda: c.post("/v1/completions", body()), 200)
+        return await _latencies(lambda: c.post("/v1/completions", body()), n)
     finally:
         c.close()
 
 
 async def _throughput(
-    port: int, body: bytes, concurrency: int, seconds: float
+    port: int, body: Callable[[], bytes], concurrency: int, seconds: float
 ) -> tuple[float, int]:
     done = errors = 0
     stop_at = 0.0
@@ -254,7 +270,7 @@ async def _throughput(
         try:
             while time.perf_counter() < stop_at:
                 try:
-                    await c.post("/v1/completions", body)
+                    await c.post("/v1/completions", body())
                     done += 1
                 except (RuntimeError, OSError, asyncio.IncompleteReadError):
                     errors += 1
@@ -409,7 +425,7 @@ def _vllm_router_argv(port: int, ports: tuple[int, int], policy: str) -> list[st
 
 
 async def _measure(
-    name: str, argv: list[str], body: bytes, args: argparse.Namespace, tmp: Path
+    name: str, argv: list[str], body: Callable[[], bytes], args: argparse.Namespace, tmp: Path
 ) -> Result:
     """Start one router on ``ROUTER_CPU``, measure it, stop it."""
     port = int(argv[argv.index("--port") + 1])
@@ -464,7 +480,8 @@ async def _bench(args: argparse.Namespace) -> None:
         )
         for k in range(args.rounds):  # alternate, so both see the same background load
             for name, argv in routers:
-                r = await _measure(name, argv, bodies[0], args, tmp)
+                source = _client_body_source(bodies[0], args.prompts == "unique")
+                r = await _measure(name, argv, source, args, tmp)
                 rounds[name].append(r)
                 print(
                     f"  round {k + 1} {name}: p50 {r.p50_ms:.3f} ms  p99 {r.p99_ms:.3f} ms  "
@@ -475,7 +492,8 @@ async def _bench(args: argparse.Namespace) -> None:
         _stop(fakes)
         shutil.rmtree(tmp, ignore_errors=True)
     print(
-        f"median of {args.rounds} rounds ({args.prompt_bytes}-byte prompt, non-streaming, "
+        f"median of {args.rounds} rounds ({args.prompt_bytes}-byte {args.prompts} prompts, "
+        "non-streaming, "
         f"max req/s at concurrency {args.concurrency}; vllm-router --policy {args.peer_policy}):"
     )
     by = {name: _median(rs) for name, rs in rounds.items() if rs}
@@ -507,6 +525,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--prompt-bytes", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per router")
+    ap.add_argument(
+        "--prompts",
+        choices=["same", "unique"],
+        default="same",
+        help="same: one prompt for every request (after the first, the decode instance's prefix "
+        "cache holds all of it, so prfaas serves it locally: decode only); unique: a fresh "
+        "prompt per request (uncached: remote prefill, then decode, like vllm-router's PD)",
+    )
     ap.add_argument(
         "--peer-policy",
         default="cache_aware",
