@@ -47,6 +47,7 @@ from prfaas.engine.router_request import (
     prefill_body,
 )
 from prfaas.engine.router_tokenizer import PromptTokenizer, load_tokenizer
+from prometheus_client import Gauge
 
 __all__ = ["ROUTE_HEADER", "UNCACHED_HEADER", "Relay", "Router"]
 
@@ -117,6 +118,9 @@ class Router:
         self.tokenizer = tokenizer
         self._tokenizer_injected = tokenizer is not None
         self._session: aiohttp.ClientSession | None = None
+        self._link_gauges: dict[str, tuple[Gauge, Gauge, Gauge, Gauge]] = {}
+        """Per link name: its threshold, KV-in-flight, up and egress gauge children (looking
+        them up by label costs more than setting them, on every remote request)."""
         self.update_gauges()
 
     # ------------------------------------------------------------------ lifecycle
@@ -149,6 +153,7 @@ class Router:
         m = self.metrics
         for gauge in (m.threshold, m.kv_in_flight, m.link_up, m.egress, m.instance_up):
             gauge.clear()  # links and instances may have been renamed or removed
+        self._link_gauges = {}
         self.update_gauges()
         self.update_instance_gauges()
 
@@ -171,11 +176,22 @@ class Router:
     def update_gauges(self) -> None:
         now = self.clock()
         m = self.metrics
+        children = self._link_gauges
         for link in self.policy.links.values():
-            m.threshold.labels(link.name).set(link.controller.threshold)
-            m.kv_in_flight.labels(link.name).set(link.bytes_in_flight)
-            m.link_up.labels(link.name).set(1.0 if link.usable(now) else 0.0)
-            m.egress.labels(link.name).set(link.estimated_bps(now))
+            name = link.name
+            gauges = children.get(name)
+            if gauges is None:
+                gauges = children[name] = (
+                    m.threshold.labels(name),
+                    m.kv_in_flight.labels(name),
+                    m.link_up.labels(name),
+                    m.egress.labels(name),
+                )
+            threshold, in_flight, up, egress = gauges
+            threshold.set(link.controller.threshold)
+            in_flight.set(link.bytes_in_flight)
+            up.set(1.0 if link.usable(now) else 0.0)
+            egress.set(link.estimated_bps(now))
 
     async def probe(self) -> None:
         """One round of health probes over every instance (concurrently). Refused or reset

@@ -1,0 +1,40 @@
+"""Link gauges follow the links: values after routing, names after a reconfigure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prfaas.engine.router_config import RouterConfig
+from prfaas.engine.router_proxy import Router
+
+
+def _config(link_name: str) -> RouterConfig:
+    data: dict[str, Any] = {
+        "model": "m",
+        "local_datacenter": "local",
+        "datacenters": {"local": {"decode": ["http://d0"]}, "far": {"prefill": ["http://rp0"]}},
+        "links": {"far": {"name": link_name, "capacity_gbps": 1.0}},
+        "threshold_tokens": 100,
+        "kv_bytes_per_token": 10.0,
+    }
+    return RouterConfig.model_validate(data)
+
+
+def _sample(router: Router, metric: str, link: str) -> float | None:
+    return router.metrics.registry.get_sample_value(metric, {"link": link})
+
+
+async def test_gauges_track_bytes_in_flight_and_renamed_links() -> None:
+    router = Router(_config("far-to-local"), clock=lambda: 1.0)
+    assert _sample(router, "prfaas_router_kv_bytes_in_flight", "far-to-local") == 0.0
+    router.policy.links["far"].send(1.0, 500.0)
+    router.update_gauges()
+    assert _sample(router, "prfaas_router_kv_bytes_in_flight", "far-to-local") == 500.0
+    assert _sample(router, "prfaas_router_threshold_tokens", "far-to-local") == 100.0
+    await router.reconfigure(_config("renamed"))
+    assert _sample(router, "prfaas_router_kv_bytes_in_flight", "far-to-local") is None
+    assert _sample(router, "prfaas_router_kv_bytes_in_flight", "renamed") == 500.0
+    router.policy.links["far"].delivered(500.0)
+    router.update_gauges()
+    assert _sample(router, "prfaas_router_kv_bytes_in_flight", "renamed") == 0.0
+    assert _sample(router, "prfaas_router_link_up", "renamed") == 1.0
