@@ -54,6 +54,8 @@ class RouterMetrics:
     config_reloads: Counter = field(init=False)
     _busy: dict[str, tuple[int, float]] = field(default_factory=dict, init=False)
     """Per link: transfers under way and when the current busy period began."""
+    _request_counters: dict[tuple[str, str], Counter] = field(default_factory=dict, init=False)
+    """``requests`` children by (path, outcome): a label lookup costs more than the increment."""
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -138,6 +140,13 @@ class RouterMetrics:
             ["outcome"],
             registry=r,
         )
+
+    def request_done(self, path: str, outcome: str) -> None:
+        """Count one finished request (``requests{path, outcome}``)."""
+        child = self._request_counters.get((path, outcome))
+        if child is None:
+            child = self._request_counters[path, outcome] = self.requests.labels(path, outcome)
+        child.inc()
 
     def transfer_started(self, link: str, now: float) -> None:
         """A KV transfer on ``link`` began (the remote prefill answered; decode pulls next)."""

@@ -296,7 +296,7 @@ class Router:
             resp, decode = await self._open_decode(req, d, kv_params, request_id)
         except BaseException as exc:
             ticket.deliver(self.clock())
-            self.metrics.requests.labels(path, _outcome(exc)).inc()
+            self.metrics.request_done(path, _outcome(exc))
             self.update_gauges()
             raise
         return Relay(
@@ -557,7 +557,7 @@ class Relay:
                 resp.close()
             self.decode.finished()
             self.ticket.deliver(router.clock())
-            router.metrics.requests.labels(self.path, outcome).inc()
+            router.metrics.request_done(self.path, outcome)
             if self.path != "local":  # link gauges moved (the tick loop refreshes them too)
                 router.update_gauges()
 

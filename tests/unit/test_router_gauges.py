@@ -1,10 +1,12 @@
-"""Link gauges follow the links: values after routing, names after a reconfigure."""
+"""Metrics updated through cached children: link gauges follow the links (values after
+routing, names after a reconfigure); request counters count per (path, outcome)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from prfaas.engine.router_config import RouterConfig
+from prfaas.engine.router_metrics import RouterMetrics
 from prfaas.engine.router_proxy import Router
 
 
@@ -38,3 +40,13 @@ async def test_gauges_track_bytes_in_flight_and_renamed_links() -> None:
     router.update_gauges()
     assert _sample(router, "prfaas_router_kv_bytes_in_flight", "renamed") == 0.0
     assert _sample(router, "prfaas_router_link_up", "renamed") == 1.0
+
+
+def test_request_counts_per_path_and_outcome() -> None:
+    m = RouterMetrics()
+    for path, outcome in [("remote", "ok"), ("remote", "ok"), ("local", "error")]:
+        m.request_done(path, outcome)
+    sample = m.registry.get_sample_value
+    assert sample("prfaas_router_requests_total", {"path": "remote", "outcome": "ok"}) == 2.0
+    assert sample("prfaas_router_requests_total", {"path": "local", "outcome": "error"}) == 1.0
+    assert sample("prfaas_router_requests_total", {"path": "local", "outcome": "ok"}) is None
