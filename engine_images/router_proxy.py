@@ -59,7 +59,8 @@ UNCACHED_HEADER = "X-PrfaaS-Uncached-Tokens"
 """Response header: prompt tokens no local prefix cache held (what ``t`` was compared with)."""
 
 _INLINE_TOKENIZE_CHARS = 16384
-"""Longer prompts are tokenised in a worker thread so the event loop keeps serving."""
+"""Longer prompts (characters; chat: bytes of the messages as JSON) are tokenised in a worker
+thread so the event loop keeps serving."""
 
 
 # ---------------------------------------------------------------------- bookkeeping
@@ -327,7 +328,7 @@ class Router:
             if k in req.body
         }
         messages = req.body["messages"]
-        if len(json.dumps(messages)) > _INLINE_TOKENIZE_CHARS:
+        if len(dump_json(messages, plain=req.plain_json)) > _INLINE_TOKENIZE_CHARS:
             return await asyncio.to_thread(tok.encode_chat, messages, **options)
         return tok.encode_chat(messages, **options)
 
