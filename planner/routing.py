@@ -119,8 +119,9 @@ class PrefixCache:
         for h in it:
             blocks[h] = None
             touch(h)
-        while len(blocks) > self.capacity_blocks:
-            blocks.popitem(last=False)
+        evict = blocks.popitem
+        for _ in range(len(blocks) - self.capacity_blocks):  # one len(), not one per eviction
+            evict(False)  # the least recently used
 
     def __len__(self) -> int:
         return len(self._blocks)
