@@ -45,11 +45,12 @@ def block_hashes(tokens: Sequence[int], block_size: int, *, salt: bytes = b"") -
     """Chained 64-bit hashes of the *full* blocks of ``tokens`` (a partial tail block is not
     cached).
 
-    Block ``i``'s hash covers blocks ``0..i`` (``hash((parent, block_bytes))``), so equal hashes
-    mean equal prefixes. Token ids are packed once as 64-bit integers and each block is hashed
-    with the interpreter's keyed SipHash (seeded per process, 64-bit: collisions between
-    distinct prefixes are ~2⁻⁶⁴ per pair) — a few times cheaper than a cryptographic digest, and
-    the router runs this for every request. Values are only comparable within one process.
+    Block ``i``'s hash is ``hash(parent ‖ block_bytes)`` (the previous block's 64-bit hash, then
+    the block's tokens), so it covers blocks ``0..i`` and equal hashes mean equal prefixes.
+    Token ids are packed once as 64-bit integers and each link of the chain is the interpreter's
+    keyed SipHash of bytes (seeded per process, 64-bit: distinct prefixes collide with
+    probability ~2⁻⁶⁴ per pair) — a few times cheaper than a cryptographic digest, and the router
+    runs this for every request. Values are only comparable within one process.
     """
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
@@ -65,7 +66,7 @@ def block_hashes(tokens: Sequence[int], block_size: int, *, salt: bytes = b"") -
     append = out.append
     parent = hash(salt) if salt else 0
     for start in range(0, len(data), step):
-        parent = hash((parent, data[start : start + step]))
+        parent = hash(parent.to_bytes(8, "little", signed=True) + data[start : start + step])
         append(parent)
     return out
 
