@@ -329,6 +329,9 @@ class MultiResult:
     routing: Routing
     prefill_rps: dict[str, float]
     """Per PrfaaS cluster: offloaded req/s it serves."""
+    bound: float = math.inf
+    """``Σ Λ_d`` of the relaxation (clusters time-sharing grid thresholds): an upper bound on
+    what any choice of grid thresholds reaches, so ``bound − rate`` measures the rounding."""
 
 
 class _Search:
@@ -462,7 +465,8 @@ def optimise_thresholds(solver: Solver, start: Evaluation, rounds: int = 3) -> M
     gi = search.grid.index(start.split.threshold) if start.split.threshold in search.grid else None
     init = tuple(gi if start.offloading.get(n) and gi is not None else None for n in names)
     rate, routing, cur = search.evaluate(init)
-    for trial in search.roundings(search.relaxed()):
+    relaxed = search.relaxed()
+    for trial in search.roundings(relaxed):
         r, rt, c = search.evaluate(trial)
         if r > rate * (1 + 1e-9):
             rate, routing, cur = r, rt, c
@@ -481,7 +485,49 @@ def optimise_thresholds(solver: Solver, start: Evaluation, rounds: int = 3) -> M
                 rate, routing, cur, improved = r, rt, c, True
         if not improved:
             break
-    return _result(search, names, cur)
+    rate, cur = _pattern(search, rate, cur)
+    out = _result(search, names, cur)
+    out.bound = max(sum(relaxed.rate.values()), out.rate)
+    return out
+
+
+def _pattern(
+    search: _Search,
+    rate: float,
+    cur: tuple[int | None, ...],
+    sweeps: int = 4,
+    reach: int = 3,
+) -> tuple[float, tuple[int | None, ...]]:
+    """Pattern search: move each cluster's threshold down or up the grid (all-local enters at
+    the top) to the nearest of the next ``reach`` points that raises ``Σ Λ_d``, and keep going
+    that way; also try it all-local. Looking past the next point crosses plateaus where an
+    integer P/D split has not flipped yet."""
+    top = len(search.grid) - 1
+    for _ in range(sweeps):
+        improved = False
+        for j in range(len(cur)):
+            if cur[j] is not None:
+                r, _, c = search.evaluate((*cur[:j], None, *cur[j + 1 :]))
+                if r > rate * (1 + 1e-9):
+                    rate, cur, improved = r, c, True
+            for step in (-1, 1):
+                moved = True
+                while moved:
+                    moved = False
+                    i = cur[j]
+                    if i is None and step > 0:
+                        break
+                    first = top if i is None else i + step
+                    for nxt in range(first, first + step * reach, step):
+                        if not 0 <= nxt <= top:
+                            break
+                        r, _, c = search.evaluate((*cur[:j], nxt, *cur[j + 1 :]))
+                        if r > rate * (1 + 1e-9):
+                            rate, cur, improved, moved = r, c, True, True
+                            break
+        if not improved:
+            break
+    return rate, cur
 
 
 def _result(search: _Search, names: list[str], cur: tuple[int | None, ...]) -> MultiResult:

@@ -450,7 +450,8 @@ def _multi_outcome(problem: Problem, solver: Solver, ev: Evaluation) -> _Outcome
             f"{n} t={c.split.threshold:,.0f} Λ={c.rate:.3g}" if n in on else f"{n} all-local"
             for n, c in res.clusters.items()
         )
-        + f"; Λ_max {rate:.4g} req/s vs {ev.rate:.4g} with one global t"
+        + f"; Λ_max {rate:.4g} req/s vs {ev.rate:.4g} with one global t (relaxation bound "
+        f"{res.bound:.4g})"
     ]
     return _Outcome(
         rate,
