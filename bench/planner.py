@@ -109,6 +109,15 @@ def main() -> None:
         f"median, {worst * 1e3:.0f} ms max (target < 2000); feasible={q.feasible}, "
         f"Λ_max={q.throughput_rps:.2f} req/s, t={q.threshold_tokens or float('inf'):.0f}"
     )
+    per = sorted({r.threshold_tokens for r in q.routers if r.threshold_tokens is not None})
+    offloading = sum(r.threshold_tokens is not None for r in q.routers)
+    print(
+        f"  per-cluster thresholds: {offloading}/{len(q.routers)} decode clusters offload, "
+        f"t_d in {{{', '.join(f'{t:,.0f}' for t in per)}}}"
+    )
+    for note in q.notes:
+        if note.startswith("per-cluster thresholds"):
+            print("  " + note[note.index("; Λ_max") + 2 :])
 
 
 if __name__ == "__main__":

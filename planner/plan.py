@@ -5,6 +5,13 @@
 router's ConfigMap. ``Plan.from_dict()`` reads it back. Add fields only with defaults, so an
 older reader keeps working.
 
+With several decode clusters every router has its own threshold (``routers[].thresholdTokens``,
+the one each router applies; ``planner.multicluster``). The plan-level ``thresholdTokens`` is
+then the threshold of the largest offloading decode cluster (most GPUs; null only when no
+cluster offloads), kept as a summary for status columns and events. ``offloadFraction``,
+``lLong`` and ``lShort`` are then aggregates over the clusters: the offloaded share of
+``throughputRps``, and the request-weighted means of the offloaded and of the local lengths.
+
 Shape (version 1), as ``prfaas plan crds/samples/case-study.yaml -o json`` prints it::
 
     {
@@ -12,7 +19,8 @@ Shape (version 1), as ``prfaas plan crds/samples/case-study.yaml -o json`` print
       "feasible": true,                 # false: "reason" says why and how to fix it; the
       "reason": "",                     #   other fields are then defaults
       "model": "hybrid-1t",
-      "thresholdTokens": 19232.6,       # t on the *uncached* length; null: no offload (t = inf)
+      "thresholdTokens": 19232.6,       # t on the *uncached* length; null: no offload (t = inf);
+                                        #   several decode clusters: the largest offloading one's
       "offloadFraction": 0.499,         # p = P(uncached length > t)
       "lLong": 44862.1, "lShort": 10158.9,   # E[L | L > t], E[L | L <= t] (tokens)
       "throughputRps": 3.337,           # predicted Lambda_max (saturation rate, Eq. 6)
@@ -32,7 +40,8 @@ Shape (version 1), as ``prfaas plan crds/samples/case-study.yaml -o json`` print
          "latencySource": "published"}],    # fit | roofline | published (the role's phase)
       "links": [{"name": "dc-a-to-dc-b", "from": "dc-a", "to": "dc-b", "capacityGbps": 100,
                  "headroom": 0.8, "egressGbps": 12.74}],   # predicted KV egress at Lambda_max
-      "routers": [{"decodeCluster": "pd-h20", "thresholdTokens": 19232.6,   # null: all local
+      "routers": [{"decodeCluster": "pd-h20", "thresholdTokens": 19232.6,   # this router's t;
+                                                                             # null: all local
                    "kvBytesPerToken": 17280.0, "kvFixedBytes": 180690944.0,
                    "remotes": [{"prefillCluster": "prfaas-h200", "link": "dc-a-to-dc-b"}]}],
       "predicted": {"ttftP90S": 3.5, "tpotP90S": 0.04, "attainment": 0.95,

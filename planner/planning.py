@@ -7,7 +7,11 @@ Steps (DESIGN.md §5):
    ``l_short``, PD-D at the mean decode context. The search runs again once ``t`` is known.
 2. ``throughput.Solver`` maximises ``Λ_max`` over ``t`` and the integer P/D split of every decode
    cluster (Eqs. 3-8), with offload limited by a max-flow over the topology.
-3. The offload at ``Λ_max`` is routed by min-cost flow; egress per link is reported.
+   With several decode clusters, ``multicluster`` then gives each its own threshold ``t_d``
+   (a multi-commodity LP over the shared PrfaaS compute and links, searched from the global
+   ``t``), never below the one-``t`` plan; each router gets its ``t_d``.
+3. The offload at ``Λ_max`` is routed by min-cost flow (per-cluster thresholds: the LP's
+   least-RTT flow at ``Λ_max``); egress per link is reported.
 4. Baselines: homogeneous PD on the decode GPU type with the same GPU count, naive heterogeneous
    (every prefill remote, every local GPU decodes), and homogeneous PD at equal cost.
 

@@ -12,6 +12,7 @@ PD-D term falls with ``N_p``, so the integer optimum sits at their crossing (bis
 ``t`` the optimiser scans a log-spaced grid and refines the best bracket by golden section
 (Eq. 7's balance point), then takes the largest ``t`` that keeps the optimum (least egress). A
 decode cluster that gains nothing from offload runs all-local (its router gets ``t = ∞``).
+``multicluster`` starts from this one-``t`` optimum to give each decode cluster its own ``t``.
 """
 
 from __future__ import annotations
