@@ -249,7 +249,7 @@ class RemoteLP:
             if v <= 1e-12 or kind not in ("x", "f"):
                 continue
             if kind == "f":
-                out.link_bytes[n] = out.link_bytes.get(n, 0.0) + v * _GB
+                out.link_bytes[n] = out.link_bytes.get(n, 0.0) + float(v) * _GB
                 flows[name][("f", n)] = float(v)
             else:
                 size = sizes[name][i].kv_bytes / _GB

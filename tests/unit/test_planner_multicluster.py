@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from prfaas.planner.catalog import GPUS, MODELS
 from prfaas.planner.distributions import Fixed, LogNormal
 from prfaas.planner.multicluster import MultiResult, optimise_thresholds
+from prfaas.planner.plan import Plan
 from prfaas.planner.planning import plan
 from prfaas.planner.problem import ClusterInput, LinkInput, Problem, SloInput, WorkloadInput
 from prfaas.planner.throughput import LocalPool, PrefillPool, Solver
@@ -110,6 +112,10 @@ def test_plan_gives_each_router_its_own_threshold() -> None:
     assert p.throughput_rps <= st_["pdPrefill"] / (1 - off) * (1 + 1e-9)
     assert p.throughput_rps <= st_["prfaas"] / off * (1 + 1e-9)
     assert any("per-cluster thresholds" in n for n in p.notes)
+    data = p.to_dict()
+    assert json.loads(json.dumps(data)) == data  # plain floats, no numpy scalars
+    assert [r["thresholdTokens"] for r in data["routers"]] == [t_fat, t_thin]
+    assert Plan.from_dict(data).to_dict() == data
 
 
 def _bench() -> ModuleType:
