@@ -376,8 +376,8 @@ class _Search:
     def evaluate(
         self, choice: tuple[int | None, ...]
     ) -> tuple[float, Routing, tuple[int | None, ...]]:
-        """``Σ Λ_d`` at these grid indices (``None``: all local); clusters that would fall
-        below their all-local capacity switch to all-local."""
+        """``Σ Λ_d`` at these grid indices (``None``: all local); a cluster whose offload
+        does not beat its all-local capacity switches to all-local (no egress for nothing)."""
         if choice in self._cache:
             return self._cache[choice]
         names = [pool.name for pool in self.solver.local]
@@ -388,7 +388,7 @@ class _Search:
             worse = [
                 j
                 for j, (n, i) in enumerate(zip(names, cur, strict=True))
-                if i is not None and routing.rate[n] < self.all_local[n].capacity * (1 - 1e-12)
+                if i is not None and routing.rate[n] <= self.all_local[n].capacity * (1 + 1e-9)
             ]
             if not worse:
                 break
