@@ -179,11 +179,14 @@ class RemoteLP:
             eq[1].append(index[col])
             eq[2].append(v)
 
+        ub_index: dict[tuple[str, str], int] = {}
+
         def cap(key: tuple[str, str], col: tuple[str, str, str, int], v: float, b: float) -> None:
-            if key not in ub_keys:
+            if key not in ub_index:
+                ub_index[key] = len(ub_keys)
                 ub_keys.append(key)
                 ub_b.append(b)
-            ub[0].append(ub_keys.index(key))
+            ub[0].append(ub_index[key])
             ub[1].append(index[col])
             ub[2].append(v)
 
@@ -220,12 +223,11 @@ class RemoteLP:
             return Routing(dict.fromkeys((c.name for c in commodities), 0.0))
         x = res.x
         out = Routing(dict.fromkeys((c.name for c in commodities), 0.0))
+        out.mix = {c.name: [0.0] * len(c.points) for c in commodities}
         for (name, kind, _, i), v in zip(cols, x, strict=True):
             if kind == "y":
                 out.rate[name] += float(v)
-                out.mix.setdefault(
-                    name, [0.0] * len(next(c for c in commodities if c.name == name).points)
-                )[i] = float(v)
+                out.mix[name][i] = float(v)
         for key, m in zip(ub_keys, res.ineqlin.marginals, strict=True):
             if key[0] == "l":
                 out.link_price[key[1]] = -float(m)
