@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 
 import httpx
-from prfaas.engine.local_plan import local_plan
-from prfaas.engine.local_runtime import LocalRuntime, build_layout
-from prfaas.engine.netns import TwoDatacenterNet, have_net_admin
-from prfaas.engine.tinymodel import ensure_tiny_model
-from prfaas.operator.manifests import load_manifests
+from prfaas.engine.local.netns import TwoDatacenterNet, have_net_admin
+from prfaas.engine.local.runtime import LocalRuntime, build_layout
+from prfaas.engine.vllm.tinymodel import ensure_tiny_model
+from prfaas.operator.api.manifests import load_manifests
+from prfaas.operator.cli.local_plan import local_plan
 
 __all__ = ["main"]
 

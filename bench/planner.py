@@ -13,13 +13,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from prfaas.operator.manifests import load_manifests
-from prfaas.operator.translate import problems_from_manifests
-from prfaas.planner.catalog import GPUS, MODELS
+from prfaas.operator.api.manifests import load_manifests
+from prfaas.operator.api.translate import problems_from_manifests
 from prfaas.planner.distributions import Fixed, LogNormal
+from prfaas.planner.latency.catalog import GPUS, MODELS
 from prfaas.planner.plan import Plan
-from prfaas.planner.planning import plan
 from prfaas.planner.problem import ClusterInput, LinkInput, Problem, SloInput, WorkloadInput
+from prfaas.planner.solver import plan
 
 SAMPLE = Path(__file__).resolve().parents[1] / "crds" / "samples" / "case-study.yaml"
 
@@ -88,7 +88,7 @@ def main() -> None:
         for n, r in (("prfaas-h200", "prefill"), ("pd-h20", "prefill"), ("pd-h20", "decode"))
     )
     print(f"  split N_prfaas/N_p/N_d: {split} (Table 6: 4/3/5)")
-    from prfaas.planner.profiles import CATALOG_PROFILES, fit_prefill, layer_fits
+    from prfaas.planner.latency.profiles import CATALOG_PROFILES, fit_prefill, layer_fits
 
     print("latency fits (relative error on their own points):")
     _, rep = fit_prefill(CATALOG_PROFILES["hybrid-1t"][0].prefill)

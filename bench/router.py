@@ -198,7 +198,7 @@ class _Conn:
 def _bodies(prompt_bytes: int) -> tuple[bytes, bytes, bytes]:
     """(client body, prefill body, decode body) — the latter two for the direct baseline,
     built as the router builds its legs."""
-    from prfaas.engine.router_request import decode_body, prefill_body
+    from prfaas.engine.router.request import decode_body, prefill_body
 
     body = {
         "model": "tiny",
@@ -361,7 +361,7 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def _prfaas_argv(tmp: Path, port: int, ports: tuple[int, int]) -> list[str]:
-    from prfaas.engine.router_config import RouterConfig, dump_router_config
+    from prfaas.engine.router.config import RouterConfig, dump_router_config
 
     cfg = RouterConfig.model_validate(
         {

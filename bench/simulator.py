@@ -31,12 +31,12 @@ VIDUR_10K = 180.0
 
 
 def _one(n: int, profile: bool) -> dict[str, float]:
-    from prfaas.operator.manifests import read_manifests
-    from prfaas.operator.translate import problems_from_manifests
-    from prfaas.planner.planning import plan
-    from prfaas.planner.sim_arrivals import synthetic_stream
-    from prfaas.planner.sim_plan import common_rate, scenarios
-    from prfaas.planner.simulator import simulate
+    from prfaas.operator.api.manifests import read_manifests
+    from prfaas.operator.api.translate import problems_from_manifests
+    from prfaas.planner.sim.arrivals import synthetic_stream
+    from prfaas.planner.sim.scenarios import common_rate, scenarios
+    from prfaas.planner.sim.simulator import simulate
+    from prfaas.planner.solver import plan
 
     problem = problems_from_manifests(read_manifests([SAMPLE]).resources)[0]
     found = scenarios(problem, plan(problem))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import typer
-from prfaas.operator.cmd_operator import run
+from prfaas.operator.cli.run_operator import run
 
 __all__: list[str] = []
 

@@ -23,11 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from prfaas.planner.catalog import GpuSpec, ModelArch
-from prfaas.planner.estimator import latency_model
-from prfaas.planner.latency import InstanceLatency
+from prfaas.planner.latency.catalog import GpuSpec, ModelArch
+from prfaas.planner.latency.estimator import latency_model
+from prfaas.planner.latency.model import InstanceLatency
+from prfaas.planner.latency.profiles import ProfileData
 from prfaas.planner.problem import GoodputFn, PlannerSettings
-from prfaas.planner.profiles import ProfileData
 
 __all__ = [
     "Candidate",

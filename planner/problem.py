@@ -1,6 +1,7 @@
 """The planner's input: plain dataclasses, already resolved against the catalog.
 
-``prfaas.operator.translate`` builds a ``Problem`` from the custom resources; tests and benchmarks
+``prfaas.operator.api.translate`` builds a ``Problem`` from the custom resources; tests and
+benchmarks
 build one directly. Nothing here talks to Kubernetes.
 """
 
@@ -10,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from prfaas.planner.catalog import GpuSpec, ModelArch
 from prfaas.planner.distributions import LengthDistribution
-from prfaas.planner.profiles import ProfileData
-from prfaas.planner.roofline import RooflineSettings
+from prfaas.planner.latency.catalog import GpuSpec, ModelArch
+from prfaas.planner.latency.profiles import ProfileData
+from prfaas.planner.latency.roofline import RooflineSettings
 
 if TYPE_CHECKING:
     from prfaas.planner.parallelism import Candidate, RoleLoad

@@ -28,7 +28,7 @@ __all__ = [
     "Evaluation",
     "LocalPool",
     "LocalSplit",
-    "PrefillPool",
+    "PrfaasPool",
     "Solver",
     "best_split",
     "kv_throughput",
@@ -72,7 +72,7 @@ def lambda_max(theta_prfaas_: float, theta_pdp: float, theta_pdd: float, p: floa
 
 
 @dataclass(frozen=True, slots=True)
-class PrefillPool:
+class PrfaasPool:
     """A PrfaaS cluster: ``instances`` prefill-only instances; ``stage(l)`` seconds per request."""
 
     name: str
@@ -168,7 +168,7 @@ class Solver:
     def __init__(
         self,
         dist: LengthDistribution,
-        prefill: Sequence[PrefillPool],
+        prefill: Sequence[PrfaasPool],
         local: Sequence[LocalPool],
         network: Network,
         kv_bytes: Callable[[float], float],

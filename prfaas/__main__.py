@@ -1,5 +1,5 @@
 """``python -m prfaas`` runs the CLI."""
 
-from prfaas.operator.cli import main
+from prfaas.operator.cli.app import main
 
 main()

@@ -24,13 +24,13 @@ from typing import Any
 
 import httpx
 import pytest
-from prfaas.engine.launch import EngineRole
-from prfaas.engine.local_plan import local_plan
-from prfaas.engine.local_runtime import LocalRuntime, build_layout, monolithic_layout
-from prfaas.engine.netns import TwoDatacenterNet, have_net_admin
-from prfaas.engine.processes import free_port
-from prfaas.engine.tinymodel import ensure_tiny_model
-from prfaas.operator.manifests import load_manifests
+from prfaas.engine.local.netns import TwoDatacenterNet, have_net_admin
+from prfaas.engine.local.processes import free_port
+from prfaas.engine.local.runtime import LocalRuntime, build_layout, monolithic_layout
+from prfaas.engine.vllm.launch import EngineRole
+from prfaas.engine.vllm.tinymodel import ensure_tiny_model
+from prfaas.operator.api.manifests import load_manifests
+from prfaas.operator.cli.local_plan import local_plan
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]

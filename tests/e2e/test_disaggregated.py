@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from prfaas.engine.compat import SHIM_LOG_PREFIX
+from prfaas.engine.vllm.compat import SHIM_LOG_PREFIX
 
 from .conftest import (
     AFTER_KILL,

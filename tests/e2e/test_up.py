@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prfaas.engine.netns import have_net_admin
-from prfaas.engine.processes import free_port
+from prfaas.engine.local.netns import have_net_admin
+from prfaas.engine.local.processes import free_port
 
 from .conftest import MAX_TOKENS, SAMPLE, completion_body, use_netns
 

@@ -22,10 +22,10 @@ import kmock
 import pytest
 import pytest_asyncio
 import yaml
-from prfaas.operator import api
-from prfaas.operator.reconcile import PlannerFn, PlanRequest, default_planner
-from prfaas.operator.runtime import run_operator
-from prfaas.operator.settings import OperatorSettings
+from prfaas.operator.api import models as api
+from prfaas.operator.controller.reconcile import PlannerFn, PlanRequest, default_planner
+from prfaas.operator.controller.runtime import run_operator
+from prfaas.operator.controller.settings import OperatorSettings
 
 REPO = Path(__file__).resolve().parents[2]
 CASE_STUDY = REPO / "crds" / "samples" / "case-study.yaml"

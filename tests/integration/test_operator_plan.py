@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from prfaas.engine.router_config import parse_router_config
+from prfaas.engine.router.config import parse_router_config
 
 from .conftest import World, case_study
 

@@ -4,8 +4,8 @@ request shape the operator sends to real API servers."""
 from __future__ import annotations
 
 import kmock
-from prfaas.operator.clients import ClusterClient
-from prfaas.operator.reconcile import PlanRequest, default_planner
+from prfaas.operator.controller.clients import ClusterClient
+from prfaas.operator.controller.reconcile import PlanRequest, default_planner
 from prfaas.planner.plan import Plan
 
 from .conftest import ALL_VERBS, World, case_study, find

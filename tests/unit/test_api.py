@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 import pytest
-from prfaas.operator import api
+from prfaas.operator.api import models as api
 from pydantic import ValidationError
 
 

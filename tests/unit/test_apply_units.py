@@ -6,7 +6,7 @@ from typing import Any
 
 import kmock
 import pytest
-from prfaas.operator.apply import (
+from prfaas.operator.controller.apply import (
     ApplyError,
     apply_children,
     availability,
@@ -14,7 +14,13 @@ from prfaas.operator.apply import (
     merge_patch_body,
     owner_reference,
 )
-from prfaas.operator.clients import KINDS, ClusterClient, OperatorError, kind_of, rbac_rules
+from prfaas.operator.controller.clients import (
+    KINDS,
+    ClusterClient,
+    OperatorError,
+    kind_of,
+    rbac_rules,
+)
 
 
 def test_is_subset_ignores_server_defaults_but_not_changes() -> None:

@@ -7,8 +7,9 @@ import datetime as _dt
 import math
 
 import pytest
-from prfaas.operator import api
-from prfaas.operator.autoscale import (
+from prfaas.operator.api import models as api
+from prfaas.operator.api.translate import distribution
+from prfaas.operator.autoscaling.decide import (
     QUERY_NAMES,
     Observation,
     Stabilizer,
@@ -20,8 +21,7 @@ from prfaas.operator.autoscale import (
     settle,
     stabilise_plan,
 )
-from prfaas.operator.prometheus import Sample
-from prfaas.operator.translate import distribution
+from prfaas.operator.autoscaling.prometheus import Sample
 from prfaas.planner.plan import ClusterPlan, Plan
 
 AT = _dt.datetime(2026, 1, 1, tzinfo=_dt.UTC)
@@ -177,7 +177,7 @@ def test_stabilise_plan_clamps_holds_and_notes() -> None:
 
 
 def test_settings_from_env_read_the_autoscaling_variables() -> None:
-    from prfaas.operator.settings import OperatorSettings
+    from prfaas.operator.controller.settings import OperatorSettings
 
     s = OperatorSettings.from_env(
         {
@@ -195,8 +195,8 @@ def test_queries_select_by_the_labels_the_pod_monitor_copies_onto_router_series(
     from pathlib import Path
 
     import yaml
-    from prfaas.operator.builders import ClusterTarget, PlanInputs, build_children
-    from prfaas.operator.reconcile import PlanRequest, default_planner
+    from prfaas.operator.controller.builders import ClusterTarget, PlanInputs, build_children
+    from prfaas.operator.controller.reconcile import PlanRequest, default_planner
 
     sample = Path(__file__).resolve().parents[2] / "crds" / "samples" / "case-study.yaml"
     docs = {d["kind"]: d for d in yaml.safe_load_all(sample.read_text()) if d}

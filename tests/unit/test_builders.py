@@ -14,10 +14,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from prfaas.engine.launch import vllm_argv
-from prfaas.engine.router_config import parse_router_config
-from prfaas.operator import api
-from prfaas.operator.builders import (
+from prfaas.engine.router.config import parse_router_config
+from prfaas.engine.vllm.launch import vllm_argv
+from prfaas.operator.api import models as api
+from prfaas.operator.controller.builders import (
     BuildError,
     ClusterTarget,
     PlanInputs,

@@ -11,7 +11,7 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
-from prfaas.operator.clients import rbac_rules
+from prfaas.operator.controller.clients import rbac_rules
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "prfaas"
@@ -107,7 +107,7 @@ def test_operator_pod_is_locked_down() -> None:
 
 
 def test_argocd_health_script_is_shipped_in_values_and_readme() -> None:
-    lua = resources.files("prfaas.operator").joinpath("data/health.lua").read_text()
+    lua = resources.files("prfaas.operator.controller").joinpath("data/health.lua").read_text()
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["argocd"]["healthLua"] == lua
     readme = (CHART / "README.md").read_text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from prfaas.operator.cli import app
+from prfaas.operator.cli.app import app
 from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prfaas.engine.router_metrics import RouterMetrics
-from prfaas.operator.cli import app
-from prfaas.operator.cmd_up import live_table, router_snapshot
+from prfaas.engine.router.metrics import RouterMetrics
+from prfaas.operator.cli.app import app
+from prfaas.operator.cli.up import live_table, router_snapshot
 from rich.console import Console
 from typer.testing import CliRunner
 

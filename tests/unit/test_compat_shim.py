@@ -15,8 +15,8 @@ import sys
 import types
 
 import pytest
-from prfaas.engine.compat import SHIM_DIR, SHIM_LOG_PREFIX
-from prfaas.engine.launch import EngineLaunch, vllm_env
+from prfaas.engine.vllm.compat import SHIM_DIR, SHIM_LOG_PREFIX
+from prfaas.engine.vllm.launch import EngineLaunch, vllm_env
 
 _PROBE = """
 import importlib, json, os
@@ -76,7 +76,7 @@ def test_without_the_shim_vllm_still_needs_it(cpus: list[int]) -> None:
 def _shim_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     """The shim imported in-process with its import hook switched off."""
     monkeypatch.setenv("PRFAAS_COMPAT_DISABLE", "1")
-    return importlib.import_module("prfaas.engine.compat.sitecustomize")
+    return importlib.import_module("prfaas.engine.vllm.compat.sitecustomize")
 
 
 def _fake_base_worker() -> types.ModuleType:

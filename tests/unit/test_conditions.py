@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from prfaas.operator.conditions import (
+from prfaas.operator.controller.conditions import (
     CONDITION_TYPES,
     Outcome,
     condition,

@@ -11,15 +11,15 @@ import kubernetes_validate
 import pytest
 import yaml
 from openapi_schema_validator import OAS30Validator
-from prfaas.operator import api
-from prfaas.operator.cli import app
-from prfaas.operator.crds import (
+from prfaas.operator.api import models as api
+from prfaas.operator.api.crds import (
     CrdError,
     build_crd,
     crd_file_name,
     render_crds,
     structural_schema,
 )
+from prfaas.operator.cli.app import app
 from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,9 +9,9 @@ from typing import Any
 
 import lupa
 import pytest
-from prfaas.operator.conditions import Outcome, merge_conditions, summarize
+from prfaas.operator.controller.conditions import Outcome, merge_conditions, summarize
 
-SCRIPT = resources.files("prfaas.operator").joinpath("data/health.lua").read_text()
+SCRIPT = resources.files("prfaas.operator.controller").joinpath("data/health.lua").read_text()
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 

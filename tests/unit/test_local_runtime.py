@@ -10,15 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prfaas.engine.compat import SHIM_DIR
-from prfaas.engine.launch import vllm_argv, vllm_env
-from prfaas.engine.local_plan import direct_local_plan, local_plan
-from prfaas.engine.local_runtime import LocalRuntime, LocalRuntimeError, build_layout
-from prfaas.engine.netns import TwoDatacenterNet, have_net_admin, leftovers, tbf_args
-from prfaas.engine.processes import spawn, wait_healthy
-from prfaas.engine.router_config import load_router_config
-from prfaas.operator import api
-from prfaas.operator.manifests import load_manifests
+from prfaas.engine.local.netns import TwoDatacenterNet, have_net_admin, leftovers, tbf_args
+from prfaas.engine.local.processes import spawn, wait_healthy
+from prfaas.engine.local.runtime import LocalRuntime, LocalRuntimeError, build_layout
+from prfaas.engine.router.config import load_router_config
+from prfaas.engine.vllm.compat import SHIM_DIR
+from prfaas.engine.vllm.launch import vllm_argv, vllm_env
+from prfaas.operator.api import models as api
+from prfaas.operator.api.manifests import load_manifests
+from prfaas.operator.cli.local_plan import direct_local_plan, local_plan
 from prfaas.planner.plan import Plan
 
 SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "local.yaml"

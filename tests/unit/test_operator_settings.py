@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from prfaas.operator.cli import app
-from prfaas.operator.settings import OperatorSettings, parse_apply_mode
+from prfaas.operator.cli.app import app
+from prfaas.operator.controller.settings import OperatorSettings, parse_apply_mode
 from typer.testing import CliRunner
 
 

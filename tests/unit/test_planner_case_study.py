@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from prfaas.operator.manifests import load_manifests
-from prfaas.operator.translate import problems_from_manifests
+from prfaas.operator.api.manifests import load_manifests
+from prfaas.operator.api.translate import problems_from_manifests
 from prfaas.planner.plan import Plan
-from prfaas.planner.planning import plan
+from prfaas.planner.solver import plan
 
 SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "case-study.yaml"
 WITHIN = 0.05

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from prfaas.planner.catalog import GPUS, MODELS, gpu_spec, model_arch
 from prfaas.planner.errors import CatalogError, PlannerError
-from prfaas.planner.profiles import CATALOG_PROFILES
+from prfaas.planner.latency.catalog import GPUS, MODELS, gpu_spec, model_arch
+from prfaas.planner.latency.profiles import CATALOG_PROFILES
 
 KiB = 1024
 
@@ -60,7 +60,7 @@ def test_planner_imports_no_kubernetes_or_http() -> None:
     import sys
 
     code = (
-        "import sys, prfaas.planner.planning, prfaas.planner.estimator;"
+        "import sys, prfaas.planner.solver, prfaas.planner.latency.estimator;"
         "bad = {'kopf', 'kubernetes', 'aiohttp', 'httpx', 'pydantic', 'torch'} & set(sys.modules);"
         "print(sorted(bad)); sys.exit(1 if bad else 0)"
     )

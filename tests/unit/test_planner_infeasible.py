@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prfaas.operator.cli import app
-from prfaas.planner.catalog import GPUS, MODELS
+from prfaas.operator.cli.app import app
 from prfaas.planner.distributions import Fixed, LogNormal
+from prfaas.planner.latency.catalog import GPUS, MODELS
 from prfaas.planner.plan import Plan
-from prfaas.planner.planning import plan
 from prfaas.planner.problem import (
     ClusterInput,
     LinkInput,
@@ -20,6 +19,7 @@ from prfaas.planner.problem import (
     SloInput,
     WorkloadInput,
 )
+from prfaas.planner.solver import plan
 from typer.testing import CliRunner
 
 SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "case-study.yaml"
@@ -117,9 +117,9 @@ def test_cli_refuses_a_zero_bandwidth_link(tmp_path: Path) -> None:
 
 
 def test_measured_zero_bandwidth_makes_the_plan_infeasible() -> None:
-    from prfaas.operator import api
-    from prfaas.operator.manifests import load_manifests
-    from prfaas.operator.translate import problems_from_manifests
+    from prfaas.operator.api import models as api
+    from prfaas.operator.api.manifests import load_manifests
+    from prfaas.operator.api.translate import problems_from_manifests
 
     resources = load_manifests(SAMPLE).resources
     for r in resources:

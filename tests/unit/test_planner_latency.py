@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from prfaas.planner.catalog import GPUS, MODELS
 from prfaas.planner.errors import ProfileError
-from prfaas.planner.estimator import latency_model
-from prfaas.planner.latency import LatencyModel
-from prfaas.planner.profiles import CATALOG_PROFILES, fit_decode, fit_prefill, layer_fits
-from prfaas.planner.roofline import roofline_latency
+from prfaas.planner.latency.catalog import GPUS, MODELS
+from prfaas.planner.latency.estimator import latency_model
+from prfaas.planner.latency.model import LatencyModel
+from prfaas.planner.latency.profiles import CATALOG_PROFILES, fit_decode, fit_prefill, layer_fits
+from prfaas.planner.latency.roofline import roofline_latency
 
 H1T = MODELS["hybrid-1t"]
 

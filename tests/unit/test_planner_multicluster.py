@@ -12,13 +12,13 @@ from types import ModuleType
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prfaas.planner.catalog import GPUS, MODELS
 from prfaas.planner.distributions import Fixed, LogNormal
+from prfaas.planner.latency.catalog import GPUS, MODELS
 from prfaas.planner.multicluster import MultiResult, optimise_thresholds
 from prfaas.planner.plan import Plan
-from prfaas.planner.planning import plan
 from prfaas.planner.problem import ClusterInput, LinkInput, Problem, SloInput, WorkloadInput
-from prfaas.planner.throughput import LocalPool, PrefillPool, Solver
+from prfaas.planner.solver import plan
+from prfaas.planner.throughput import LocalPool, PrfaasPool, Solver
 from prfaas.planner.topology import build_network
 
 DIST = LogNormal(9.9, 1.0, 128, 131072)
@@ -46,10 +46,10 @@ def _solver(
         ClusterInput("thin", "c", "decode", GPUS["H20"], 64),
     ]
     links = [LinkInput("ab", "a", "b", fat), LinkInput("ac", "a2" if dedicated else "a", "c", thin)]
-    pre = [PrefillPool("pre", n_prefill, h200)]
+    pre = [PrfaasPool("pre", n_prefill, h200)]
     if dedicated:
         clusters.append(ClusterInput("pre2", "a2", "prefill", GPUS["H200"], n_prefill * 8))
-        pre.append(PrefillPool("pre2", n_prefill, h200))
+        pre.append(PrfaasPool("pre2", n_prefill, h200))
     net = build_network(clusters, links, headroom)
     local = [
         LocalPool(name, 64, 8, 8, lambda x: 2.4 * h200(x), 0.78125) for name in ("fat", "thin")

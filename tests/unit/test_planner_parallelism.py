@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from prfaas.planner.catalog import GPUS, MODELS
-from prfaas.planner.latency import InstanceLatency
+from prfaas.planner.latency.catalog import GPUS, MODELS
+from prfaas.planner.latency.model import InstanceLatency
+from prfaas.planner.latency.profiles import FittedDecode, FittedPrefill
 from prfaas.planner.parallelism import (
     Candidate,
     RoleLoad,
@@ -20,7 +21,6 @@ from prfaas.planner.parallelism import (
     ttft_intra_2way,
 )
 from prfaas.planner.problem import PlannerSettings
-from prfaas.planner.profiles import FittedDecode, FittedPrefill
 
 D = 0.072  # OPT-13B, 512-token prefill on an A100 (papers.md §2.4)
 K = 1.6  # 2-way TP speed-up

@@ -7,13 +7,13 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prfaas.planner.catalog import GPUS
 from prfaas.planner.distributions import LogNormal
+from prfaas.planner.latency.catalog import GPUS
 from prfaas.planner.problem import ClusterInput, LinkInput
 from prfaas.planner.throughput import (
     Evaluation,
     LocalPool,
-    PrefillPool,
+    PrfaasPool,
     Solver,
     best_split,
     kv_throughput,
@@ -61,7 +61,7 @@ def _solver(
     def h200(length: float) -> float:
         return 0.396 + 4.0e-5 * length + 1.03e-10 * length * length
 
-    pre = [PrefillPool("pre", n_prefill, h200)]
+    pre = [PrfaasPool("pre", n_prefill, h200)]
     local = [LocalPool("pd", local_gpus, 8, 8, lambda x: h20_slowdown * h200(x), 0.78125)]
     return Solver(DIST, pre, local, net, kv_bytes)
 
@@ -147,11 +147,11 @@ def test_predicted_egress_stays_within_headroom(bw: float, headroom: float, n_pr
 @settings(max_examples=12, deadline=None)
 @given(bw=st.floats(0.5, 400.0), factor=st.floats(1.0, 10.0))
 def test_plan_level_bandwidth_properties(bw: float, factor: float) -> None:
-    from prfaas.planner.catalog import MODELS
     from prfaas.planner.distributions import Fixed
+    from prfaas.planner.latency.catalog import MODELS
     from prfaas.planner.plan import Plan
-    from prfaas.planner.planning import plan
     from prfaas.planner.problem import Problem, SloInput, WorkloadInput
+    from prfaas.planner.solver import plan
 
     def at(gbps: float) -> Plan:
         return plan(Problem(

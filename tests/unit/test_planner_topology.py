@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from prfaas.planner.catalog import GPUS, MODELS
 from prfaas.planner.distributions import Fixed, LogNormal
-from prfaas.planner.planning import plan
+from prfaas.planner.latency.catalog import GPUS, MODELS
 from prfaas.planner.problem import ClusterInput, LinkInput, Problem, SloInput, WorkloadInput
+from prfaas.planner.solver import plan
 from prfaas.planner.topology import build_network
 
 H200, H20 = GPUS["H200"], GPUS["H20"]
@@ -101,7 +101,7 @@ def test_plans_do_not_depend_on_hash_randomisation() -> None:
         f"spec = importlib.util.spec_from_file_location('b', {str(bench)!r});"
         "m = importlib.util.module_from_spec(spec); sys.modules['b'] = m;"
         "spec.loader.exec_module(m);"
-        "from prfaas.planner.planning import plan;"
+        "from prfaas.planner.solver import plan;"
         "print(json.dumps(plan(m.generated()).to_dict(), sort_keys=True))"
     )
     outs = {

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from prfaas.operator.prometheus import PrometheusClient, PrometheusError, Sample
+from prfaas.operator.autoscaling.prometheus import PrometheusClient, PrometheusError, Sample
 
 Answer = Callable[[str], web.Response]
 

@@ -1,4 +1,4 @@
-"""The router over HTTP, against fake vLLM engines on loopback (``prfaas.engine.router_fakes``).
+"""The router over HTTP, against fake vLLM engines on loopback (``prfaas.engine.router.fakes``).
 
 Every prompt here is tokenised by ``ByteTokenizer`` (one token per byte), block size 4,
 planned ``t`` = 20 tokens: ``SHORT`` stays local, ``LONG`` goes to the remote datacenter.
@@ -17,12 +17,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prfaas.engine.router import RouterService
-from prfaas.engine.router_config import RouterConfig, dump_router_config
-from prfaas.engine.router_errors import ConfigError
-from prfaas.engine.router_fakes import FakeEngine
-from prfaas.engine.router_request import PREFILL_KV_PARAMS
-from prfaas.engine.router_tokenizer import ByteTokenizer
+from prfaas.engine.router.config import RouterConfig, dump_router_config
+from prfaas.engine.router.errors import ConfigError
+from prfaas.engine.router.fakes import FakeEngine
+from prfaas.engine.router.request import PREFILL_KV_PARAMS
+from prfaas.engine.router.service import RouterService
+from prfaas.engine.router.tokenizer import ByteTokenizer
 
 SHORT = "hello"
 LONG = "a long prompt that has well over twenty tokens in it, as bytes"

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import aiohttp
-from prfaas.engine.router_config import RouterConfig, dump_router_config
-from prfaas.engine.router_fakes import FakeEngine
+from prfaas.engine.router.config import RouterConfig, dump_router_config
+from prfaas.engine.router.fakes import FakeEngine
 
 
 def _free_port() -> int:

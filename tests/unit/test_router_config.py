@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
-from prfaas.engine.router_config import (
+from prfaas.engine.router.config import (
     RouterConfigError,
     Timeouts,
     dump_router_config,

@@ -9,16 +9,16 @@ import inspect
 import pytest
 
 MODULES = [
-    "prfaas.engine.router",
-    "prfaas.engine.router_app",
-    "prfaas.engine.router_config",
-    "prfaas.engine.router_errors",
-    "prfaas.engine.router_fakes",
-    "prfaas.engine.router_metrics",
-    "prfaas.engine.router_policy",
-    "prfaas.engine.router_proxy",
-    "prfaas.engine.router_request",
-    "prfaas.engine.router_tokenizer",
+    "prfaas.engine.router.service",
+    "prfaas.engine.router.app",
+    "prfaas.engine.router.config",
+    "prfaas.engine.router.errors",
+    "prfaas.engine.router.fakes",
+    "prfaas.engine.router.metrics",
+    "prfaas.engine.router.policy",
+    "prfaas.engine.router.proxy",
+    "prfaas.engine.router.request",
+    "prfaas.engine.router.tokenizer",
 ]
 
 

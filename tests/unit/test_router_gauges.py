@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prfaas.engine.router_config import RouterConfig
-from prfaas.engine.router_metrics import RouterMetrics
-from prfaas.engine.router_proxy import Router
+from prfaas.engine.router.config import RouterConfig
+from prfaas.engine.router.metrics import RouterMetrics
+from prfaas.engine.router.proxy import RouterCore
 
 
 def _config(link_name: str) -> RouterConfig:
@@ -22,12 +22,12 @@ def _config(link_name: str) -> RouterConfig:
     return RouterConfig.model_validate(data)
 
 
-def _sample(router: Router, metric: str, link: str) -> float | None:
+def _sample(router: RouterCore, metric: str, link: str) -> float | None:
     return router.metrics.registry.get_sample_value(metric, {"link": link})
 
 
 async def test_gauges_track_bytes_in_flight_and_renamed_links() -> None:
-    router = Router(_config("far-to-local"), clock=lambda: 1.0)
+    router = RouterCore(_config("far-to-local"), clock=lambda: 1.0)
     assert _sample(router, "prfaas_router_kv_bytes_in_flight", "far-to-local") == 0.0
     router.policy.links["far"].send(1.0, 500.0)
     router.update_gauges()

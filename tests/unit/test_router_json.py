@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from prfaas.engine.router_errors import InvalidJSONError
-from prfaas.engine.router_request import dump_json, load_json, parse_request
+from prfaas.engine.router.errors import InvalidJSONError
+from prfaas.engine.router.request import dump_json, load_json, parse_request
 
 _values = st.recursive(
     st.none()

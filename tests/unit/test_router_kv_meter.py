@@ -3,7 +3,7 @@ the link achieved (concurrent transfers are not counted twice)."""
 
 from __future__ import annotations
 
-from prfaas.engine.router_metrics import RouterMetrics
+from prfaas.engine.router.metrics import RouterMetrics
 
 
 def _value(m: RouterMetrics, name: str, link: str) -> float:

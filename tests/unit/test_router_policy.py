@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prfaas.engine.router_config import RouterConfig
-from prfaas.engine.router_errors import NoBackendError
-from prfaas.engine.router_policy import Circuit, RoutingPolicy
+from prfaas.engine.router.config import RouterConfig
+from prfaas.engine.router.errors import NoBackendError
+from prfaas.engine.router.policy import Circuit, RoutingPolicy
 
 
 def _config(**overrides: Any) -> RouterConfig:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable
 
 import pytest
-from prfaas.engine.router_config import RouterConfig
-from prfaas.engine.router_policy import RoutingPolicy
-from prfaas.planner.routing import PrefixCache
+from prfaas.engine.router.config import RouterConfig
+from prfaas.engine.router.policy import RoutingPolicy
+from prfaas.planner.routing.core import PrefixCache
 
 
 def _config(local: dict[str, list[str]], threshold: int) -> RouterConfig:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from prfaas.engine.router_errors import BadRequestError
-from prfaas.engine.router_request import decode_body, parse_request, prefill_body
+from prfaas.engine.router.errors import BadRequestError
+from prfaas.engine.router.request import decode_body, parse_request, prefill_body
 
 
 def test_prefill_body_is_the_handshake_and_leaves_the_client_body_alone() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from prfaas.engine.router_tokenizer import (
+from prfaas.engine.router.tokenizer import (
     ByteTokenizer,
     FastPromptTokenizer,
     HFPromptTokenizer,

@@ -7,7 +7,7 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prfaas.planner.routing import ThresholdController
+from prfaas.planner.routing.core import ThresholdController
 
 KV_TOK, KV_FIX = 1e5, 1e6  # kv(l) = 1e5·l + 1e6 bytes
 
@@ -132,8 +132,8 @@ def test_sampling_noise_alone_does_not_raise_the_feedback() -> None:
 
 
 def test_router_decisions_feed_the_controller() -> None:
-    from prfaas.engine.router_config import RouterConfig
-    from prfaas.engine.router_policy import RoutingPolicy
+    from prfaas.engine.router.config import RouterConfig
+    from prfaas.engine.router.policy import RoutingPolicy
 
     cfg = RouterConfig.model_validate(
         {

@@ -11,9 +11,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openapi_schema_validator import OAS30Validator
-from prfaas.operator import api
-from prfaas.operator.crds import build_crd
-from prfaas.operator.manifests import load_manifests
+from prfaas.operator.api import models as api
+from prfaas.operator.api.crds import build_crd
+from prfaas.operator.api.manifests import load_manifests
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((ROOT / "crds" / "samples").glob("*.yaml"))

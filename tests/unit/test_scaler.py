@@ -6,10 +6,10 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any, ClassVar
 
-from prfaas.operator import api
-from prfaas.operator.prometheus import PrometheusError, Sample
-from prfaas.operator.scaler import Autoscaler
-from prfaas.operator.settings import AutoscaleSettings
+from prfaas.operator.api import models as api
+from prfaas.operator.autoscaling.loop import Autoscaler
+from prfaas.operator.autoscaling.prometheus import PrometheusError, Sample
+from prfaas.operator.controller.settings import AutoscaleSettings
 from prfaas.planner.plan import ClusterPlan, Plan
 
 NOW = _dt.datetime(2026, 1, 1, tzinfo=_dt.UTC)

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prfaas.planner.latency import DistServeForm
-from prfaas.planner.sim_arrivals import (
+from prfaas.planner.latency.model import DistServeForm
+from prfaas.planner.sim.arrivals import (
     FixedLengths,
     RequestStream,
     arrival_times,
     load_trace,
     synthetic_stream,
 )
-from prfaas.planner.sim_errors import SimulatorError
-from prfaas.planner.simulator import DecodePool, PrefillPool, RoutingSpec, SimConfig, simulate
+from prfaas.planner.sim.errors import SimulatorError
+from prfaas.planner.sim.simulator import DecodePool, PrefillPool, RoutingSpec, SimConfig, simulate
 
 
 @pytest.mark.parametrize(("kind", "cv"), [("poisson", 1.0), ("gamma", 0.5), ("gamma", 3.0)])

@@ -12,21 +12,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prfaas.operator.cli import app
-from prfaas.operator.manifests import read_manifests
-from prfaas.operator.translate import problems_from_manifests
-from prfaas.planner.goodput import SloTarget, config_goodput
+from prfaas.operator.api.manifests import read_manifests
+from prfaas.operator.api.translate import problems_from_manifests
+from prfaas.operator.cli.app import app
 from prfaas.planner.plan import Plan
-from prfaas.planner.planning import plan as make_plan
 from prfaas.planner.problem import Problem, SloInput
-from prfaas.planner.sim_arrivals import load_trace
-from prfaas.planner.sim_plan import (
+from prfaas.planner.sim.arrivals import load_trace
+from prfaas.planner.sim.goodput import SloTarget, config_goodput
+from prfaas.planner.sim.scenarios import (
     ScenarioRun,
     common_rate,
     predict,
     run_scenarios,
     scenarios,
 )
+from prfaas.planner.solver import plan as make_plan
 from typer.testing import CliRunner
 
 SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "case-study.yaml"

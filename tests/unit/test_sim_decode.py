@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from prfaas.planner.latency import DistServeForm
-from prfaas.planner.sim_arrivals import RequestStream
-from prfaas.planner.simulator import DecodePool, SimConfig, simulate
+from prfaas.planner.latency.model import DistServeForm
+from prfaas.planner.sim.arrivals import RequestStream
+from prfaas.planner.sim.simulator import DecodePool, SimConfig, simulate
 
 LAT = DistServeForm(0.0, 0.0, 0.0, 0.012, 2e-8, 3e-4)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from prfaas.planner.goodput import SloTarget, config_goodput, goodput, prefill_goodput
-from prfaas.planner.latency import DistServeForm
-from prfaas.planner.sim_arrivals import FixedLengths
-from prfaas.planner.simulator import DecodePool, PrefillPool, SimConfig
+from prfaas.planner.latency.model import DistServeForm
+from prfaas.planner.sim.arrivals import FixedLengths
+from prfaas.planner.sim.goodput import SloTarget, config_goodput, goodput, simulated_prefill_goodput
+from prfaas.planner.sim.simulator import DecodePool, PrefillPool, SimConfig
 
 
 def test_bisection_finds_the_edge() -> None:
@@ -30,7 +30,7 @@ def test_prefill_goodput_matches_md1_mean_edge() -> None:
     d = 0.1
     lat = DistServeForm(d, 0.0, 0.0, 0.01, 0.0, 0.0)
     ttft = 0.4
-    rate = prefill_goodput(lat, FixedLengths(100), ttft, 0.9, requests=4000)
+    rate = simulated_prefill_goodput(lat, FixedLengths(100), ttft, 0.9, requests=4000)
     # Eq. 1 mean TTFT equals the objective at R = 2(T − D) / (D(2T − D)).
     mean_edge = 2 * (ttft - d) / (d * (2 * ttft - d))
     assert rate < mean_edge < 1 / d
@@ -39,8 +39,8 @@ def test_prefill_goodput_matches_md1_mean_edge() -> None:
 
 def test_pipeline_stages_raise_prefill_goodput() -> None:
     lat = DistServeForm(0.1, 0.0, 0.0, 0.01, 0.0, 0.0)
-    one = prefill_goodput(lat, FixedLengths(100), 0.4, requests=2000)
-    two = prefill_goodput(lat, FixedLengths(100), 0.4, pipeline_stages=2, requests=2000)
+    one = simulated_prefill_goodput(lat, FixedLengths(100), 0.4, requests=2000)
+    two = simulated_prefill_goodput(lat, FixedLengths(100), 0.4, pipeline_stages=2, requests=2000)
     assert two > 1.7 * one
 
 

@@ -6,12 +6,12 @@ import math
 
 import numpy as np
 import pytest
-from prfaas.planner.latency import DistServeForm
-from prfaas.planner.sim_arrivals import FixedLengths, synthetic_stream
-from prfaas.planner.sim_errors import SimulatorError
-from prfaas.planner.sim_links import LinkSpec, SharedLink, parse_schedule
-from prfaas.planner.sim_metrics import binned_mean
-from prfaas.planner.simulator import DecodePool, PrefillPool, RoutingSpec, SimConfig, simulate
+from prfaas.planner.latency.model import DistServeForm
+from prfaas.planner.sim.arrivals import FixedLengths, synthetic_stream
+from prfaas.planner.sim.errors import SimulatorError
+from prfaas.planner.sim.links import LinkSpec, SharedLink, parse_schedule
+from prfaas.planner.sim.metrics import binned_mean
+from prfaas.planner.sim.simulator import DecodePool, PrefillPool, RoutingSpec, SimConfig, simulate
 
 GB = 1e9
 
@@ -102,7 +102,7 @@ def test_binned_egress_follows_a_schedule() -> None:
     link.add(0.0, 1, 100 * GB)  # busy throughout
     link.set_capacity(10.0, 4.0)
     link._advance(20.0)
-    from prfaas.planner.sim_metrics import StepSeries
+    from prfaas.planner.sim.metrics import StepSeries
 
     starts, means = binned_mean(StepSeries.of(*link.egress_series()), 20.0, 5.0)
     assert list(starts) == [0.0, 5.0, 10.0, 15.0]

@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 import pytest
-from prfaas.planner.latency import DistServeForm
-from prfaas.planner.sim_errors import SimulatorError
-from prfaas.planner.sim_metrics import LatencyStats, StepSeries, binned_mean, time_average
-from prfaas.planner.simulator import DecodePool, PrefillPool, SimConfig
+from prfaas.planner.latency.model import DistServeForm
+from prfaas.planner.sim.errors import SimulatorError
+from prfaas.planner.sim.metrics import LatencyStats, StepSeries, binned_mean, time_average
+from prfaas.planner.sim.simulator import DecodePool, PrefillPool, SimConfig
 
 
 def test_time_average_and_bins_of_a_step_function() -> None:
@@ -29,8 +29,8 @@ def test_latency_stats() -> None:
 
 
 def test_pool_names_must_be_unique() -> None:
-    from prfaas.planner.sim_arrivals import FixedLengths, synthetic_stream
-    from prfaas.planner.simulator import simulate
+    from prfaas.planner.sim.arrivals import FixedLengths, synthetic_stream
+    from prfaas.planner.sim.simulator import simulate
 
     lat = DistServeForm(0.1, 0, 0, 0.01, 0, 0)
     cfg = SimConfig("dup", (PrefillPool("x", "dc", 1, lat),), DecodePool("x", "dc", 1, lat))

@@ -6,9 +6,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from prfaas.operator.manifests import read_manifests
-from prfaas.operator.translate import problems_from_manifests
-from prfaas.planner.catalog import gpu_spec, model_arch
+from prfaas.operator.api.manifests import read_manifests
+from prfaas.operator.api.translate import problems_from_manifests
+from prfaas.planner.latency.catalog import gpu_spec, model_arch
 from prfaas.planner.parallelism import (
     RoleLoad,
     candidates,
@@ -16,9 +16,9 @@ from prfaas.planner.parallelism import (
     prefill_goodput,
     search,
 )
-from prfaas.planner.planning import plan
 from prfaas.planner.problem import PlannerSettings
-from prfaas.planner.sim_plan import simulated_goodput
+from prfaas.planner.sim.scenarios import simulated_goodput
+from prfaas.planner.solver import plan
 
 SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "case-study.yaml"
 MODEL = model_arch("llama-3-70b")

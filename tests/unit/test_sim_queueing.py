@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from prfaas.planner.latency import DistServeForm
-from prfaas.planner.sim_arrivals import FixedLengths, RequestStream, synthetic_stream
-from prfaas.planner.sim_links import LinkSpec
-from prfaas.planner.sim_metrics import time_average
-from prfaas.planner.simulator import DecodePool, PrefillPool, RoutingSpec, SimConfig, simulate
+from prfaas.planner.latency.model import DistServeForm
+from prfaas.planner.sim.arrivals import FixedLengths, RequestStream, synthetic_stream
+from prfaas.planner.sim.links import LinkSpec
+from prfaas.planner.sim.metrics import time_average
+from prfaas.planner.sim.simulator import DecodePool, PrefillPool, RoutingSpec, SimConfig, simulate
 
 D = 0.1  # seconds per (uniform) prompt
 SEEDS = (1, 2, 3)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from prfaas.planner.distributions import LogNormal
-from prfaas.planner.latency import DistServeForm
-from prfaas.planner.sim_arrivals import FixedLengths, RequestStream, synthetic_stream
-from prfaas.planner.sim_links import LinkSpec, parse_schedule
-from prfaas.planner.sim_metrics import SimResult, StepSeries, time_average
-from prfaas.planner.simulator import DecodePool, PrefillPool, RoutingSpec, SimConfig, simulate
+from prfaas.planner.latency.model import DistServeForm
+from prfaas.planner.sim.arrivals import FixedLengths, RequestStream, synthetic_stream
+from prfaas.planner.sim.links import LinkSpec, parse_schedule
+from prfaas.planner.sim.metrics import SimResult, StepSeries, time_average
+from prfaas.planner.sim.simulator import DecodePool, PrefillPool, RoutingSpec, SimConfig, simulate
 
 PLANNED_T = 19_400
 FAST = DistServeForm(0.39, 4.1e-5, 1e-10, 0.0, 0.0, 0.0)  # ≈ Table 5's 8×H200 prefill

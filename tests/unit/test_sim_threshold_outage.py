@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prfaas.operator.manifests import read_manifests
-from prfaas.operator.translate import problems_from_manifests
-from prfaas.planner.planning import plan
-from prfaas.planner.sim_arrivals import synthetic_stream
-from prfaas.planner.sim_links import parse_schedule
-from prfaas.planner.sim_metrics import SimResult, time_average
-from prfaas.planner.sim_plan import common_rate, scenarios
-from prfaas.planner.simulator import SimConfig, simulate
+from prfaas.operator.api.manifests import read_manifests
+from prfaas.operator.api.translate import problems_from_manifests
+from prfaas.planner.sim.arrivals import synthetic_stream
+from prfaas.planner.sim.links import parse_schedule
+from prfaas.planner.sim.metrics import SimResult, time_average
+from prfaas.planner.sim.scenarios import common_rate, scenarios
+from prfaas.planner.sim.simulator import SimConfig, simulate
+from prfaas.planner.solver import plan
 
 SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "case-study.yaml"
 LOW_GBPS = 6.0

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from prfaas.engine.tinymodel import TinyModelSpec, ensure_tiny_model
+from prfaas.engine.vllm.tinymodel import TinyModelSpec, ensure_tiny_model
 
 
 def _files(d: Path) -> dict[str, bytes]:

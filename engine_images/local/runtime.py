@@ -1,0 +1,370 @@
+"""A plan realised as processes on this machine: what ``prfaas up FILE.yaml`` runs.
+
+``build_layout`` turns a plan (``local_plan.local_plan`` of the manifests) into a
+``LocalLayout``: one vLLM CPU engine per planned (cluster, role), the tiny generated model, the
+router's file. ``LocalRuntime`` starts it: engines first (each in its own process group, bound
+to its own core with ``VLLM_CPU_OMP_THREADS_BIND``, ``--enforce-eager``, a small KV space, the
+compatibility shim on ``PYTHONPATH``), then the router in front of the decode datacenter once
+every engine answers ``/health``.
+
+Given a ``TwoDatacenterNet`` (root), each datacenter runs in its own network namespace and the
+two are joined by a veth pair shaped with ``tc tbf`` at the InterDCLink's bandwidth
+(``netns.py``); the engines' UCX traffic — the KV — crosses that link. ``set_link_gbps``
+reshapes it and rewrites the router's file with the new capacity, as the operator's link probe
+would.
+
+``stop()`` (also run at interpreter exit) kills every process group it started and deletes the
+namespaces it created; it is idempotent.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from prfaas.engine.local.netns import DatacenterNet, TwoDatacenterNet
+from prfaas.engine.local.processes import (
+    LocalRuntimeError,
+    ManagedProcess,
+    free_port,
+    spawn,
+    wait_healthy,
+)
+from prfaas.engine.vllm.compat import SHIM_DIR
+from prfaas.engine.vllm.launch import EngineLaunch, EngineRole, vllm_argv, vllm_env
+from prfaas.planner.plan import LinkPlan, Plan
+
+__all__ = [
+    "LocalEngine",
+    "LocalLayout",
+    "LocalRuntime",
+    "LocalRuntimeError",
+    "build_layout",
+    "monolithic_layout",
+]
+
+_ENGINE_PORT_BASE = {"prefill": 8100, "decode": 8200, "monolithic": 8300}
+_SIDE_CHANNEL_BASE = 5600
+
+
+@dataclass(frozen=True, slots=True)
+class LocalEngine:
+    """One engine process of the layout."""
+
+    name: str
+    cluster: str
+    datacenter: str
+    launch: EngineLaunch
+    url: str
+    """Base URL from this host (tests, the live table)."""
+    router_url: str
+    """Base URL as the router reaches it (across the link for a remote datacenter)."""
+    net: DatacenterNet | None = None
+
+    @property
+    def role(self) -> EngineRole:
+        return self.launch.role
+
+
+@dataclass(frozen=True, slots=True)
+class LocalLayout:
+    """Everything ``LocalRuntime`` starts, decided before anything runs."""
+
+    plan: Plan
+    model_dir: Path
+    served_name: str
+    max_model_len: int
+    block_size: int
+    engines: tuple[LocalEngine, ...]
+    router_host: str
+    router_port: int
+    router_url: str
+    router_net: DatacenterNet | None = None
+    link: LinkPlan | None = None
+
+    def engine(self, role: EngineRole) -> LocalEngine:
+        """The first engine with ``role``."""
+        for e in self.engines:
+            if e.role == role:
+                return e
+        raise LocalRuntimeError(f"the layout has no {role} engine")
+
+
+def build_layout(
+    plan: Plan,
+    *,
+    model_dir: Path,
+    max_model_len: int = 2048,
+    block_size: int = 128,
+    net: TwoDatacenterNet | None = None,
+    router_port: int = 8000,
+    engine_ports: dict[str, int] | None = None,
+    cores: int | None = None,
+    kvcache_gib: int = 1,
+) -> LocalLayout:
+    """Turn the plan into engine launches, URLs and core bindings.
+
+    ``engine_ports`` maps engine names (``<cluster>-<role>-<i>``) to ports; missing ones get
+    fixed defaults (8100+ prefill, 8200+ decode) in namespaces and free ports on loopback.
+    """
+    cores = cores or os.cpu_count() or 1
+    ports = dict(engine_ports or {})
+    engines: list[LocalEngine] = []
+    n = 0
+    for cluster in plan.clusters:
+        for i in range(cluster.instances):
+            name = f"{cluster.name}-{cluster.role}-{i}"
+            dc_net = _dc_net(net, cluster.datacenter)
+            port = ports.get(name) or (
+                _ENGINE_PORT_BASE[cluster.role] + i if dc_net is not None else free_port()
+            )
+            if dc_net is not None:
+                host, sc_host, device = "0.0.0.0", dc_net.link_address, dc_net.link_device
+                url = f"http://{dc_net.access_address}:{port}"
+                router_url = f"http://{dc_net.link_address}:{port}"
+            else:
+                host, sc_host, device = "127.0.0.1", "127.0.0.1", "lo"
+                url = router_url = f"http://127.0.0.1:{port}"
+            launch = EngineLaunch(
+                role=cluster.role,
+                model=str(model_dir),
+                served_name=plan.model,
+                host=host,
+                port=port,
+                device="cpu",
+                side_channel_host=sc_host,
+                side_channel_port=_SIDE_CHANNEL_BASE + 1 + n if dc_net is None
+                else _SIDE_CHANNEL_BASE,
+                net_device=device,
+                block_size=block_size,
+                max_model_len=max_model_len,
+                max_num_seqs=8,
+                enforce_eager=True,
+                cpu_kvcache_gib=kvcache_gib,
+                cpu_threads_bind=str(n % cores),
+                pythonpath=(str(SHIM_DIR),),
+                extra_env={"HF_HUB_OFFLINE": "1"},
+            )
+            engines.append(LocalEngine(name, cluster.name, cluster.datacenter, launch, url,
+                                       router_url, dc_net))
+            n += 1
+    decode_dc = next((c.datacenter for c in plan.clusters if c.role == "decode"), None)
+    router_net = _dc_net(net, decode_dc) if decode_dc else None
+    if router_net is not None:
+        router_host, router_url = "0.0.0.0", f"http://{router_net.access_address}:{router_port}"
+        # Engines in the router's own namespace are reached on loopback, not across the link.
+        engines = [
+            replace(e, router_url=f"http://127.0.0.1:{e.launch.port}") if e.net == router_net
+            else e
+            for e in engines
+        ]
+    else:
+        router_host, router_url = "127.0.0.1", f"http://127.0.0.1:{router_port}"
+    return LocalLayout(
+        plan=plan,
+        model_dir=model_dir,
+        served_name=plan.model,
+        max_model_len=max_model_len,
+        block_size=block_size,
+        engines=tuple(engines),
+        router_host=router_host,
+        router_port=router_port,
+        router_url=router_url,
+        router_net=router_net,
+        link=plan.links[0] if plan.links else None,
+    )
+
+
+def monolithic_layout(
+    model_dir: Path, served_name: str, *, port: int | None = None, core: int = 0,
+    max_model_len: int = 2048, block_size: int = 128,
+) -> LocalLayout:
+    """One engine without a connector: the reference the disaggregated path must equal."""
+    port = port or free_port()
+    launch = EngineLaunch(
+        role="monolithic", model=str(model_dir), served_name=served_name, host="127.0.0.1",
+        port=port, device="cpu", block_size=block_size, max_model_len=max_model_len,
+        max_num_seqs=8, enforce_eager=True, cpu_threads_bind=str(core),
+        pythonpath=(str(SHIM_DIR),), extra_env={"HF_HUB_OFFLINE": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    engine = LocalEngine("monolithic", "monolithic", "local", launch, url, url)
+    return LocalLayout(
+        plan=Plan(model=served_name), model_dir=model_dir, served_name=served_name,
+        max_model_len=max_model_len, block_size=block_size, engines=(engine,),
+        router_host="127.0.0.1", router_port=0, router_url="",
+    )
+
+
+def _dc_net(net: TwoDatacenterNet | None, datacenter: str | None) -> DatacenterNet | None:
+    if net is None or datacenter is None:
+        return None
+    for dc in (net.prefill, net.decode):
+        if dc.datacenter == datacenter:
+            return dc
+    raise LocalRuntimeError(
+        f"datacenter {datacenter!r} has no namespace (have {net.prefill_dc!r}, {net.decode_dc!r})"
+    )
+
+
+@dataclass(slots=True)
+class LocalRuntime:
+    """Starts and stops one ``LocalLayout``. Use as a context manager or call start/stop."""
+
+    layout: LocalLayout
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="prfaas-up-")))
+    net: TwoDatacenterNet | None = None
+    """The namespaces the layout lives in; ``stop`` closes it."""
+    router_argv: Sequence[str] | None = None
+    """Overrides the router command (tests); default ``python -m prfaas router``."""
+    processes: dict[str, ManagedProcess] = field(default_factory=dict)
+    start_seconds: dict[str, float] = field(default_factory=dict)
+    """Seconds from spawn to healthy, per process name."""
+    _stopped: bool = False
+
+    @property
+    def router_config_path(self) -> Path:
+        return self.workdir / "router.yaml"
+
+    def __enter__(self) -> LocalRuntime:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, *, with_router: bool = True, timeout_s: float = 300.0) -> None:
+        """Spawn every engine, wait for health, then the router. On failure stop everything."""
+        atexit.register(self.stop)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            t0 = time.monotonic()
+            for engine in self.layout.engines:
+                self.start_engine(engine)
+            for engine in self.layout.engines:
+                proc = self.processes[engine.name]
+                wait_healthy(engine.url, [proc], timeout_s=timeout_s)
+                self.start_seconds[engine.name] = time.monotonic() - t0
+            if with_router:
+                self.start_router(timeout_s=60.0)
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_engine(self, engine: LocalEngine) -> ManagedProcess:
+        """Spawn one engine (in its namespace, if any); does not wait."""
+        argv = vllm_argv(engine.launch, python=sys.executable)
+        if engine.net is not None:
+            argv = engine.net.exec_prefix() + argv
+        proc = spawn(engine.name, argv, _engine_env(engine.launch), self.workdir)
+        self.processes[engine.name] = proc
+        return proc
+
+    def write_router_config(self, capacity_gbps: float | None = None) -> Path:
+        """(Re)write the router's file; the router reloads it when its mtime changes."""
+        from prfaas.engine.router.config import dump_router_config, router_config_from_plan
+
+        layout = self.layout
+        endpoints: dict[str, dict[Literal["prefill", "decode"], list[str]]] = {}
+        for e in layout.engines:
+            if e.role == "prefill" or e.role == "decode":
+                endpoints.setdefault(e.cluster, {}).setdefault(e.role, []).append(e.router_url)
+        plan = layout.plan
+        if capacity_gbps is not None:
+            plan = Plan.from_dict(plan.to_dict())
+            for ln in plan.links:
+                ln.capacity_gbps = capacity_gbps
+        cfg = router_config_from_plan(
+            plan, endpoints, model=layout.served_name, tokenizer=str(layout.model_dir),
+            max_model_len=layout.max_model_len, block_size=layout.block_size,
+        )
+        path = self.router_config_path
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(dump_router_config(cfg))
+        tmp.replace(path)
+        return path
+
+    def start_router(self, *, timeout_s: float = 60.0) -> ManagedProcess:
+        layout = self.layout
+        config = self.write_router_config()
+        argv = list(self.router_argv or [
+            sys.executable, "-m", "prfaas", "router", "--config", str(config),
+            "--host", layout.router_host, "--port", str(layout.router_port),
+        ])
+        if layout.router_net is not None:
+            argv = layout.router_net.exec_prefix() + argv
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        t0 = time.monotonic()
+        proc = spawn("router", argv, env, self.workdir)
+        self.processes["router"] = proc
+        wait_healthy(layout.router_url, [proc], timeout_s=timeout_s, path="/healthz")
+        self.start_seconds["router"] = time.monotonic() - t0
+        return proc
+
+    def set_link_gbps(self, gbps: float) -> None:
+        """Reshape the inter-DC link (namespaces only) and tell the router its new capacity."""
+        if self.net is None:
+            raise LocalRuntimeError("set_link_gbps needs the namespaces (prfaas up --netns)")
+        self.net.shape(gbps * 1e9)
+        self.write_router_config(capacity_gbps=gbps)
+
+    def kill(self, name: str) -> None:
+        """Kill one process group at once (SIGKILL), e.g. to fail a prefill engine."""
+        proc = self.processes[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stop(timeout_s=5.0)
+
+    def pids(self) -> list[int]:
+        """Leader pids of every process started (alive or not)."""
+        return [p.pid for p in self.processes.values()]
+
+    def stop(self) -> None:
+        """Stop every process group (router first), then delete the namespaces. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for name in sorted(self.processes, key=lambda n: n != "router"):
+            self.processes[name].stop()
+        if self.net is not None:
+            self.net.close()
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+
+    def describe(self) -> dict[str, Any]:
+        """What runs where (printed by ``prfaas up``)."""
+        return {
+            "endpoint": self.layout.router_url,
+            "model": self.layout.served_name,
+            "modelDir": str(self.layout.model_dir),
+            "workdir": str(self.workdir),
+            "engines": [
+                {"name": e.name, "role": e.role, "datacenter": e.datacenter, "url": e.url,
+                 "core": e.launch.cpu_threads_bind,
+                 "namespace": e.net.namespace if e.net else None}
+                for e in self.layout.engines
+            ],
+            "link": None if self.layout.link is None else {
+                "name": self.layout.link.name,
+                "gbps": self.net.rate_bps / 1e9 if self.net else None,
+                "shaped": self.net is not None,
+            },
+        }
+
+
+def _engine_env(launch: EngineLaunch) -> dict[str, str]:
+    env = dict(os.environ)
+    added = vllm_env(launch)
+    if "PYTHONPATH" in added and env.get("PYTHONPATH"):
+        added["PYTHONPATH"] = added["PYTHONPATH"] + os.pathsep + env["PYTHONPATH"]
+    env.update(added)
+    return env

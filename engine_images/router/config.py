@@ -1,0 +1,340 @@
+"""The router's configuration: the file in the router ConfigMap, and how a ``Plan`` becomes one.
+
+One router runs in front of each decode cluster. Its file (YAML or JSON, camelCase keys, key
+``router.yaml`` in the ConfigMap) says where the engines are and how to route::
+
+    version: 1
+    model: tiny-llama                 # served model name (checked against requests)
+    tokenizer: /models/tiny-llama     # path for AutoTokenizer; null: count UTF-8 bytes
+    maxModelLen: 2048                 # longer prompts get a 400; null: not checked
+    localDatacenter: dc-b
+    datacenters:
+      dc-b: {prefill: [], decode: ["http://10.0.1.5:8000"]}   # no local PD-P: decode prefills
+      dc-a: {prefill: ["http://10.0.0.7:8000"], decode: []}
+    links:                            # one per remote datacenter that may prefill for us
+      dc-a: {name: dc-a-to-dc-b, capacityGbps: 1.0, headroom: 0.8}
+
+A PrfaaS cluster inside the local datacenter is listed under its cluster name with a link of
+unbounded capacity (``capacityGbps: null``), so long prompts still go to it and short ones to
+the local PD-P pool.
+    thresholdTokens: 256              # planned t; null: never offload
+    kvBytesPerToken: 8192.0
+    kvFixedBytes: 0.0
+    blockSize: 16                     # the engines' KV block size (prefix-cache hashing)
+    prefixCacheBlocks: 65536          # LRU size of the per-instance prefix-cache model
+    timeouts: {connectS: 5, prefillS: 60, decodeS: 600}
+
+``router_config_from_plan`` builds it from a ``Plan`` and the engines' URLs; the operator's
+ConfigMap builder and ``prfaas up`` both call it, so the two never disagree. The router re-reads
+the file when its modification time changes (``load_router_config``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from prfaas.planner.plan import Plan
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "CONFIGMAP_KEY",
+    "CircuitSettings",
+    "ControllerSettings",
+    "DatacenterEndpoints",
+    "HealthSettings",
+    "LinkSettings",
+    "RouterConfig",
+    "RouterConfigError",
+    "Timeouts",
+    "dump_router_config",
+    "load_router_config",
+    "parse_router_config",
+    "router_config_from_plan",
+]
+
+CONFIGMAP_KEY = "router.yaml"
+"""The key of the router's file in its ConfigMap (mounted at ``/etc/prfaas/router.yaml``)."""
+
+PoolRole = Literal["prefill", "decode"]
+
+
+class RouterConfigError(ValueError):
+    """The router file is missing, unreadable or invalid; the message names the field to fix.
+
+    (A ``ValueError`` so that callers outside the router can catch it without importing the
+    router's error tree; ``prfaas.engine.router.errors.RouterError`` wraps it when serving.)
+    """
+
+
+class _Model(BaseModel):
+    """camelCase on the wire, snake_case in Python, unknown keys rejected (typos fail loudly)."""
+
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, alias_generator=to_camel, frozen=True
+    )
+
+
+class DatacenterEndpoints(_Model):
+    """Base URLs (``http://host:port``) of the engine instances of one datacenter, by role."""
+
+    prefill: list[str] = Field(default_factory=list)
+    """Prefill-only instances: the PrfaaS cluster in a remote datacenter, the PD-P pool locally.
+    Empty locally: short prompts go straight to a decode instance, which prefills itself."""
+    decode: list[str] = Field(default_factory=list)
+    """Decode instances (only the local datacenter's are used)."""
+
+
+class LinkSettings(_Model):
+    """The inter-datacenter link from one remote datacenter to the local one."""
+
+    name: str = ""
+    """The InterDCLink's name (metric label); defaults to ``<remote>-to-<local>``."""
+    capacity_gbps: float | None = Field(default=None, ge=0)
+    """Usable bandwidth, Gbit/s. 0 marks the link down (no remote prefill); ``None`` means
+    unbounded (a prefill cluster inside the local datacenter: ``t`` never rises)."""
+    headroom: float = Field(default=0.8, gt=0, le=1)
+    """Fraction of capacity the router may fill with KV before raising ``t``."""
+    down: bool = False
+    """Set by an operator (or a failed probe) to stop offloading over this link."""
+
+
+class Timeouts(_Model):
+    """Per-leg timeouts, seconds."""
+
+    connect_s: float = Field(default=5.0, gt=0)
+    """TCP connect to an engine."""
+    prefill_s: float = Field(default=60.0, gt=0)
+    """The whole prefill call (``max_tokens=1``); a remote one that exceeds it falls back."""
+    decode_s: float = Field(default=600.0, gt=0)
+    """The whole decode call, streaming included."""
+    first_byte_s: float = Field(default=60.0, gt=0)
+    """Decode's first response byte (KV pull + first step)."""
+
+
+class ControllerSettings(_Model):
+    """The bandwidth-aware threshold loop (``prfaas.planner.routing.core.ThresholdController``)."""
+
+    window_s: float = Field(default=2.0, gt=0)
+    """Egress is averaged over this sliding window, seconds."""
+    interval_s: float = Field(default=0.5, gt=0)
+    """``t`` moves at most once per interval, seconds."""
+    raise_factor: float = Field(default=1.5, gt=1)
+    decay_factor: float = Field(default=0.8, gt=0, lt=1)
+    low_water: float = Field(default=0.7, gt=0, le=1)
+    """Decay ``t`` only while egress < ``low_water × headroom × capacity``."""
+    max_threshold_tokens: float = Field(default=float(1 << 22), gt=0)
+
+
+class CircuitSettings(_Model):
+    """When a remote link or an engine instance is considered down after failures."""
+
+    failures: int = Field(default=3, ge=1)
+    """Consecutive failed calls that open the circuit."""
+    retry_after_s: float = Field(default=10.0, gt=0)
+    """How long an open circuit stays open before one trial request is let through."""
+
+
+class HealthSettings(_Model):
+    """Background probes of every engine instance (``GET <url><path>``)."""
+
+    enabled: bool = True
+    interval_s: float = Field(default=5.0, gt=0)
+    """Seconds between probe rounds."""
+    timeout_s: float = Field(default=2.0, gt=0)
+    path: str = "/health"
+    """vLLM's health endpoint."""
+
+
+class RouterConfig(_Model):
+    """Everything one router needs (see the module docstring for the file's shape)."""
+
+    version: Literal[1] = 1
+    model: str = Field(min_length=1)
+    """Served model name; requests naming another model get a 404."""
+    tokenizer: str | None = None
+    """Path (or hub id, offline) of the served model's tokenizer; ``None``: UTF-8 byte count."""
+    max_model_len: int | None = Field(default=None, gt=0)
+    local_datacenter: str = Field(min_length=1)
+    datacenters: dict[str, DatacenterEndpoints]
+    links: dict[str, LinkSettings] = Field(default_factory=dict)
+    """Keyed by remote datacenter name."""
+    threshold_tokens: float | None = Field(default=None, ge=0)
+    """Planned offload threshold ``t``: remote iff uncached prompt tokens > t. ``None``: never."""
+    kv_bytes_per_token: float = Field(default=0.0, ge=0)
+    kv_fixed_bytes: float = Field(default=0.0, ge=0)
+    """KV bytes per request independent of its length (e.g. linear-attention state)."""
+    block_size: int = Field(default=16, gt=0)
+    prefix_cache_blocks: int = Field(default=65536, gt=0)
+    affinity_max_imbalance: int = Field(default=4, ge=0)
+    """Cache affinity wins unless that instance has this many more requests in flight than the
+    least-loaded one."""
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    controller: ControllerSettings = Field(default_factory=ControllerSettings)
+    circuit: CircuitSettings = Field(default_factory=CircuitSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    """A failed probe counts as a failed call (it can open a circuit); once probes opened it,
+    the first passing probe closes it again."""
+
+    @model_validator(mode="after")
+    def _check_datacenters(self) -> RouterConfig:
+        if self.local_datacenter not in self.datacenters:
+            raise ValueError(
+                f"localDatacenter {self.local_datacenter!r} has no entry under datacenters "
+                f"(have {sorted(self.datacenters)})"
+            )
+        unknown = sorted(set(self.links) - set(self.datacenters))
+        if unknown:
+            raise ValueError(f"links name datacenters with no endpoints: {unknown}")
+        if self.local_datacenter in self.links:
+            raise ValueError("links are keyed by *remote* datacenter; remove the local one")
+        return self
+
+    @property
+    def remote_datacenters(self) -> list[str]:
+        """Datacenters (other than the local one) that have prefill instances and a link."""
+        return [
+            dc
+            for dc, eps in self.datacenters.items()
+            if dc != self.local_datacenter and eps.prefill and dc in self.links
+        ]
+
+    def link(self, datacenter: str) -> LinkSettings:
+        """The link settings of a remote datacenter, with its default name filled in."""
+        s = self.links[datacenter]
+        return (
+            s
+            if s.name
+            else s.model_copy(update={"name": f"{datacenter}-to-{self.local_datacenter}"})
+        )
+
+
+def _plain(cfg: RouterConfig) -> dict[str, Any]:
+    return cfg.model_dump(by_alias=True, mode="json")
+
+
+def dump_router_config(cfg: RouterConfig, *, fmt: Literal["yaml", "json"] = "yaml") -> str:
+    """The file's text (what goes into the ConfigMap under ``CONFIGMAP_KEY``)."""
+    data = _plain(cfg)
+    if fmt == "json":
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def parse_router_config(text: str, *, source: str = "<string>") -> RouterConfig:
+    """Parse YAML or JSON text (JSON is YAML) into a validated config."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RouterConfigError(f"{source}: not valid YAML/JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RouterConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        return RouterConfig.model_validate(data)
+    except ValidationError as exc:
+        raise RouterConfigError(f"{source}: invalid router config:\n{exc}") from exc
+
+
+def load_router_config(path: str | Path) -> RouterConfig:
+    """Read and validate the router file at ``path``."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise RouterConfigError(f"cannot read router config {p}: {exc.strerror}") from exc
+    return parse_router_config(text, source=str(p))
+
+
+def router_config_from_plan(
+    plan: Plan,
+    endpoints: Mapping[str, Mapping[PoolRole, Sequence[str]]],
+    *,
+    decode_cluster: str | None = None,
+    model: str | None = None,
+    tokenizer: str | None = None,
+    max_model_len: int | None = None,
+    block_size: int = 16,
+    **settings: Any,
+) -> RouterConfig:
+    """The router config for the router in front of ``decode_cluster`` (default: the plan's first).
+
+    ``endpoints`` maps *cluster name* → role → engine base URLs, e.g.
+    ``{"local-decode": {"decode": ["http://10.0.1.5:8000"]},
+    "local-prefill": {"prefill": ["http://10.0.0.7:8000"]}}`` — the operator passes its Service
+    URLs, ``prfaas up`` its loopback/netns addresses. Datacenters come from ``plan.clusters``;
+    ``t``, KV bytes and the remote prefill clusters from the plan's ``RouterPlan``; capacity and
+    headroom from its ``LinkPlan``. Extra keyword ``settings`` (``timeouts=Timeouts(...)``,
+    ``prefix_cache_blocks=...``) are passed to ``RouterConfig``.
+    """
+    if not plan.routers:
+        raise RouterConfigError("the plan has no routers (is it feasible? see plan.reason)")
+    if decode_cluster is None:
+        rplan = plan.routers[0]
+    else:
+        matches = [r for r in plan.routers if r.decode_cluster == decode_cluster]
+        if not matches:
+            have = [r.decode_cluster for r in plan.routers]
+            raise RouterConfigError(f"the plan has no router for {decode_cluster!r} (have {have})")
+        rplan = matches[0]
+    dc_of = {c.name: c.datacenter for c in plan.clusters}
+    local_dc = dc_of.get(rplan.decode_cluster)
+    if local_dc is None:
+        raise RouterConfigError(f"decode cluster {rplan.decode_cluster!r} is not in plan.clusters")
+
+    pools: dict[str, dict[str, list[str]]] = {local_dc: {"prefill": [], "decode": []}}
+
+    def add(cluster: str, role: PoolRole) -> None:
+        urls = list(endpoints.get(cluster, {}).get(role, []))
+        dc = dc_of.get(cluster)
+        if dc is None:
+            raise RouterConfigError(f"cluster {cluster!r} is not in plan.clusters")
+        pool = pools.setdefault(dc, {"prefill": [], "decode": []})[role]
+        pool.extend(u for u in urls if u not in pool)
+
+    add(rplan.decode_cluster, "decode")
+    add(rplan.decode_cluster, "prefill")  # the local PD-P pool, when the plan has one
+    if not pools[local_dc]["decode"]:
+        raise RouterConfigError(
+            f"no decode endpoints for {rplan.decode_cluster!r}: pass "
+            f"endpoints[{rplan.decode_cluster!r}]['decode']"
+        )
+    links_by_name = {ln.name: ln for ln in plan.links}
+    links: dict[str, LinkSettings] = {}
+    for remote in rplan.remotes:
+        dc = dc_of.get(remote.prefill_cluster)
+        if dc is None:
+            raise RouterConfigError(f"cluster {remote.prefill_cluster!r} is not in plan.clusters")
+        if not remote.link or dc == local_dc:
+            # A PrfaaS cluster inside the local datacenter: its own pool (long prompts go there,
+            # short ones to PD-P), reached without an inter-DC link.
+            key = remote.prefill_cluster
+            if key in dc_of.values():
+                key = f"{local_dc}/{key}"
+            urls = list(endpoints.get(remote.prefill_cluster, {}).get("prefill", []))
+            pools.setdefault(key, {"prefill": [], "decode": []})["prefill"].extend(urls)
+            links[key] = LinkSettings(name=f"{remote.prefill_cluster}-in-{local_dc}")
+            continue
+        add(remote.prefill_cluster, "prefill")
+        lp = links_by_name.get(remote.link)
+        if lp is None:
+            raise RouterConfigError(f"router names link {remote.link!r}, absent from plan.links")
+        links[dc] = LinkSettings(name=lp.name, capacity_gbps=lp.capacity_gbps, headroom=lp.headroom)
+    t = rplan.threshold_tokens
+    return RouterConfig(
+        model=model or plan.model,
+        tokenizer=tokenizer,
+        max_model_len=max_model_len,
+        local_datacenter=local_dc,
+        datacenters={dc: DatacenterEndpoints(**p) for dc, p in pools.items()},
+        links=links,
+        threshold_tokens=None if t is None or not math.isfinite(t) else t,
+        kv_bytes_per_token=rplan.kv_bytes_per_token,
+        kv_fixed_bytes=rplan.kv_fixed_bytes,
+        block_size=block_size,
+        **settings,
+    )

@@ -1,0 +1,213 @@
+"""The PrfaaS router: an OpenAI-compatible gateway in front of one decode cluster.
+
+It sends long uncached prompts to a remote prefill cluster and short ones to the local PD
+cluster, with the vLLM ``kv_transfer_params`` two-step call (``router_proxy``, bodies in
+``router_request``), a bandwidth-aware threshold (``router_policy``), metrics
+(``router_metrics``) and one error tree (``router_errors``). Configured by the router file
+(``router_config``), re-read when its modification time changes.
+
+Run it::
+
+    prfaas router --config router.yaml --port 8000          # command line, blocks
+
+    async with RouterService("router.yaml", port=0) as svc:  # in-process (tests, prfaas up)
+        print(svc.url)                                       # http://127.0.0.1:<port>
+
+HTTP: ``POST /v1/completions`` and ``/v1/chat/completions`` (streaming or not), ``GET
+/v1/models``, ``/healthz`` (readiness: 503 while no decode instance is healthy), ``/livez``,
+``/metrics``, ``/status`` (links, ``t``, egress, instance loads as JSON). Answers carry
+``X-Request-Id`` (the client's, or a new one; sent on both engine legs), ``X-PrfaaS-Route``
+(``local`` / ``remote`` / ``fallback``) and ``X-PrfaaS-Uncached-Tokens``.
+
+What happens on failure: a malformed request gets a 4xx with the reason and reaches no engine;
+a remote prefill that fails, times out or whose link is down (``down: true``, capacity 0, or
+an open circuit) falls back to local prefill, then to the decode instance prefilling itself;
+a decode instance that fails before answering is replaced by another; a decode stream that
+breaks off ends with an in-band ``data: {"error": …}`` event; no healthy decode instance → 503.
+
+Metrics (``prfaas_router_``): ``requests_total{path, outcome}``, ``ttft_seconds``,
+``tpot_seconds``, ``uncached_tokens``, ``kv_bytes_in_flight{link}``,
+``threshold_tokens{link}``, ``link_egress_bits_per_second{link}``, ``link_up{link}``,
+``instance_up{datacenter, role, url}``, ``backend_failures_total{datacenter, role}``,
+``config_reloads_total{outcome}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+from prfaas.engine.router.app import build_app
+from prfaas.engine.router.config import RouterConfig, RouterConfigError, load_router_config
+from prfaas.engine.router.errors import ConfigError
+from prfaas.engine.router.proxy import RouterCore
+from prfaas.engine.router.serving import AsyncService, serve_app
+from prfaas.engine.router.tokenizer import PromptTokenizer
+
+__all__ = ["RouterCore", "RouterService", "run_router"]
+
+log = logging.getLogger(__name__)
+
+
+class RouterService(AsyncService):
+    """A router serving HTTP, plus its background loops: the file watcher (reload on a
+    modification-time change, every ``reload_interval_s``), the threshold ticker (every half
+    controller interval, so ``t`` decays back while no request arrives) and the engines'
+    health prober (``health`` in the router file).
+
+    ``source`` is the router file's path, or a ``RouterConfig`` (no reloading). ``port=0``
+    picks a free port; ``url`` tells which after ``start``. ``tokenizer`` and ``clock``
+    (monotonic seconds) replace the configured tokenizer and the real clock in tests.
+    """
+
+    def __init__(
+        self,
+        source: str | Path | RouterConfig,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        reload_interval_s: float = 1.0,
+        tokenizer: PromptTokenizer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = None if isinstance(source, RouterConfig) else Path(source)
+        self.host, self.port = host, port
+        self.reload_interval_s = reload_interval_s
+        self._mtime: float | None = None
+        config = source if isinstance(source, RouterConfig) else self._load()
+        self.router = RouterCore(config, tokenizer=tokenizer, clock=clock)
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _load(self) -> RouterConfig:
+        assert self.path is not None
+        try:
+            self._mtime = self.path.stat().st_mtime
+            return load_router_config(self.path)
+        except (OSError, RouterConfigError) as exc:
+            raise ConfigError(str(exc)) from exc
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> str:
+        """Load the tokenizer, bind the port, start the loops; returns the base URL."""
+        await self.router.start()
+        self._runner, bound = await serve_app(build_app(self.router), self.host, self.port)
+        if self.port == 0:
+            self.port = bound
+        self._tasks = [asyncio.create_task(self._tick_loop())]
+        if self.router.config.health.enabled:
+            self._tasks.append(asyncio.create_task(self._probe_loop()))
+        if self.path is not None:
+            self._tasks.append(asyncio.create_task(self._watch_loop()))
+        log.info("router serving %s on %s", self.router.config.model, self.url)
+        return self.url
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.router.close()
+
+    async def reload_if_changed(self) -> bool:
+        """Re-read the router file if its mtime moved; a bad file keeps the old config."""
+        if self.path is None:
+            return False
+        try:
+            mtime = self.path.stat().st_mtime
+        except OSError:
+            return False
+        if mtime == self._mtime:
+            return False
+        try:
+            config = self._load()
+        except ConfigError as exc:
+            self._mtime = mtime
+            self.router.metrics.config_reloads.labels("error").inc()
+            log.error("router file changed but is invalid; keeping the old config: %s", exc)
+            return False
+        try:
+            await self.router.reconfigure(config)
+        except ConfigError as exc:
+            self.router.metrics.config_reloads.labels("error").inc()
+            log.error("router file changed but cannot be applied; keeping the old config: %s", exc)
+            return False
+        self.router.metrics.config_reloads.labels("ok").inc()
+        log.info("router file %s reloaded", self.path)
+        return True
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reload_interval_s)
+            try:
+                await self.reload_if_changed()
+            except Exception:  # never let the watcher die silently
+                log.exception("router file reload failed")
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.router.config.health.interval_s)
+            if not self.router.config.health.enabled:
+                continue
+            try:
+                await self.router.probe()
+            except Exception:  # never let the prober die silently
+                log.exception("health probe round failed")
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.router.config.controller.interval_s / 2)
+            self.router.tick()
+
+
+async def _serve_forever(service: RouterService) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with service:
+        # Everything loaded so far (tokenizer, aiohttp, pydantic) lives for the whole process:
+        # keep it out of the cyclic collector's full passes, which otherwise add ms-long stalls.
+        gc.collect()
+        gc.freeze()
+        print(f"prfaas router: {service.url} (model {service.router.config.model})", flush=True)
+        await stop.wait()
+
+
+def run_router(
+    config_path: str | Path,
+    *,
+    host: str = "0.0.0.0",
+    port: int = 8000,
+    reload_interval_s: float = 1.0,
+) -> None:
+    """Serve until SIGINT/SIGTERM (``prfaas router``). Uses uvloop when it is installed."""
+    logging.basicConfig(
+        level=os.environ.get("PRFAAS_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    service = RouterService(config_path, host=host, port=port, reload_interval_s=reload_interval_s)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_serve_forever(service))
+    else:
+        uvloop.run(_serve_forever(service))

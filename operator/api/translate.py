@@ -1,0 +1,217 @@
+"""Custom resources → planner ``Problem`` (used by ``prfaas plan`` and by the operator).
+
+The boundary between pydantic (validated API objects) and the planner's dataclasses: names are
+resolved against the catalog, durations parsed, distributions built, and a measured link
+bandwidth (``InterDCLink.status.measuredGbps``) preferred over the provisioned one when asked.
+Every input's provenance goes into ``Problem.notes`` so that the plan can say where each number
+came from. Errors are ``TranslateError`` with the object and field to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from prfaas.operator.api import models as api
+from prfaas.planner.distributions import Empirical, Fixed, LengthDistribution, LogNormal
+from prfaas.planner.errors import CatalogError, PlannerError
+from prfaas.planner.latency.catalog import ModelArch, gpu_spec, model_arch, with_memory
+from prfaas.planner.latency.profiles import ProfileData
+from prfaas.planner.problem import (
+    ClusterInput,
+    LinkInput,
+    OffloadInput,
+    PlannerSettings,
+    Problem,
+    SloInput,
+    WorkloadInput,
+)
+
+__all__ = [
+    "TranslateError",
+    "distribution",
+    "model_from_spec",
+    "problem_from_resources",
+    "problems_from_manifests",
+]
+
+
+class TranslateError(PlannerError, ValueError):
+    """The resources cannot be turned into a planning problem (a missing reference, an unknown
+    catalog name); the message names the object and field."""
+
+
+def distribution(
+    spec: api.LogNormalDistribution | api.EmpiricalDistribution | api.FixedDistribution,
+) -> LengthDistribution:
+    """The planner distribution for an API ``Distribution``."""
+    if isinstance(spec, api.LogNormalDistribution):
+        return LogNormal(spec.mu, spec.sigma, float(spec.min), float(spec.max))
+    if isinstance(spec, api.EmpiricalDistribution):
+        return Empirical.from_buckets(
+            [b.up_to for b in spec.buckets], [b.weight for b in spec.buckets]
+        )
+    return Fixed(float(spec.value))
+
+
+def model_from_spec(spec: api.ModelSpec) -> ModelArch:
+    """The catalog model, or an inline architecture turned into a ``ModelArch``."""
+    if spec.catalog is not None:
+        try:
+            return model_arch(spec.catalog)
+        except CatalogError as exc:
+            raise TranslateError(f"spec.model.catalog: {exc}") from exc
+    a = spec.architecture
+    assert a is not None  # the API model requires catalog xor architecture
+    hybrid = a.full_attention_every > 1
+    return ModelArch(
+        name=spec.served_name,
+        layers=a.layers,
+        hidden=a.hidden,
+        heads=a.heads,
+        kv_heads=a.kv_heads,
+        head_dim=a.head_dim,
+        ffn=a.ffn,
+        vocab=a.vocab,
+        params_b=a.params_b,
+        active_params_b=a.active_params_b,
+        attention=a.attention,
+        kv_lora_rank=a.kv_lora_rank or 0,
+        rope_dim=a.rope_dim or 0,
+        full_attention_every=a.full_attention_every,
+        linear_kind="linear" if hybrid else "none",
+        linear_state_bytes_per_layer=a.linear_state_bytes_per_layer if hybrid else None,
+        dtype_bytes=a.dtype_bytes,
+        weight_bytes_per_param=float(a.dtype_bytes),
+        max_context=a.max_context,
+        note="inline architecture from the ServingPlan",
+    ).check()
+
+
+def _profile(p: api.PublishedProfile, where: str) -> ProfileData:
+    prefill = tuple((float(x.tokens), x.seconds) for x in p.prefill if x.tokens is not None)
+    decode = []
+    for i, x in enumerate(p.decode):
+        if x.batch is None or x.context is None:
+            raise TranslateError(f"{where}.decode[{i}]: a decode point needs batch and context")
+        decode.append((float(x.batch), float(x.context), x.seconds))
+    kv = tuple((float(x.tokens), x.kv_mi_b) for x in p.prefill if x.tokens and x.kv_mi_b)
+    return ProfileData(
+        p.accelerator,
+        p.tensor_parallel,
+        p.pipeline_parallel,
+        p.source or where,
+        prefill,
+        tuple(decode),
+        kv,
+    )
+
+
+def _cluster(
+    obj: api.PrefillCluster | api.DecodeCluster, kind: Literal["prefill", "decode"]
+) -> ClusterInput:
+    acc = obj.spec.accelerator
+    try:
+        gpu = with_memory(gpu_spec(acc.type), acc.memory_gi_b)
+    except CatalogError as exc:
+        raise TranslateError(
+            f"{obj.KIND}/{obj.metadata.name} spec.accelerator.type: {exc}"
+        ) from exc
+    return ClusterInput(
+        obj.metadata.name,
+        obj.spec.datacenter,
+        kind,
+        gpu,
+        acc.count,
+        acc.per_node,
+    )
+
+
+def problem_from_resources(
+    plan: api.ServingPlan,
+    prefill: Sequence[api.PrefillCluster],
+    decode: Sequence[api.DecodeCluster],
+    links: Sequence[api.InterDCLink],
+    *,
+    settings: PlannerSettings | None = None,
+    use_measured_bandwidth: bool = True,
+) -> Problem:
+    """The planning problem of one ServingPlan over the clusters and links it can use."""
+    spec = plan.spec
+    where = f"ServingPlan/{plan.metadata.name}"
+    by_name_p = {c.metadata.name: c for c in prefill}
+    by_name_d = {c.metadata.name: c for c in decode}
+    clusters: list[ClusterInput] = []
+    for name in spec.clusters.prefill:
+        if name not in by_name_p:
+            raise TranslateError(f"{where} spec.clusters.prefill: no PrefillCluster {name!r}")
+        clusters.append(_cluster(by_name_p[name], "prefill"))
+    for name in spec.clusters.decode:
+        if name not in by_name_d:
+            raise TranslateError(f"{where} spec.clusters.decode: no DecodeCluster {name!r}")
+        clusters.append(_cluster(by_name_d[name], "decode"))
+    link_inputs = []
+    notes = []
+    for lk in links:
+        gbps = lk.spec.bandwidth_gbps
+        measured = lk.status.measured_gbps if lk.status else None
+        if use_measured_bandwidth and measured is not None:
+            notes.append(
+                f"link {lk.metadata.name}: measured {measured:g} Gbps (provisioned {gbps:g})"
+            )
+            gbps = measured
+        link_inputs.append(
+            LinkInput(lk.metadata.name, lk.spec.from_, lk.spec.to, gbps, lk.spec.rtt_ms)
+        )
+    model = model_from_spec(spec.model)
+    if model.note:
+        notes.append(f"model {model.name}: {model.note}")
+    profiles = tuple(
+        _profile(p, f"{where} spec.model.profiles[{i}]") for i, p in enumerate(spec.model.profiles)
+    )
+    notes.extend(
+        f"profile {p.accelerator} TP{p.tensor_parallel}×PP{p.pipeline_parallel}: {p.origin}"
+        for p in profiles
+    )
+    w = spec.workload
+    workload = WorkloadInput(
+        distribution(w.input_length),
+        distribution(w.output_length),
+        w.requests_per_second,
+        w.prefix_cache_hit_rate,
+    )
+    slo = SloInput(
+        api.duration_seconds(spec.slo.ttft),
+        api.duration_seconds(spec.slo.tpot),
+        spec.slo.percentile,
+        spec.slo.attainment,
+    )
+    o = spec.offload
+    offload = OffloadInput(
+        o.mode, float(o.threshold_tokens) if o.threshold_tokens else None, o.bandwidth_headroom
+    )
+    return Problem(
+        name=plan.metadata.name,
+        model=model,
+        clusters=tuple(clusters),
+        links=tuple(link_inputs),
+        workload=workload,
+        slo=slo,
+        offload=offload,
+        profiles=profiles,
+        max_batch_size=spec.engine.max_batch_size,
+        settings=settings or PlannerSettings(),
+        notes=tuple(notes),
+    )
+
+
+def problems_from_manifests(resources: Sequence[api.Resource]) -> list[Problem]:
+    """One problem per ServingPlan among ``resources`` (clusters and links from the same set)."""
+    prefill = [r for r in resources if isinstance(r, api.PrefillCluster)]
+    decode = [r for r in resources if isinstance(r, api.DecodeCluster)]
+    links = [r for r in resources if isinstance(r, api.InterDCLink)]
+    return [
+        problem_from_resources(r, prefill, decode, links)
+        for r in resources
+        if isinstance(r, api.ServingPlan)
+    ]

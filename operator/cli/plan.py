@@ -1,0 +1,189 @@
+"""``prfaas plan FILE.yaml``: preview the plan of every ServingPlan in the file, offline.
+
+Exit status: 0 when every plan is feasible, 1 when one is not (the reason is printed), 2 when
+the manifests do not validate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from prfaas.operator.cli.common import load_problems
+
+if TYPE_CHECKING:
+    from prfaas.planner.plan import Plan
+    from rich.console import Console
+
+__all__ = ["OutputFormat", "render_table", "run"]
+
+EXIT_INFEASIBLE = 1
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    yaml = "yaml"
+    json = "json"
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "∞"
+    return f"{x:.{digits}g}"
+
+
+def _tokens(x: float | None) -> str:
+    if x is None:
+        return "∞ (no offload)"
+    return f"{x / 1000:.1f}K" if x >= 1000 else f"{x:.0f}"
+
+
+def render_table(console: Console, name: str, plan: Plan) -> None:
+    """Print one plan as rich tables (clusters, summary, links, baselines, notes)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    if not plan.feasible:
+        console.print(f"[red]✗ {escape(name)}[/]: infeasible — {escape(plan.reason)}")
+        return
+    clusters = Table(title=f"ServingPlan {name} — model {plan.model}", title_justify="left")
+    for col in ("cluster", "datacenter", "role", "GPU", "instances", "TP×PP", "GPUs", "latency"):
+        clusters.add_column(col, justify="right" if col in {"instances", "GPUs"} else "left")
+    for c in plan.clusters:
+        clusters.add_row(
+            c.name,
+            c.datacenter,
+            c.role,
+            c.accelerator,
+            str(c.instances),
+            f"{c.tensor_parallel}×{c.pipeline_parallel}",
+            str(c.gpus),
+            c.latency_source,
+        )
+    console.print(clusters)
+    st = plan.stages
+    summary = Table(
+        show_header=False, title="Throughput model (PrfaaS Eqs. 3-6)", title_justify="left"
+    )
+    summary.add_column("quantity")
+    summary.add_column("value", justify="right")
+    summary.add_row("threshold t (uncached tokens)", _tokens(plan.threshold_tokens))
+    summary.add_row("offload fraction p", f"{plan.offload_fraction:.3f}")
+    summary.add_row("l_short / l_long (tokens)", f"{plan.l_short:,.0f} / {plan.l_long:,.0f}")
+    if "prfaas" in st:
+        summary.add_row(
+            "Θ_prfaas (req/s)",
+            f"{_num(st['prfaas'])} (compute "
+            f"{_num(st.get('prfaasCompute'))}, link {_num(st.get('link'))})",
+        )
+    summary.add_row(
+        "Θ_pd-p / Θ_pd-d (req/s)", f"{_num(st.get('pdPrefill'))} / {_num(st.get('pdDecode'))}"
+    )
+    summary.add_row("[bold]Λ_max (req/s)[/]", f"[bold]{plan.throughput_rps:.3f}[/]")
+    summary.add_row("bottleneck", plan.bottleneck)
+    console.print(summary)
+    if plan.links:
+        links = Table(title="Inter-DC links", title_justify="left")
+        for col in ("link", "from → to", "capacity Gbps", "headroom", "egress Gbps", "used"):
+            links.add_column(col)
+        for lk in plan.links:
+            used = lk.egress_gbps / lk.capacity_gbps if lk.capacity_gbps else 0.0
+            links.add_row(
+                lk.name,
+                f"{lk.from_} → {lk.to}",
+                f"{lk.capacity_gbps:g}",
+                f"{lk.headroom:g}",
+                f"{lk.egress_gbps:.2f}",
+                f"{used:.1%}",
+            )
+        console.print(links)
+    if plan.baselines:
+        base = Table(title="Baselines", title_justify="left")
+        for col in ("baseline", "Λ_max (req/s)", "plan / baseline", "GPUs", "what"):
+            base.add_column(col)
+        for b in plan.baselines:
+            base.add_row(b.name, f"{b.throughput_rps:.3f}", f"{b.ratio:.2f}×", str(b.gpus), b.note)
+        console.print(base)
+    simulated = [("plan", plan.predicted)] + [(b.name, b.predicted) for b in plan.baselines]
+    for who, pr in simulated:
+        if pr is not None and pr.ttft_p90_s is not None and pr.tpot_p90_s is not None:
+            console.print(
+                f"simulated {who} at {_num(pr.rate_rps)} req/s: P90 TTFT {pr.ttft_p90_s:.2f}s, "
+                f"P90 TPOT {pr.tpot_p90_s * 1e3:.1f}ms, SLO attainment {pr.attainment or 0:.1%}"
+            )
+    for note in plan.notes:
+        console.print(f"[dim]• {escape(note)}[/]")
+
+
+def run(
+    file: Annotated[Path, typer.Argument(help="YAML with clusters, links and ServingPlan(s).")],
+    output: Annotated[
+        OutputFormat, typer.Option("--output", "-o", help="table, yaml or json.")
+    ] = OutputFormat.table,
+    simulate: Annotated[
+        int,
+        typer.Option(
+            "--simulate",
+            min=0,
+            help="Also simulate this many requests per configuration and fill `predicted` "
+            "(P90 TTFT/TPOT, attainment) for the plan and each baseline; 0: off.",
+        ),
+    ] = 0,
+    simulated_goodput: Annotated[
+        bool,
+        typer.Option(
+            "--simulated-goodput",
+            help="Rank TP×PP candidates by simulated goodput (DistServe's bisection over the "
+            "simulator) instead of the M/D/1 closed forms; slower.",
+        ),
+    ] = False,
+) -> None:
+    """Plan every ServingPlan in FILE: instances, TP/PP, threshold t, Λ_max, egress, baselines."""
+    from prfaas.planner.solver import plan as make_plan
+    from rich.console import Console
+
+    err = Console(stderr=True, soft_wrap=True, highlight=False)
+    _, problems = load_problems(file, err, "plan")
+    if simulated_goodput:
+        from dataclasses import replace
+
+        from prfaas.planner.sim.scenarios import simulated_goodput as goodput_fn
+
+        problems = [
+            replace(p, settings=replace(p.settings, goodput=goodput_fn())) for p in problems
+        ]
+    plans = [(p.name, make_plan(p)) for p in problems]
+    if simulate:
+        from prfaas.planner.errors import PlannerError
+        from prfaas.planner.sim.scenarios import predict
+
+        for problem, (_, pl) in zip(problems, plans, strict=True):
+            if pl.feasible:
+                try:
+                    predict(problem, pl, requests=simulate)
+                except PlannerError as exc:
+                    pl.notes.append(f"not simulated: {exc}")
+    if output is OutputFormat.table:
+        width = max(shutil.get_terminal_size((140, 40)).columns, 120)
+        console = Console(soft_wrap=True, highlight=False, width=width)
+        for name, pl in plans:
+            render_table(console, name, pl)
+    else:
+        data: Any = [pl.to_dict() for _, pl in plans]
+        data = data[0] if len(data) == 1 else data
+        if output is OutputFormat.json:
+            typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        else:
+            import yaml
+
+            typer.echo(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), nl=False)
+    bad = [(name, pl.reason) for name, pl in plans if not pl.feasible]
+    for name, reason in bad:
+        err.print(f"[red]✗ {name}: {reason}[/]")
+    if bad:
+        raise typer.Exit(EXIT_INFEASIBLE)

@@ -1,0 +1,401 @@
+"""``prfaas simulate FILE.yaml``: the plan and its baselines through the discrete-event simulator.
+
+Plans every ServingPlan in FILE (as ``prfaas plan`` does), then simulates the PrfaaS-PD
+configuration, homogeneous PD and naive heterogeneous over the same requests at one rate, and
+prints latency percentiles, joint SLO attainment, goodput (bisection) and link use side by
+side, with the change of PrfaaS-PD against each baseline. ``--plot OUT.png`` draws the TTFT CDF
+per configuration and the link's egress, capacity and threshold ``t`` over time.
+
+Exit status: 0 on success, 1 when a plan is infeasible or cannot be simulated, 2 when the
+manifests do not validate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import typer
+from prfaas.operator.cli.common import load_problems
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from prfaas.planner.plan import Plan
+    from prfaas.planner.problem import Problem
+    from prfaas.planner.sim.scenarios import ScenarioRun
+    from rich.console import Console
+
+__all__ = ["SimOutput", "plot_runs", "run", "summary_rows"]
+
+EXIT_FAILED = 1
+PROGRESS_FROM = 50_000
+"""Show a progress bar when at least this many requests are simulated in all."""
+
+
+class SimOutput(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def _fmt(x: float | None, unit: str = "s") -> str:
+    if x is None or not math.isfinite(x):
+        return "—" if x is None else "∞"
+    if unit == "s":
+        return f"{x * 1e3:.1f} ms" if abs(x) < 1 else f"{x:.2f} s"
+    if unit == "%":
+        return f"{x:.1%}"
+    return f"{x:.3g}"
+
+
+def _change(ours: float | None, theirs: float | None, lower_is_better: bool) -> str:
+    if ours is None or theirs is None or not (math.isfinite(ours) and math.isfinite(theirs)):
+        return "—"
+    if theirs == 0:
+        return "∞" if ours > 0 else "="
+    rel = ours / theirs - 1.0
+    good = rel < 0 if lower_is_better else rel > 0
+    colour = "green" if good else ("red" if rel else "white")
+    return f"[{colour}]{rel:+.0%}[/]"
+
+
+def summary_rows(runs: list[ScenarioRun], problem: Problem) -> list[dict[str, Any]]:
+    """One dict per configuration: what the table and ``--output json`` show."""
+    import numpy as np
+
+    rows = []
+    for r in runs:
+        res = r.result
+        s = res.summary(problem.slo.ttft_s, problem.slo.tpot_s)
+        rows.append(
+            {
+                "name": r.scenario.name,
+                "plannedRps": r.scenario.planned_rps,
+                "rateRps": r.rate,
+                "requests": len(res),
+                "ttftMeanS": s["ttft"].mean,
+                "ttftP50S": s["ttft"].p50,
+                "ttftP90S": s["ttft"].p90,
+                "ttftP99S": s["ttft"].p99,
+                "tpotP90S": s["tpot"].p90,
+                "e2eP90S": s["e2e"].p90,
+                "attainment": s["attainment"],
+                "throughputRps": s["throughputRps"],
+                "goodputRps": r.goodput_rps,
+                "offloadFraction": s["offloadFraction"],
+                "egressGbps": s["egressGbps"],
+                "thresholdP50": {
+                    k: float(np.median(v.v)) for k, v in res.thresholds.items() if len(v.v)
+                },
+                "events": res.events,
+            }
+        )
+    return rows
+
+
+_METRICS: tuple[tuple[str, str, str, bool], ...] = (
+    # key, label, unit, lower is better
+    ("plannedRps", "planned Λ_max (req/s)", "n", False),
+    ("ttftMeanS", "TTFT mean", "s", True),
+    ("ttftP50S", "TTFT P50", "s", True),
+    ("ttftP90S", "TTFT P90", "s", True),
+    ("ttftP99S", "TTFT P99", "s", True),
+    ("tpotP90S", "TPOT P90", "s", True),
+    ("e2eP90S", "E2E P90", "s", True),
+    ("attainment", "SLO attainment (TTFT & TPOT)", "%", False),
+    ("goodputRps", "goodput (req/s, bisection)", "n", False),
+    ("offloadFraction", "offloaded", "%", False),
+)
+
+
+def _table(console: Console, name: str, problem: Problem, rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    rate = rows[0]["rateRps"]
+    title = (
+        f"ServingPlan {name}: {rows[0]['requests']:,} requests at {rate:.3g} req/s, SLO "
+        f"TTFT {problem.slo.ttft_s:g}s & TPOT {problem.slo.tpot_s * 1e3:g}ms for "
+        f"{problem.slo.attainment:.0%}"
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric", no_wrap=True)
+    for row in rows:
+        table.add_column(row["name"], justify="right")
+    ours = rows[0]
+    for row in rows[1:]:
+        table.add_column(f"vs {row['name']}", justify="right")
+    for key, label, unit, lower in _METRICS:
+        if key == "goodputRps" and all(r[key] is None for r in rows):
+            continue
+        cells = [_fmt(r[key], unit) for r in rows]
+        changes = [_change(ours[key], r[key], lower) for r in rows[1:]]
+        if key in {"plannedRps", "offloadFraction"}:
+            changes = ["" for _ in rows[1:]]
+        table.add_row(label, *cells, *changes)
+    egress = [", ".join(f"{v:.2f}" for v in r["egressGbps"].values()) or "—" for r in rows]
+    table.add_row("link egress mean (Gbps)", *egress, *["" for _ in rows[1:]])
+    console.print(table)
+
+
+def plot_runs(runs: list[ScenarioRun], out: Path, title: str) -> None:
+    """TTFT CDF per configuration; egress, capacity and threshold t over time; queue depth per
+    pool of the first configuration (one PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from prfaas.planner.sim.metrics import binned_mean
+
+    linked = [r for r in runs if r.result.links]
+    fig, axes = plt.subplots(2 + len(linked), 1, figsize=(9, 7.2 + 3.2 * len(linked)))
+    axes = np.atleast_1d(axes)
+    ax = axes[0]
+    for r in runs:
+        ttft = np.sort(r.result.ttft)
+        ax.plot(ttft, np.arange(1, len(ttft) + 1) / len(ttft), label=r.scenario.name)
+    ax.axhline(0.9, color="grey", lw=0.6, ls=":")
+    ax.set_xlabel("TTFT (s)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title(f"{title}: TTFT CDF at {runs[0].rate:.3g} req/s")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    for ax, r in zip(axes[1:-1], linked, strict=True):
+        res = r.result
+        end = res.end_s
+        bin_s = max(end / 200.0, 1.0)
+        for name, series in res.links.items():
+            starts, means = binned_mean(series, end, bin_s)
+            ax.plot(starts, means / 1e9, label=f"{name} egress")
+            cap = res.link_capacity[name]
+            ax.step(
+                np.append(cap.t, end),
+                np.append(cap.v, cap.v[-1]) / 1e9,
+                where="post",
+                ls="--",
+                label=f"{name} capacity",
+            )
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("Gbit/s")
+        ax.set_title(f"{r.scenario.name}: link egress and offload threshold t")
+        ax.grid(alpha=0.3)
+        twin = ax.twinx()
+        for name, thr in res.thresholds.items():
+            v = np.where(np.isfinite(thr.v), thr.v, np.nan)
+            twin.step(
+                np.append(thr.t, end),
+                np.append(v, v[-1]) / 1e3,
+                where="post",
+                color="black",
+                lw=0.9,
+                label=f"t ({name})",
+            )
+        twin.set_ylabel("threshold t (K tokens)")
+        twin.set_ylim(bottom=0)
+        ax.set_ylim(bottom=0)
+        lines = ax.get_legend_handles_labels()
+        more = twin.get_legend_handles_labels()
+        ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right", fontsize=8)
+    ax = axes[-1]
+    ours = runs[0].result
+    q_bin = max(ours.end_s / 200.0, 1.0)
+    for name, series in ours.queues.items():
+        starts, means = binned_mean(series, ours.end_s, q_bin)
+        ax.plot(starts, means, label=name)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("requests waiting")
+    ax.set_title(f"{runs[0].scenario.name}: queue depth per pool")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _simulate_one(
+    problem: Problem,
+    plan: Plan,
+    *,
+    requests: int,
+    rate: float | None,
+    rate_scale: float | None,
+    seed: int,
+    schedule: str | None,
+    trace: Path | None,
+    goodput_requests: int,
+    arrival: tuple[str, float],
+    err: Console,
+) -> list[ScenarioRun]:
+    from prfaas.planner.sim.arrivals import load_trace
+    from prfaas.planner.sim.links import parse_schedule
+    from prfaas.planner.sim.scenarios import common_rate, run_scenarios, scenarios
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    found = scenarios(problem, plan, schedule=parse_schedule(schedule) if schedule else ())
+    stream = None
+    if trace is not None:
+        stream = load_trace(trace)
+        if rate is not None and stream.rate > 0:
+            stream = stream.scaled(rate / stream.rate)  # replay the trace at this mean rate
+        if rate_scale is not None:
+            stream = stream.scaled(rate_scale)
+        at = stream.rate
+    else:
+        at = rate if rate is not None else common_rate(problem, found)
+        if rate_scale is not None:
+            at *= rate_scale
+    n = len(stream) if stream is not None else requests
+    total = n * len(found)
+    kind: Literal["poisson", "gamma"] = "gamma" if arrival[0] == "gamma" else "poisson"
+
+    def simulate(progress: Callable[[str, int], None] | None = None) -> list[ScenarioRun]:
+        return run_scenarios(
+            problem,
+            found,
+            requests=n,
+            rate=at,
+            seed=seed,
+            stream=stream,
+            goodput_requests=goodput_requests,
+            progress=progress,
+            arrival=kind,
+            cv=arrival[1],
+        )
+
+    if total < PROGRESS_FROM:
+        return simulate()
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("simulating", total=total)
+        offsets = {sc.name: i * n for i, sc in enumerate(found)}
+
+        def progress(name: str, done: int) -> None:
+            bar.update(task, completed=offsets[name] + done, description=f"simulating {name}")
+
+        return simulate(progress)
+
+
+def run(
+    file: Annotated[Path, typer.Argument(help="YAML with clusters, links and ServingPlan(s).")],
+    requests: Annotated[
+        int, typer.Option("--requests", "-n", min=1, help="Requests per configuration.")
+    ] = 20_000,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            "--rate",
+            min=0.0,
+            help="Arrival rate, req/s (default: workload.requestsPerSecond, "
+            "else 0.8 × the smallest planned Λ_max, so every configuration is stable).",
+        ),
+    ] = None,
+    rate_scale: Annotated[
+        float | None,
+        typer.Option("--rate-scale", min=0.0, help="Multiply the (default or trace) rate."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of requests and tie-breaks.")] = 0,
+    bandwidth_schedule: Annotated[
+        str | None,
+        typer.Option(
+            "--bandwidth-schedule",
+            help='Link capacity over time as SECONDS:GBPS pairs, e.g. "0:100,60:20,120:100".',
+        ),
+    ] = None,
+    trace: Annotated[
+        Path | None,
+        typer.Option(
+            "--trace",
+            help="CSV/JSONL trace (time, input_tokens, output_tokens, "
+            "prefix_id) instead of sampled requests.",
+        ),
+    ] = None,
+    goodput: Annotated[
+        bool, typer.Option("--goodput/--no-goodput", help="Bisect each configuration's goodput.")
+    ] = True,
+    goodput_requests: Annotated[
+        int, typer.Option("--goodput-requests", min=100, help="Requests per bisection probe.")
+    ] = 2000,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a PNG: TTFT CDFs, egress and t.")
+    ] = None,
+    output: Annotated[SimOutput, typer.Option("--output", "-o")] = SimOutput.table,
+) -> None:
+    """Simulate the plan of every ServingPlan in FILE against homogeneous PD and naive
+    heterogeneous: TTFT/TPOT percentiles, SLO attainment, goodput, link egress."""
+    from prfaas.operator.api import models as api
+    from prfaas.planner.errors import PlannerError
+    from prfaas.planner.sim.scenarios import fill_predicted
+    from prfaas.planner.solver import plan as make_plan
+    from rich.console import Console
+
+    if rate is not None and rate_scale is not None:
+        raise typer.BadParameter("give --rate or --rate-scale, not both")
+    err = Console(stderr=True, soft_wrap=True, highlight=False)
+    manifests, problems = load_problems(file, err, "simulate")
+    console = Console(soft_wrap=True, highlight=False, width=max(Console().width, 150))
+    failed = False
+    results: list[dict[str, Any]] = []
+    arrivals = {
+        sp.metadata.name: (sp.spec.workload.arrival.kind, sp.spec.workload.arrival.cv)
+        for sp in manifests.of_kind(api.ServingPlan)
+    }
+    for problem in problems:
+        plan = make_plan(problem)
+        if problem.workload.prefix_cache_hit_rate > 0 and trace is None:
+            err.print(
+                f"[yellow]! {problem.name}: prefixCacheHitRate is not simulated for sampled "
+                "requests (they share no prefixes); give a --trace with prefix_id to model "
+                "cache hits[/]"
+            )
+        if not plan.feasible:
+            err.print(f"[red]✗ {problem.name}: infeasible — {plan.reason}[/]")
+            failed = True
+            continue
+        try:
+            runs = _simulate_one(
+                problem,
+                plan,
+                requests=requests,
+                rate=rate,
+                rate_scale=rate_scale,
+                seed=seed,
+                schedule=bandwidth_schedule,
+                trace=trace,
+                goodput_requests=goodput_requests if goodput else 0,
+                arrival=arrivals.get(problem.name, ("poisson", 1.0)),
+                err=err,
+            )
+        except PlannerError as exc:
+            err.print(f"[red]✗ {problem.name}: {exc}[/]")
+            failed = True
+            continue
+        rows = summary_rows(runs, problem)
+        fill_predicted(plan, runs, problem)
+        results.append(
+            {"servingPlan": problem.name, "configurations": rows, "plan": plan.to_dict()}
+        )
+        if output is SimOutput.table:
+            _table(console, problem.name, problem, rows)
+        if plot is not None:
+            out = plot if len(problems) == 1 else plot.with_stem(f"{plot.stem}-{problem.name}")
+            plot_runs(runs, out, problem.name)
+            err.print(f"[dim]wrote {out}[/]")
+    if output is SimOutput.json:
+        data: Any = results[0] if len(results) == 1 else results
+        typer.echo(json.dumps(_clean(data), indent=2))
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _clean(x: Any) -> Any:
+    """JSON has no infinity or NaN: write ``null``."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x

@@ -1,0 +1,237 @@
+"""``prfaas up FILE.yaml``: run the plan on this machine (engines, router, optional netns link).
+
+Prints the endpoint and the plan, then a live table of what the router did (requests by path,
+TTFT, the current threshold) until Ctrl-C or SIGTERM, which stop every process it started and
+remove the namespaces it created.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["live_table", "router_snapshot", "run"]
+
+
+def run(
+    file: Annotated[Path, typer.Argument(help="Manifests: clusters, link, ServingPlan.")],
+    netns: Annotated[
+        bool,
+        typer.Option(
+            "--netns",
+            help="One network namespace per datacenter, joined by a veth "
+            "pair shaped with tc tbf at the InterDCLink's bandwidth (needs root).",
+        ),
+    ] = False,
+    port: Annotated[int, typer.Option(help="Router port.")] = 8000,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Where logs and the router file go (default: a temp dir).")
+    ] = None,
+    refresh: Annotated[float, typer.Option(help="Seconds between table refreshes.")] = 1.0,
+) -> None:
+    """Bring the plan up locally: tiny model, vLLM CPU engines per datacenter, the router."""
+    from prfaas.engine.local.netns import NetnsError
+    from prfaas.engine.local.runtime import LocalRuntime, LocalRuntimeError
+
+    def _terminate(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python keeps that.
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
+    runtime: LocalRuntime | None = None
+    try:
+        runtime = _prepare(file, netns=netns, port=port, workdir=workdir)
+        typer.echo(
+            f"starting {len(runtime.layout.engines)} engines and the router "
+            f"(logs in {runtime.workdir}) ..."
+        )
+        runtime.start()
+        _print_summary(runtime)
+        _live(runtime.layout.router_url, refresh)
+    except KeyboardInterrupt:
+        typer.echo("stopping ...")
+    except (LocalRuntimeError, NetnsError) as exc:
+        typer.echo(f"prfaas up: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        for sig in previous:  # a second Ctrl-C must not interrupt the clean-up
+            signal.signal(sig, signal.SIG_IGN)
+        if runtime is not None:
+            runtime.stop()
+            typer.echo("stopped: every process and namespace it started is gone")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _prepare(file: Path, *, netns: bool, port: int, workdir: Path | None) -> Any:
+    from prfaas.engine.local.netns import TwoDatacenterNet, have_net_admin
+    from prfaas.engine.local.runtime import LocalRuntime, LocalRuntimeError, build_layout
+    from prfaas.engine.vllm.tinymodel import TinyModelSpec, ensure_tiny_model
+    from prfaas.operator.api import models as api
+    from prfaas.operator.api.manifests import ManifestError, load_manifests
+    from prfaas.operator.cli.local_plan import local_plan
+
+    try:
+        manifests = load_manifests(file)
+    except ManifestError as exc:
+        raise LocalRuntimeError(f"{file} is not valid:\n{exc}") from exc
+    plan = local_plan(manifests)
+    sp = manifests.of_kind(api.ServingPlan)[0].spec
+    arch = sp.model.architecture
+    assert arch is not None  # local_plan checked it
+    model_dir = ensure_tiny_model(
+        TinyModelSpec(
+            layers=arch.layers,
+            hidden=arch.hidden,
+            heads=arch.heads,
+            kv_heads=arch.kv_heads,
+            head_dim=arch.head_dim,
+            ffn=arch.ffn,
+            vocab=arch.vocab,
+            max_positions=max(4096, arch.max_context),
+        )
+    )
+    net = None
+    if netns:
+        if not have_net_admin():
+            raise LocalRuntimeError("--netns needs root (CAP_NET_ADMIN) and iproute2")
+        prefill_dcs = {c.datacenter for c in plan.clusters if c.role == "prefill"}
+        decode_dcs = {c.datacenter for c in plan.clusters if c.role == "decode"}
+        if len(prefill_dcs) != 1 or len(decode_dcs) != 1 or prefill_dcs == decode_dcs:
+            raise LocalRuntimeError("--netns runs one prefill and one decode datacenter")
+        link = plan.links[0] if plan.links else None
+        gbps = link.capacity_gbps if link else 1.0
+        net = TwoDatacenterNet(next(iter(prefill_dcs)), next(iter(decode_dcs)), gbps * 1e9)
+        net.open()
+    try:
+        layout = build_layout(
+            plan,
+            model_dir=model_dir,
+            net=net,
+            router_port=port,
+            max_model_len=arch.max_context,
+            block_size=sp.engine.block_size,
+        )
+    except BaseException:
+        if net is not None:
+            net.close()
+        raise
+    kw: dict[str, Any] = {"layout": layout, "net": net}
+    if workdir is not None:
+        kw["workdir"] = workdir
+    return LocalRuntime(**kw)
+
+
+def _print_summary(runtime: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    info = runtime.describe()
+    table = Table(title=f"prfaas up: {info['model']}", show_lines=False)
+    for col in ("engine", "role", "datacenter", "url", "core", "namespace", "started"):
+        table.add_column(col)
+    for e in info["engines"]:
+        started = runtime.start_seconds.get(e["name"])
+        table.add_row(
+            e["name"],
+            e["role"],
+            e["datacenter"],
+            e["url"],
+            str(e["core"]),
+            e["namespace"] or "-",
+            f"{started:.1f}s" if started else "-",
+        )
+    console.print(table)
+    plan = runtime.layout.plan
+    console.print(
+        f"plan: threshold t = {plan.threshold_tokens} tokens (offload fraction "
+        f"{plan.offload_fraction:.2f}), {plan.kv_bytes_per_token:.0f} KV bytes/token, "
+        f"predicted {plan.throughput_rps:.1f} req/s (bottleneck {plan.bottleneck or '-'}), "
+        "link " + json.dumps(info["link"])
+    )
+    for note in plan.notes:
+        console.print(f"  note: {note}")
+    console.print(
+        f"[bold]endpoint: {info['endpoint']}[/bold]  (OpenAI API: /v1/completions, "
+        "/v1/chat/completions, /metrics)"
+    )
+    console.print(
+        f"try: curl {info['endpoint']}/v1/completions -H 'Content-Type: application/json' "
+        f'-d \'{{"model": "{info["model"]}", "prompt": "hello", "max_tokens": 16}}\''
+    )
+    console.print("Ctrl-C stops everything.")
+    sys.stdout.flush()
+
+
+def router_snapshot(metrics_text: str) -> dict[str, Any]:
+    """The numbers the live table shows, from the router's ``/metrics`` text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, Any] = {
+        "requests": {},
+        "ttft_sum": 0.0,
+        "ttft_count": 0.0,
+        "threshold": {},
+        "kv_in_flight": {},
+    }
+    for family in text_string_to_metric_families(metrics_text):
+        for s in family.samples:
+            if s.name == "prfaas_router_requests_total":
+                key = (s.labels.get("path", "?"), s.labels.get("outcome", "?"))
+                out["requests"][key] = s.value
+            elif s.name == "prfaas_router_ttft_seconds_sum":
+                out["ttft_sum"] = s.value
+            elif s.name == "prfaas_router_ttft_seconds_count":
+                out["ttft_count"] = s.value
+            elif s.name == "prfaas_router_threshold_tokens":
+                out["threshold"][s.labels.get("link", "")] = s.value
+            elif s.name == "prfaas_router_kv_bytes_in_flight":
+                out["kv_in_flight"][s.labels.get("link", "")] = s.value
+    return out
+
+
+def live_table(snapshot: dict[str, Any]) -> Any:
+    """A rich table of one snapshot, with TTFT, t and KV in flight below it."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="router")
+    for col in ("path", "outcome", "requests"):
+        table.add_column(col)
+    for (path, outcome), n in sorted(snapshot["requests"].items()):
+        table.add_row(path, outcome, f"{n:.0f}")
+    count = snapshot["ttft_count"]
+    mean = snapshot["ttft_sum"] / count if count else 0.0
+    thresholds = ", ".join(f"{k}: {v:.0f}" for k, v in snapshot["threshold"].items()) or "-"
+    kv = ", ".join(f"{k}: {v / 1e6:.2f} MB" for k, v in snapshot["kv_in_flight"].items()) or "-"
+    summary = Text(
+        f"TTFT mean {mean * 1000:.0f} ms over {count:.0f} requests\n"
+        f"threshold t (tokens): {thresholds}\nKV in flight: {kv}"
+    )
+    return Group(table, summary)
+
+
+def _live(url: str, refresh: float) -> None:
+    import httpx
+    from rich.live import Live
+
+    def snap() -> Any:
+        try:
+            return live_table(router_snapshot(httpx.get(url + "/metrics", timeout=2).text))
+        except httpx.HTTPError as exc:
+            from rich.text import Text
+
+            return Text(f"router /metrics unreachable: {exc}")
+
+    with Live(snap(), refresh_per_second=max(1.0, 1 / refresh)) as live:
+        while True:
+            time.sleep(refresh)
+            live.update(snap())

@@ -1,0 +1,530 @@
+"""Pure builders: a ``Plan`` plus the specs it was made from → the child manifests, as dicts.
+
+Nothing here talks to an API server or reads a clock, so every manifest can be checked against
+golden files and Kubernetes' own schemas. Per plan, for each cluster the plan uses:
+
+- per role with instances > 0, a ``Deployment`` of vLLM engines (a ``LeaderWorkerSet`` when one
+  instance needs more GPUs than a node has) whose command line and environment come from
+  ``prfaas.engine.vllm.launch`` (the one place engine flags are spelled), and a headless
+  ``Service``;
+- per decode cluster, the router: ``ConfigMap`` (``prfaas.engine.router.config``'s file, so the
+  router reads exactly what is written), ``Deployment`` and ``Service``;
+- optionally a ``PodMonitor`` (when the cluster serves ``monitoring.coreos.com/v1``).
+
+Every child carries ``prfaas.io/plan``, ``prfaas.io/plan-namespace``, ``prfaas.io/cluster`` and
+``prfaas.io/role``; the apply layer owns only objects with these labels.
+
+Cross-cluster addressing: engines in the same Kubernetes cluster as the router are reached at
+``<svc>.<ns>.svc.cluster.local``; engines in another cluster at ``<svc>.<ns>.svc.clusterset.local``
+(the Multi-Cluster Services API domain), which a multi-cluster DNS (Submariner, Cilium
+ClusterMesh, GKE MCS…) must serve. KV itself moves pod to pod (NIXL over UCX TCP, handshake on
+the pod IP), so pod IPs must be routable between the datacenters (VPC peering, a flat network).
+The router sees one URL per pool (the Service), so its prefix-cache affinity is per pool, not
+per instance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from prfaas.engine.router.config import CONFIGMAP_KEY, dump_router_config, router_config_from_plan
+from prfaas.engine.vllm.launch import EngineLaunch, vllm_argv, vllm_env
+from prfaas.operator.api import models as api
+from prfaas.planner.plan import ClusterPlan, Plan
+
+__all__ = [
+    "ENGINE_PORT",
+    "LABEL_CLUSTER",
+    "LABEL_PLAN",
+    "LABEL_PLAN_NAMESPACE",
+    "LABEL_ROLE",
+    "MANAGED_BY",
+    "SIDE_CHANNEL_PORT",
+    "BuildError",
+    "ClusterTarget",
+    "PlanInputs",
+    "build_children",
+    "child_labels",
+    "child_name",
+    "engine_launch",
+    "label_value",
+]
+
+LABEL_PLAN = "prfaas.io/plan"
+LABEL_PLAN_NAMESPACE = "prfaas.io/plan-namespace"
+LABEL_CLUSTER = "prfaas.io/cluster"
+LABEL_ROLE = "prfaas.io/role"
+MANAGED_BY = "prfaas"
+ENGINE_PORT = 8000
+SIDE_CHANNEL_PORT = 5600
+_ROUTER_CONFIG_DIR = "/etc/prfaas"
+
+ChildRole = Literal["prefill", "decode", "router"]
+
+
+class BuildError(ValueError):
+    """The plan and the specs do not fit together (e.g. a planned cluster has no spec)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterTarget:
+    """One PrefillCluster/DecodeCluster as the builders need it."""
+
+    name: str
+    kind: Literal["PrefillCluster", "DecodeCluster"]
+    spec: api.PrefillClusterSpec | api.DecodeClusterSpec
+    api_server: str = "local"
+    """Which API server the cluster lives in: ``local`` or the kubeconfig Secret's key. Used only
+    to tell same-server from cross-server addresses."""
+    pod_monitor: bool = False
+    """Whether that API server serves ``monitoring.coreos.com/v1`` PodMonitors."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlanInputs:
+    """Everything the builders read: the ServingPlan's identity and spec, the clusters, the plan."""
+
+    name: str
+    namespace: str
+    spec: api.ServingPlanSpec
+    plan: Plan
+    clusters: Mapping[str, ClusterTarget]
+    router_image: str = "ghcr.io/prfaas/prfaas:0.1.0"
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# Names and labels
+# ----------------------------------------------------------------------------------------------
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def child_name(*parts: str, limit: int = 63) -> str:
+    """``a-b-c`` as a DNS-1035 label (≤ 63 chars; long names end with a stable hash)."""
+    name = "-".join(p.strip("-").lower().replace(".", "-") for p in parts if p)
+    if not name[:1].isalpha():
+        name = "p-" + name
+    if len(name) <= limit:
+        return name
+    return f"{name[: limit - 9].rstrip('-')}-{_short_hash(name)}"
+
+
+def label_value(value: str) -> str:
+    """A label value (≤ 63 chars, alphanumeric at both ends), hashed when too long."""
+    if len(value) <= 63:
+        return value
+    return f"{value[:54].rstrip('-.')}-{_short_hash(value)}"
+
+
+def child_labels(inputs: PlanInputs, cluster: str, role: ChildRole) -> dict[str, str]:
+    """The labels every child of ``inputs`` in ``cluster`` with ``role`` carries."""
+    return {
+        **inputs.extra_labels,
+        "app.kubernetes.io/name": "prfaas-router" if role == "router" else "prfaas-engine",
+        "app.kubernetes.io/instance": label_value(inputs.name),
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_PLAN: label_value(inputs.name),
+        LABEL_PLAN_NAMESPACE: label_value(inputs.namespace),
+        LABEL_CLUSTER: label_value(cluster),
+        LABEL_ROLE: role,
+    }
+
+
+def _selector(inputs: PlanInputs, cluster: str, role: ChildRole) -> dict[str, str]:
+    labels = child_labels(inputs, cluster, role)
+    return {k: labels[k] for k in (LABEL_PLAN, LABEL_PLAN_NAMESPACE, LABEL_CLUSTER, LABEL_ROLE)}
+
+
+def _meta(inputs: PlanInputs, name: str, namespace: str, cluster: str, role: ChildRole) -> dict:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": child_labels(inputs, cluster, role),
+        "annotations": {"prfaas.io/owner": f"{inputs.namespace}/{inputs.name}"},
+    }
+
+
+def _service_url(inputs: PlanInputs, target: ClusterTarget, role: str, seen_from: str) -> str:
+    svc = child_name(inputs.name, target.name, role)
+    domain = "cluster.local" if target.api_server == seen_from else "clusterset.local"
+    return f"http://{svc}.{target.spec.target.namespace}.svc.{domain}:{ENGINE_PORT}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Engines
+# ----------------------------------------------------------------------------------------------
+
+
+def engine_launch(spec: api.ServingPlanSpec, cp: ClusterPlan) -> EngineLaunch:
+    """The engine description of one planned role (the shared vLLM flag source)."""
+    return EngineLaunch(
+        role=cp.role,
+        model=spec.model.source or spec.model.served_name,
+        served_name=spec.model.served_name,
+        port=ENGINE_PORT,
+        tensor_parallel=cp.tensor_parallel,
+        pipeline_parallel=cp.pipeline_parallel,
+        connector=spec.engine.connector,
+        device="cuda",
+        side_channel_host=None,
+        side_channel_port=SIDE_CHANNEL_PORT,
+        block_size=spec.engine.block_size,
+        max_num_seqs=spec.engine.max_batch_size if cp.role == "decode" else None,
+        extra_args=tuple(spec.engine.extra_args),
+        extra_env=dict(spec.engine.env),
+    )
+
+
+def _engine_env(launch: EngineLaunch) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": k, "value": v} for k, v in sorted(vllm_env(launch).items())
+    ]
+    if launch.side_channel_host is None and launch.role != "monolithic":
+        # The NIXL handshake address peers dial: this pod's own IP.
+        env.append(
+            {
+                "name": "VLLM_NIXL_SIDE_CHANNEL_HOST",
+                "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+            }
+        )
+    return env
+
+
+def _scheduling(target: ClusterTarget) -> dict[str, Any]:
+    sched = target.spec.scheduling
+    out: dict[str, Any] = {}
+    if sched.node_selector:
+        out["nodeSelector"] = dict(sorted(sched.node_selector.items()))
+    if sched.tolerations:
+        out["tolerations"] = [
+            t.model_dump(by_alias=True, exclude_none=True) for t in sched.tolerations
+        ]
+    return out
+
+
+def _engine_container(
+    launch: EngineLaunch, image: str, gpus: int, resource_name: str, *, argv: list[str]
+) -> dict[str, Any]:
+    health = {"httpGet": {"path": "/health", "port": "http"}}
+    return {
+        "name": "engine",
+        "image": image,
+        "command": argv[:3],
+        "args": argv[3:],
+        "env": _engine_env(launch),
+        "ports": [
+            {"name": "http", "containerPort": ENGINE_PORT, "protocol": "TCP"},
+            {"name": "nixl", "containerPort": SIDE_CHANNEL_PORT, "protocol": "TCP"},
+        ],
+        "resources": {
+            "requests": {resource_name: str(gpus)},
+            "limits": {resource_name: str(gpus)},
+        },
+        # Loading weights takes minutes: the startup probe allows 30 min before liveness starts.
+        "startupProbe": {**health, "periodSeconds": 10, "failureThreshold": 180},
+        "readinessProbe": {**health, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {**health, "periodSeconds": 15, "failureThreshold": 4},
+        # Let the endpoints controller drop the pod before vLLM stops taking requests.
+        "lifecycle": {"preStop": {"sleep": {"seconds": 10}}},
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+    }
+
+
+def _pod_spec(target: ClusterTarget, container: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **_scheduling(target),
+        "terminationGracePeriodSeconds": 120,
+        "containers": [container],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}],
+    }
+
+
+def _engine_workload(inputs: PlanInputs, target: ClusterTarget, cp: ClusterPlan) -> dict[str, Any]:
+    spec = inputs.spec
+    ns = target.spec.target.namespace
+    name = child_name(inputs.name, target.name, cp.role)
+    role: ChildRole = cp.role
+    meta = _meta(inputs, name, ns, target.name, role)
+    meta["annotations"]["prfaas.io/tensor-parallel"] = str(cp.tensor_parallel)
+    meta["annotations"]["prfaas.io/pipeline-parallel"] = str(cp.pipeline_parallel)
+    acc = target.spec.accelerator
+    launch = engine_launch(spec, cp)
+    gpus = cp.gpus_per_instance
+    pod_labels = child_labels(inputs, target.name, role)
+    if gpus <= acc.per_node:
+        container = _engine_container(
+            launch, spec.engine.image, gpus, acc.resource_name, argv=vllm_argv(launch)
+        )
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": meta,
+            "spec": {
+                "replicas": cp.instances,
+                "selector": {"matchLabels": _selector(inputs, target.name, role)},
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+                },
+                "template": {
+                    "metadata": {"labels": pod_labels},
+                    "spec": _pod_spec(target, container),
+                },
+            },
+        }
+    return _leader_worker_set(inputs, target, cp, launch, meta, pod_labels)
+
+
+def _leader_worker_set(
+    inputs: PlanInputs,
+    target: ClusterTarget,
+    cp: ClusterPlan,
+    launch: EngineLaunch,
+    meta: dict[str, Any],
+    pod_labels: dict[str, str],
+) -> dict[str, Any]:
+    """One instance spans ``ceil(gpus / perNode)`` nodes: a Ray head (leader) plus workers."""
+    acc = target.spec.accelerator
+    size = math.ceil(cp.gpus_per_instance / acc.per_node)
+    argv = [*vllm_argv(launch), "--distributed-executor-backend", "ray"]
+    leader_cmd = "ray start --head --port=6379 && exec " + " ".join(_sh_quote(a) for a in argv)
+    leader = _engine_container(
+        launch,
+        inputs.spec.engine.image,
+        acc.per_node,
+        acc.resource_name,
+        argv=["sh", "-c", leader_cmd],
+    )
+    leader["command"], leader["args"] = ["sh", "-c"], [leader_cmd]
+    worker = {
+        **_engine_container(
+            launch, inputs.spec.engine.image, acc.per_node, acc.resource_name, argv=["sh", "-c", ""]
+        ),
+        "command": ["sh", "-c"],
+        "args": ["ray start --address=$(LWS_LEADER_ADDRESS):6379 --block"],
+    }
+    for key in ("startupProbe", "readinessProbe", "livenessProbe", "lifecycle"):
+        worker.pop(key, None)
+    worker["ports"] = [p for p in worker["ports"] if p["name"] == "nixl"]
+    return {
+        "apiVersion": "leaderworkerset.x-k8s.io/v1",
+        "kind": "LeaderWorkerSet",
+        "metadata": meta,
+        "spec": {
+            "replicas": cp.instances,
+            "leaderWorkerTemplate": {
+                "size": size,
+                "restartPolicy": "RecreateGroupOnPodRestart",
+                "leaderTemplate": {
+                    "metadata": {"labels": pod_labels},
+                    "spec": _pod_spec(target, leader),
+                },
+                "workerTemplate": {
+                    "metadata": {"labels": pod_labels},
+                    "spec": _pod_spec(target, worker),
+                },
+            },
+        },
+    }
+
+
+def _sh_quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+def _engine_service(inputs: PlanInputs, target: ClusterTarget, role: ChildRole) -> dict[str, Any]:
+    name = child_name(inputs.name, target.name, role)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(inputs, name, target.spec.target.namespace, target.name, role),
+        "spec": {
+            # A ClusterIP Service: the router keeps a pool of connections to it, which kube-proxy
+            # spreads over the ready engines. (NIXL's handshake does not use the Service: peers
+            # dial the pod IP the engine publishes in ``kv_transfer_params``.)
+            "selector": _selector(inputs, target.name, role),
+            "ports": [
+                {"name": "http", "port": ENGINE_PORT, "targetPort": "http", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def _pod_monitor(inputs: PlanInputs, target: ClusterTarget) -> dict[str, Any]:
+    name = child_name(inputs.name, target.name, "metrics")
+    labels = child_labels(inputs, target.name, "decode")
+    del labels[LABEL_ROLE]
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": {
+            **_meta(inputs, name, target.spec.target.namespace, target.name, "decode"),
+            "labels": {**labels, LABEL_ROLE: "metrics"},
+        },
+        "spec": {
+            "selector": {
+                "matchLabels": {
+                    LABEL_PLAN: label_value(inputs.name),
+                    LABEL_PLAN_NAMESPACE: label_value(inputs.namespace),
+                    LABEL_CLUSTER: label_value(target.name),
+                }
+            },
+            "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
+            # prfaas_io_plan / prfaas_io_plan_namespace on every series: the autoscaler's
+            # queries select one plan's routers by them.
+            "podTargetLabels": [LABEL_PLAN, LABEL_PLAN_NAMESPACE],
+        },
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Router
+# ----------------------------------------------------------------------------------------------
+
+
+def _router_children(inputs: PlanInputs, target: ClusterTarget) -> list[dict[str, Any]]:
+    assert isinstance(target.spec, api.DecodeClusterSpec)
+    exposure = target.spec.router
+    ns = target.spec.target.namespace
+    name = child_name(inputs.name, target.name, "router")
+    endpoints: dict[str, dict[Literal["prefill", "decode"], list[str]]] = {}
+    for cp in inputs.plan.clusters:
+        if cp.instances <= 0:
+            continue
+        other = inputs.clusters[cp.name]
+        endpoints.setdefault(cp.name, {})[cp.role] = [
+            _service_url(inputs, other, cp.role, seen_from=target.api_server)
+        ]
+    try:
+        cfg = router_config_from_plan(
+            inputs.plan,
+            endpoints,
+            decode_cluster=target.name,
+            model=inputs.spec.model.served_name,
+            tokenizer=inputs.spec.model.source or None,
+            block_size=inputs.spec.engine.block_size,
+        )
+    except ValueError as exc:
+        raise BuildError(f"router for {target.name!r}: {exc}") from exc
+    text = dump_router_config(cfg)
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(inputs, name, ns, target.name, "router"),
+        "data": {CONFIGMAP_KEY: text},
+    }
+    labels = child_labels(inputs, target.name, "router")
+    container = {
+        "name": "router",
+        "image": inputs.router_image,
+        "command": [
+            "prfaas",
+            "router",
+            "--config",
+            f"{_ROUTER_CONFIG_DIR}/{CONFIGMAP_KEY}",
+            "--port",
+            str(exposure.port),
+        ],
+        "ports": [{"name": "http", "containerPort": exposure.port, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/livez", "port": "http"}, "periodSeconds": 15},
+        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "config", "mountPath": _ROUTER_CONFIG_DIR, "readOnly": True}],
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(inputs, name, ns, target.name, "router"),
+        "spec": {
+            "replicas": exposure.replicas,
+            "selector": {"matchLabels": _selector(inputs, target.name, "router")},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    # A new ConfigMap rolls the routers (they also reload the file in place).
+                    "annotations": {"prfaas.io/config-hash": _short_hash(text)},
+                },
+                "spec": {
+                    **_scheduling_router(target),
+                    "terminationGracePeriodSeconds": 30,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": [{"name": "config", "configMap": {"name": name}}],
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(inputs, name, ns, target.name, "router"),
+        "spec": {
+            "type": exposure.service_type,
+            "selector": _selector(inputs, target.name, "router"),
+            "ports": [
+                {"name": "http", "port": exposure.port, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+    return [config_map, deployment, service]
+
+
+def _scheduling_router(target: ClusterTarget) -> dict[str, Any]:
+    # The router needs no GPU; it only tolerates the pool's taints so it may sit beside engines.
+    out = _scheduling(target)
+    out.pop("nodeSelector", None)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def build_children(inputs: PlanInputs) -> dict[str, list[dict[str, Any]]]:
+    """All children of one ServingPlan, grouped by cluster name (every used cluster present).
+
+    Raises ``BuildError`` when the plan names a cluster that ``inputs.clusters`` lacks.
+    """
+    plan = inputs.plan
+    if not plan.feasible:
+        raise BuildError(f"the plan is not feasible: {plan.reason}")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for cp in plan.clusters:
+        target = inputs.clusters.get(cp.name)
+        if target is None:
+            raise BuildError(f"the plan uses cluster {cp.name!r}, which has no spec")
+        children = out.setdefault(cp.name, [])
+        if cp.instances <= 0:
+            continue
+        children.append(_engine_workload(inputs, target, cp))
+        children.append(_engine_service(inputs, target, cp.role))
+    for rp in plan.routers:
+        target = inputs.clusters.get(rp.decode_cluster)
+        if target is None or target.kind != "DecodeCluster":
+            raise BuildError(f"the plan routes for {rp.decode_cluster!r}, not a DecodeCluster")
+        out.setdefault(target.name, []).extend(_router_children(inputs, target))
+    for name, children in out.items():
+        target = inputs.clusters[name]
+        if target.pod_monitor and any(c["kind"] != "ConfigMap" for c in children):
+            children.append(_pod_monitor(inputs, target))
+    return out

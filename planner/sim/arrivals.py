@@ -1,0 +1,190 @@
+"""Requests for the simulator: arrival times and lengths, synthetic or from a trace file.
+
+A ``RequestStream`` is columns (numpy arrays), one row per request, sorted by arrival:
+
+* ``arrival_s``: arrival time, seconds from the start;
+* ``input_tokens`` / ``output_tokens``: prompt and generated lengths (output >= 1);
+* ``prefix_id``: requests that share an id share their leading tokens up to the shorter
+  prompt (a conversation whose turns extend each other, or one document asked about many
+  times); ``-1`` means no shared prefix, so the prefix cache is never consulted.
+
+Arrivals are Poisson, or Gamma inter-arrivals with a coefficient of variation ``cv`` (bursty
+when ``cv > 1``; ``cv = 1`` is Poisson). Length samplers are any object with
+``sample(rng, n) -> array`` (the planner's distributions satisfy it).
+
+Trace files are CSV with a header naming at least ``time``, ``input_tokens`` and
+``output_tokens`` (``prefix_id`` optional), or JSON Lines with the same keys.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from prfaas.planner.sim.errors import SimulatorError
+
+__all__ = [
+    "ArrivalKind",
+    "FixedLengths",
+    "LengthSampler",
+    "RequestStream",
+    "arrival_times",
+    "load_trace",
+    "synthetic_stream",
+]
+
+ArrivalKind = Literal["poisson", "gamma"]
+
+
+class LengthSampler(Protocol):
+    """Draws ``n`` token lengths (positive integers) with ``rng``."""
+
+    def sample(self, rng: np.random.Generator, n: int) -> npt.NDArray[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FixedLengths:
+    """Every request has ``value`` tokens."""
+
+    value: int
+
+    def sample(self, rng: np.random.Generator, n: int) -> npt.NDArray[np.int64]:
+        return np.full(n, self.value, dtype=np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStream:
+    """The requests of one run, as columns sorted by ``arrival_s``."""
+
+    arrival_s: npt.NDArray[np.float64]
+    input_tokens: npt.NDArray[np.int64]
+    output_tokens: npt.NDArray[np.int64]
+    prefix_id: npt.NDArray[np.int64]
+
+    def __post_init__(self) -> None:
+        n = len(self.arrival_s)
+        if not (len(self.input_tokens) == len(self.output_tokens) == len(self.prefix_id) == n):
+            raise SimulatorError("request columns must all have one entry per request")
+        if n and (np.any(np.diff(self.arrival_s) < 0) or self.arrival_s[0] < 0):
+            raise SimulatorError("arrival times must be >= 0 and sorted; sort the trace by time")
+        if n and (self.input_tokens.min() < 1 or self.output_tokens.min() < 1):
+            raise SimulatorError("every request needs input_tokens >= 1 and output_tokens >= 1")
+
+    def __len__(self) -> int:
+        return len(self.arrival_s)
+
+    @property
+    def rate(self) -> float:
+        """Mean arrival rate (requests per second) over the stream."""
+        n = len(self)
+        if n < 2 or self.arrival_s[-1] <= 0:
+            return 0.0
+        return float(n / self.arrival_s[-1])
+
+    def scaled(self, factor: float) -> RequestStream:
+        """The same requests arriving ``factor`` times faster (times divided by ``factor``)."""
+        if factor <= 0:
+            raise SimulatorError(f"rate scale must be > 0, got {factor}")
+        return RequestStream(
+            self.arrival_s / factor, self.input_tokens, self.output_tokens, self.prefix_id
+        )
+
+    def head(self, n: int) -> RequestStream:
+        return RequestStream(
+            self.arrival_s[:n], self.input_tokens[:n], self.output_tokens[:n], self.prefix_id[:n]
+        )
+
+
+def arrival_times(
+    rng: np.random.Generator, n: int, rate: float, *, kind: ArrivalKind = "poisson", cv: float = 1.0
+) -> npt.NDArray[np.float64]:
+    """``n`` arrival times at mean ``rate`` per second (the first one after one gap)."""
+    if rate <= 0:
+        raise SimulatorError(f"arrival rate must be > 0 requests/s, got {rate}")
+    if kind == "poisson":
+        gaps = rng.exponential(1.0 / rate, n)
+    elif kind == "gamma":
+        if cv <= 0:
+            raise SimulatorError(f"gamma arrivals need cv > 0, got {cv}")
+        shape = 1.0 / (cv * cv)
+        gaps = rng.gamma(shape, 1.0 / (rate * shape), n)
+    else:
+        raise SimulatorError(f"unknown arrival kind {kind!r}; use 'poisson' or 'gamma'")
+    return np.cumsum(gaps)
+
+
+def synthetic_stream(
+    n: int,
+    rate: float,
+    inputs: LengthSampler,
+    outputs: LengthSampler,
+    *,
+    seed: int = 0,
+    kind: ArrivalKind = "poisson",
+    cv: float = 1.0,
+) -> RequestStream:
+    """``n`` requests with sampled lengths; the same ``seed`` gives the same stream."""
+    if n < 1:
+        raise SimulatorError(f"need at least one request, got {n}")
+    rng = np.random.default_rng(seed)
+    times = arrival_times(rng, n, rate, kind=kind, cv=cv)
+    ins = np.maximum(np.rint(np.asarray(inputs.sample(rng, n))).astype(np.int64), 1)
+    outs = np.maximum(np.rint(np.asarray(outputs.sample(rng, n))).astype(np.int64), 1)
+    return RequestStream(times, ins, outs, np.full(n, -1, dtype=np.int64))
+
+
+_REQUIRED = ("time", "input_tokens", "output_tokens")
+
+
+def _rows_to_stream(rows: Iterable[Mapping[str, Any]], source: str) -> RequestStream:
+    times: list[float] = []
+    ins: list[int] = []
+    outs: list[int] = []
+    pids: list[int] = []
+    for lineno, row in enumerate(rows, start=2):
+        missing = [k for k in _REQUIRED if row.get(k) in (None, "")]
+        if missing:
+            raise SimulatorError(
+                f"{source}: record {lineno - 1} lacks {', '.join(missing)}; each record needs "
+                "time, input_tokens, output_tokens (prefix_id optional)"
+            )
+        try:
+            times.append(float(row["time"]))
+            ins.append(int(float(row["input_tokens"])))
+            outs.append(int(float(row["output_tokens"])))
+            pid = row.get("prefix_id")
+            pids.append(-1 if pid in (None, "") else int(pid))
+        except (TypeError, ValueError) as exc:
+            raise SimulatorError(f"{source}: record {lineno - 1} has a non-number: {exc}") from exc
+    if not times:
+        raise SimulatorError(f"{source}: no requests found")
+    order = np.argsort(np.asarray(times), kind="stable")
+    t = np.asarray(times, dtype=np.float64)[order]
+    return RequestStream(
+        t - min(0.0, float(t[0])),
+        np.asarray(ins, dtype=np.int64)[order],
+        np.asarray(outs, dtype=np.int64)[order],
+        np.asarray(pids, dtype=np.int64)[order],
+    )
+
+
+def load_trace(path: str | Path) -> RequestStream:
+    """Read a CSV (with header) or JSON Lines trace; see the module docstring for columns."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise SimulatorError(f"cannot read trace {p}: {exc.strerror}") from exc
+    if p.suffix in (".jsonl", ".json", ".ndjson"):
+        try:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise SimulatorError(f"{p}: not JSON Lines ({exc}); one object per line") from exc
+        return _rows_to_stream(rows, str(p))
+    return _rows_to_stream(csv.DictReader(text.splitlines()), str(p))

@@ -1,0 +1,407 @@
+"""From a ``Plan`` to simulator configurations, and simulated predictions back into the plan.
+
+``scenarios(problem, plan)`` builds the plan's configuration (``prfaas-pd``) and its baselines
+(``homogeneous-pd``: the same GPU count of the decode type as one PD cluster, planned by
+``plan()`` itself; ``naive-heterogeneous``: every prefill remote, every local GPU decodes, no
+length routing). ``predict`` simulates them at one common rate and fills ``Plan.predicted`` and
+each ``Baseline.predicted``; ``simulated_goodput`` is the hook for
+``PlannerSettings.goodput`` (DistServe's simulated Algorithm 1 instead of the M/D/1 forms).
+
+Modelling choices, all stated so they can be argued with:
+
+* latency models come from ``estimator.latency_model`` for each cluster's GPU and TP×PP, as the
+  planner's own;
+* a decode instance batches up to the batch the planner assumed (the largest meeting TPOT and
+  fitting KV, ``parallelism.decode_batch``); with PP it keeps PP micro-batches in flight, so it
+  is simulated as PP decoders of that batch;
+* each prefill instance keeps a prefix cache (``BLOCK_TOKENS``-token blocks) in the memory its
+  weights leave free; the hit rate of a synthetic workload is not simulated (its requests
+  share no prefixes), a trace with prefix ids is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+from prfaas.planner.latency.catalog import GpuSpec
+from prfaas.planner.latency.estimator import latency_model
+from prfaas.planner.latency.model import InstanceLatency
+from prfaas.planner.parallelism import Candidate, RoleLoad, decode_batch
+from prfaas.planner.plan import Plan, Predicted
+from prfaas.planner.problem import ClusterInput, GoodputFn, OffloadInput, Problem
+from prfaas.planner.sim.arrivals import (
+    ArrivalKind,
+    FixedLengths,
+    LengthSampler,
+    RequestStream,
+    synthetic_stream,
+)
+from prfaas.planner.sim.errors import SimulatorError
+from prfaas.planner.sim.goodput import SloTarget, config_goodput
+from prfaas.planner.sim.links import CapacitySchedule, LinkSpec
+from prfaas.planner.sim.metrics import SimResult
+from prfaas.planner.sim.simulator import (
+    DecodePool,
+    PrefillPool,
+    ProgressFn,
+    RoutingSpec,
+    SimConfig,
+    simulate,
+)
+from prfaas.planner.solver import role_load
+
+__all__ = [
+    "BLOCK_TOKENS",
+    "Scenario",
+    "ScenarioRun",
+    "common_rate",
+    "fill_predicted",
+    "predict",
+    "run_scenarios",
+    "scenarios",
+    "simulated_goodput",
+]
+
+PRFAAS = "prfaas-pd"
+HOMOGENEOUS = "homogeneous-pd"
+NAIVE = "naive-heterogeneous"
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One configuration to simulate and the throughput the analytical model gives it."""
+
+    name: str
+    config: SimConfig
+    planned_rps: float
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioRun:
+    """A scenario simulated at ``rate`` (and, if searched, its goodput)."""
+
+    scenario: Scenario
+    rate: float
+    result: SimResult
+    goodput_rps: float | None = None
+
+
+def _latency(problem: Problem, cluster: ClusterInput, tp: int, pp: int) -> InstanceLatency:
+    return latency_model(
+        problem.model, cluster.gpu, tp, pp, problem.profiles, problem.settings.roofline
+    )
+
+
+def _decode_batch(problem: Problem, gpu: GpuSpec, tp: int, pp: int, lat: InstanceLatency) -> int:
+    m, w = problem.model, problem.workload
+    ctx = w.input_length.mean + w.output_length.mean / 2.0
+    usable = tp * pp * gpu.memory_bytes * problem.settings.memory_utilization
+    cand = Candidate(tp, pp, lat, usable - m.weight_bytes)
+    batch, _ = decode_batch(cand, role_load(problem, "decode", ctx))
+    return max(batch, 1)
+
+
+BLOCK_TOKENS = 16
+"""Prefix-cache block (vLLM's default ``block_size``); only traces with prefix ids use it."""
+
+
+def _cache_blocks(problem: Problem, gpu: GpuSpec, gpus: int) -> int:
+    """Blocks of KV an instance can keep for prefix hits: its memory after the weights."""
+    m = problem.model
+    free = gpus * gpu.memory_bytes * problem.settings.memory_utilization - m.weight_bytes
+    per_block = BLOCK_TOKENS * max(m.kv_bytes_per_token, 1)
+    return max(0, int(free // per_block))
+
+
+def _cluster(problem: Problem, name: str) -> ClusterInput:
+    for c in problem.clusters:
+        if c.name == name:
+            return c
+    raise SimulatorError(f"plan names cluster {name!r} that the problem does not have")
+
+
+def _links(problem: Problem, home: str, schedule: CapacitySchedule) -> tuple[LinkSpec, ...]:
+    return tuple(
+        LinkSpec(lk.name, lk.from_, lk.to, lk.bandwidth_gbps, lk.rtt_ms / 1e3, schedule)
+        for lk in problem.links
+        if lk.to == home
+    )
+
+
+def _config(
+    name: str,
+    problem: Problem,
+    plan: Plan,
+    *,
+    threshold: float | None,
+    adaptive: bool,
+    schedule: CapacitySchedule,
+    all_remote_decode: bool = False,
+) -> SimConfig:
+    """The configuration a plan describes (``all_remote_decode``: the naive layout)."""
+    decoders = [c for c in plan.clusters if c.role == "decode" and c.instances > 0]
+    if len(decoders) != 1:
+        raise SimulatorError(
+            f"the simulator models one decode cluster per run; plan {plan.model} has "
+            f"{len(decoders)} — simulate each decode cluster's ServingPlan separately"
+        )
+    d = decoders[0]
+    dec_in = _cluster(problem, d.name)
+    dec_lat = _latency(problem, dec_in, d.tensor_parallel, d.pipeline_parallel)
+    batch = _decode_batch(problem, dec_in.gpu, d.tensor_parallel, d.pipeline_parallel, dec_lat)
+    n_dec = d.instances
+    if all_remote_decode:
+        n_dec = dec_in.count // d.gpus_per_instance
+    decode = DecodePool(
+        f"{d.name}/decode", d.datacenter, n_dec * d.pipeline_parallel, dec_lat, max_batch=batch
+    )
+    pools: list[PrefillPool] = []
+    for c in plan.clusters:
+        if c.role != "prefill":
+            continue
+        inp = _cluster(problem, c.name)
+        local = inp.kind == "decode"
+        if all_remote_decode and local:
+            continue
+        n = c.instances
+        if all_remote_decode or (n == 0 and not local and threshold is not None):
+            n = inp.count // c.gpus_per_instance
+        if n < 1:
+            continue
+        lat = _latency(problem, inp, c.tensor_parallel, c.pipeline_parallel)
+        blocks = _cache_blocks(problem, inp.gpu, c.gpus_per_instance)
+        pools.append(
+            PrefillPool(
+                f"{c.name}/prefill",
+                c.datacenter,
+                n,
+                lat,
+                pipeline_stages=c.pipeline_parallel,
+                cache_blocks=blocks,
+            )
+        )
+    if not any(p.datacenter == d.datacenter for p in pools) and not all_remote_decode:
+        # Colocated PD (a pool too small to split): decode instances also prefill. Modelled
+        # as prefill instances of the decode shape beside them (optimistic: no time sharing).
+        blocks = _cache_blocks(problem, dec_in.gpu, d.gpus_per_instance)
+        pools.append(
+            PrefillPool(
+                f"{d.name}/colocated-prefill",
+                d.datacenter,
+                d.instances,
+                dec_lat,
+                cache_blocks=blocks,
+            )
+        )
+    m = problem.model
+    return SimConfig(
+        name,
+        tuple(pools),
+        decode,
+        links=_links(problem, d.datacenter, schedule),
+        routing=RoutingSpec(
+            threshold_tokens=threshold, headroom=problem.offload.headroom, adaptive=adaptive
+        ),
+        kv_bytes_per_token=float(m.kv_bytes_per_token),
+        kv_fixed_bytes=float(m.fixed_state_bytes),
+        block_tokens=BLOCK_TOKENS,
+    )
+
+
+def _homogeneous_problem(problem: Problem) -> Problem:
+    """The planner's homogeneous-PD baseline as a problem of its own (same GPU count)."""
+    base = problem.decode_clusters[0]
+    gpus = sum(c.count for c in problem.clusters)
+    count = max((gpus // base.per_node) * base.per_node, min(gpus, base.per_node))
+    pool = replace(base, name=f"{base.name}-homogeneous", count=count)
+    return replace(
+        problem, clusters=(pool,), links=(), offload=OffloadInput("off", None, 0.8), notes=()
+    )
+
+
+def scenarios(problem: Problem, plan: Plan, *, schedule: CapacitySchedule = ()) -> list[Scenario]:
+    """The plan's configuration and its baselines, ready to simulate."""
+    from prfaas.planner.solver import plan as make_plan
+
+    if not plan.feasible:
+        raise SimulatorError(f"cannot simulate an infeasible plan: {plan.reason}")
+    threshold = plan.threshold_tokens
+    out = [
+        Scenario(
+            PRFAAS,
+            _config(PRFAAS, problem, plan, threshold=threshold, adaptive=True, schedule=schedule),
+            plan.throughput_rps,
+        )
+    ]
+    by_name = {b.name: b for b in plan.baselines}
+    if HOMOGENEOUS in by_name:
+        sub = _homogeneous_problem(problem)
+        sub_plan = make_plan(sub)
+        if sub_plan.feasible:
+            cfg = _config(HOMOGENEOUS, sub, sub_plan, threshold=None, adaptive=False, schedule=())
+            out.append(Scenario(HOMOGENEOUS, cfg, by_name[HOMOGENEOUS].throughput_rps))
+    if NAIVE in by_name and problem.prefill_clusters:
+        cfg = _config(
+            NAIVE,
+            problem,
+            plan,
+            threshold=0.0,
+            adaptive=False,
+            schedule=schedule,
+            all_remote_decode=True,
+        )
+        out.append(Scenario(NAIVE, cfg, by_name[NAIVE].throughput_rps))
+    return out
+
+
+def common_rate(problem: Problem, found: list[Scenario], load: float = 0.8) -> float:
+    """The rate every scenario is compared at: the workload's, else ``load`` × the smallest
+    planned throughput (so that every configuration is stable)."""
+    if problem.workload.requests_per_second:
+        return problem.workload.requests_per_second
+    planned = [s.planned_rps for s in found if s.planned_rps > 0]
+    if not planned:
+        raise SimulatorError("no scenario has a positive planned throughput; nothing to simulate")
+    return load * min(planned)
+
+
+def _stream(
+    problem: Problem, n: int, rate: float, seed: int, kind: ArrivalKind, cv: float
+) -> RequestStream:
+    w = problem.workload
+    return synthetic_stream(n, rate, w.input_length, w.output_length, seed=seed, kind=kind, cv=cv)
+
+
+def run_scenarios(
+    problem: Problem,
+    found: list[Scenario],
+    *,
+    requests: int,
+    rate: float,
+    seed: int = 0,
+    stream: RequestStream | None = None,
+    goodput_requests: int = 0,
+    progress: Callable[[str, int], None] | None = None,
+    arrival: ArrivalKind = "poisson",
+    cv: float = 1.0,
+) -> list[ScenarioRun]:
+    """Simulate every scenario over the same requests at ``rate`` (sampled from the workload
+    with ``arrival``/``cv`` unless ``stream`` is given); optionally search goodput with
+    ``goodput_requests`` requests per probe."""
+    base = stream if stream is not None else _stream(problem, requests, rate, seed, arrival, cv)
+    slo = SloTarget(problem.slo.ttft_s, problem.slo.tpot_s, problem.slo.attainment)
+    runs = []
+    for sc in found:
+        cb: ProgressFn | None = None
+        if progress is not None:
+
+            def cb(
+                done: int, name: str = sc.name, report: Callable[[str, int], None] = progress
+            ) -> None:
+                report(name, done)
+
+        res = simulate(sc.config, base, seed=seed, progress=cb)
+        good = None
+        if goodput_requests > 0:
+            w = problem.workload
+            good = config_goodput(
+                sc.config,
+                w.input_length,
+                w.output_length,
+                slo,
+                requests=goodput_requests,
+                seed=seed,
+                guess=max(sc.planned_rps, 1e-3) * 0.8,
+                kind=arrival,
+                cv=cv,
+            ).rate
+        runs.append(ScenarioRun(sc, rate, res, good))
+    return runs
+
+
+def _predicted(run: ScenarioRun, problem: Problem) -> Predicted:
+    r = run.result
+    return Predicted(
+        ttft_p90_s=float(np.percentile(r.ttft, 90)),
+        tpot_p90_s=float(np.percentile(r.tpot, 90)),
+        attainment=r.attainment(problem.slo.ttft_s, problem.slo.tpot_s),
+        rate_rps=run.rate,
+        goodput_rps=run.goodput_rps,
+    )
+
+
+def predict(
+    problem: Problem,
+    plan: Plan,
+    *,
+    requests: int = 4000,
+    rate: float | None = None,
+    seed: int = 0,
+    goodput_requests: int = 0,
+) -> list[ScenarioRun]:
+    """Simulate the plan and its baselines; fill ``plan.predicted`` and ``Baseline.predicted``.
+
+    Returns the runs for callers that want more than the P90s (tables, plots).
+    """
+    found = scenarios(problem, plan)
+    at = rate if rate is not None else common_rate(problem, found)
+    runs = run_scenarios(
+        problem, found, requests=requests, rate=at, seed=seed, goodput_requests=goodput_requests
+    )
+    fill_predicted(plan, runs, problem)
+    return runs
+
+
+def fill_predicted(plan: Plan, runs: list[ScenarioRun], problem: Problem) -> Plan:
+    """Write simulated P90 TTFT/TPOT, attainment (and goodput, if searched) into ``plan``."""
+    by_name = {run.scenario.name: run for run in runs}
+    if PRFAAS in by_name:
+        plan.predicted = _predicted(by_name[PRFAAS], problem)
+    for b in plan.baselines:
+        if b.name in by_name:
+            b.predicted = _predicted(by_name[b.name], problem)
+    return plan
+
+
+def simulated_goodput(
+    *, requests: int = 600, seed: int = 0, outputs: LengthSampler | None = None
+) -> GoodputFn:
+    """A ``PlannerSettings.goodput`` that simulates one instance (DistServe's Algorithm 1 with
+    ``simu_prefill`` / ``simu_decode``): uniform prompts of the role's length, the SLO's
+    percentile replaced by the attainment of each request's own TTFT (prefill) or TPOT
+    (decode)."""
+    from prfaas.planner.sim.goodput import simulated_decode_goodput, simulated_prefill_goodput
+
+    def fn(c: Candidate, load: RoleLoad) -> float:
+        length = FixedLengths(max(1, round(load.length)))
+        if load.role == "prefill":
+            return simulated_prefill_goodput(
+                c.latency,
+                length,
+                load.ttft_s,
+                0.9,
+                pipeline_stages=c.pp,
+                requests=requests,
+                seed=seed,
+            )
+        out = outputs or FixedLengths(max(2, round(load.output_tokens)))
+        ctx_in = FixedLengths(max(1, round(load.length - load.output_tokens / 2)))
+        by_memory = int(c.kv_capacity_bytes // max(c.pp * load.kv_bytes_per_sequence, 1.0))
+        batch = max(1, min(load.max_batch_size, by_memory))
+        one = simulated_decode_goodput(
+            c.latency,
+            ctx_in,
+            out,
+            load.tpot_s,
+            0.9,
+            ttft_s=load.ttft_s,
+            max_batch=batch,
+            requests=requests,
+            seed=seed,
+        )
+        return c.pp * one if math.isfinite(one) else 0.0
+
+    return fn
