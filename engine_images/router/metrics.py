@@ -47,6 +47,9 @@ class RouterMetrics:
     kv_shipped: Counter = field(init=False)
     kv_transfer_seconds: Counter = field(init=False)
     threshold: Gauge = field(init=False)
+    planned_threshold: Gauge = field(init=False)
+    capacity: Gauge = field(init=False)
+    headroom: Gauge = field(init=False)
     link_up: Gauge = field(init=False)
     egress: Gauge = field(init=False)
     instance_up: Gauge = field(init=False)
@@ -107,6 +110,25 @@ class RouterMetrics:
         self.threshold = Gauge(
             "prfaas_router_threshold_tokens",
             "Current offload threshold t (+Inf: no offload).",
+            ["link"],
+            registry=r,
+        )
+        self.planned_threshold = Gauge(
+            "prfaas_router_planned_threshold_tokens",
+            "The plan's offload threshold t (+Inf: the plan offloads nothing over this link); "
+            "the live t never drops below it.",
+            ["link"],
+            registry=r,
+        )
+        self.capacity = Gauge(
+            "prfaas_router_link_capacity_bits_per_second",
+            "The link capacity the router steers t by (+Inf: unbounded, 0: down).",
+            ["link"],
+            registry=r,
+        )
+        self.headroom = Gauge(
+            "prfaas_router_link_headroom_ratio",
+            "Fraction of the link capacity KV may fill before t rises.",
             ["link"],
             registry=r,
         )

@@ -119,7 +119,7 @@ class RouterCore:
         self.tokenizer = tokenizer
         self._tokenizer_injected = tokenizer is not None
         self._session: aiohttp.ClientSession | None = None
-        self._link_gauges: dict[str, tuple[Gauge, Gauge, Gauge, Gauge]] = {}
+        self._link_gauges: dict[str, tuple[Gauge, ...]] = {}
         """Per link name: its threshold, KV-in-flight, up and egress gauge children (looking
         them up by label costs more than setting them, on every remote request)."""
         self.update_gauges()
@@ -152,7 +152,10 @@ class RouterCore:
         self.config = config
         self.policy.reconfigure(config)
         m = self.metrics
-        for gauge in (m.threshold, m.kv_in_flight, m.link_up, m.egress, m.instance_up):
+        for gauge in (
+            m.threshold, m.kv_in_flight, m.link_up, m.egress, m.instance_up,
+            m.planned_threshold, m.capacity, m.headroom,
+        ):
             gauge.clear()  # links and instances may have been renamed or removed
         self._link_gauges = {}
         self.update_gauges()
@@ -187,9 +190,16 @@ class RouterCore:
                     m.kv_in_flight.labels(name),
                     m.link_up.labels(name),
                     m.egress.labels(name),
+                    m.planned_threshold.labels(name),
+                    m.capacity.labels(name),
+                    m.headroom.labels(name),
                 )
-            threshold, in_flight, up, egress = gauges
-            threshold.set(link.controller.threshold)
+            threshold, in_flight, up, egress, planned, capacity, headroom = gauges
+            ctl = link.controller
+            threshold.set(ctl.threshold)
+            planned.set(math.inf if ctl.planned is None else ctl.planned)
+            capacity.set(ctl.capacity_bps)
+            headroom.set(ctl.headroom)
             in_flight.set(link.bytes_in_flight)
             up.set(1.0 if link.usable(now) else 0.0)
             egress.set(link.estimated_bps(now))

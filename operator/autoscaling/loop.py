@@ -92,6 +92,7 @@ class Autoscaler:
         if not url:
             state.error = _NO_URL
             self.metrics.autoscale_errors.labels(key).inc()
+            self.metrics.autoscale_metrics_available.labels(key).set(0)
             return None
         try:
             async with self.client(url, self.settings.query_timeout_seconds) as prom:
@@ -100,11 +101,13 @@ class Autoscaler:
         except PrometheusError as exc:
             state.error = f"{exc}; keeping the current replicas (nothing is scaled down)"
             self.metrics.autoscale_errors.labels(key).inc()
+            self.metrics.autoscale_metrics_available.labels(key).set(0)
             return None
         obs = observe(
             results, window, self.clock(), min_transfer_seconds=self.settings.min_transfer_seconds
         )
         state.error, state.answered_at, state.latest = None, obs.at, obs
+        self.metrics.autoscale_metrics_available.labels(key).set(1)
         state.in_force = settle(state.in_force, obs, self.settings.tolerance)
         if obs.rate_rps is not None:
             self.metrics.autoscale_rate.labels(key).set(obs.rate_rps)

@@ -380,8 +380,9 @@ def _pod_monitor(inputs: PlanInputs, target: ClusterTarget) -> dict[str, Any]:
             },
             "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
             # prfaas_io_plan / prfaas_io_plan_namespace on every series: the autoscaler's
-            # queries select one plan's routers by them.
-            "podTargetLabels": [LABEL_PLAN, LABEL_PLAN_NAMESPACE],
+            # queries select one plan's routers by them; cluster and role group the
+            # dashboards' per-pool panels and the engine-down alert.
+            "podTargetLabels": [LABEL_PLAN, LABEL_PLAN_NAMESPACE, LABEL_CLUSTER, LABEL_ROLE],
         },
     }
 

@@ -80,6 +80,13 @@ class OperatorMetrics:
             ["plan"],
             registry=r,
         )
+        self.autoscale_metrics_available = Gauge(
+            "prfaas_operator_autoscale_metrics_available",
+            "1 when the last autoscaling poll got Prometheus' answers, 0 when it did not (then "
+            "nothing is scaled down); status.autoscaling.metricsAvailable.",
+            ["plan"],
+            registry=r,
+        )
         self.link_measured_gbps = Gauge(
             "prfaas_operator_autoscale_link_measured_gbps",
             "KV throughput achieved on an InterDCLink while transfers were under way, Gbit/s.",
@@ -113,7 +120,9 @@ class OperatorMetrics:
         """Drop every series of a deleted (or, with ``observed=False``, re-planned) ServingPlan."""
         gauges = [self.planned_instances, self.threshold_tokens, self.predicted_throughput]
         if observed:
-            gauges += [self.autoscale_rate, self.autoscale_input_tokens]
+            gauges += [
+                self.autoscale_rate, self.autoscale_input_tokens, self.autoscale_metrics_available
+            ]
         for gauge in gauges:
             for labels in list(gauge._metrics):  # prometheus_client keeps them here
                 if labels and labels[0] == plan_key:

@@ -50,3 +50,16 @@ def test_request_counts_per_path_and_outcome() -> None:
     assert sample("prfaas_router_requests_total", {"path": "remote", "outcome": "ok"}) == 2.0
     assert sample("prfaas_router_requests_total", {"path": "local", "outcome": "error"}) == 1.0
     assert sample("prfaas_router_requests_total", {"path": "local", "outcome": "ok"}) is None
+
+
+async def test_link_gauges_carry_planned_threshold_capacity_and_headroom() -> None:
+    """What the alerts compare egress and ``t`` against (rendered chart's PrometheusRule)."""
+    router = RouterCore(_config("far-to-local"), clock=lambda: 1.0)
+    assert _sample(router, "prfaas_router_planned_threshold_tokens", "far-to-local") == 100.0
+    assert _sample(router, "prfaas_router_link_capacity_bits_per_second", "far-to-local") == 1e9
+    assert _sample(router, "prfaas_router_link_headroom_ratio", "far-to-local") == 0.8
+    no_offload = _config("far-to-local").model_copy(update={"threshold_tokens": None})
+    await router.reconfigure(no_offload)
+    assert _sample(router, "prfaas_router_planned_threshold_tokens", "far-to-local") == float(
+        "inf"
+    )

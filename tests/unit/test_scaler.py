@@ -126,6 +126,9 @@ async def test_a_failed_poll_keeps_the_observation_in_force_and_says_why() -> No
     spec = _spec()
     FakeClient.values = {"requests_total": 100.0}
     await a.poll("ns/x", "ns", "x", spec.autoscaling)
+    available = {"plan": "ns/x"}
+    gauge = "prfaas_operator_autoscale_metrics_available"
+    assert a.metrics.registry.get_sample_value(gauge, available) == 1.0
     FakeClient.fail = "Prometheus at http://p is unreachable"
     assert await a.poll("ns/x", "ns", "x", spec.autoscaling) is None
     status = a.status("ns/x", spec.autoscaling)["autoscaling"]
@@ -138,6 +141,7 @@ async def test_a_failed_poll_keeps_the_observation_in_force_and_says_why() -> No
         )
         == 1.0
     )
+    assert a.metrics.registry.get_sample_value(gauge, available) == 0.0  # the alert's input
 
 
 async def test_without_a_url_the_poll_fails_naming_the_field() -> None:
