@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,10 +37,13 @@ __all__ = [
     "ClientPool",
     "ClusterClient",
     "Kind",
+    "KubeconfigRefused",
     "OperatorError",
     "Unreachable",
+    "check_kubeconfig",
     "kind_of",
     "rbac_rules",
+    "workload_rules",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,9 @@ class OperatorError(Exception):
 class ApiError(OperatorError):
     """An error status from an API server; ``status`` is the HTTP code."""
 
+    reason = "Unreachable"
+    """The ``reason`` of a cluster's ``Reachable`` condition when this error stops its probe."""
+
     def __init__(self, cluster: str, status: int, message: str) -> None:
         super().__init__(f"{cluster}: HTTP {status}: {message}")
         self.cluster = cluster
@@ -73,6 +79,13 @@ class Unreachable(ApiError):
         super().__init__(cluster, 0, message)
 
 
+class KubeconfigRefused(Unreachable):
+    """A kubeconfig Secret asks for something the operator will not do on a tenant's behalf
+    (run a command, read one of its own files) or is not readable text."""
+
+    reason = "KubeconfigRefused"
+
+
 @dataclass(frozen=True, slots=True)
 class Kind:
     """One API resource and the verbs the operator uses on it (the RBAC source of truth)."""
@@ -83,6 +96,9 @@ class Kind:
     plural: str
     namespaced: bool
     verbs: frozenset[str]
+    workload: bool = False
+    """A child the operator writes in the target namespaces of clusters (the chart can bind
+    these verbs in a list of namespaces only: ``operator.workloadNamespaces``)."""
 
     @property
     def api_version(self) -> str:
@@ -98,10 +114,14 @@ class Kind:
 
 def _kind(kind: str, api_version: str, plural: str, namespaced: bool, verbs: str) -> Kind:
     group, _, version = api_version.rpartition("/")
-    return Kind(kind, group, version, plural, namespaced, frozenset(verbs.split()))
+    return Kind(
+        kind, group, version, plural, namespaced, frozenset(verbs.split()), verbs == _CHILD_VERBS
+    )
 
 
-_CHILD_VERBS = "get list watch create patch delete"
+# Children: get (compare with the desired object), create/patch (apply), list + delete (prune
+# what a plan no longer wants). Nothing watches them: the resync timer re-reads their status.
+_CHILD_VERBS = "get list create patch delete"
 _CR_VERBS = "get list watch patch"
 
 KINDS: dict[str, Kind] = {
@@ -149,17 +169,15 @@ def kind_of(obj: Mapping[str, Any]) -> Kind:
     return kind
 
 
+def workload_rules() -> list[dict[str, Any]]:
+    """The rules on children (``Kind.workload``): the chart binds them cluster-wide, or only in
+    ``operator.workloadNamespaces``."""
+    return _rules(k for k in KINDS.values() if k.workload)
+
+
 def rbac_rules() -> list[dict[str, Any]]:
-    """ClusterRole rules granting exactly ``KINDS``' verbs (plus ``patch`` on our status)."""
-    by_group: dict[tuple[str, frozenset[str]], list[str]] = {}
-    for k in KINDS.values():
-        by_group.setdefault((k.group, k.verbs), []).append(k.plural)
-    rules = [
-        {"apiGroups": [group], "resources": sorted(plurals), "verbs": sorted(verbs)}
-        for (group, verbs), plurals in sorted(
-            by_group.items(), key=lambda i: (i[0][0], sorted(i[0][1]))
-        )
-    ]
+    """Rules granting exactly ``KINDS``' verbs (plus ``patch`` on our status)."""
+    rules = _rules(KINDS.values())
     rules.append(
         {
             "apiGroups": [api.GROUP],
@@ -167,6 +185,19 @@ def rbac_rules() -> list[dict[str, Any]]:
             "verbs": ["patch"],
         }
     )
+    return rules
+
+
+def _rules(kinds: Iterable[Kind]) -> list[dict[str, Any]]:
+    by_group: dict[tuple[str, frozenset[str]], list[str]] = {}
+    for k in kinds:
+        by_group.setdefault((k.group, k.verbs), []).append(k.plural)
+    rules = [
+        {"apiGroups": [group], "resources": sorted(plurals), "verbs": sorted(verbs)}
+        for (group, verbs), plurals in sorted(
+            by_group.items(), key=lambda i: (i[0][0], sorted(i[0][1]))
+        )
+    ]
     return rules
 
 
@@ -192,6 +223,9 @@ class ClusterClient:
     retries: int = 3
     backoff: float = 0.1
     timeout: float = 30.0
+    namespaces: frozenset[str] | None = None
+    """The only namespaces whose children (``Kind.workload``) this client touches, when the
+    operator's RBAC grants them there only (``operator.workloadNamespaces``); ``None``: all."""
     _session: aiohttp.ClientSession | None = None
 
     @classmethod
@@ -266,7 +300,19 @@ class ClusterClient:
             delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _check_namespace(self, kind: Kind, namespace: str | None) -> None:
+        if self.namespaces is not None and kind.workload and namespace not in self.namespaces:
+            allowed = ", ".join(sorted(self.namespaces)) or "none"
+            raise ApiError(
+                self.name,
+                403,
+                f"namespace {namespace!r} is outside the operator's workloadNamespaces "
+                f"({allowed}); add it to the chart value operator.workloadNamespaces or target "
+                "one of those",
+            )
+
     async def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None:
+        self._check_namespace(kind, namespace)
         try:
             out: dict[str, Any] = await self.request("get", kind, "GET", kind.path(namespace, name))
         except ApiError as exc:
@@ -280,6 +326,13 @@ class ClusterClient:
     ) -> list[dict[str, Any]]:
         """Objects of ``kind`` whose labels include ``labels`` (filtered here too: some servers,
         the emulator among them, ignore ``labelSelector``). A kind not served lists as empty."""
+        if namespace is None and kind.workload and self.namespaces is not None:
+            return [
+                item
+                for ns in sorted(self.namespaces)
+                for item in await self.list_objects(kind, ns, labels)
+            ]
+        self._check_namespace(kind, namespace)
         params = (
             {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else None
         )
@@ -304,6 +357,7 @@ class ClusterClient:
     async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         kind = kind_of(obj)
         ns = obj["metadata"].get("namespace")
+        self._check_namespace(kind, ns)
         out = await self.request("create", kind, "POST", kind.path(ns), body=obj)
         return out or dict(obj)
 
@@ -318,6 +372,7 @@ class ClusterClient:
         content_type: str = "application/merge-patch+json",
         params: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
+        self._check_namespace(kind, namespace)
         path = kind.path(namespace, name) + (f"/{subresource}" if subresource else "")
         if subresource and kind.plural not in _STATUS_VERBS:
             raise OperatorError(f"the operator does not write {kind.plural}/{subresource}")
@@ -341,6 +396,7 @@ class ClusterClient:
 
     async def delete(self, kind: Kind, namespace: str | None, name: str) -> bool:
         """Delete (background propagation); ``False`` if it was already gone."""
+        self._check_namespace(kind, namespace)
         try:
             await self.request(
                 "delete",
@@ -387,16 +443,95 @@ def _message(text: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+_KUBECONFIG_MAX_BYTES = 1 << 20
+"""A kubeconfig with a few clusters and certificates is a few KiB; more is refused unread."""
+_USER_KEYS = frozenset({"token", "client-certificate-data", "client-key-data"})
+_CLUSTER_KEYS = frozenset(
+    {"server", "certificate-authority-data", "insecure-skip-tls-verify", "tls-server-name"}
+)
+_CONTEXT_KEYS = frozenset({"cluster", "user", "namespace"})
+_WHY_REFUSED = {
+    "exec": "runs a command inside the operator",
+    "auth-provider": "runs an auth-provider plugin inside the operator",
+    "tokenFile": "reads a file of the operator's (its own ServiceAccount token, say)",
+    "client-certificate": "reads a file of the operator's",
+    "client-key": "reads a file of the operator's",
+    "certificate-authority": "reads a file of the operator's",
+    "username": "is basic auth (not accepted)",
+    "password": "is basic auth (not accepted)",
+    "proxy-url": "sends the operator's traffic through a proxy the Secret names",
+}
+
+
+def check_kubeconfig(cluster: str, data: Any) -> None:
+    """Refuse (``KubeconfigRefused``) a kubeconfig that is more than inline credentials.
+
+    A kubeconfig Secret is tenant input to a process holding the operator's own credentials:
+    ``exec``/``auth-provider`` would run code in it, and ``tokenFile`` or a certificate path
+    with an attacker's ``server`` would send the operator's files away. Only ``token``,
+    ``client-certificate-data``/``client-key-data``, ``certificate-authority-data`` and an
+    http(s) ``server`` are accepted; every entry is checked, not just the current context's.
+    """
+
+    def refuse(where: str, key: str) -> KubeconfigRefused:
+        why = _WHY_REFUSED.get(key, "is not one of the accepted inline fields")
+        return KubeconfigRefused(
+            cluster,
+            f"kubeconfig refused: {where} sets {key!r}, which {why}; put only inline credentials "
+            "in the Secret (token, client-certificate-data and client-key-data, "
+            "certificate-authority-data)",
+        )
+
+    if not isinstance(data, dict):
+        raise KubeconfigRefused(cluster, "kubeconfig refused: not a mapping (kind: Config)")
+    sections = (
+        ("users", "user", _USER_KEYS),
+        ("clusters", "cluster", _CLUSTER_KEYS),
+        ("contexts", "context", _CONTEXT_KEYS),
+    )
+    for section, inner, allowed in sections:
+        entries = data.get(section) or []
+        if not isinstance(entries, list):
+            raise KubeconfigRefused(cluster, f"kubeconfig refused: {section} is not a list")
+        for i, entry in enumerate(entries):
+            body = entry.get(inner) if isinstance(entry, dict) else None
+            if not isinstance(body, dict):
+                raise KubeconfigRefused(
+                    cluster, f"kubeconfig refused: {section}[{i}].{inner} is not a mapping"
+                )
+            for key in body:
+                if key not in allowed:
+                    raise refuse(f"{section}[{i}].{inner}", str(key))
+            server = body.get("server")
+            if inner == "cluster" and not (
+                isinstance(server, str) and server.startswith(("https://", "http://"))
+            ):
+                raise KubeconfigRefused(
+                    cluster,
+                    f"kubeconfig refused: {section}[{i}].cluster.server must be an http(s) URL",
+                )
+
+
 def _client_from_kubeconfig(name: str, text: str, **kw: Any) -> ClusterClient:
-    """Build a client from kubeconfig text (the kubernetes package resolves certs and tokens)."""
+    """Build a client from kubeconfig text, after ``check_kubeconfig`` (the kubernetes package
+    then resolves the inline certificates and token)."""
     import kubernetes
 
+    if len(text) > _KUBECONFIG_MAX_BYTES:
+        raise KubeconfigRefused(name, f"kubeconfig refused: over {_KUBECONFIG_MAX_BYTES} bytes")
     try:
         data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        # The YAML error quotes the offending line, which may hold the token: say only where.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise KubeconfigRefused(name, f"kubeconfig is not valid YAML{where}") from exc
+    check_kubeconfig(name, data)
+    try:
         cfg = kubernetes.client.Configuration()
         kubernetes.config.load_kube_config_from_dict(data, client_configuration=cfg)
     except Exception as exc:  # the loader raises many types; all mean "unusable kubeconfig"
-        raise Unreachable(name, f"kubeconfig is unusable: {exc}") from exc
+        raise Unreachable(name, f"kubeconfig is unusable: {type(exc).__name__}") from exc
     return ClusterClient.from_configuration(name, cfg, **kw)
 
 
@@ -427,10 +562,17 @@ class ClientPool:
         if secret is None:
             raise Unreachable(cluster, f"Secret {ns}/{ref.name} (kubeconfigSecretRef) not found")
         raw = (secret.get("data") or {}).get(ref.key)
-        text = (
-            base64.b64decode(raw).decode() if raw else (secret.get("stringData") or {}).get(ref.key)
-        )
-        if not text:
+        try:
+            text = (
+                base64.b64decode(raw, validate=True).decode()
+                if raw
+                else (secret.get("stringData") or {}).get(ref.key)
+            )
+        except (ValueError, TypeError) as exc:  # binascii.Error and UnicodeDecodeError
+            raise KubeconfigRefused(
+                cluster, f"Secret {ns}/{ref.name} key {ref.key!r} is not base64 of UTF-8 text"
+            ) from exc
+        if not isinstance(text, str) or not text:
             raise Unreachable(cluster, f"Secret {ns}/{ref.name} has no key {ref.key!r}")
         digest = hashlib.sha256(text.encode()).hexdigest()
         cache_key = (ns, ref.name, ref.key)

@@ -192,7 +192,9 @@ class Reconciler:
                 clients[cname] = await self.pool.client_for(cname, cspec.target)
             except Unreachable as exc:
                 outcome.unreachable.append(cname)
-                await self._mark_reachable(clusters[cname][0], cname, False, str(exc))
+                await self._mark_reachable(
+                    clusters[cname][0], cname, False, str(exc), reason=exc.reason
+                )
 
         key = f"{namespace}/{name}"
         # Status shows the observation this pass plans with, even if a poll lands meanwhile.
@@ -257,7 +259,9 @@ class Reconciler:
                 )
             except Unreachable as exc:
                 outcome.unreachable.append(cname)
-                await self._mark_reachable(clusters[cname][0], cname, False, str(exc))
+                await self._mark_reachable(
+                    clusters[cname][0], cname, False, str(exc), reason=exc.reason
+                )
                 continue
             except (ApiError, ApplyError) as exc:
                 outcome.errors.append(str(exc))
@@ -413,7 +417,9 @@ class Reconciler:
             if cond["type"] in ("Stalled", "Degraded") and cond["status"] == "True" != was:
                 await self._event(body, "Warning", cond["reason"], cond["message"])
 
-    async def _mark_reachable(self, kind: ClusterKind, name: str, ok: bool, message: str) -> None:
+    async def _mark_reachable(
+        self, kind: ClusterKind, name: str, ok: bool, message: str, reason: str = "Unreachable"
+    ) -> None:
         obj = await self.pool.local.get(KINDS[kind], None, name)
         if obj is None:
             return
@@ -425,7 +431,7 @@ class Reconciler:
                 condition(
                     "Reachable",
                     "True" if ok else "False",
-                    "Reachable" if ok else "Unreachable",
+                    "Reachable" if ok else reason,
                     message,
                 ),
             ],
@@ -563,7 +569,7 @@ class Reconciler:
                 await self._write_cluster_status(
                     obj,
                     {"reachable": False},
-                    [condition("Reachable", "False", "Unreachable", str(exc))],
+                    [condition("Reachable", "False", exc.reason, str(exc))],
                 )
                 return False
             # Re-discover optional CRDs (PodMonitor) of this server on the next plan pass.

@@ -29,6 +29,7 @@ def local_client(settings: OperatorSettings, server: str | None = None) -> Clust
     opts: dict[str, Any] = {
         "retries": settings.retry.api_retries,
         "backoff": settings.retry.api_backoff_seconds,
+        "namespaces": frozenset(settings.reconcile.workload_namespaces) or None,
     }
     if server is not None:
         return ClusterClient(name="local", server=server.rstrip("/"), ssl_context=False, **opts)

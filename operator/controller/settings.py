@@ -45,6 +45,9 @@ class ReconcileSettings:
     """The operator's namespace: where ``kubeconfigSecretRef`` Secrets without a namespace are."""
     router_image: str = "ghcr.io/prfaas/prfaas:0.1.0"
     """Image of the per-decode-cluster router (the prfaas package, ``prfaas router``)."""
+    workload_namespaces: tuple[str, ...] = ()
+    """The only namespaces of the operator's own cluster it writes children in, when the chart
+    grants child verbs there only (``operator.workloadNamespaces``); empty: every namespace."""
     detect_pod_monitor: bool = True
     """Create a PodMonitor per cluster when that cluster serves ``monitoring.coreos.com/v1``."""
 
@@ -105,6 +108,9 @@ class OperatorSettings:
         r.apply_mode = parse_apply_mode(e.get("PRFAAS_APPLY_MODE", r.apply_mode))
         r.namespace = e.get("PRFAAS_NAMESPACE", e.get("POD_NAMESPACE", r.namespace))
         r.router_image = e.get("PRFAAS_ROUTER_IMAGE", r.router_image)
+        r.workload_namespaces = tuple(
+            n.strip() for n in e.get("PRFAAS_WORKLOAD_NAMESPACES", "").split(",") if n.strip()
+        )
         a = s.autoscale
         a.tick_seconds = float(e.get("PRFAAS_AUTOSCALE_TICK_SECONDS", a.tick_seconds))
         a.scale_down_window_seconds = float(

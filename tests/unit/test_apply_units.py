@@ -16,6 +16,7 @@ from prfaas.operator.controller.apply import (
 )
 from prfaas.operator.controller.clients import (
     KINDS,
+    ApiError,
     ClusterClient,
     OperatorError,
     kind_of,
@@ -158,3 +159,24 @@ async def test_merge_mode_is_idempotent_removes_dropped_fields_and_prunes(
             )
     finally:
         await client.close()
+
+
+async def test_workload_namespaces_confine_children_and_list_each_namespace() -> None:
+    paths: list[str] = []
+
+    class Recording(ClusterClient):
+        async def request(self, verb: str, kind: Any, method: str, path: str, **kw: Any) -> Any:
+            paths.append(f"{method} {path}")
+            return {"items": []}
+
+    client = Recording(name="local", server="http://x", namespaces=frozenset({"a", "b"}))
+    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}}
+    with pytest.raises(ApiError, match="'other' is outside the operator's workloadNamespaces"):
+        await client.create({**dep, "metadata": {"name": "d", "namespace": "other"}})
+    with pytest.raises(ApiError, match="workloadNamespaces"):
+        await client.delete(KINDS["Service"], "other", "s")
+    assert paths == []
+    await client.list_objects(KINDS["ConfigMap"], None, {"x": "1"})
+    assert paths == ["GET /api/v1/namespaces/a/configmaps", "GET /api/v1/namespaces/b/configmaps"]
+    await client.list_objects(KINDS["ServingPlan"])  # not a child: still cluster-wide
+    assert paths[-1] == "GET /apis/prfaas.io/v1alpha1/servingplans"

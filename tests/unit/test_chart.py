@@ -11,7 +11,7 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
-from prfaas.operator.controller.clients import rbac_rules
+from prfaas.operator.controller.clients import rbac_rules, workload_rules
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "prfaas"
@@ -45,6 +45,8 @@ def test_rendered_objects_validate(values: dict[str, Any]) -> None:
     kinds = sorted(d["kind"] for d in docs)
     expected = [
         "ClusterRole",
+        "ClusterRole",
+        "ClusterRoleBinding",
         "ClusterRoleBinding",
         "Deployment",
         "Role",
@@ -83,13 +85,48 @@ def _grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
     }
 
 
+def _roles(docs: list[dict[str, Any]]) -> dict[str, set[tuple[str, str, str]]]:
+    return {d["metadata"]["name"]: _grants(d["rules"]) for d in _by_kind(docs, "ClusterRole")}
+
+
 def test_rbac_grants_exactly_what_the_operator_uses() -> None:
     docs = _render()
-    granted = _grants(_by_kind(docs, "ClusterRole")[0]["rules"])
+    roles = _roles(docs)
+    granted = set().union(*roles.values())
     namespaced = _grants(_by_kind(docs, "Role")[0]["rules"])
     assert namespaced == {("", "secrets", "get")}  # kubeconfigs, only in the release namespace
     assert granted | namespaced == _grants(rbac_rules())
     assert not any("*" in g for g in granted)
+    # Writes on children live in their own role; nothing watches them.
+    assert roles["prfaas-workloads"] == _grants(workload_rules())
+    assert {r for _, r, v in roles["prfaas"] if v in ("create", "delete")} == {"events"}
+    assert not {r for _, r, v in granted if v == "watch"} & {"deployments", "configmaps"}
+    # Without workloadNamespaces the child role is bound cluster-wide (documented default).
+    bindings = {b["roleRef"]["name"] for b in _by_kind(docs, "ClusterRoleBinding")}
+    assert bindings == {"prfaas", "prfaas-workloads"}
+    assert [b for b in _by_kind(docs, "RoleBinding") if "workloads" in b["metadata"]["name"]] == []
+
+
+def test_workload_namespaces_bind_child_writes_there_only() -> None:
+    values = {"operator": {"workloadNamespaces": ["decode", "prefill"]}}
+    docs = _render(values)
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S, strict=True)
+    bindings = {b["roleRef"]["name"] for b in _by_kind(docs, "ClusterRoleBinding")}
+    assert bindings == {"prfaas"}  # nothing on children cluster-wide
+    local = {
+        b["metadata"]["namespace"]
+        for b in _by_kind(docs, "RoleBinding")
+        if b["roleRef"]
+        == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "prfaas-workloads",
+        }
+    }
+    assert local == {"decode", "prefill"}
+    env = _by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "PRFAAS_WORKLOAD_NAMESPACES", "value": "decode,prefill"} in env
 
 
 def test_operator_pod_is_locked_down() -> None:
