@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import web
+from prfaas.engine.router.emulation import EngineEmulation, KvPullError, prompt_tokens
 from prfaas.engine.router.serving import AsyncService, serve_app
 
 __all__ = ["FakeEngine", "Received", "fake_kv_params"]
@@ -76,6 +77,9 @@ class FakeEngine(AsyncService):
     received: list[Received] = field(default_factory=list)
     issued: list[dict[str, Any]] = field(default_factory=list)
     """``kv_transfer_params`` this (prefill) fake answered with, in order."""
+    emulation: EngineEmulation | None = None
+    """Planned timing and KV bytes (see the module docstring); None: instant answers."""
+    host: str = "127.0.0.1"
     port: int = 0
     url: str = ""
     _runner: web.AppRunner | None = None
@@ -85,11 +89,14 @@ class FakeEngine(AsyncService):
         app.router.add_post("/v1/completions", self._handle)
         app.router.add_post("/v1/chat/completions", self._handle)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/emulation/records", self._records)
         return app
 
     async def start(self) -> str:
-        self._runner, self.port = await serve_app(self.app(), "127.0.0.1", self.port)
-        self.url = f"http://127.0.0.1:{self.port}"
+        if self.emulation is not None:
+            await self.emulation.start()
+        self._runner, self.port = await serve_app(self.app(), self.host, self.port)
+        self.url = f"http://{self.host}:{self.port}"
         self.name = self.name or f"{self.role}-{self.port}"
         return self.url
 
@@ -97,6 +104,13 @@ class FakeEngine(AsyncService):
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.emulation is not None:
+            await self.emulation.stop()
+
+    async def _records(self, request: web.Request) -> web.Response:
+        em = self.emulation
+        records = [r.to_json() for r in em.records.values()] if em is not None else []
+        return web.json_response({"engine": self.name, "role": self.role, "records": records})
 
     async def _health(self, request: web.Request) -> web.Response:
         if self.health_delay_s:
@@ -127,6 +141,8 @@ class FakeEngine(AsyncService):
         prompt = body.get("prompt", body.get("messages", ""))
         n_prompt = len(prompt) if isinstance(prompt, list) else len(str(prompt))
         n = int(body.get("max_completion_tokens") or body.get("max_tokens") or self.default_tokens)
+        if self.emulation is not None:
+            return await self._emulated(request, body, chat, prompt, n, rid)
         kv = None
         if self.role == "prefill" and (body.get("kv_transfer_params") or {}).get(
             "do_remote_decode"
@@ -136,6 +152,17 @@ class FakeEngine(AsyncService):
                 self.issued.append(kv)
         if body.get("stream"):
             return await self._stream(request, chat, n, rid)
+        return self._answer(body, chat, n, rid, n_prompt, kv)
+
+    def _answer(
+        self,
+        body: dict[str, Any],
+        chat: bool,
+        n: int,
+        rid: str,
+        n_prompt: int,
+        kv: dict[str, Any] | None,
+    ) -> web.Response:
         texts = [f"t{i} " for i in range(n)]
         choice: dict[str, Any] = (
             {
@@ -172,13 +199,64 @@ class FakeEngine(AsyncService):
             if i == self.break_after and request.transport is not None:
                 request.transport.abort()
                 return resp
-            choice: dict[str, Any] = (
-                {"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}
-                if chat
-                else {"index": 0, "text": f"t{i} ", "finish_reason": None}
-            )
-            chunk = {"id": f"cmpl-{rid}", "choices": [choice], "served_by": self.name}
-            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            await resp.write(self._event(chat, rid, f"t{i} "))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    def _event(self, chat: bool, rid: str, text: str) -> bytes:
+        choice: dict[str, Any] = (
+            {"index": 0, "delta": {"content": text}, "finish_reason": None}
+            if chat
+            else {"index": 0, "text": text, "finish_reason": None}
+        )
+        chunk = {"id": f"cmpl-{rid}", "choices": [choice], "served_by": self.name}
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+    # ------------------------------------------------------------------ emulated engines
+    async def _emulated(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        chat: bool,
+        prompt: Any,
+        n: int,
+        rid: str,
+    ) -> web.StreamResponse:
+        em = self.emulation
+        assert em is not None
+        tokens = prompt_tokens(prompt)
+        params = body.get("kv_transfer_params") or {}
+        rec = em.record(rid, self.role, len(tokens))
+        if self.role == "prefill":
+            await em.prefill(tokens, rec)
+            kv = None
+            if params.get("do_remote_decode"):
+                kv = fake_kv_params(self.name, rid, len(tokens))
+                kv["remote_host"], kv["remote_port"], _ = em.offer_kv(rid, len(tokens))
+                if self.record:
+                    self.issued.append(kv)
+            return self._answer(body, chat, 1, rid, len(tokens), kv)
+        if params.get("do_remote_prefill"):
+            try:
+                await em.pull(params, rid, rec)
+            except KvPullError as exc:
+                err = {"error": {"message": str(exc), "type": "KvPull", "param": None, "code": 500}}
+                return web.json_response(err, status=500)
+        else:  # no KV from elsewhere: this engine prefills the prompt itself
+            await em.prefill(tokens, rec)
+        produced = em.decode(len(tokens), n, rec)
+        if not body.get("stream"):
+            count = 0
+            async for k in produced:
+                count += k
+            return self._answer(body, chat, count, rid, len(tokens), None)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        i = 0
+        async for k in produced:
+            await resp.write(self._event(chat, rid, "".join(f"t{j} " for j in range(i, i + k))))
+            i += k
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
