@@ -20,8 +20,9 @@ STAMP := $(VENV)/.prfaas-install-stamp
 PYTEST_ARGS ?= tests
 MAIN_ARGS ?= crds/samples/local.yaml
 LINT_PATHS := planner operator engine_images prfaas
-# mypy cannot follow the editable install's folder → package mapping (operator/ is
-# prfaas.operator), so it checks the package through a tree of links with the real names.
+# mypy and import-linter cannot follow the editable install's folder → package mapping
+# (operator/ is prfaas.operator), so they check the package through a tree of links with the
+# real names.
 TYPECHECK_TREE := build/typecheck
 
 .PHONY: help install run test lint crds clean
@@ -29,7 +30,7 @@ TYPECHECK_TREE := build/typecheck
 help:
 	@echo "make run    set up .venv if needed, then run the main job (prfaas up $(MAIN_ARGS))"
 	@echo "make test   set up .venv if needed, then run the test suite (PYTEST_ARGS=$(PYTEST_ARGS))"
-	@echo "make lint   ruff check and mypy over $(LINT_PATHS)"
+	@echo "make lint   ruff check and mypy over $(LINT_PATHS), and the import contracts"
 	@echo "make crds   regenerate crds/ from operator/api.py"
 	@echo "make clean  remove .venv and build outputs"
 
@@ -67,12 +68,16 @@ $(TYPECHECK_TREE)/prfaas:
 	ln -sfn ../../../operator $@/operator
 	ln -sfn ../../../engine_images $@/engine
 
+# Last, the import contracts of pyproject.toml ([tool.importlinter]); lint-imports puts its
+# working folder first on sys.path, so it runs inside the tree of links.
 lint: install $(TYPECHECK_TREE)/prfaas
 	$(BIN)/ruff check $(LINT_PATHS)
 	MYPYPATH=$(TYPECHECK_TREE) $(BIN)/mypy -p prfaas \
 		| sed -e 's#^$(TYPECHECK_TREE)/prfaas/engine/#engine_images/#' \
 		      -e 's#^$(TYPECHECK_TREE)/prfaas/\(planner\|operator\)/#\1/#' \
 		      -e 's#^$(TYPECHECK_TREE)/prfaas/#prfaas/#'
+	cd $(TYPECHECK_TREE) && PYTHONPATH=. $(CURDIR)/$(BIN)/lint-imports --no-logo --no-cache \
+		$(CURDIR)/pyproject.toml
 
 crds: install
 	$(BIN)/prfaas crds --output crds

@@ -1,4 +1,5 @@
-"""What runs inside pods: the router, engine launch/config, the local runtime behind
-``prfaas up``."""
+"""What runs in pods and on a laptop: ``router`` (the per-decode-cluster router), ``vllm``
+(engine launch, the CPU compatibility shim, the tiny model) and ``local`` (the runtime behind
+``prfaas up``). Import the subpackage you need; this package imports none of them."""
 
 __all__: list[str] = []

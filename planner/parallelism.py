@@ -20,18 +20,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 from prfaas.planner.latency.catalog import GpuSpec, ModelArch
 from prfaas.planner.latency.estimator import latency_model
-from prfaas.planner.latency.model import InstanceLatency
 from prfaas.planner.latency.profiles import ProfileData
-from prfaas.planner.problem import GoodputFn, PlannerSettings
+from prfaas.planner.problem import Candidate, GoodputFn, PlannerSettings, RoleLoad
 
 __all__ = [
-    "Candidate",
-    "RoleLoad",
     "candidates",
     "choose_for_rate",
     "decode_batch",
@@ -79,35 +74,6 @@ def max_rate_for_ttft(slo_s: float, latency_s: float, stage_s: float | None = No
         return 0.0
     # D + R·Dm²/(2(1−R·Dm)) ≤ S  ⇔  x = R·Dm ≤ 2·slack / (Dm + 2·slack)
     return 2.0 * slack / (d_m * (d_m + 2.0 * slack))
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """One TP×PP instance shape with its latency model and free memory for KV."""
-
-    tp: int
-    pp: int
-    latency: InstanceLatency
-    kv_capacity_bytes: float
-    """Memory left for KV and state after the weights, in the whole instance."""
-
-    @property
-    def gpus(self) -> int:
-        return self.tp * self.pp
-
-
-@dataclass(frozen=True, slots=True)
-class RoleLoad:
-    """What one role must serve, for ranking candidates."""
-
-    role: Literal["prefill", "decode"]
-    length: float
-    """Prefill: the (uncached) prompt length; decode: mean cached context per sequence."""
-    kv_bytes_per_sequence: float
-    output_tokens: float
-    ttft_s: float
-    tpot_s: float
-    max_batch_size: int = 256
 
 
 def candidates(

@@ -9,28 +9,58 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from prfaas.planner.distributions import LengthDistribution
 from prfaas.planner.latency.catalog import GpuSpec, ModelArch
+from prfaas.planner.latency.model import InstanceLatency
 from prfaas.planner.latency.profiles import ProfileData
 from prfaas.planner.latency.roofline import RooflineSettings
 
-if TYPE_CHECKING:
-    from prfaas.planner.parallelism import Candidate, RoleLoad
-
 __all__ = [
+    "Candidate",
     "ClusterInput",
     "GoodputFn",
     "LinkInput",
     "OffloadInput",
     "PlannerSettings",
     "Problem",
+    "RoleLoad",
     "SloInput",
     "WorkloadInput",
 ]
 
-GoodputFn = Callable[["Candidate", "RoleLoad"], float]
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One TP×PP instance shape with its latency model and free memory for KV."""
+
+    tp: int
+    pp: int
+    latency: InstanceLatency
+    kv_capacity_bytes: float
+    """Memory left for KV and state after the weights, in the whole instance."""
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp
+
+
+@dataclass(frozen=True, slots=True)
+class RoleLoad:
+    """What one role must serve, for ranking candidates."""
+
+    role: Literal["prefill", "decode"]
+    length: float
+    """Prefill: the (uncached) prompt length; decode: mean cached context per sequence."""
+    kv_bytes_per_sequence: float
+    output_tokens: float
+    ttft_s: float
+    tpot_s: float
+    max_batch_size: int = 256
+
+
+
+GoodputFn = Callable[[Candidate, RoleLoad], float]
 """Per-instance goodput (req/s) of a candidate under a role's load and SLO; the simulator can
 replace the M/D/1 closed form with a simulated one (``PlannerSettings.goodput``)."""
 

@@ -32,14 +32,12 @@ from prfaas.planner.latency.catalog import GpuSpec, ModelArch
 from prfaas.planner.latency.model import InstanceLatency
 from prfaas.planner.multicluster import Commodity, Point, RemoteLP, optimise_thresholds
 from prfaas.planner.parallelism import (
-    Candidate,
-    RoleLoad,
     candidates,
     decode_goodput,
     search,
 )
 from prfaas.planner.plan import Baseline, ClusterPlan, LinkPlan, Plan, RemotePrefill, RouterPlan
-from prfaas.planner.problem import ClusterInput, Problem
+from prfaas.planner.problem import Candidate, ClusterInput, Problem, RoleLoad
 from prfaas.planner.throughput import Evaluation, LocalPool, LocalSplit, PrfaasPool, Solver
 from prfaas.planner.topology import build_network
 

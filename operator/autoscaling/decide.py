@@ -32,8 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from prfaas.operator.api import models as api
+from prfaas.operator.api.labels import LABEL_PLAN, LABEL_PLAN_NAMESPACE, label_value
 from prfaas.operator.autoscaling.prometheus import Sample
-from prfaas.operator.controller.builders import LABEL_PLAN, LABEL_PLAN_NAMESPACE, label_value
 from prfaas.planner.plan import Plan
 
 __all__ = [

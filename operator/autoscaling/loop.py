@@ -27,8 +27,8 @@ from prfaas.operator.autoscaling.decide import (
     stabilise_plan,
 )
 from prfaas.operator.autoscaling.prometheus import PrometheusClient, PrometheusError
-from prfaas.operator.controller.metrics import OperatorMetrics
-from prfaas.operator.controller.settings import AutoscaleSettings
+from prfaas.operator.autoscaling.settings import AutoscaleSettings
+from prfaas.operator.metrics import OperatorMetrics
 from prfaas.planner.plan import Plan
 
 __all__ = ["Autoscaler", "PlanScaling"]

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from prfaas.operator.controller.builders import (
+from prfaas.operator.api.labels import (
     LABEL_CLUSTER,
     LABEL_PLAN,
     LABEL_PLAN_NAMESPACE,

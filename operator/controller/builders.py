@@ -34,31 +34,32 @@ from typing import Any, Literal
 from prfaas.engine.router.config import CONFIGMAP_KEY, dump_router_config, router_config_from_plan
 from prfaas.engine.vllm.launch import EngineLaunch, vllm_argv, vllm_env
 from prfaas.operator.api import models as api
+from prfaas.operator.api.labels import (
+    LABEL_CLUSTER,
+    LABEL_PLAN,
+    LABEL_PLAN_NAMESPACE,
+    LABEL_ROLE,
+    MANAGED_BY,
+    child_name,
+    label_value,
+)
 from prfaas.planner.plan import ClusterPlan, Plan
 
 __all__ = [
     "ENGINE_PORT",
-    "LABEL_CLUSTER",
-    "LABEL_PLAN",
-    "LABEL_PLAN_NAMESPACE",
-    "LABEL_ROLE",
-    "MANAGED_BY",
     "SIDE_CHANNEL_PORT",
     "BuildError",
     "ClusterTarget",
     "PlanInputs",
     "build_children",
     "child_labels",
-    "child_name",
     "engine_launch",
-    "label_value",
+    "router_config_map",
+    "router_config_text",
+    "router_deployment",
+    "router_service",
 ]
 
-LABEL_PLAN = "prfaas.io/plan"
-LABEL_PLAN_NAMESPACE = "prfaas.io/plan-namespace"
-LABEL_CLUSTER = "prfaas.io/cluster"
-LABEL_ROLE = "prfaas.io/role"
-MANAGED_BY = "prfaas"
 ENGINE_PORT = 8000
 SIDE_CHANNEL_PORT = 5600
 _ROUTER_CONFIG_DIR = "/etc/prfaas"
@@ -100,27 +101,6 @@ class PlanInputs:
 # ----------------------------------------------------------------------------------------------
 # Names and labels
 # ----------------------------------------------------------------------------------------------
-
-
-def _short_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def child_name(*parts: str, limit: int = 63) -> str:
-    """``a-b-c`` as a DNS-1035 label (≤ 63 chars; long names end with a stable hash)."""
-    name = "-".join(p.strip("-").lower().replace(".", "-") for p in parts if p)
-    if not name[:1].isalpha():
-        name = "p-" + name
-    if len(name) <= limit:
-        return name
-    return f"{name[: limit - 9].rstrip('-')}-{_short_hash(name)}"
-
-
-def label_value(value: str) -> str:
-    """A label value (≤ 63 chars, alphanumeric at both ends), hashed when too long."""
-    if len(value) <= 63:
-        return value
-    return f"{value[:54].rstrip('-.')}-{_short_hash(value)}"
 
 
 def child_labels(inputs: PlanInputs, cluster: str, role: ChildRole) -> dict[str, str]:
@@ -392,11 +372,23 @@ def _pod_monitor(inputs: PlanInputs, target: ClusterTarget) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _router_children(inputs: PlanInputs, target: ClusterTarget) -> list[dict[str, Any]]:
+def _router_name(inputs: PlanInputs, target: ClusterTarget) -> str:
+    return child_name(inputs.name, target.name, "router")
+
+
+def _router_meta(inputs: PlanInputs, target: ClusterTarget) -> dict[str, Any]:
+    name = _router_name(inputs, target)
+    return _meta(inputs, name, target.spec.target.namespace, target.name, "router")
+
+
+def _router_exposure(target: ClusterTarget) -> api.RouterExposure:
     assert isinstance(target.spec, api.DecodeClusterSpec)
-    exposure = target.spec.router
-    ns = target.spec.target.namespace
-    name = child_name(inputs.name, target.name, "router")
+    return target.spec.router
+
+
+def router_config_text(inputs: PlanInputs, target: ClusterTarget) -> str:
+    """The router's config file for decode cluster ``target``: every pool the plan runs, at the
+    Service URL the router reaches it by (see the module docstring on addressing)."""
     endpoints: dict[str, dict[Literal["prefill", "decode"], list[str]]] = {}
     for cp in inputs.plan.clusters:
         if cp.instances <= 0:
@@ -416,15 +408,21 @@ def _router_children(inputs: PlanInputs, target: ClusterTarget) -> list[dict[str
         )
     except ValueError as exc:
         raise BuildError(f"router for {target.name!r}: {exc}") from exc
-    text = dump_router_config(cfg)
-    config_map = {
+    return dump_router_config(cfg)
+
+
+def router_config_map(inputs: PlanInputs, target: ClusterTarget, text: str) -> dict[str, Any]:
+    """The ``ConfigMap`` holding ``text`` (from ``router_config_text``)."""
+    return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(inputs, name, ns, target.name, "router"),
+        "metadata": _router_meta(inputs, target),
         "data": {CONFIGMAP_KEY: text},
     }
-    labels = child_labels(inputs, target.name, "router")
-    container = {
+
+
+def _router_container(inputs: PlanInputs, port: int) -> dict[str, Any]:
+    return {
         "name": "router",
         "image": inputs.router_image,
         "command": [
@@ -433,9 +431,9 @@ def _router_children(inputs: PlanInputs, target: ClusterTarget) -> list[dict[str
             "--config",
             f"{_ROUTER_CONFIG_DIR}/{CONFIGMAP_KEY}",
             "--port",
-            str(exposure.port),
+            str(port),
         ],
-        "ports": [{"name": "http", "containerPort": exposure.port, "protocol": "TCP"}],
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/livez", "port": "http"}, "periodSeconds": 15},
         "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
@@ -447,18 +445,25 @@ def _router_children(inputs: PlanInputs, target: ClusterTarget) -> list[dict[str
         },
         "volumeMounts": [{"name": "config", "mountPath": _ROUTER_CONFIG_DIR, "readOnly": True}],
     }
-    deployment = {
+
+
+def router_deployment(inputs: PlanInputs, target: ClusterTarget, text: str) -> dict[str, Any]:
+    """The router ``Deployment``; its pods carry the hash of ``text``, so a new config rolls
+    them (they also reload the mounted file in place)."""
+    exposure = _router_exposure(target)
+    name = _router_name(inputs, target)
+    config_hash = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(inputs, name, ns, target.name, "router"),
+        "metadata": _router_meta(inputs, target),
         "spec": {
             "replicas": exposure.replicas,
             "selector": {"matchLabels": _selector(inputs, target.name, "router")},
             "template": {
                 "metadata": {
-                    "labels": labels,
-                    # A new ConfigMap rolls the routers (they also reload the file in place).
-                    "annotations": {"prfaas.io/config-hash": _short_hash(text)},
+                    "labels": child_labels(inputs, target.name, "router"),
+                    "annotations": {"prfaas.io/config-hash": config_hash},
                 },
                 "spec": {
                     **_scheduling_router(target),
@@ -468,16 +473,21 @@ def _router_children(inputs: PlanInputs, target: ClusterTarget) -> list[dict[str
                         "runAsUser": 65532,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    "containers": [container],
+                    "containers": [_router_container(inputs, exposure.port)],
                     "volumes": [{"name": "config", "configMap": {"name": name}}],
                 },
             },
         },
     }
-    service = {
+
+
+def router_service(inputs: PlanInputs, target: ClusterTarget) -> dict[str, Any]:
+    """The router ``Service`` (its type and port from the DecodeCluster's ``router``)."""
+    exposure = _router_exposure(target)
+    return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(inputs, name, ns, target.name, "router"),
+        "metadata": _router_meta(inputs, target),
         "spec": {
             "type": exposure.service_type,
             "selector": _selector(inputs, target.name, "router"),
@@ -486,7 +496,6 @@ def _router_children(inputs: PlanInputs, target: ClusterTarget) -> list[dict[str
             ],
         },
     }
-    return [config_map, deployment, service]
 
 
 def _scheduling_router(target: ClusterTarget) -> dict[str, Any]:
@@ -523,7 +532,14 @@ def build_children(inputs: PlanInputs) -> dict[str, list[dict[str, Any]]]:
         target = inputs.clusters.get(rp.decode_cluster)
         if target is None or target.kind != "DecodeCluster":
             raise BuildError(f"the plan routes for {rp.decode_cluster!r}, not a DecodeCluster")
-        out.setdefault(target.name, []).extend(_router_children(inputs, target))
+        text = router_config_text(inputs, target)
+        out.setdefault(target.name, []).extend(
+            [
+                router_config_map(inputs, target, text),
+                router_deployment(inputs, target, text),
+                router_service(inputs, target),
+            ]
+        )
     for name, children in out.items():
         target = inputs.clusters[name]
         if target.pod_monitor and any(c["kind"] != "ConfigMap" for c in children):

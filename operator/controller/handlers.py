@@ -23,7 +23,7 @@ from typing import Any
 
 import kopf
 from prfaas.operator.api import models as api
-from prfaas.operator.controller.builders import LABEL_PLAN, LABEL_PLAN_NAMESPACE
+from prfaas.operator.api.labels import LABEL_PLAN, LABEL_PLAN_NAMESPACE
 from prfaas.operator.controller.clients import ApiError
 from prfaas.operator.controller.conditions import Outcome
 from prfaas.operator.controller.reconcile import ClusterKind, Reconciler

@@ -52,8 +52,8 @@ from prfaas.operator.controller.conditions import (
     set_condition,
     summarize,
 )
-from prfaas.operator.controller.metrics import OperatorMetrics
 from prfaas.operator.controller.settings import OperatorSettings
+from prfaas.operator.metrics import OperatorMetrics
 from prfaas.planner.plan import Plan
 from pydantic import ValidationError
 

@@ -14,9 +14,9 @@ from typing import Any, cast
 import kopf
 from prfaas.operator.controller.clients import ClientPool, ClusterClient, Unreachable
 from prfaas.operator.controller.handlers import register
-from prfaas.operator.controller.metrics import OperatorMetrics
 from prfaas.operator.controller.reconcile import PlannerFn, Reconciler, default_planner
 from prfaas.operator.controller.settings import OperatorSettings
+from prfaas.operator.metrics import OperatorMetrics
 
 __all__ = ["kopf_settings", "local_client", "run_operator"]
 

@@ -29,9 +29,16 @@ import numpy as np
 from prfaas.planner.latency.catalog import GpuSpec
 from prfaas.planner.latency.estimator import latency_model
 from prfaas.planner.latency.model import InstanceLatency
-from prfaas.planner.parallelism import Candidate, RoleLoad, decode_batch
+from prfaas.planner.parallelism import decode_batch
 from prfaas.planner.plan import Plan, Predicted
-from prfaas.planner.problem import ClusterInput, GoodputFn, OffloadInput, Problem
+from prfaas.planner.problem import (
+    Candidate,
+    ClusterInput,
+    GoodputFn,
+    OffloadInput,
+    Problem,
+    RoleLoad,
+)
 from prfaas.planner.sim.arrivals import (
     ArrivalKind,
     FixedLengths,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest_asyncio
 from aiohttp import web
-from prfaas.operator.controller.settings import AutoscaleSettings
+from prfaas.operator.autoscaling.settings import AutoscaleSettings
 
 from .conftest import World, case_study
 

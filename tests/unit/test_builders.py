@@ -17,14 +17,13 @@ import yaml
 from prfaas.engine.router.config import parse_router_config
 from prfaas.engine.vllm.launch import vllm_argv
 from prfaas.operator.api import models as api
+from prfaas.operator.api.labels import child_name, label_value
 from prfaas.operator.controller.builders import (
     BuildError,
     ClusterTarget,
     PlanInputs,
     build_children,
-    child_name,
     engine_launch,
-    label_value,
 )
 from prfaas.planner.plan import ClusterPlan, LinkPlan, Plan, RemotePrefill, RouterPlan
 

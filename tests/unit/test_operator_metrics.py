@@ -6,7 +6,7 @@ import socket
 import urllib.request
 
 import pytest
-from prfaas.operator.controller.metrics import OperatorMetrics
+from prfaas.operator.metrics import OperatorMetrics
 from prfaas.planner.plan import ClusterPlan, Plan
 
 

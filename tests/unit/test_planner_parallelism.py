@@ -9,8 +9,6 @@ from prfaas.planner.latency.catalog import GPUS, MODELS
 from prfaas.planner.latency.model import InstanceLatency
 from prfaas.planner.latency.profiles import FittedDecode, FittedPrefill
 from prfaas.planner.parallelism import (
-    Candidate,
-    RoleLoad,
     candidates,
     choose_for_rate,
     decode_batch,
@@ -20,7 +18,7 @@ from prfaas.planner.parallelism import (
     ttft_inter_2way,
     ttft_intra_2way,
 )
-from prfaas.planner.problem import PlannerSettings
+from prfaas.planner.problem import Candidate, PlannerSettings, RoleLoad
 
 D = 0.072  # OPT-13B, 512-token prefill on an A100 (papers.md §2.4)
 K = 1.6  # 2-way TP speed-up

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from prfaas.operator.api import models as api
 from prfaas.operator.autoscaling.loop import Autoscaler
 from prfaas.operator.autoscaling.prometheus import PrometheusError, Sample
-from prfaas.operator.controller.settings import AutoscaleSettings
+from prfaas.operator.autoscaling.settings import AutoscaleSettings
 from prfaas.planner.plan import ClusterPlan, Plan
 
 NOW = _dt.datetime(2026, 1, 1, tzinfo=_dt.UTC)

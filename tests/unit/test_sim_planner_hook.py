@@ -10,13 +10,12 @@ from prfaas.operator.api.manifests import read_manifests
 from prfaas.operator.api.translate import problems_from_manifests
 from prfaas.planner.latency.catalog import gpu_spec, model_arch
 from prfaas.planner.parallelism import (
-    RoleLoad,
     candidates,
     decode_goodput,
     prefill_goodput,
     search,
 )
-from prfaas.planner.problem import PlannerSettings
+from prfaas.planner.problem import PlannerSettings, RoleLoad
 from prfaas.planner.sim.scenarios import simulated_goodput
 from prfaas.planner.solver import plan
 
