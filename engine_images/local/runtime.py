@@ -317,6 +317,11 @@ class LocalRuntime:
         self.net.shape(gbps * 1e9)
         self.write_router_config(capacity_gbps=gbps)
 
+    def adopt(self, proc: ManagedProcess) -> None:
+        """Stop ``proc`` with everything else (e.g. the Prometheus of ``prfaas up
+        --prometheus``); it is known by ``proc.name``."""
+        self.processes[proc.name] = proc
+
     def kill(self, name: str) -> None:
         """Kill one process group at once (SIGKILL), e.g. to fail a prefill engine."""
         proc = self.processes[name]

@@ -7,6 +7,7 @@ remove the namespaces it created.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -34,6 +35,14 @@ def run(
         Path | None, typer.Option(help="Where logs and the router file go (default: a temp dir).")
     ] = None,
     refresh: Annotated[float, typer.Option(help="Seconds between table refreshes.")] = 1.0,
+    prometheus: Annotated[
+        bool,
+        typer.Option(
+            "--prometheus",
+            help="Also run a real Prometheus (the `prometheus` binary) scraping the router and "
+            "the engines every second; prints its URL and the dashboard panels with data.",
+        ),
+    ] = False,
 ) -> None:
     """Bring the plan up locally: tiny model, vLLM CPU engines per datacenter, the router."""
     from prfaas.engine.local.netns import NetnsError
@@ -45,6 +54,7 @@ def run(
     # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python keeps that.
     previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
     runtime: LocalRuntime | None = None
+    prom_url = ""
     try:
         runtime = _prepare(file, netns=netns, port=port, workdir=workdir)
         typer.echo(
@@ -53,8 +63,13 @@ def run(
         )
         runtime.start()
         _print_summary(runtime)
+        if prometheus:
+            prom_url = _start_prometheus(runtime, file)
         _live(runtime.layout.router_url, refresh)
     except KeyboardInterrupt:
+        if prom_url:  # what filled while it ran; a second Ctrl-C skips it
+            with contextlib.suppress(Exception, KeyboardInterrupt):
+                _print_panels(prom_url, file)
         typer.echo("stopping ...")
     except (LocalRuntimeError, NetnsError) as exc:
         typer.echo(f"prfaas up: {exc}", err=True)
@@ -167,6 +182,32 @@ def _print_summary(runtime: Any) -> None:
         f'-d \'{{"model": "{info["model"]}", "prompt": "hello", "max_tokens": 16}}\''
     )
     console.print("Ctrl-C stops everything.")
+    sys.stdout.flush()
+
+
+def _start_prometheus(runtime: Any, file: Path) -> str:
+    from prfaas.operator.cli.local_prometheus import plan_identity, start_local_prometheus
+
+    name, namespace, _, _ = plan_identity(file)
+    prom = start_local_prometheus(runtime, name, namespace)
+    typer.echo(f"prometheus: {prom.url}  (scrapes the router and engines every second)")
+    _print_panels(prom.url, file)
+    return str(prom.url)
+
+
+def _print_panels(url: str, file: Path) -> None:
+    """A line per dashboard panel that has data (Grafana: see the README)."""
+    from prfaas.operator.cli.local_prometheus import panel_report, plan_identity
+
+    _, _, ttft, tpot = plan_identity(file)
+    report = panel_report(url, ttft, tpot)
+    for p in report:
+        if p.error:
+            typer.echo(f"  panel {p.panel!r}: query failed: {p.error}")
+        elif p.series:
+            typer.echo(f"  panel {p.panel!r}: data ({p.series} series)")
+    empty = sum(1 for p in report if not p.series and not p.error)
+    typer.echo(f"  {len(report) - empty} of {len(report)} dashboard panels have data")
     sys.stdout.flush()
 
 

@@ -39,7 +39,14 @@ def test_chart_lints_clean() -> None:
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
 
-@pytest.mark.parametrize("values", [{}, {"serviceMonitor": {"enabled": True}}])
+MONITORING = {
+    "serviceMonitor": {"enabled": True},
+    "grafanaDashboards": {"enabled": True},
+    "prometheusRule": {"enabled": True},
+}
+
+
+@pytest.mark.parametrize("values", [{}, {"serviceMonitor": {"enabled": True}}, MONITORING])
 def test_rendered_objects_validate(values: dict[str, Any]) -> None:
     docs = _render(values)
     kinds = sorted(d["kind"] for d in docs)
@@ -56,10 +63,16 @@ def test_rendered_objects_validate(values: dict[str, Any]) -> None:
     ]
     if values:
         expected = sorted([*expected, "ServiceMonitor"])
+    if values == MONITORING:
+        expected = sorted([*expected, "ConfigMap", "PrometheusRule"])
     assert kinds == expected
     for doc in docs:
         if doc["kind"] == "ServiceMonitor":  # a CRD kind: not in Kubernetes' schemas
             assert doc["spec"]["endpoints"][0]["path"] == "/metrics"
+            continue
+        if doc["kind"] == "PrometheusRule":  # a CRD kind too (promtool checks the rules)
+            groups = doc["spec"]["groups"]
+            assert groups and all(r["expr"] for g in groups for r in g["rules"])
             continue
         kubernetes_validate.validate(doc, K8S, strict=True)
 
