@@ -41,7 +41,23 @@ $(BIN)/python:
 # sys.path, where operator/ would shadow the standard library's operator module.
 # torch first and pinned, so pip takes the CPU wheel on this machine's disk rather than a
 # multi-GB CUDA build; torchvision & co. do not import beside it; nixl without its torch pin.
+#
+# Prometheus and promtool (`prfaas up --prometheus`, the e2e and alert-rule tests) come from the
+# distribution, unpinned: apt-get as root when either is missing, otherwise a message saying what
+# to install (the tests that need them are then skipped, naming the reason).
 install: $(BIN)/python
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "prfaas: installing Prometheus and promtool (apt-get install prometheus)"; \
+			apt-get update -qq; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+				prometheus >/dev/null; \
+		else \
+			echo "prfaas: prometheus/promtool not found; install them for prfaas up" \
+				"--prometheus and the alert tests: sudo apt-get install prometheus" \
+				"(Debian/Ubuntu), or binaries from https://prometheus.io/download/" >&2; \
+		fi; \
+	fi
 	@hash="$$(sha256sum pyproject.toml | cut -d' ' -f1)"; \
 	if [ -f $(STAMP) ] && [ "$$(cat $(STAMP))" = "$$hash" ]; then \
 		echo "prfaas: $(VENV) is up to date"; exit 0; \

@@ -9,11 +9,18 @@ panels have data (printed at start and at Ctrl-C).
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PanelStatus", "panel_report", "plan_identity", "start_local_prometheus"]
+__all__ = [
+    "PanelStatus",
+    "panel_report",
+    "plan_identity",
+    "start_local_prometheus",
+    "write_dashboards",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +51,14 @@ def plan_identity(file: Path) -> tuple[str, str, float, float]:
 def start_local_prometheus(runtime: Any, plan: str, namespace: str) -> Any:
     """Start Prometheus scraping ``runtime``'s router and engines; ``runtime.stop()`` ends it."""
     from prfaas.engine.local.prometheus import LocalPrometheus, ScrapeTarget
-    from prfaas.operator.autoscaling.decide import prom_label
-    from prfaas.operator.controller.builders import (
+    from prfaas.operator.api.labels import (
         LABEL_CLUSTER,
         LABEL_PLAN,
         LABEL_PLAN_NAMESPACE,
         LABEL_ROLE,
         label_value,
     )
+    from prfaas.operator.autoscaling.decide import prom_label
 
     layout = runtime.layout
 
@@ -72,6 +79,19 @@ def start_local_prometheus(runtime: Any, plan: str, namespace: str) -> Any:
     runtime.adopt(prom.start())
     prom.wait_scraped()
     return prom
+
+
+def write_dashboards(folder: Path, ttft_s: float, tpot_s: float) -> list[Path]:
+    """The shipped dashboards with their SLO lines filled in, as JSON files Grafana imports."""
+    from prfaas.operator.controller.dashboards import DASHBOARDS, dashboard
+
+    out = []
+    for name in DASHBOARDS:
+        path = folder / f"{name}.json"
+        board = dashboard(name, ttft_seconds=ttft_s, tpot_seconds=tpot_s)
+        path.write_text(json.dumps(board, indent=2, ensure_ascii=False))
+        out.append(path)
+    return out
 
 
 def panel_report(url: str, ttft_s: float, tpot_s: float) -> list[PanelStatus]:

@@ -186,11 +186,17 @@ def _print_summary(runtime: Any) -> None:
 
 
 def _start_prometheus(runtime: Any, file: Path) -> str:
-    from prfaas.operator.cli.local_prometheus import plan_identity, start_local_prometheus
+    from prfaas.operator.cli.local_prometheus import (
+        plan_identity,
+        start_local_prometheus,
+        write_dashboards,
+    )
 
-    name, namespace, _, _ = plan_identity(file)
+    name, namespace, ttft, tpot = plan_identity(file)
     prom = start_local_prometheus(runtime, name, namespace)
     typer.echo(f"prometheus: {prom.url}  (scrapes the router and engines every second)")
+    for path in write_dashboards(prom.folder, ttft, tpot):
+        typer.echo(f"  Grafana dashboard to import (SLO lines from the plan): {path}")
     _print_panels(prom.url, file)
     return str(prom.url)
 

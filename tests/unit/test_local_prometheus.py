@@ -3,6 +3,7 @@ router's metrics so that every shipped dashboard query parses and the router pan
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,3 +98,18 @@ def test_real_prometheus_scrapes_and_every_dashboard_query_parses(
             "KV bytes over the link"} <= with_data
     assert "Queue depth and running requests per pool" not in with_data  # no engine scraped
     assert (tmp_path / "prometheus" / "prometheus.yml").exists()
+
+
+def test_prfaas_up_writes_dashboards_grafana_imports_with_the_plan_slo(tmp_path: Path) -> None:
+    from prfaas.operator.cli.local_prometheus import plan_identity, write_dashboards
+    from prfaas.operator.controller.dashboards import panel_queries
+
+    sample = Path(__file__).resolve().parents[2] / "crds" / "samples" / "local.yaml"
+    name, namespace, ttft, tpot = plan_identity(sample)
+    assert (ttft, tpot) == (4.0, 0.2)  # the sample's spec.slo
+    [path] = write_dashboards(tmp_path, ttft, tpot)
+    board = json.loads(path.read_text())
+    exprs = [q.expr for q in panel_queries(board)]
+    assert "vector(4)" in exprs and "vector(0.2)" in exprs
+    assert not any("__" in e for e in exprs)
+    assert name and namespace
