@@ -26,7 +26,8 @@ from prfaas.operator.api import models as api
 from prfaas.operator.api.labels import LABEL_PLAN, LABEL_PLAN_NAMESPACE
 from prfaas.operator.controller.clients import ApiError
 from prfaas.operator.controller.conditions import Outcome
-from prfaas.operator.controller.reconcile import ClusterKind, Reconciler
+from prfaas.operator.controller.phases import ClusterKind
+from prfaas.operator.controller.reconcile import Reconciler
 
 __all__ = ["register"]
 

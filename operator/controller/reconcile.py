@@ -1,8 +1,9 @@
 """The reconcile steps behind the kopf handlers, free of kopf so they can be read and tested alone.
 
-``Reconciler.reconcile_plan`` is one pass over a ServingPlan: read it and the clusters and links
-it names, plan (off the event loop), build the children, apply them in every cluster, read their
-availability back and write ``status`` (always the full condition list). Failures never delete
+``Reconciler.reconcile_plan`` is one pass over a ServingPlan, in phases (``phases`` holds what
+each hands on): load (the plan, the clusters and links it names, a client per cluster) → plan
+(off the event loop) → build the children → apply them per cluster and read their availability
+back → report: ``status`` written once (always the full condition list). Failures never delete
 what runs: a missing cluster → ``Degraded`` naming it; a plan the planner cannot satisfy →
 ``Stalled`` with its reason; an unreachable cluster → that cluster's ``Reachable`` condition
 False and the plan ``Degraded``, children elsewhere untouched.
@@ -19,7 +20,7 @@ import datetime as _dt
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from prfaas.operator.api import models as api
 from prfaas.operator.autoscaling.loop import Autoscaler
@@ -52,13 +53,25 @@ from prfaas.operator.controller.conditions import (
     set_condition,
     summarize,
 )
+from prfaas.operator.controller.phases import (
+    Built,
+    ClusterApplied,
+    ClusterFailed,
+    ClusterKind,
+    ClusterResult,
+    Degraded,
+    Halt,
+    Loaded,
+    Planned,
+    Stalled,
+    record,
+)
 from prfaas.operator.controller.settings import OperatorSettings
 from prfaas.operator.metrics import OperatorMetrics
 from prfaas.planner.plan import Plan
 from pydantic import ValidationError
 
 __all__ = [
-    "ClusterKind",
     "EventSink",
     "PlanRequest",
     "PlannerFn",
@@ -67,8 +80,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-ClusterKind = Literal["PrefillCluster", "DecodeCluster"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,15 +165,54 @@ class Reconciler:
             await result
 
     async def _reconcile(self, namespace: str, name: str) -> Outcome | None:
-        local = self.pool.local
-        body = await local.get(KINDS["ServingPlan"], namespace, name)
+        """One pass: load → plan → build → apply per cluster → report (status written once)."""
+        body = await self.pool.local.get(KINDS["ServingPlan"], namespace, name)
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
             return None
-        status = body.get("status") or {}
         outcome = Outcome(generation=body["metadata"].get("generation"))
-        outcome.planned = bool(status.get("plan"))
+        outcome.planned = bool((body.get("status") or {}).get("plan"))
+        planned = await self._run_phases(body, outcome)
+        await self._report(body, outcome, planned)
+        return outcome
+
+    async def _run_phases(self, body: dict[str, Any], outcome: Outcome) -> Planned | None:
+        """Load, plan, build and apply, recording each result in ``outcome``; the plan to
+        report, or ``None`` when a phase halted the pass."""
+        loaded = await self._load(body)
+        if isinstance(loaded, Stalled | Degraded):
+            record(outcome, loaded)
+            return None
+        outcome.unreachable.extend(loaded.unreachable)
+        planned = await self._plan(loaded)
+        if isinstance(planned, Stalled):
+            record(outcome, planned)
+            return None
+        built = self._build(loaded, planned)
+        if isinstance(built, Stalled):
+            record(outcome, built)
+            return None
+        for cname, objs in sorted(built.children.items()):
+            client = loaded.clients.get(cname)
+            if client is None:
+                continue  # unreachable: keep what runs there
+            owner = body if self.pool.key(built.targets[cname].spec.target) == "local" else None
+            record(outcome, await self._apply_cluster(loaded, cname, client, objs, owner))
+        meta = body["metadata"]
+        await self._prune_dropped_clusters(
+            body.get("status") or {},
+            loaded.clusters,
+            meta.get("namespace") or "default",
+            meta["name"],
+        )
+        outcome.planned = True
+        return planned
+
+    async def _load(self, body: dict[str, Any]) -> Loaded | Halt:
+        """The ServingPlan validated, the clusters and links it names, a client per cluster
+        (an unreachable one is marked on its cluster and left out)."""
         try:
-            spec = api.ServingPlanSpec.model_validate(body.get("spec") or {})
+            # The spec alone first, so an error names its field as ``spec.<field>``.
+            api.ServingPlanSpec.model_validate(body.get("spec") or {})
             sp = api.ServingPlan.model_validate(
                 {
                     "apiVersion": api.API_VERSION,
@@ -172,120 +222,129 @@ class Reconciler:
                 }
             )
         except ValidationError as exc:
-            outcome.stalled_reason = f"invalid spec: {_first_error(exc)}"
-            await self._write_status(body, outcome, None)
-            return outcome
-
-        prefill, decode, missing = await self._resolve_clusters(spec)
-        links = await self._links()
-        outcome.missing = missing
+            return Stalled(f"invalid spec: {_first_error(exc)}")
+        prefill, decode, missing = await self._resolve_clusters(sp.spec)
         if missing:
-            await self._write_status(body, outcome, None)
-            return outcome
-
+            return Degraded(tuple(missing))
+        links = await self._links()
         clusters: dict[str, tuple[ClusterKind, api.PrefillClusterSpec | api.DecodeClusterSpec]]
         clusters = {c.metadata.name: ("PrefillCluster", c.spec) for c in prefill}
         clusters |= {c.metadata.name: ("DecodeCluster", c.spec) for c in decode}
         clients: dict[str, ClusterClient] = {}
-        for cname, (_, cspec) in clusters.items():
+        unreachable: list[str] = []
+        for cname, (kind, cspec) in clusters.items():
             try:
                 clients[cname] = await self.pool.client_for(cname, cspec.target)
             except Unreachable as exc:
-                outcome.unreachable.append(cname)
-                await self._mark_reachable(
-                    clusters[cname][0], cname, False, str(exc), reason=exc.reason
-                )
+                unreachable.append(cname)
+                await self._mark_reachable(kind, cname, False, str(exc), reason=exc.reason)
+        pod_monitor = {cname: await self._pod_monitor(client) for cname, client in clients.items()}
+        return Loaded(
+            sp,
+            tuple(prefill),
+            tuple(decode),
+            tuple(links),
+            clusters,
+            clients,
+            tuple(unreachable),
+            pod_monitor,
+            previous_plan=(body.get("status") or {}).get("plan"),
+        )
 
-        key = f"{namespace}/{name}"
+    async def _plan(self, loaded: Loaded) -> Planned | Stalled:
+        """A feasible plan for the workload the autoscaler has in force (off the event loop)."""
+        spec, meta = loaded.spec, loaded.serving_plan.metadata
+        key = f"{meta.namespace or 'default'}/{meta.name}"
         # Status shows the observation this pass plans with, even if a poll lands meanwhile.
         scaling_status = self.scaler.status(key, spec.autoscaling)
-        planned_sp, observed_notes = self.scaler.planning_plan(key, sp)
-        request = PlanRequest(planned_sp, tuple(prefill), tuple(decode), tuple(links))
+        planned_sp, observed_notes = self.scaler.planning_plan(key, loaded.serving_plan)
+        request = PlanRequest(planned_sp, loaded.prefill, loaded.decode, loaded.links)
         try:
             plan = await asyncio.to_thread(self.planner, request)
         except Exception as exc:  # the planner's errors, and anything it did not foresee
-            log.warning("planner failed for %s/%s: %s", namespace, name, exc)
+            log.warning("planner failed for %s: %s", key, exc)
             plan = Plan(
                 model=spec.model.served_name, feasible=False, reason=f"the planner failed: {exc}"
             )
         if not plan.feasible:
-            outcome.stalled_reason = plan.reason or "the planner found no feasible plan"
-            await self._write_status(body, outcome, None)
-            return outcome
+            return Stalled(plan.reason or "the planner found no feasible plan")
         plan.notes.extend(observed_notes)
-        self.scaler.apply(key, spec, plan, status.get("plan"))
+        self.scaler.apply(key, spec, plan, loaded.previous_plan)
+        return Planned(plan, scaling_status)
 
+    def _build(self, loaded: Loaded, planned: Planned) -> Built | Stalled:
+        """Every cluster's children (pure builders); a plan they reject stalls the pass."""
+        meta = loaded.serving_plan.metadata
         targets = {
             cname: ClusterTarget(
                 cname,
                 kind,
                 cspec,
                 api_server=self.pool.key(cspec.target),
-                pod_monitor=await self._pod_monitor(clients.get(cname)),
+                pod_monitor=loaded.pod_monitor.get(cname, False),
             )
-            for cname, (kind, cspec) in clusters.items()
+            for cname, (kind, cspec) in loaded.clusters.items()
         }
         inputs = PlanInputs(
-            name, namespace, spec, plan, targets, router_image=self.settings.reconcile.router_image
+            meta.name,
+            meta.namespace or "default",
+            loaded.spec,
+            planned.plan,
+            targets,
+            router_image=self.settings.reconcile.router_image,
         )
         try:
-            children = build_children(inputs)
+            return Built(targets, build_children(inputs))
         except BuildError as exc:
-            outcome.stalled_reason = str(exc)
-            await self._write_status(body, outcome, None)
-            return outcome
+            return Stalled(str(exc))
 
-        for cname, objs in sorted(children.items()):
-            client = clients.get(cname)
-            if client is None:
-                continue  # unreachable: keep what runs there
-            owner = body if self.pool.key(targets[cname].spec.target) == "local" else None
-            if any(o["kind"] == "LeaderWorkerSet" for o in objs) and not await client.serves(
-                KINDS["LeaderWorkerSet"]
-            ):
-                outcome.errors.append(
-                    f"{cname}: an instance spans several nodes, which needs the LeaderWorkerSet "
-                    "CRD (leaderworkerset.x-k8s.io/v1); install LWS there or use GPUs with more "
-                    "memory per node"
-                )
-                continue
-            try:
-                result = await apply_children(
-                    client,
-                    objs,
-                    selector=cluster_selector(name, namespace, cname),
-                    mode=self.settings.reconcile.apply_mode,
-                    owner=owner,
-                )
-            except Unreachable as exc:
-                outcome.unreachable.append(cname)
-                await self._mark_reachable(
-                    clusters[cname][0], cname, False, str(exc), reason=exc.reason
-                )
-                continue
-            except (ApiError, ApplyError) as exc:
-                outcome.errors.append(str(exc))
-                continue
-            await self._mark_reachable(clusters[cname][0], cname, True, "")
-            for ref, live in result.live.items():
-                if live.get("kind", ref.split("/")[0]) in ("Deployment", "LeaderWorkerSet"):
-                    live.setdefault("kind", ref.split("/")[0])
-                    available, wanted = availability(live)
-                    outcome.children += 1
-                    if available < wanted:
-                        outcome.not_available.append(
-                            f"{cname}/{ref.split('/', 1)[0]}/{ref.rsplit('/', 1)[1]}"
-                            f" ({available}/{wanted})"
-                        )
-        await self._prune_dropped_clusters(status, clusters, clients, namespace, name)
-        outcome.planned = True
-        if outcome.unreachable:
-            self.metrics.reconcile_errors.labels("ServingPlan", "Unreachable").inc()
-        if outcome.errors:
-            self.metrics.reconcile_errors.labels("ServingPlan", "ApiError").inc()
-        await self._write_status(body, outcome, plan, scaling_status)
-        self.metrics.record_plan(f"{namespace}/{name}", plan)
-        return outcome
+    async def _apply_cluster(
+        self,
+        loaded: Loaded,
+        cname: str,
+        client: ClusterClient,
+        objs: list[dict[str, Any]],
+        owner: dict[str, Any] | None,
+    ) -> ClusterResult:
+        """Apply one cluster's children and read back how many of its workloads are available."""
+        kind = loaded.clusters[cname][0]
+        meta = loaded.serving_plan.metadata
+        if any(o["kind"] == "LeaderWorkerSet" for o in objs) and not await client.serves(
+            KINDS["LeaderWorkerSet"]
+        ):
+            return ClusterFailed(
+                cname,
+                f"{cname}: an instance spans several nodes, which needs the LeaderWorkerSet "
+                "CRD (leaderworkerset.x-k8s.io/v1); install LWS there or use GPUs with more "
+                "memory per node",
+            )
+        try:
+            result = await apply_children(
+                client,
+                objs,
+                selector=cluster_selector(meta.name, meta.namespace or "default", cname),
+                mode=self.settings.reconcile.apply_mode,
+                owner=owner,
+            )
+        except Unreachable as exc:
+            await self._mark_reachable(kind, cname, False, str(exc), reason=exc.reason)
+            return ClusterFailed(cname, str(exc), unreachable=True)
+        except (ApiError, ApplyError) as exc:
+            return ClusterFailed(cname, str(exc))
+        await self._mark_reachable(kind, cname, True, "")
+        workloads = 0
+        not_available: list[str] = []
+        for ref, live in result.live.items():
+            if live.get("kind", ref.split("/")[0]) in ("Deployment", "LeaderWorkerSet"):
+                live.setdefault("kind", ref.split("/")[0])
+                available, wanted = availability(live)
+                workloads += 1
+                if available < wanted:
+                    not_available.append(
+                        f"{cname}/{ref.split('/', 1)[0]}/{ref.rsplit('/', 1)[1]}"
+                        f" ({available}/{wanted})"
+                    )
+        return ClusterApplied(cname, workloads, tuple(not_available))
 
     async def _resolve_clusters(
         self, spec: api.ServingPlanSpec
@@ -326,8 +385,8 @@ class Reconciler:
                 )
         return out
 
-    async def _pod_monitor(self, client: ClusterClient | None) -> bool:
-        if client is None or not self.settings.reconcile.detect_pod_monitor:
+    async def _pod_monitor(self, client: ClusterClient) -> bool:
+        if not self.settings.reconcile.detect_pod_monitor:
             return False
         if client.server not in self._serves_pod_monitor:
             self._serves_pod_monitor[client.server] = await client.serves(KINDS["PodMonitor"])
@@ -337,7 +396,6 @@ class Reconciler:
         self,
         status: dict[str, Any],
         clusters: dict[str, Any],
-        clients: dict[str, ClusterClient],
         namespace: str,
         name: str,
     ) -> None:
@@ -361,13 +419,17 @@ class Reconciler:
                         exc,
                     )
 
-    async def _write_status(
-        self,
-        body: dict[str, Any],
-        outcome: Outcome,
-        plan: Plan | None,
-        scaling_status: dict[str, Any] | None = None,
+    async def _report(
+        self, body: dict[str, Any], outcome: Outcome, planned: Planned | None
     ) -> None:
+        """Write the pass's status once (full condition list, the plan when there is a new one),
+        post Events for what changed, count errors and publish the plan's metrics."""
+        meta = body["metadata"]
+        key = f"{meta.get('namespace') or 'default'}/{meta['name']}"
+        if outcome.unreachable:
+            self.metrics.reconcile_errors.labels("ServingPlan", "Unreachable").inc()
+        if outcome.errors:
+            self.metrics.reconcile_errors.labels("ServingPlan", "ApiError").inc()
         old = body.get("status") or {}
         conditions, _ = merge_conditions(
             old.get("conditions") or [], summarize(outcome), self.clock()
@@ -376,28 +438,30 @@ class Reconciler:
             "observedGeneration": outcome.generation,
             "conditions": conditions,
         }
-        if plan is not None:
+        if planned is not None:
+            plan = planned.plan
             new["plan"] = plan.to_dict()
             new["thresholdTokens"] = plan.threshold_tokens
             new["throughputRps"] = plan.throughput_rps
         wanted = outcome.children
         new["ready"] = f"{wanted - len(outcome.not_available)}/{wanted}"
-        meta = body["metadata"]
-        key = f"{meta.get('namespace') or 'default'}/{meta['name']}"
-        if scaling_status is None:
-            scaling_status = self.scaler.status(key, _autoscaling(body))
-        new |= scaling_status
-        current = {k: old.get(k) for k in new}
-        if current == new:
-            return
-        await self.pool.local.patch(
-            KINDS["ServingPlan"],
-            meta.get("namespace"),
-            meta["name"],
-            {"status": new},
-            subresource="status",
-        )
-        await self._post_events(body, old, new, outcome)
+        if planned is not None:
+            new |= planned.scaling_status
+        else:
+            new |= self.scaler.status(key, _autoscaling(body))
+        # A merge patch drops null fields, so compare with what the server keeps; otherwise a
+        # plan with a null field (``predicted``) would be written again on every pass.
+        if _without_nulls({k: old.get(k) for k in new}) != _without_nulls(new):
+            await self.pool.local.patch(
+                KINDS["ServingPlan"],
+                meta.get("namespace"),
+                meta["name"],
+                {"status": new},
+                subresource="status",
+            )
+            await self._post_events(body, old, new, outcome)
+        if planned is not None:
+            self.metrics.record_plan(key, planned.plan)
 
     async def _post_events(
         self, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any], outcome: Outcome
@@ -640,6 +704,14 @@ def _without_status(obj: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in obj.items() if k in ("apiVersion", "kind", "metadata", "spec")}
     out.setdefault("apiVersion", api.API_VERSION)
     return out
+
+
+def _without_nulls(value: Any) -> Any:
+    """``value`` as stored after a JSON merge patch: dict entries that are ``None`` removed at
+    every depth (lists are replaced whole, so their items stay as they are)."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def _plan_essence(plan: dict[str, Any] | None) -> Any:
