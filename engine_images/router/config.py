@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import yaml
 from prfaas.planner.plan import Plan
+from prfaas.planner.routing.threshold import DEFAULTS
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -98,7 +99,7 @@ class LinkSettings(_Model):
     capacity_gbps: float | None = Field(default=None, ge=0)
     """Usable bandwidth, Gbit/s. 0 marks the link down (no remote prefill); ``None`` means
     unbounded (a prefill cluster inside the local datacenter: ``t`` never rises)."""
-    headroom: float = Field(default=0.8, gt=0, le=1)
+    headroom: float = Field(default=DEFAULTS.headroom, gt=0, le=1)
     """Fraction of capacity the router may fill with KV before raising ``t``."""
     down: bool = False
     """Set by an operator (or a failed probe) to stop offloading over this link."""
@@ -118,17 +119,17 @@ class Timeouts(_Model):
 
 
 class ControllerSettings(_Model):
-    """The bandwidth-aware threshold loop (``prfaas.planner.routing.core.ThresholdController``)."""
+    """The bandwidth-aware threshold loop (``prfaas.planner.routing.ThresholdController``)."""
 
-    window_s: float = Field(default=2.0, gt=0)
+    window_s: float = Field(default=DEFAULTS.meter_window_s, gt=0)
     """Egress is averaged over this sliding window, seconds."""
-    interval_s: float = Field(default=0.5, gt=0)
+    interval_s: float = Field(default=DEFAULTS.interval_s, gt=0)
     """``t`` moves at most once per interval, seconds."""
-    raise_factor: float = Field(default=1.5, gt=1)
-    decay_factor: float = Field(default=0.8, gt=0, lt=1)
-    low_water: float = Field(default=0.7, gt=0, le=1)
+    raise_factor: float = Field(default=DEFAULTS.raise_factor, gt=1)
+    decay_factor: float = Field(default=DEFAULTS.decay_factor, gt=0, lt=1)
+    low_water: float = Field(default=DEFAULTS.low_water, gt=0, le=1)
     """Decay ``t`` only while egress < ``low_water × headroom × capacity``."""
-    max_threshold_tokens: float = Field(default=float(1 << 22), gt=0)
+    max_threshold_tokens: float = Field(default=DEFAULTS.max_threshold_tokens, gt=0)
 
 
 class CircuitSettings(_Model):
@@ -169,9 +170,9 @@ class RouterConfig(_Model):
     kv_bytes_per_token: float = Field(default=0.0, ge=0)
     kv_fixed_bytes: float = Field(default=0.0, ge=0)
     """KV bytes per request independent of its length (e.g. linear-attention state)."""
-    block_size: int = Field(default=16, gt=0)
-    prefix_cache_blocks: int = Field(default=65536, gt=0)
-    affinity_max_imbalance: int = Field(default=4, ge=0)
+    block_size: int = Field(default=DEFAULTS.block_size, gt=0)
+    prefix_cache_blocks: int = Field(default=DEFAULTS.prefix_cache_blocks, gt=0)
+    affinity_max_imbalance: int = Field(default=DEFAULTS.affinity_max_imbalance, ge=0)
     """Cache affinity wins unless that instance has this many more requests in flight than the
     least-loaded one."""
     timeouts: Timeouts = Field(default_factory=Timeouts)

@@ -2,14 +2,14 @@
 
 One ``Simulation`` object owns a run: the clock, the event heap, a ``count()`` tiebreak, a
 seeded ``random.Random`` and every piece of state; nothing is global, so two runs with the same
-seed give the same result. What is modelled (DESIGN.md §5, papers.md §1.5-1.6, §2.2):
+seed give the same result (routing draws no random numbers: ties go by the router's rotation).
+What is modelled (DESIGN.md §5, papers.md §1.5-1.6, §2.2):
 
-* **Routing** with the router's own policy (``prfaas.planner.routing.core``): the uncached prompt
-  length after the best local prefix hit is compared with the threshold ``t`` of the remote
-  link's ``ThresholdController``, fed as the router feeds it (the larger of an ``EgressMeter``
-  of KV bytes routed over the link and the bytes still in flight drained over one window),
-  with local fallback while the link is down. Inside a pool the instance with the longest
-  prefix hit wins, then the one with the least queued work.
+* **Routing** by the router's own decision object (``prfaas.planner.routing.RoutingCore``):
+  path, prefill and decode instance, threshold loop, KV bytes and egress bookkeeping are the
+  router's code, fed the same way (each request's block chain and length at its arrival;
+  ``finished`` when its prefill ends and when its last token goes out; ``delivered`` when its
+  KV has crossed the link). The decode instance is chosen with the request, at arrival.
 * **Prefill**: per-instance FCFS queue; a batch takes queued prompts while their uncached
   tokens fit ``token_budget`` (at least one). ``pipeline_stages = k`` models inter-op (PP)
   parallelism: a batch takes the latency model's full time ``D`` but the instance accepts the
@@ -33,7 +33,7 @@ import math
 import random
 from array import array
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from itertools import count
@@ -41,7 +41,9 @@ from typing import Any
 
 import numpy as np
 from prfaas.planner.latency.model import LatencyModel
-from prfaas.planner.routing.core import EgressMeter, PrefixCache, ThresholdController, choose_route
+from prfaas.planner.routing.policy import Link, RoutingCore, Target
+from prfaas.planner.routing.prefix import PrefixCache
+from prfaas.planner.routing.threshold import DEFAULTS, EgressMeter, ThresholdController
 from prfaas.planner.sim.arrivals import RequestStream
 from prfaas.planner.sim.errors import SimulatorError
 from prfaas.planner.sim.links import LinkSpec, SharedLink
@@ -94,6 +96,9 @@ class DecodePool:
     latency: LatencyModel
     max_batch: int = 256
     """BS_max: most sequences decoded together by one instance."""
+    cache_blocks: int = 0
+    """Prefix-cache capacity per instance in blocks (a remote request's KV transfer skips the
+    prefix decode holds); 0 disables the cache."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,18 +107,18 @@ class RoutingSpec:
 
     threshold_tokens: float | None = None
     """Planned ``t``: offload prompts whose uncached length exceeds it. None: never offload."""
-    headroom: float = 0.8
+    headroom: float = DEFAULTS.headroom
     adaptive: bool = True
     """Raise ``t`` while estimated egress exceeds ``headroom × capacity`` (PrfaaS §3.4.3)."""
-    meter_window_s: float = 2.0
-    controller_interval_s: float = 0.5
-    raise_factor: float = 1.5
-    decay_factor: float = 0.8
-    low_water: float = 0.7
+    meter_window_s: float = DEFAULTS.meter_window_s
+    controller_interval_s: float = DEFAULTS.interval_s
+    raise_factor: float = DEFAULTS.raise_factor
+    decay_factor: float = DEFAULTS.decay_factor
+    low_water: float = DEFAULTS.low_water
     distribution_aware: bool = True
     """Derive ``t``'s base from the observed uncached lengths (``ThresholdController.observe``);
     False: the plain multiplicative feedback loop."""
-    derive_window_s: float = 60.0
+    derive_window_s: float = DEFAULTS.derive_window_s
     """Sliding window of observed lengths (λ and the length distribution) for that base."""
 
 
@@ -134,7 +139,7 @@ class SimConfig:
     routing: RoutingSpec = field(default_factory=RoutingSpec)
     kv_bytes_per_token: float = 0.0
     kv_fixed_bytes: float = 0.0
-    block_tokens: int = 16
+    block_tokens: int = DEFAULTS.block_size
     """Prefix-cache block size (tokens)."""
 
 
@@ -143,16 +148,16 @@ class SimConfig:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Prefiller:
+@dataclass(slots=True, eq=False, kw_only=True)
+class _Prefiller(Target):
+    """A prefill instance (``in_flight``: requests queued or in service)."""
+
+    index: int
     pool: int
     latency: LatencyModel
     budget: int
     stages: int
-    cache: PrefixCache | None
     queue: deque[int] = field(default_factory=deque)
-    load: int = 0
-    """Uncached tokens queued or in service (the least-loaded tiebreak)."""
     busy: bool = False
 
 
@@ -168,8 +173,11 @@ class _Pool:
     series_v: array = field(default_factory=lambda: array("d", [0.0]))
 
 
-@dataclass(slots=True)
-class _Decoder:
+@dataclass(slots=True, eq=False, kw_only=True)
+class _Decoder(Target):
+    """A decode instance (``in_flight``: requests routed to it and not finished)."""
+
+    index: int
     latency: LatencyModel
     max_batch: int
     members: list[tuple[int, int, int]] = field(default_factory=list)
@@ -207,13 +215,12 @@ class _Decoder:
         return k
 
 
-@dataclass(slots=True)
-class _LinkState:
+@dataclass(slots=True, eq=False, kw_only=True)
+class _LinkState(Link):
+    """The routing core's link (``bytes_in_flight``: KV routed over it and not yet delivered)
+    and the shared link that carries the bytes."""
+
     link: SharedLink
-    meter: EgressMeter
-    controller: ThresholdController
-    in_flight: float = 0.0
-    """KV bytes routed over this link and not yet delivered (queued, prefilling or moving)."""
     offered_t: array = field(default_factory=lambda: array("d"))
     offered_b: array = field(default_factory=lambda: array("d"))
     thr_t: array = field(default_factory=lambda: array("d"))
@@ -249,6 +256,10 @@ class Simulation:
         self._input: list[int] = stream.input_tokens.tolist()
         self._output: list[int] = stream.output_tokens.tolist()
         self._prefix: list[int] = stream.prefix_id.tolist()
+        self._kv: list[float] = [0.0] * n
+        """KV bytes each remote request moves (the routing core's count)."""
+        self._dec_of: list[int] = [-1] * n
+        """Decode instance chosen for each request (-1: none)."""
         nan = math.nan
         self._uncached = [0] * n
         self._remote = [False] * n
@@ -293,7 +304,9 @@ class Simulation:
                 kv_fixed_bytes=config.kv_fixed_bytes,
                 window_s=r.derive_window_s,
             )
-            state = _LinkState(link, EgressMeter(window_s=r.meter_window_s), ctrl)
+            state = _LinkState(
+                meter=EgressMeter(window_s=r.meter_window_s), controller=ctrl, link=link
+            )
             state.thr_t.append(0.0)
             state.thr_v.append(ctrl.threshold)
             links_by_from[spec.from_dc] = len(self._links)
@@ -316,28 +329,62 @@ class Simulation:
                 link_idx = links_by_from[pool.datacenter]
             insts = []
             for _ in range(pool.instances):
-                cache = PrefixCache(pool.cache_blocks) if pool.cache_blocks > 0 else None
-                inst = _Prefiller(pi, pool.latency, pool.token_budget, pool.pipeline_stages, cache)
+                inst = _Prefiller(
+                    cache=PrefixCache(max(pool.cache_blocks, 0)),
+                    index=len(self._instances),
+                    pool=pi,
+                    latency=pool.latency,
+                    budget=pool.token_budget,
+                    stages=pool.pipeline_stages,
+                )
                 insts.append(inst)
                 self._instances.append(inst)
             self._pools.append(_Pool(pool.name, remote, link_idx, insts))
-        self._local = [i for i, p in enumerate(self._instances) if not self._pools[p.pool].remote]
-        self._remote_ids = [i for i, p in enumerate(self._instances) if self._pools[p.pool].remote]
         self._decoders: list[_Decoder] = []
         if dec is not None:
             if dec.instances < 1 or dec.max_batch < 1:
                 raise SimulatorError(
                     f"decode pool {dec.name!r} needs instances >= 1 and max_batch >= 1"
                 )
-            self._decoders = [_Decoder(dec.latency, dec.max_batch) for _ in range(dec.instances)]
+            self._decoders = [
+                _Decoder(
+                    cache=PrefixCache(max(dec.cache_blocks, 0)),
+                    index=i,
+                    latency=dec.latency,
+                    max_batch=dec.max_batch,
+                )
+                for i in range(dec.instances)
+            ]
         self._dec_t = array("d", [0.0])
         self._dec_v = array("d", [0.0])
         self._dec_waiting = 0
         self._adaptive = config.routing.adaptive
         self._observe = config.routing.distribution_aware
-        self._caching = any(p.cache_blocks > 0 for p in config.prefill)
-        self._kv_tok = config.kv_bytes_per_token
-        self._kv_fix = config.kv_fixed_bytes
+        self._caching = any(p.cache_blocks > 0 for p in config.prefill) or (
+            dec is not None and dec.cache_blocks > 0
+        )
+        self._core: RoutingCore[Any, _LinkState] = RoutingCore(
+            block_size=config.block_tokens,
+            kv_bytes_per_token=config.kv_bytes_per_token,
+            kv_fixed_bytes=config.kv_fixed_bytes,
+            decode=list(self._decoders),
+            local_prefill=[i for i in self._instances if not self._pools[i.pool].remote],
+            remote=[
+                (
+                    state,
+                    [
+                        inst
+                        for inst in self._instances
+                        if self._pools[inst.pool].link == li and self._pools[inst.pool].remote
+                    ],
+                )
+                for li, state in enumerate(self._links)
+            ],
+            adaptive=config.routing.adaptive,
+            observe=config.routing.distribution_aware,
+            decode_prefills=False,
+            always_available=True,
+        )
         self._handlers: list[Callable[[Any, Any], None]] = [
             self._on_arrival,
             self._on_prefill_done,
@@ -393,85 +440,43 @@ class Simulation:
             memo.append(((pid << 32) | i).to_bytes(12, "little"))
         return memo[:nblocks]
 
-    def _pick(self, ids: Sequence[int], hashes: list[bytes] | None) -> tuple[int, int]:
-        """Best instance among ``ids``: longest cached prefix, then least queued work."""
-        insts = self._instances
-        best = -1
-        best_key: tuple[int, int] = (0, 0)
-        ties = 0
-        for i in ids:
-            inst = insts[i]
-            hit = 0
-            if hashes is not None and inst.cache is not None:
-                hit = inst.cache.peek(hashes)
-            key = (-hit, inst.load + (0 if not inst.busy else 1))
-            if best < 0 or key < best_key:
-                best, best_key, ties = i, key, 1
-            elif key == best_key:
-                ties += 1
-                if self.rng.random() * ties < 1.0:  # reservoir choice among equals
-                    best = i
-        return best, -best_key[0] * self.config.block_tokens
-
     def _on_arrival(self, r: int, _: Any) -> None:
         if r + 1 < self._n:
             self._push(self._arrival[r + 1], EventKind.ARRIVAL, r + 1)
-        if not self._instances:
+        now = self.now
+        length = self._input[r]
+        d = self._core.decide(self._hashes(r) or (), length, now)
+        for state in self._links:
+            thr = state.controller.threshold
+            if thr != state.thr_v[-1]:
+                state.thr_t.append(now)
+                state.thr_v.append(thr)
+        dec = d.decode
+        if dec is not None:
+            dec.started()
+            self._dec_of[r] = dec.index
+        inst: _Prefiller | None = d.prefill
+        if inst is None:  # no prefill pool: requests enter decode directly
             self._remote[r] = False
-            self._queued[r] = self._pstart[r] = self._pend[r] = self.now
+            self._queued[r] = self._pstart[r] = self._pend[r] = now
             self._deliver(r)
             return
-        hashes = self._hashes(r)
-        length = self._input[r]
-        target = -1
-        hit = 0
-        if self._local:
-            target, hit = self._pick(self._local, hashes)
-        if self._remote_ids:
-            rid, rhit = self._pick(self._remote_ids, hashes)
-            state = self._links[self._pools[self._instances[rid].pool].link]
-            usable = state.link.capacity_Bps > 0.0
-            if target < 0:
-                target, hit = rid, rhit
-            elif usable:
-                ctrl = state.controller
-                thr = ctrl.threshold
-                if self._adaptive:
-                    if self._observe:
-                        ctrl.observe(self.now, length - hit)
-                    thr = ctrl.update(self.now, self._estimated_bps(state))
-                    if thr != state.thr_v[-1]:
-                        state.thr_t.append(self.now)
-                        state.thr_v.append(thr)
-                if choose_route(length - hit, thr, remote_usable=True) == "remote":
-                    target, hit = rid, rhit
-        inst = self._instances[target]
         pool = self._pools[inst.pool]
-        if pool.remote:
-            state = self._links[pool.link]
-            nbytes = self._kv_tok * length + self._kv_fix
-            state.meter.add(self.now, nbytes)
-            state.controller.sent(self.now, nbytes, uncached_tokens=length - hit)
-            state.in_flight += nbytes
-            state.offered_t.append(self.now)
-            state.offered_b.append(nbytes)
+        link = d.link
+        if link is not None:
+            link.send(now, d.kv_bytes, d.uncached_tokens)
+            link.offered_t.append(now)
+            link.offered_b.append(d.kv_bytes)
+            self._kv[r] = d.kv_bytes
             self._remote[r] = True
-        if hashes is not None and inst.cache is not None:
-            inst.cache.match(hashes)  # mark the chosen instance's blocks most recently used
-        uncached = max(1, length - hit)
+        uncached = max(1, length - d.prefill_cached_tokens)
         self._uncached[r] = uncached
-        self._queued[r] = self.now
+        self._queued[r] = now
         inst.queue.append(r)
-        inst.load += uncached
+        inst.started()
         self._pool_waiting(pool, 1)
         if not inst.busy:
-            self._start_batch(target)
-
-    def _estimated_bps(self, state: _LinkState) -> float:
-        """The router's egress estimate: the meter's rate, or the KV still in flight drained
-        over one window, whichever is larger (``engine_images/router_policy.py``)."""
-        drain = 8.0 * state.in_flight / state.meter.window_s
-        return max(state.meter.rate_bps(self.now), drain)
+            self._start_batch(inst.index)
 
     def _pool_waiting(self, pool: _Pool, change: int) -> None:
         pool.waiting += change
@@ -522,8 +527,8 @@ class Simulation:
         pool = self._pools[inst.pool]
         for r in batch:
             self._pend[r] = now
-            inst.load -= self._uncached[r]
-            if inst.cache is not None:
+            inst.finished()
+            if inst.cache.capacity_blocks > 0:
                 hashes = self._hashes(r)
                 if hashes:
                     inst.cache.insert(hashes)
@@ -549,7 +554,20 @@ class Simulation:
 
     def _finished_at_first_token(self, r: int) -> None:
         self._first[r] = self._ready[r] = self._finish[r] = self.now
+        self._decode_done(r)
         self._count_done()
+
+    def _decode_done(self, r: int) -> None:
+        """``r``'s last token went out: its decode instance holds its prompt's blocks now."""
+        di = self._dec_of[r]
+        if di < 0:
+            return
+        d = self._decoders[di]
+        d.finished()
+        if d.cache.capacity_blocks > 0:
+            hashes = self._hashes(r)
+            if hashes:
+                d.cache.insert(hashes)
 
     def _count_done(self) -> None:
         self._done += 1
@@ -566,7 +584,7 @@ class Simulation:
 
     def _on_transfer_start(self, r: int, li: int) -> None:
         link = self._links[li].link
-        link.add(self.now, r, self._kv_tok * self._input[r] + self._kv_fix)
+        link.add(self.now, r, self._kv[r])
         self._schedule_link(li)
 
     def _on_link_done(self, li: int, version: int) -> None:
@@ -575,9 +593,7 @@ class Simulation:
         if version != link.version:
             return
         for r in link.finish(self.now):
-            state.in_flight = max(
-                0.0, state.in_flight - self._kv_tok * self._input[r] - self._kv_fix
-            )
+            state.delivered(self._kv[r])
             self._deliver(r)
         self._schedule_link(li)
 
@@ -600,15 +616,8 @@ class Simulation:
             self._finished_at_first_token(r)
             return
         self._ready[r] = now
-        decs = self._decoders
-        di = 0
-        if len(decs) > 1:
-            best = math.inf
-            for i, d in enumerate(decs):
-                load = len(d.members) + len(d.waiting)
-                if load < best:
-                    best, di = load, i
-        d = decs[di]
+        di = self._dec_of[r]  # chosen with the request, by the routing core
+        d = self._decoders[di]
         if not d.members:
             self._admit(d, r)
             self._start_epoch(di)
@@ -669,6 +678,7 @@ class Simulation:
             _, r, contrib = heapq.heappop(members)
             d.base_ctx -= contrib
             self._finish[r] = now
+            self._decode_done(r)
             self._count_done()
         admitted = 0
         while d.waiting and len(members) < d.max_batch:

@@ -8,7 +8,7 @@ from collections.abc import Hashable, Iterable
 import pytest
 from prfaas.engine.router.config import RouterConfig
 from prfaas.engine.router.policy import RoutingPolicy
-from prfaas.planner.routing.core import PrefixCache
+from prfaas.planner.routing.prefix import PrefixCache
 
 
 def _config(local: dict[str, list[str]], threshold: int) -> RouterConfig:

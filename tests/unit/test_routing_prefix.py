@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from prfaas.planner.routing.core import PrefixCache, block_hashes
+from prfaas.planner.routing.prefix import PrefixCache, block_hashes
 
 
 def test_hashes_cover_only_full_blocks() -> None:

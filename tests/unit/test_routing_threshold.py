@@ -7,7 +7,7 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prfaas.planner.routing.core import ThresholdController
+from prfaas.planner.routing.threshold import ThresholdController
 
 KV_TOK, KV_FIX = 1e5, 1e6  # kv(l) = 1e5·l + 1e6 bytes
 

@@ -1,18 +1,15 @@
-"""The routing policy shared by the router and the simulator (one implementation, two users).
+"""The PrfaaS short-timescale loop (papers.md §1.6) and the one set of routing defaults.
 
-* ``block_hashes`` / ``PrefixCache``: which prompt prefix an instance already holds, by chained
-  hashes of fixed-size token blocks (as vLLM's prefix cache, Mooncake's conductor and llm-d's
-  prefix scorer do), with LRU eviction.
+* ``DEFAULTS``: every default of the routing policy, written once; the router's configuration
+  model and the simulator's ``RoutingSpec`` take theirs from here.
 * ``EgressMeter``: KV bytes put on a link over a sliding window → estimated egress (bit/s).
-* ``ThresholdController``: the PrfaaS short-timescale loop (papers.md §1.6). Its base is
-  re-derived from the incremental-length distribution after prefix matching: the smallest
-  ``t* ≥ planned`` whose predicted egress ``λ·E[S_kv(L)·1{L>t}]`` over a sliding window of
-  observed uncached lengths fits ``headroom × capacity``. A multiplicative feedback on top
-  raises ``t`` further only while the KV actually sent exceeds both the budget and the model
-  (a model mismatch), and decays back otherwise. With too few observations it is the plain
-  feedback loop on the caller's egress estimate (the planned value as base).
-* ``choose_route``: remote prefill iff the uncached length exceeds ``t`` and the remote side is
-  usable.
+* ``ThresholdController``: its base is re-derived from the incremental-length distribution
+  after prefix matching: the smallest ``t* ≥ planned`` whose predicted egress
+  ``λ·E[S_kv(L)·1{L>t}]`` over a sliding window of observed uncached lengths fits
+  ``headroom × capacity``. A multiplicative feedback on top raises ``t`` further only while
+  the KV actually sent exceeds both the budget and the model (a model mismatch), and decays
+  back otherwise. With too few observations it is the plain feedback loop on the caller's
+  egress estimate (the planned value as base).
 
 Everything is driven by an explicit ``now`` (seconds) so the simulator's virtual clock and the
 router's monotonic clock use the same code.
@@ -21,118 +18,48 @@ router's monotonic clock use the same code.
 from __future__ import annotations
 
 import math
-import struct
-from collections import OrderedDict, deque
-from collections.abc import Hashable, Iterable, Sequence
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
-__all__ = [
-    "EgressMeter",
-    "PrefixCache",
-    "Route",
-    "ThresholdController",
-    "block_hashes",
-    "choose_route",
-]
-
-Route = Literal["local", "remote"]
+__all__ = ["DEFAULTS", "EgressMeter", "RoutingDefaults", "ThresholdController"]
 
 
-def block_hashes(tokens: Sequence[int], block_size: int, *, salt: bytes = b"") -> list[int]:
-    """Chained 64-bit hashes of the *full* blocks of ``tokens`` (a partial tail block is not
-    cached).
+@dataclass(frozen=True, slots=True)
+class RoutingDefaults:
+    """Defaults of the routing policy (router file, simulator spec and controller share them)."""
 
-    Block ``i``'s hash is ``hash(parent ‖ block_bytes)`` (the previous block's 64-bit hash, then
-    the block's tokens), so it covers blocks ``0..i`` and equal hashes mean equal prefixes.
-    Token ids are packed once as 64-bit integers and each link of the chain is the interpreter's
-    keyed SipHash of bytes (seeded per process, 64-bit: distinct prefixes collide with
-    probability ~2⁻⁶⁴ per pair) — a few times cheaper than a cryptographic digest, and the router
-    runs this for every request. Values are only comparable within one process.
-    """
-    if block_size <= 0:
-        raise ValueError(f"block_size must be positive, got {block_size}")
-    n_full = len(tokens) - len(tokens) % block_size
-    if n_full == 0:
-        return []
-    try:
-        data = struct.pack(f"<{n_full}q", *tokens[:n_full])
-    except struct.error as exc:
-        raise ValueError(f"token ids must be integers that fit in 64 bits: {exc}") from exc
-    step = 8 * block_size
-    out: list[int] = []
-    append = out.append
-    parent = hash(salt) if salt else 0
-    for start in range(0, len(data), step):
-        parent = hash(parent.to_bytes(8, "little", signed=True) + data[start : start + step])
-        append(parent)
-    return out
+    headroom: float = 0.8
+    """Fraction of a link's capacity KV may fill before ``t`` rises."""
+    meter_window_s: float = 2.0
+    """Egress is averaged over this sliding window, seconds."""
+    interval_s: float = 0.5
+    """``t`` moves at most once per interval, seconds."""
+    raise_factor: float = 1.5
+    decay_factor: float = 0.8
+    low_water: float = 0.7
+    """Decay ``t`` only while egress < ``low_water × headroom × capacity``."""
+    max_threshold_tokens: float = float(1 << 22)
+    derive_window_s: float = 60.0
+    """Sliding window of observed uncached lengths that ``t``'s base is derived from."""
+    block_size: int = 16
+    """Prefix-cache block, tokens (vLLM's default)."""
+    prefix_cache_blocks: int = 65536
+    """Blocks one instance's prefix cache holds when nothing else says."""
+    affinity_max_imbalance: int = 4
+    """Cache affinity wins unless that instance has this many more requests in flight than
+    the least-loaded one."""
 
 
-@dataclass(slots=True)
-class PrefixCache:
-    """An LRU set of block hashes held by one instance, ``capacity_blocks`` at most.
-
-    Keys are any hashable block ids (the router's ``block_hashes`` ints, the simulator's
-    bytes). Hits cost one ``move_to_end`` each: a missing key raises ``KeyError`` there, which
-    ends the leading run without a separate membership test.
-    """
-
-    capacity_blocks: int
-    _blocks: OrderedDict[Hashable, None] = field(default_factory=OrderedDict)
-
-    def match(self, hashes: Iterable[Hashable]) -> int:
-        """Number of leading blocks of ``hashes`` this instance holds (marks them recently used)."""
-        touch = self._blocks.move_to_end
-        n = 0
-        try:
-            for h in hashes:
-                touch(h)
-                n += 1
-        except KeyError:
-            pass
-        return n
-
-    def peek(self, hashes: Iterable[Hashable]) -> int:
-        """Like ``match`` but leaves recency alone: for comparing instances before choosing."""
-        blocks = self._blocks
-        n = 0
-        for h in hashes:
-            if h not in blocks:
-                break
-            n += 1
-        return n
-
-    def insert(self, hashes: Iterable[Hashable]) -> None:
-        """Record blocks as cached (most recently used, in order), evicting the least recently
-        used beyond capacity."""
-        blocks = self._blocks
-        touch = blocks.move_to_end
-        it = iter(hashes)
-        for h in it:  # the leading run already held: one move each
-            try:
-                touch(h)
-            except KeyError:
-                blocks[h] = None  # a new key goes to the end
-                break
-        for h in it:
-            blocks[h] = None
-            touch(h)
-        evict = blocks.popitem
-        for _ in range(len(blocks) - self.capacity_blocks):  # one len(), not one per eviction
-            evict(False)  # the least recently used
-
-    def __len__(self) -> int:
-        return len(self._blocks)
+DEFAULTS = RoutingDefaults()
 
 
 @dataclass(slots=True)
 class EgressMeter:
     """Bytes sent on one link in the last ``window_s`` seconds, as a rate in bit/s."""
 
-    window_s: float = 2.0
+    window_s: float = DEFAULTS.meter_window_s
     _events: deque[tuple[float, float]] = field(default_factory=deque)
     _total: float = 0.0
 
@@ -184,15 +111,15 @@ class ThresholdController:
 
     planned: float | None
     capacity_bps: float
-    headroom: float = 0.8
-    max_threshold: float = 1 << 22
-    raise_factor: float = 1.5
-    decay_factor: float = 0.8
-    low_water: float = 0.7
-    interval_s: float = 0.5
+    headroom: float = DEFAULTS.headroom
+    max_threshold: float = DEFAULTS.max_threshold_tokens
+    raise_factor: float = DEFAULTS.raise_factor
+    decay_factor: float = DEFAULTS.decay_factor
+    low_water: float = DEFAULTS.low_water
+    interval_s: float = DEFAULTS.interval_s
     kv_bytes_per_token: float = 0.0
     kv_fixed_bytes: float = 0.0
-    window_s: float = 60.0
+    window_s: float = DEFAULTS.derive_window_s
     window_requests: int = 4096
     min_observations: int = 32
     hysteresis: float = 0.85
@@ -384,10 +311,3 @@ class ThresholdController:
             self.threshold = max(base, self.threshold * self.decay_factor)
             self._last_move = now
         return self.threshold
-
-
-def choose_route(uncached_tokens: int, threshold: float, *, remote_usable: bool) -> Route:
-    """Remote prefill iff the uncached prompt is longer than ``threshold`` and remote works."""
-    if remote_usable and uncached_tokens > threshold:
-        return "remote"
-    return "local"
