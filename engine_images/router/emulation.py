@@ -8,8 +8,9 @@ plan, so that a dozen of them on a 2-core host reproduce a cluster's queueing:
   lengths (as ``planner.sim.simulator``); a block-hash prefix cache (``planner.routing``'s
   ``block_hashes``/``PrefixCache``) removes cached blocks from the work;
 * **decode**: continuous batching up to ``max_batch``; a request joins at the first step
-  boundary after it is ready and its first token goes out then; each step lasts
-  ``decode_step_seconds(batch, Σ context)``;
+  boundary after it is ready, and each step (``decode_step_seconds(batch, Σ context)``) gives
+  every member one token — as vLLM's NIXL P/D decode, whose first step after the KV arrived
+  emits the client's first token, so ``o`` output tokens take ``o`` steps;
 * **KV**: a prefill answer for a remote decode registers the request's KV bytes
   (``kv_bytes_per_token × prompt + kv_fixed_bytes``) with the engine's KV server; the decode
   engine pulls exactly that many bytes over TCP from ``remote_host:remote_port`` (across the
@@ -171,12 +172,14 @@ class PrefillQueue:
 class _Seq:
     context: int
     remaining: int
-    """Tokens still to produce after the first."""
+    """Tokens (decode steps) still to produce."""
     ready_at: float
     out: asyncio.Queue[int] | None = None
     pending: int = 0
     """Produced but not yet written."""
     last_emit: float = 0.0
+    stepped: int = 0
+    """Steps this sequence took part in (its first token is at the end of the first)."""
     first_at: float = 0.0
     finish_at: float = 0.0
 
@@ -185,9 +188,9 @@ class _Seq:
 class DecodeBatcher:
     """Continuous batching on a virtual timeline (pure: callers give the times).
 
-    ``admit(t)`` moves sequences ready by ``t`` into the batch (their first token is at ``t``);
-    ``plan(t, horizon)`` lists the next step boundaries — stopping at the first one where a
-    member finishes or after ``horizon`` seconds — and ``advance(n)`` applies ``n`` of them.
+    ``admit(t)`` moves sequences ready by ``t`` into the batch; ``plan(t, horizon)`` lists the
+    next step boundaries — stopping at the first one where a member emits its first token or
+    finishes, or after ``horizon`` seconds — and ``advance(n, t)`` applies ``n`` of them.
     """
 
     step_s: Callable[[int, float], float]
@@ -204,12 +207,7 @@ class DecodeBatcher:
             if self.waiting[0].ready_at > t:
                 break
             seq = self.waiting.popleft()
-            seq.first_at = t
-            seq.context += 1
-            if seq.remaining > 0:
-                self.members.append(seq)
-            else:
-                seq.finish_at = t
+            self.members.append(seq)
             joined.append(seq)
         return joined
 
@@ -219,7 +217,8 @@ class DecodeBatcher:
             return []
         b = len(self.members)
         ctx = float(sum(s.context for s in self.members))
-        until = min(s.remaining for s in self.members)
+        fresh = any(s.stepped == 0 for s in self.members)
+        until = 1 if fresh else min(s.remaining for s in self.members)
         bounds: list[float] = []
         end = t
         while len(bounds) < until:
@@ -234,10 +233,14 @@ class DecodeBatcher:
         return bounds
 
     def advance(self, steps: int, t: float) -> list[_Seq]:
-        """Apply ``steps`` steps ending at ``t``; returns the members that finished."""
+        """Apply ``steps`` steps ending at ``t``; returns the members that finished (a member's
+        first token is at the end of its first step: ``first_at``)."""
         done = []
         keep = []
         for s in self.members:
+            if s.stepped == 0:
+                s.first_at = t  # ``plan`` stops after one step while a member has none
+            s.stepped += steps
             s.context += steps
             s.remaining -= steps
             s.pending += steps
@@ -423,7 +426,7 @@ class EngineEmulation:
     # ---- decode
     async def decode(self, n_prompt: int, n_out: int, rec: EngineRecord) -> AsyncIterator[int]:
         """Join the batch; yields counts of tokens as they are written (first: 1)."""
-        seq = _Seq(n_prompt, max(0, n_out - 1), self.clock(), asyncio.Queue())
+        seq = _Seq(n_prompt, max(1, n_out), self.clock(), asyncio.Queue())
         self._batcher.add(seq)
         self._decode_wake.set()
         assert seq.out is not None
@@ -445,12 +448,7 @@ class EngineEmulation:
                 t = max(t, self.clock())
             elif not b.members:
                 t = max(t, b.waiting[0].ready_at)
-            for seq in b.admit(t):
-                assert seq.out is not None
-                seq.out.put_nowait(1)
-                seq.last_emit = t
-                if seq.remaining <= 0:
-                    seq.out.put_nowait(0)
+            b.admit(t)
             bounds = b.plan(t, horizon)
             if not bounds:
                 continue
@@ -464,7 +462,7 @@ class EngineEmulation:
             t = bounds[steps - 1]
             done = b.advance(steps, t)
             for seq in b.members:
-                if seq.pending and t - seq.last_emit >= horizon:
+                if seq.pending and (seq.stepped == steps or t - seq.last_emit >= horizon):
                     self._emit(seq, t)
             for seq in done:
                 self._emit(seq, t)

@@ -75,20 +75,25 @@ def test_decode_batch_steps_follow_the_model_and_finish_in_order() -> None:
 
     step = timing().step_wall_s
     b = DecodeBatcher(step, max_batch=2)
-    a, c, late = _Seq(100, 3, 0.0), _Seq(50, 1, 0.0), _Seq(10, 2, 0.0)
+    a, c, late = _Seq(100, 4, 0.0), _Seq(50, 2, 0.0), _Seq(10, 2, 0.0)
     for s in (a, c, late):
         b.add(s)
     assert b.admit(0.0) == [a, c]  # max_batch 2: the third waits
-    assert a.first_at == c.first_at == 0.0
-    bounds = b.plan(0.0, horizon=10.0)
-    assert len(bounds) == 1  # c finishes after one step: the plan stops there
-    assert bounds[0] == pytest.approx(step(2, 101 + 51))
+    first = b.plan(0.0, horizon=10.0)
+    assert first == [pytest.approx(step(2, 150))]  # new members: stop after their first step
+    assert b.advance(1, first[0]) == []
+    assert a.first_at == c.first_at == first[0]  # the first token ends the first step
+    bounds = b.plan(first[0], horizon=10.0)
+    assert len(bounds) == 1  # c finishes after its second step: the plan stops there
+    assert bounds[0] - first[0] == pytest.approx(step(2, 152))
     assert b.advance(1, bounds[0]) == [c]
-    assert c.finish_at == bounds[0] and a.pending == 1
+    assert c.finish_at == bounds[0] and a.pending == 2
     assert b.admit(bounds[0]) == [late]  # the freed slot is taken at that boundary
     nxt = b.plan(bounds[0], horizon=10.0)
-    assert nxt[0] - bounds[0] == pytest.approx(step(2, 102 + 11))
-    assert len(nxt) == 2  # both remaining members finish after two more steps
+    assert len(nxt) == 1 and nxt[0] - bounds[0] == pytest.approx(step(2, 102 + 10))
+    b.advance(1, nxt[0])
+    assert late.first_at == nxt[0]
+    assert len(b.plan(nxt[0], horizon=10.0)) == 1  # both finish after one more step
 
 
 def test_decode_plan_stops_at_the_horizon() -> None:
@@ -97,8 +102,9 @@ def test_decode_plan_stops_at_the_horizon() -> None:
     b = DecodeBatcher(lambda batch, ctx: 0.01, max_batch=8)
     b.add(_Seq(10, 1000, 0.0))
     b.admit(0.0)
-    bounds = b.plan(0.0, horizon=0.05)
-    assert len(bounds) == 5 and bounds[-1] == pytest.approx(0.05)
+    b.advance(len(b.plan(0.0, horizon=1.0)), 0.01)
+    bounds = b.plan(0.01, horizon=0.05)
+    assert len(bounds) == 5 and bounds[-1] == pytest.approx(0.06)
 
 
 def test_prompt_tokens_counts_bytes_or_ids() -> None:
@@ -140,8 +146,9 @@ async def test_remote_prefill_then_decode_moves_the_requests_kv_bytes() -> None:
     assert events >= 2  # the first token at once, the rest in chunks
     assert dec["kv_bytes"] == t.kv_wire_bytes(3000)
     assert pre["prefill_end"] - pre["prefill_start"] >= t.prefill_wall_s([3000])
-    assert dec["kv_end"] <= dec["first_token"]  # decode waits for the last KV byte
-    # A lone sequence: 39 steps after the first token, each the model's step at its context.
+    # Decode waits for the last KV byte, then its first step emits the first token.
+    assert dec["first_token"] - dec["kv_end"] >= t.step_wall_s(1, 3000) * (1 - 1e-9)
+    # A lone sequence: 40 steps, the first one ending with the first token.
     steps = sum(t.step_wall_s(1, 3001 + k) for k in range(39))
     assert dec["finished"] - dec["first_token"] == pytest.approx(steps, rel=1e-9)
 
