@@ -31,7 +31,7 @@ help:
 	@echo "make run    set up .venv if needed, then run the main job (prfaas up $(MAIN_ARGS))"
 	@echo "make test   set up .venv if needed, then run the test suite (PYTEST_ARGS=$(PYTEST_ARGS))"
 	@echo "make lint   ruff check and mypy over $(LINT_PATHS), and the import contracts"
-	@echo "make crds   regenerate crds/ from operator/api.py"
+	@echo "make crds   regenerate crds/ and charts/prfaas/crds/ from operator/api/models.py"
 	@echo "make clean  remove .venv and build outputs"
 
 $(BIN)/python:
@@ -64,7 +64,7 @@ install: $(BIN)/python
 	fi; \
 	set -x; \
 	$(BIN)/pip install --quiet torch==2.13.0; \
-	$(BIN)/pip install --quiet -e '.[engine,test,dev]'; \
+	$(BIN)/pip install --quiet -e '.[operator,router,planner,plot,engine,test,dev]'; \
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec; \
 	$(BIN)/pip install --quiet --no-deps nixl-cu12==1.5.1 nixl==1.5.1; \
 	echo "$$hash" > $(STAMP)
@@ -96,7 +96,7 @@ lint: install $(TYPECHECK_TREE)/prfaas
 		$(CURDIR)/pyproject.toml
 
 crds: install
-	$(BIN)/prfaas crds --output crds
+	$(BIN)/prfaas crds
 
 clean:
 	rm -rf $(VENV) build

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
-from prfaas.operator.cli.common import load_problems
+from prfaas.operator.cli.common import EXIT_INVALID, load_problems
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -334,6 +334,13 @@ def run(
     if rate is not None and rate_scale is not None:
         raise typer.BadParameter("give --rate or --rate-scale, not both")
     err = Console(stderr=True, soft_wrap=True, highlight=False)
+    if plot is not None and not _have_matplotlib():
+        # Before minutes of simulation, not after.
+        err.print(
+            "[red]--plot needs matplotlib, which is not installed:[/] pip install 'prfaas\\[plot]' "
+            "(or pip install matplotlib), or leave out --plot"
+        )
+        raise typer.Exit(EXIT_INVALID)
     manifests, problems = load_problems(file, err, "simulate")
     console = Console(soft_wrap=True, highlight=False, width=max(Console().width, 150))
     failed = False
@@ -388,6 +395,15 @@ def run(
         typer.echo(json.dumps(_clean(data), indent=2))
     if failed:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _have_matplotlib() -> bool:
+    """matplotlib is the ``plot`` extra, not a base dependency."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _clean(x: Any) -> Any:

@@ -94,7 +94,7 @@ class PlanInputs:
     spec: api.ServingPlanSpec
     plan: Plan
     clusters: Mapping[str, ClusterTarget]
-    router_image: str = "ghcr.io/prfaas/prfaas:0.1.0"
+    router_image: str = "ghcr.io/prfaas/prfaas-router:0.1.0"
     extra_labels: Mapping[str, str] = field(default_factory=dict)
 
 

@@ -43,8 +43,8 @@ class ReconcileSettings:
     ``merge`` (read, create or merge-patch) for API servers without it, e.g. kmock."""
     namespace: str = "default"
     """The operator's namespace: where ``kubeconfigSecretRef`` Secrets without a namespace are."""
-    router_image: str = "ghcr.io/prfaas/prfaas:0.1.0"
-    """Image of the per-decode-cluster router (the prfaas package, ``prfaas router``)."""
+    router_image: str = "ghcr.io/prfaas/prfaas-router:0.1.0"
+    """Image of the per-decode-cluster router (``Dockerfile.router``: the ``router`` extra only)."""
     workload_namespaces: tuple[str, ...] = ()
     """The only namespaces of the operator's own cluster it writes children in, when the chart
     grants child verbs there only (``operator.workloadNamespaces``); empty: every namespace."""

@@ -80,7 +80,7 @@ def test_rendered_objects_validate(values: dict[str, Any]) -> None:
 def test_chart_crds_are_the_generated_ones_and_validate() -> None:
     generated = {p.name: p.read_text() for p in (REPO / "crds").glob("*.yaml")}
     shipped = {p.name: p.read_text() for p in (CHART / "crds").glob("*.yaml")}
-    assert shipped == generated, "run: cp crds/*.yaml charts/prfaas/crds/"
+    assert shipped == generated, "run: prfaas crds (writes crds/ and charts/prfaas/crds/)"
     with helm.Chart.load(CHART) as chart:
         crds = chart.crds
     assert len(crds) == 4
@@ -163,3 +163,18 @@ def test_argocd_health_script_is_shipped_in_values_and_readme() -> None:
     readme = (CHART / "README.md").read_text()
     indented = "\n".join("    " + line if line.strip() else "" for line in lua.splitlines())
     assert indented in readme
+
+
+def _env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    (dep,) = _by_kind(docs, "Deployment")
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+def test_routers_run_the_narrow_router_image() -> None:
+    """The operator's image carries kopf and the planner; routers get Dockerfile.router's."""
+    assert _env(_render())["PRFAAS_ROUTER_IMAGE"].startswith("ghcr.io/prfaas/prfaas-router:")
+    tagged = _render({"image": {"repository": "r.example/prfaas", "tag": "1.2"}})
+    assert _env(tagged)["PRFAAS_ROUTER_IMAGE"] == "r.example/prfaas-router:1.2"
+    mine = _render({"routerImage": "r.example/my-router:3"})
+    assert _env(mine)["PRFAAS_ROUTER_IMAGE"] == "r.example/my-router:3"

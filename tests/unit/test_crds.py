@@ -123,6 +123,21 @@ def test_cli_writes_the_same_bytes(tmp_path: Path) -> None:
         assert (tmp_path / "out" / name).read_bytes() == (CRDS / name).read_bytes()
 
 
+def test_cli_writes_crds_and_the_charts_copy_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(app, ["crds"]).exit_code == 0
+    for name, text in render_crds().items():
+        assert (tmp_path / "crds" / name).read_text(encoding="utf-8") == text
+        assert (tmp_path / "charts" / "prfaas" / "crds" / name).read_text(encoding="utf-8") == text
+    assert runner.invoke(app, ["crds", "--check"]).exit_code == 0
+    (tmp_path / "charts" / "prfaas" / "crds" / crd_file_name(api.ServingPlan)).write_text("x")
+    result = runner.invoke(app, ["crds", "--check"])
+    assert result.exit_code == 1 and "charts/prfaas/crds" in result.output
+
+
 def test_cli_check_flags_a_stale_directory(tmp_path: Path) -> None:
     runner = CliRunner()
     assert runner.invoke(app, ["crds", "-o", str(tmp_path)]).exit_code == 0

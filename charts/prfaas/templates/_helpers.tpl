@@ -35,3 +35,10 @@ app.kubernetes.io/component: operator
 {{- define "prfaas.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+
+{{/* The router image (Dockerfile.router, the `router` extra): routerImage, else the operator
+image's repository with a -router suffix and the same tag. */}}
+{{- define "prfaas.routerImage" -}}
+{{- $default := printf "%s-router:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- default $default .Values.routerImage -}}
+{{- end -}}
