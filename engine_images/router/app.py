@@ -10,23 +10,28 @@ Routes: ``POST /v1/completions``, ``POST /v1/chat/completions`` (streaming or no
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from prfaas.engine.router.errors import RouterError, UpstreamRejectedError
+from prfaas.engine.router.errors import (
+    BadRequestError,
+    PayloadTooLargeError,
+    RouterError,
+    UpstreamRejectedError,
+)
 from prfaas.engine.router.metrics import CONTENT_TYPE_LATEST
 from prfaas.engine.router.proxy import RouterCore
-from prfaas.engine.router.request import ApiKind, new_request_id
+from prfaas.engine.router.request import MAX_BODY_BYTES, ApiKind, body_limit, new_request_id
 
-__all__ = ["ROUTER_KEY", "build_app", "error_middleware"]
+__all__ = ["ROUTER_KEY", "build_app", "error_middleware", "read_body"]
 
 log = logging.getLogger(__name__)
 
 ROUTER_KEY = web.AppKey("router", RouterCore)
 _RID_KEY = web.RequestKey("prfaas_request_id", str)
-MAX_BODY_BYTES = 64 << 20
-"""Largest accepted request body (long prompts as text or token ids)."""
 
 
 @web.middleware
@@ -36,6 +41,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except RouterError as exc:
         headers = {"X-Request-Id": request[_RID_KEY]} if _RID_KEY in request else {}
+        if exc.retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
         if exc.status >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
         if isinstance(exc, UpstreamRejectedError) and exc.body:
@@ -52,8 +59,43 @@ async def _proxy(request: web.Request, kind: ApiKind) -> web.StreamResponse:
     router = request.app[ROUTER_KEY]
     rid = request.headers.get("X-Request-Id") or new_request_id()
     request[_RID_KEY] = rid
-    relay = await router.handle(kind, await request.read(), rid)
-    return await relay.respond(request)
+    router.admit()  # 429 before anything is read when the in-flight bound is reached
+    try:
+        cfg = router.config
+        try:
+            async with asyncio.timeout(cfg.admission.body_timeout_s):
+                raw = await read_body(request, body_limit(cfg.max_model_len))
+        except TimeoutError as exc:
+            raise BadRequestError(
+                f"the request body did not arrive within {cfg.admission.body_timeout_s:g} s",
+                status=408,
+            ) from exc
+        relay = await router.handle(kind, raw, rid)
+        return await relay.respond(request)
+    finally:
+        router.release()
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The body, refused (413) past ``limit`` bytes: by ``Content-Length`` before reading, and
+    while reading after decompression (a small gzip body can inflate a thousandfold), so an
+    oversized body never sits whole in memory."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLargeError(
+            f"request body of {request.content_length} bytes is over this router's limit of "
+            f"{limit} bytes (sized from maxModelLen); shorten the prompt"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(
+                f"request body is over this router's limit of {limit} bytes once decompressed "
+                "(sized from maxModelLen); shorten the prompt"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _completions(request: web.Request) -> web.StreamResponse:

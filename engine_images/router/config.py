@@ -6,7 +6,8 @@ One router runs in front of each decode cluster. Its file (YAML or JSON, camelCa
     version: 1
     model: tiny-llama                 # served model name (checked against requests)
     tokenizer: /models/tiny-llama     # path for AutoTokenizer; null: count UTF-8 bytes
-    maxModelLen: 2048                 # longer prompts get a 400; null: not checked
+    maxModelLen: 2048                 # longer prompts get a 400, bodies over 1 MiB + 16 B/token a
+                                      # 413; null: not checked (bodies up to 64 MiB)
     localDatacenter: dc-b
     datacenters:
       dc-b: {prefill: [], decode: ["http://10.0.1.5:8000"]}   # no local PD-P: decode prefills
@@ -45,6 +46,7 @@ from pydantic.alias_generators import to_camel
 
 __all__ = [
     "CONFIGMAP_KEY",
+    "AdmissionSettings",
     "CircuitSettings",
     "ControllerSettings",
     "DatacenterEndpoints",
@@ -53,6 +55,7 @@ __all__ = [
     "RouterConfig",
     "RouterConfigError",
     "Timeouts",
+    "admission_from_plan",
     "dump_router_config",
     "load_router_config",
     "parse_router_config",
@@ -118,6 +121,22 @@ class Timeouts(_Model):
     """Decode's first response byte (KV pull + first step)."""
 
 
+class AdmissionSettings(_Model):
+    """Overload protection: how much the router takes on at once, and how long it waits for a
+    client to send its request."""
+
+    max_in_flight: int | None = Field(default=None, gt=0)
+    """Requests served at once; one more gets 429 with ``Retry-After`` before its body is read.
+    ``None``: unbounded. From a plan: twice the decode seats (instances × max batch)."""
+    retry_after_s: float = Field(default=1.0, gt=0)
+    """``Retry-After`` of those 429s; from a plan, the time the bound takes to drain."""
+    header_timeout_s: float = Field(default=15.0, gt=0)
+    """A connection that has not sent a whole request head by then is closed (also the idle
+    keep-alive timeout)."""
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    """Reading one request body may take this long; slower gets 408."""
+
+
 class ControllerSettings(_Model):
     """The bandwidth-aware threshold loop (``prfaas.planner.routing.ThresholdController``)."""
 
@@ -176,6 +195,7 @@ class RouterConfig(_Model):
     """Cache affinity wins unless that instance has this many more requests in flight than the
     least-loaded one."""
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
     circuit: CircuitSettings = Field(default_factory=CircuitSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
@@ -251,6 +271,21 @@ def load_router_config(path: str | Path) -> RouterConfig:
     return parse_router_config(text, source=str(p))
 
 
+def admission_from_plan(plan: Plan, decode_cluster: str, decode_batch: int) -> AdmissionSettings:
+    """The in-flight bound of the router in front of ``decode_cluster``: twice its decode seats
+    (``instances × decode_batch``: as many again may be prefilling), and a ``Retry-After`` of
+    the time the plan's throughput takes to serve that many (Little's law), 1–60 s."""
+    instances = sum(
+        c.instances for c in plan.clusters if c.name == decode_cluster and c.role == "decode"
+    )
+    bound = max(1, 2 * instances * decode_batch)
+    rate = plan.throughput_rps
+    drain = bound / rate if rate and math.isfinite(rate) and rate > 0 else 1.0
+    return AdmissionSettings(
+        max_in_flight=bound, retry_after_s=float(min(60, max(1, math.ceil(drain))))
+    )
+
+
 def router_config_from_plan(
     plan: Plan,
     endpoints: Mapping[str, Mapping[PoolRole, Sequence[str]]],
@@ -260,6 +295,7 @@ def router_config_from_plan(
     tokenizer: str | None = None,
     max_model_len: int | None = None,
     block_size: int = 16,
+    decode_batch: int | None = None,
     **settings: Any,
 ) -> RouterConfig:
     """The router config for the router in front of ``decode_cluster`` (default: the plan's first).
@@ -269,7 +305,9 @@ def router_config_from_plan(
     "local-prefill": {"prefill": ["http://10.0.0.7:8000"]}}`` — the operator passes its Service
     URLs, ``prfaas up`` its loopback/netns addresses. Datacenters come from ``plan.clusters``;
     ``t``, KV bytes and the remote prefill clusters from the plan's ``RouterPlan``; capacity and
-    headroom from its ``LinkPlan``. Extra keyword ``settings`` (``timeouts=Timeouts(...)``,
+    headroom from its ``LinkPlan``. ``decode_batch`` (a decode instance's max batch) sizes the
+    in-flight bound from the plan's decode instances (``admission_from_plan``). Extra keyword
+    ``settings`` (``timeouts=Timeouts(...)``,
     ``prefix_cache_blocks=...``) are passed to ``RouterConfig``.
     """
     if not plan.routers:
@@ -326,6 +364,8 @@ def router_config_from_plan(
             raise RouterConfigError(f"router names link {remote.link!r}, absent from plan.links")
         links[dc] = LinkSettings(name=lp.name, capacity_gbps=lp.capacity_gbps, headroom=lp.headroom)
     t = rplan.threshold_tokens
+    if decode_batch is not None and "admission" not in settings:
+        settings["admission"] = admission_from_plan(plan, rplan.decode_cluster, decode_batch)
     return RouterConfig(
         model=model or plan.model,
         tokenizer=tokenizer,

@@ -6,9 +6,12 @@
     ├── BadRequestError              400  the client's request is wrong; never reaches an engine
     │   ├── InvalidJSONError         400  body is not a JSON object
     │   ├── MissingFieldError        400  no ``prompt`` / ``messages``
-    │   └── PromptTooLongError       400  prompt (+ max_tokens) exceeds the model's length
+    │   ├── PromptTooLongError       400  prompt (+ max_tokens) exceeds the model's length
+    │   └── PayloadTooLargeError     413  body larger than the model's context can need
     ├── ModelNotFoundError           404  ``model`` is not the served model
     ├── UpstreamRejectedError        4xx  an engine refused the request (its status and reason)
+    ├── OverloadedError              429  the router holds its in-flight bound (Retry-After)
+    ├── LocalResourceError           503  the router itself is short of descriptors/memory
     ├── NoBackendError               503  no healthy engine of a needed role
     ├── UpstreamError                502  an engine failed (5xx, reset, bad answer)
     │   └── UpstreamTimeoutError     504  an engine did not answer in time
@@ -26,9 +29,12 @@ __all__ = [
     "BadRequestError",
     "ConfigError",
     "InvalidJSONError",
+    "LocalResourceError",
     "MissingFieldError",
     "ModelNotFoundError",
     "NoBackendError",
+    "OverloadedError",
+    "PayloadTooLargeError",
     "PromptTooLongError",
     "RouterError",
     "UpstreamError",
@@ -43,11 +49,18 @@ class RouterError(Exception):
     status: int = 500
     kind: str = "InternalServerError"
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    retry_after_s: float | None = None
+    """Sent as ``Retry-After`` (whole seconds, at least 1) when set."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if status is not None:
             self.status = status
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
     def to_json(self) -> dict[str, Any]:
         """The OpenAI/vLLM error body."""
@@ -80,6 +93,14 @@ class PromptTooLongError(BadRequestError):
     """The prompt, with the requested completion, exceeds ``maxModelLen``."""
 
 
+class PayloadTooLargeError(BadRequestError):
+    """The body (after decompression) is larger than any request within ``maxModelLen`` needs;
+    it is refused while reading, so it never sits whole in memory."""
+
+    status = 413
+    kind = "RequestEntityTooLargeError"
+
+
 class ModelNotFoundError(RouterError):
     """The request names a model this router does not serve."""
 
@@ -95,6 +116,22 @@ class UpstreamRejectedError(RouterError):
     def __init__(self, message: str, *, status: int, body: bytes = b"") -> None:
         super().__init__(message, status=status)
         self.body = body
+
+
+class OverloadedError(RouterError):
+    """The router already serves ``admission.maxInFlight`` requests: refused at once, before
+    the body is read, so overload costs the engines nothing and latency stays bounded."""
+
+    status = 429
+    kind = "RateLimitError"
+
+
+class LocalResourceError(RouterError):
+    """The router ran out of its own resources (file descriptors, memory) calling an engine;
+    not the engine's fault, so no engine's circuit counts it."""
+
+    status = 503
+    kind = "ServiceUnavailableError"
 
 
 class NoBackendError(RouterError):

@@ -71,6 +71,9 @@ class FakeEngine(AsyncService):
     token_delay_s: float = 0.0
     health_delay_s: float = 0.0
     """Seconds ``GET /health`` takes (a busy engine)."""
+    seats: int | None = None
+    """At most this many completions are served at once, the rest wait (an engine's max
+    batch): with ``delay_s`` it gives the fake a capacity of ``seats / delay_s`` requests/s."""
     break_after: int | None = None
     """Streaming: drop the connection after this many tokens (a crash mid-answer)."""
     record: bool = True
@@ -83,11 +86,12 @@ class FakeEngine(AsyncService):
     port: int = 0
     url: str = ""
     _runner: web.AppRunner | None = None
+    _seats: asyncio.Semaphore | None = None
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_post("/v1/completions", self._handle)
-        app.router.add_post("/v1/chat/completions", self._handle)
+        app.router.add_post("/v1/completions", self._seated)
+        app.router.add_post("/v1/chat/completions", self._seated)
         app.router.add_get("/health", self._health)
         app.router.add_get("/emulation/records", self._records)
         return app
@@ -95,7 +99,9 @@ class FakeEngine(AsyncService):
     async def start(self) -> str:
         if self.emulation is not None:
             await self.emulation.start()
-        self._runner, self.port = await serve_app(self.app(), self.host, self.port)
+        self._runner, self.port = await serve_app(
+            self.app(), self.host, self.port, cancel_on_disconnect=True
+        )
         self.url = f"http://{self.host}:{self.port}"
         self.name = self.name or f"{self.role}-{self.port}"
         return self.url
@@ -119,6 +125,14 @@ class FakeEngine(AsyncService):
 
     def requests_to(self, path: str) -> list[Received]:
         return [r for r in self.received if r.path == path]
+
+    async def _seated(self, request: web.Request) -> web.StreamResponse:
+        if self.seats is None:
+            return await self._handle(request)
+        if self._seats is None:
+            self._seats = asyncio.Semaphore(self.seats)
+        async with self._seats:
+            return await self._handle(request)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()

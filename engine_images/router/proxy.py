@@ -12,6 +12,7 @@ the two legs are built in ``router_request``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import math
@@ -25,8 +26,10 @@ from aiohttp import web
 from prfaas.engine.router.config import RouterConfig
 from prfaas.engine.router.errors import (
     ConfigError,
+    LocalResourceError,
     ModelNotFoundError,
     NoBackendError,
+    OverloadedError,
     PromptTooLongError,
     RouterError,
     UpstreamError,
@@ -46,7 +49,7 @@ from prfaas.engine.router.request import (
     parse_request,
     prefill_body,
 )
-from prfaas.engine.router.tokenizer import PromptTokenizer, load_tokenizer
+from prfaas.engine.router.tokenizer import PromptTokenizer, load_tokenizer, max_token_bytes
 from prometheus_client import Gauge
 
 __all__ = ["ROUTE_HEADER", "UNCACHED_HEADER", "Relay", "RouterCore"]
@@ -61,6 +64,21 @@ UNCACHED_HEADER = "X-PrfaaS-Uncached-Tokens"
 _INLINE_TOKENIZE_CHARS = 16384
 """Longer prompts (characters; chat: bytes of the messages as JSON) are tokenised in a worker
 thread so the event loop keeps serving."""
+
+
+def _chat_chars(messages: list[Any]) -> int:
+    """Characters of text in chat ``messages`` (string contents and text parts)."""
+    n = 0
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            n += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                text = part.get("text") if isinstance(part, dict) else None
+                if isinstance(text, str):
+                    n += len(text)
+    return n
 
 
 # ---------------------------------------------------------------------- bookkeeping
@@ -86,6 +104,29 @@ class _Ticket:
                 self.metrics.transfer_ended(self.link.name, now, self.kv_bytes if shipped else 0)
             self.link.delivered(self.kv_bytes)
             self.link, self.kv_bytes, self.metrics = None, 0.0, None
+
+
+_OWN_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+"""``OSError`` numbers that say the router itself is short of something, not the engine."""
+
+
+def _own_resource_error(exc: BaseException) -> LocalResourceError | None:
+    """A ``LocalResourceError`` when ``exc`` (or what it wraps) is the router running out of
+    descriptors or memory; such a failure must not open an engine's circuit."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            break
+        os_error = getattr(seen, "os_error", None)
+        for e in (seen, os_error):
+            if isinstance(e, OSError) and e.errno in _OWN_RESOURCE_ERRNOS:
+                what = "file descriptors" if e.errno in (errno.EMFILE, errno.ENFILE) else "memory"
+                return LocalResourceError(
+                    f"the router is out of {what} ({e.strerror}); retry shortly",
+                    retry_after_s=1.0,
+                )
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _outcome(exc: BaseException) -> str:
@@ -118,6 +159,8 @@ class RouterCore:
         self.metrics = metrics or RouterMetrics()
         self.tokenizer = tokenizer
         self._tokenizer_injected = tokenizer is not None
+        self.in_flight = 0
+        """Client requests admitted and not finished (``admit``/``release``)."""
         self._session: aiohttp.ClientSession | None = None
         self._link_gauges: dict[str, tuple[Gauge, ...]] = {}
         """Per link name: its threshold, KV-in-flight, up and egress gauge children (looking
@@ -282,6 +325,22 @@ class RouterCore:
         return sum(1 for i in pool if i.circuit.allows(now))
 
     # ------------------------------------------------------------------ one request
+    def admit(self) -> None:
+        """Take one in-flight place, or raise ``OverloadedError`` (429 + ``Retry-After``) when
+        ``admission.maxInFlight`` are taken; pair with ``release``."""
+        a = self.config.admission
+        if a.max_in_flight is not None and self.in_flight >= a.max_in_flight:
+            self.metrics.request_done("none", "rejected")
+            raise OverloadedError(
+                f"this router is serving its limit of {a.max_in_flight} requests; retry after "
+                f"{a.retry_after_s:g} s",
+                retry_after_s=a.retry_after_s,
+            )
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
     async def handle(self, kind: ApiKind, raw: bytes, request_id: str) -> Relay:
         """Validate, route, prefill, open decode. Raises ``RouterError``; returns a ``Relay``."""
         t0 = self.clock()
@@ -329,6 +388,7 @@ class RouterCore:
             raise RuntimeError("RouterCore.start() was not awaited (no tokenizer)")
         if req.kind == "completions":
             text: str = req.body["prompt"]
+            self._check_text_length(req, len(text))
             if len(text) > _INLINE_TOKENIZE_CHARS:
                 return await asyncio.to_thread(tok.encode_prompt, text)
             return tok.encode_prompt(text)
@@ -338,9 +398,26 @@ class RouterCore:
             if k in req.body
         }
         messages = req.body["messages"]
+        self._check_text_length(req, _chat_chars(messages))
         if len(dump_json(messages, plain=req.plain_json)) > _INLINE_TOKENIZE_CHARS:
             return await asyncio.to_thread(tok.encode_chat, messages, **options)
         return tok.encode_chat(messages, **options)
+
+    def _check_text_length(self, req: ParsedRequest, chars: int) -> None:
+        """Refuse text that cannot fit before tokenising it: ``chars`` characters are at least
+        as many bytes, and no token stands for more than the tokenizer's ``max_token_bytes``."""
+        limit, per = self.config.max_model_len, max_token_bytes(self.tokenizer)
+        if limit is None or per is None:
+            return
+        least = -(-chars // per)
+        want = req.max_tokens or 1
+        if least + want > limit:
+            raise PromptTooLongError(
+                f"This model's maximum context length is {limit} tokens. However, you "
+                f"requested at least {least + want} tokens (the prompt's {chars} characters are "
+                f"at least {least} tokens, {want} for the completion). Shorten the prompt or "
+                "lower max_tokens."
+            )
 
     def _check_length(self, req: ParsedRequest, n: int) -> None:
         limit = self.config.max_model_len
@@ -420,7 +497,10 @@ class RouterCore:
             raise UpstreamTimeoutError(
                 f"prefill on {inst.url} did not answer within {t.prefill_s:g} s"
             ) from exc
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
+            own = _own_resource_error(exc)
+            if own is not None:
+                raise own from exc
             self.record_failure(inst)
             raise UpstreamError(f"prefill on {inst.url} failed: {exc!r}") from exc
         finally:
@@ -479,8 +559,11 @@ class RouterCore:
                     headers=headers,
                     timeout=timeout,
                 )
-            except (TimeoutError, aiohttp.ClientError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 inst.finished()
+                own = _own_resource_error(exc)
+                if own is not None:
+                    raise own from exc
                 self.record_failure(inst)
                 last = f"decode on {inst.url} failed: {exc!r}"
             except BaseException:

@@ -24,9 +24,12 @@ from prfaas.engine.router.errors import BadRequestError, InvalidJSONError, Missi
 
 __all__ = [
     "API_PATHS",
+    "BODY_BYTES_PER_TOKEN",
+    "MAX_BODY_BYTES",
     "PREFILL_KV_PARAMS",
     "ApiKind",
     "ParsedRequest",
+    "body_limit",
     "decode_body",
     "dump_json",
     "engine_error_reason",
@@ -49,6 +52,22 @@ PREFILL_KV_PARAMS: dict[str, Any] = {
     "remote_port": None,
 }
 """What the prefill leg asks for: "prefill, keep the blocks, someone will pull them"."""
+
+
+MAX_BODY_BYTES = 64 << 20
+"""Largest accepted request body when the model's context is unknown."""
+BODY_BYTES_PER_TOKEN = 16
+"""Body bytes one prompt token may take: a token id is at most 11 (``4294967295,``); text is
+about 4 bytes a token, 9 for CJK escaped as ``\\uXXXX``."""
+_BODY_SLACK_BYTES = 1 << 20
+"""Room for everything around the prompt (chat roles, sampling parameters, tools)."""
+
+
+def body_limit(max_model_len: int | None) -> int:
+    """Largest request body (decompressed) a prompt within ``max_model_len`` tokens needs."""
+    if max_model_len is None:
+        return MAX_BODY_BYTES
+    return min(MAX_BODY_BYTES, _BODY_SLACK_BYTES + BODY_BYTES_PER_TOKEN * max_model_len)
 
 
 _DIGIT_MAP = bytes(0x31 if 0x30 <= b <= 0x39 else 0x30 for b in range(256))

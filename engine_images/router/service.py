@@ -52,7 +52,7 @@ from prfaas.engine.router.proxy import RouterCore
 from prfaas.engine.router.serving import AsyncService, serve_app
 from prfaas.engine.router.tokenizer import PromptTokenizer
 
-__all__ = ["RouterCore", "RouterService", "run_router"]
+__all__ = ["RouterCore", "RouterService", "raise_open_files_limit", "run_router"]
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,14 @@ class RouterService(AsyncService):
     async def start(self) -> str:
         """Load the tokenizer, bind the port, start the loops; returns the base URL."""
         await self.router.start()
-        self._runner, bound = await serve_app(build_app(self.router), self.host, self.port)
+        admission = self.router.config.admission
+        self._runner, bound = await serve_app(
+            build_app(self.router),
+            self.host,
+            self.port,
+            header_timeout_s=admission.header_timeout_s,
+            cancel_on_disconnect=True,
+        )
         if self.port == 0:
             self.port = bound
         self._tasks = [asyncio.create_task(self._tick_loop())]
@@ -177,6 +184,28 @@ class RouterService(AsyncService):
             self.router.tick()
 
 
+def raise_open_files_limit() -> int | None:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit (each client and each engine leg is a
+    descriptor; 1024 runs out under load). Returns the new soft limit, ``None`` where the
+    platform has no such limit."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft >= hard:
+        return soft
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the open-files limit from %d to %d: %s", soft, target, exc)
+        return soft
+    if target != soft:
+        log.info("open-files limit raised from %d to %d", soft, target)
+    return target
+
+
 async def _serve_forever(service: RouterService) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -204,6 +233,7 @@ def run_router(
         level=os.environ.get("PRFAAS_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    raise_open_files_limit()
     service = RouterService(config_path, host=host, port=port, reload_interval_s=reload_interval_s)
     try:
         import uvloop

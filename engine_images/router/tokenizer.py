@@ -25,6 +25,7 @@ __all__ = [
     "HFPromptTokenizer",
     "PromptTokenizer",
     "load_tokenizer",
+    "max_token_bytes",
 ]
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,26 @@ class PromptTokenizer(Protocol):
         ...
 
 
+_GIL_FREE_CHARS = 16384
+"""Longer texts go through ``Tokenizer.encode_batch``, which releases the GIL (``encode``
+holds it), so the router's event loop keeps running while a worker thread tokenises."""
+
+_COMPOSING_NORMALIZERS = {"NFC": 3, "NFKC": 3, "NFD": 1, "NFKD": 1, "Lowercase": 1}
+"""Normalizers and by how much they can shrink UTF-8 text at most (NFC composes three
+3-byte Hangul jamo into one 3-byte syllable); others (strip, replace) have no bound."""
+
+
+def max_token_bytes(tok: object) -> int | None:
+    """Most input bytes one token of ``tok`` can stand for (its attribute ``max_token_bytes``),
+    or ``None`` when unknown: then no length check happens before tokenising."""
+    value = getattr(tok, "max_token_bytes", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
 class ByteTokenizer:
     """One token per UTF-8 byte; chat messages rendered as ``role: content`` lines."""
+
+    max_token_bytes = 1
 
     def encode_prompt(self, prompt: str) -> list[int]:
         return list(prompt.encode())
@@ -131,9 +150,19 @@ class FastPromptTokenizer:
         }
         self._template = _compile_template(template) if template else None
         self._warned = False
+        self.max_token_bytes = _vocab_max_bytes(self._tok)
+        """Most input bytes one token covers (longest vocabulary entry, times what the
+        normalizer may shrink); ``None`` when the normalizer's effect has no bound."""
+
+    def _encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if len(text) > _GIL_FREE_CHARS:
+            return list(
+                self._tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+            )
+        return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        return list(self._tok.encode(prompt).ids)
+        return self._encode(prompt)
 
     def encode_chat(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> list[int]:
         kwargs = dict(options.pop("chat_template_kwargs", None) or {})
@@ -163,7 +192,22 @@ class FastPromptTokenizer:
             last = conversation[-1].get("content")
             if isinstance(last, str) and last.strip() and last.strip() in text:
                 text = text[: text.rindex(last.strip()) + len(last.strip())]
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
+        return self._encode(text, add_special_tokens=False)
+
+
+def _vocab_max_bytes(tok: Any) -> int | None:
+    norm = tok.normalizer
+    shrink = 1
+    if norm is not None:
+        factor = _COMPOSING_NORMALIZERS.get(type(norm).__name__)
+        if factor is None:
+            return None
+        shrink = factor
+    vocab = tok.get_vocab(with_added_tokens=True)
+    # A vocabulary string's UTF-8 length bounds the bytes it stands for (byte-level BPE maps
+    # each byte to one 1–2 byte character; "▁" and "<0x41>" only overestimate).
+    longest = max((len(t.encode()) for t in vocab), default=1)
+    return max(1, longest) * shrink
 
 
 def _compile_template(source: str) -> Any:

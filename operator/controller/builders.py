@@ -43,6 +43,7 @@ from prfaas.operator.api.labels import (
     child_name,
     label_value,
 )
+from prfaas.operator.api.translate import TranslateError, model_from_spec
 from prfaas.planner.plan import ClusterPlan, Plan
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "build_children",
     "child_labels",
     "engine_launch",
+    "max_model_len",
     "router_config_map",
     "router_config_text",
     "router_deployment",
@@ -372,6 +374,22 @@ def _pod_monitor(inputs: PlanInputs, target: ClusterTarget) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
+def max_model_len(spec: api.ServingPlanSpec) -> int:
+    """The context the engines serve: ``--max-model-len`` from ``engine.extraArgs`` when set
+    there, else the model's ``maxContext``. The router refuses longer requests up front, and
+    bounds request bodies by it, so it must always know it."""
+    args = list(spec.engine.extra_args)
+    for i, arg in enumerate(args):
+        value = None
+        if arg.startswith("--max-model-len="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--max-model-len" and i + 1 < len(args):
+            value = args[i + 1]
+        if value is not None and value.isdigit() and int(value) > 0:
+            return int(value)
+    return model_from_spec(spec.model).max_context
+
+
 def _router_name(inputs: PlanInputs, target: ClusterTarget) -> str:
     return child_name(inputs.name, target.name, "router")
 
@@ -405,8 +423,10 @@ def router_config_text(inputs: PlanInputs, target: ClusterTarget) -> str:
             model=inputs.spec.model.served_name,
             tokenizer=inputs.spec.model.source or None,
             block_size=inputs.spec.engine.block_size,
+            max_model_len=max_model_len(inputs.spec),
+            decode_batch=inputs.spec.engine.max_batch_size,
         )
-    except ValueError as exc:
+    except (ValueError, TranslateError) as exc:
         raise BuildError(f"router for {target.name!r}: {exc}") from exc
     return dump_router_config(cfg)
 

@@ -24,6 +24,7 @@ from prfaas.operator.controller.builders import (
     PlanInputs,
     build_children,
     engine_launch,
+    max_model_len,
 )
 from prfaas.planner.plan import ClusterPlan, LinkPlan, Plan, RemotePrefill, RouterPlan
 
@@ -221,3 +222,14 @@ def test_names_and_label_values_stay_within_limits() -> None:
     assert child_name(long, "a") != child_name(long, "b")
     assert child_name("9lives", "a").startswith("p-")
     assert len(label_value(long)) <= 63 and label_value("short") == "short"
+
+
+def test_router_config_always_carries_max_model_len() -> None:
+    inputs = _inputs()
+    assert max_model_len(inputs.spec) == 131072  # the catalog model's context
+    cm = next(o for o in build_children(inputs)["pd-h20"] if o["kind"] == "ConfigMap")
+    assert yaml.safe_load(next(iter(cm["data"].values())))["maxModelLen"] == 131072
+    inputs.spec.engine.extra_args = ["--enforce-eager", "--max-model-len", "32768"]
+    assert max_model_len(inputs.spec) == 32768
+    inputs.spec.engine.extra_args = ["--max-model-len=8192"]
+    assert max_model_len(inputs.spec) == 8192

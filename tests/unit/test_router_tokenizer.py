@@ -109,3 +109,15 @@ def test_a_template_that_raises_falls_back_to_an_estimate(
     (tmp_path / "chat_template.jinja").write_text("{{ raise_exception('roles must alternate') }}")
     tok = load_tokenizer(str(tmp_path))
     assert tok.encode_chat(CHATS[0]) == tok.encode_prompt("user: hello world\n")
+
+
+def test_long_prompts_take_the_gil_free_path_with_the_same_ids(tokenizer_dir: Path) -> None:
+    tok = load_tokenizer(str(tokenizer_dir))
+    assert isinstance(tok, FastPromptTokenizer)
+    text = "hello world, the quick brown fox " * 2000  # past the GIL-free threshold
+    assert tok.encode_prompt(text) == list(tok._tok.encode(text).ids)
+    # No vocabulary entry stands for more bytes than max_token_bytes: a length lower bound.
+    assert tok.max_token_bytes is not None
+    ids = tok.encode_prompt(text)
+    assert len(ids) >= len(text.encode()) / tok.max_token_bytes
+    assert ByteTokenizer.max_token_bytes == 1
