@@ -103,11 +103,27 @@ class WorkloadInput:
     output_length: LengthDistribution
     requests_per_second: float | None = None
     prefix_cache_hit_rate: float = 0.0
+    uncached_length: LengthDistribution | None = None
+    """Measured uncached lengths (e.g. a trace's); ``None``: the input lengths scaled by
+    ``1 − prefix_cache_hit_rate``."""
 
     @property
     def uncached(self) -> LengthDistribution:
         """Input lengths left to prefill after prefix-cache hits (what ``t`` is compared with)."""
+        if self.uncached_length is not None:
+            return self.uncached_length
         return self.input_length.uncached(self.prefix_cache_hit_rate)
+
+    @property
+    def uncached_source(self) -> str:
+        """Where ``uncached`` comes from, for the plan's notes."""
+        if self.uncached_length is not None:
+            return "measured (empirical distribution)"
+        if self.prefix_cache_hit_rate == 0.0:
+            return "the input lengths (no prefix-cache hits assumed)"
+        return (
+            f"the input lengths scaled by 1 − prefixCacheHitRate ({self.prefix_cache_hit_rate:g})"
+        )
 
 
 @dataclass(frozen=True, slots=True)

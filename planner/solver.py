@@ -484,6 +484,9 @@ def _assemble(
     out_ = (_multi_outcome if multi else _global_outcome)(problem, solver, ev)
     threshold, stages = out_.threshold, out_.stages
     notes = list(problem.notes)
+    notes.append(
+        f"uncached prompt lengths (p, l_long, l_short): {problem.workload.uncached_source}"
+    )
     clusters: list[ClusterPlan] = []
     offloading = [n for n, t in out_.thresholds.items() if t is not None]
     for c in problem.prefill_clusters:

@@ -7,7 +7,7 @@ heavy imports (vLLM, kopf, the simulator) happen inside the command, never at im
 from __future__ import annotations
 
 import typer
-from prfaas.operator.cli import crds, plan, router, run_operator, simulate, up, validate
+from prfaas.operator.cli import crds, plan, router, run_operator, simulate, trace, up, validate
 
 __all__ = ["app", "main"]
 
@@ -32,6 +32,7 @@ app.command("router")(router.run)
 app.command("up")(up.run)
 app.command("operator")(run_operator.run)
 app.command("simulate")(simulate.run)
+app.add_typer(trace.app, name="trace")
 
 
 def main() -> None:

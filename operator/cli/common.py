@@ -11,9 +11,10 @@ import typer
 if TYPE_CHECKING:
     from prfaas.operator.api.manifests import Manifests
     from prfaas.planner.problem import Problem
+    from prfaas.planner.sim.arrivals import RequestStream
     from rich.console import Console
 
-__all__ = ["EXIT_INVALID", "load_problems"]
+__all__ = ["EXIT_INVALID", "load_problems", "load_trace_or_exit", "plan_from_trace"]
 
 EXIT_INVALID = 2
 """Exit status when the manifests do not validate or hold no ServingPlan."""
@@ -42,3 +43,36 @@ def load_problems(file: Path, err: Console, purpose: str) -> tuple[Manifests, li
         err.print(f"[red]✗[/] {file} holds no ServingPlan to {purpose}")
         raise typer.Exit(EXIT_INVALID)
     return manifests, problems
+
+
+def load_trace_or_exit(trace: Path, err: Console) -> RequestStream:
+    """The trace's requests; a bad trace prints its file:line:field message and exits 2."""
+    from prfaas.planner.sim.traces import TraceError, load_trace
+
+    try:
+        return load_trace(trace)
+    except TraceError as exc:
+        err.print(f"[red]✗[/] {exc}")
+        raise typer.Exit(EXIT_INVALID) from exc
+
+
+def plan_from_trace(problems: list[Problem], trace: Path, stream: RequestStream) -> list[Problem]:
+    """Each problem with its workload (lengths, rate, uncached lengths) taken from the trace;
+    the uncached lengths assume an unbounded shared cache (the trace's upper bound)."""
+    from dataclasses import replace
+
+    from prfaas.planner.trace_workload import (
+        SHARED_CACHE_NOTE,
+        shared_cache_uncached,
+        trace_workload,
+    )
+
+    uncached = shared_cache_uncached(stream)
+    note = (
+        f"workload from trace {trace}: {len(stream)} requests; input, output and uncached "
+        f"lengths are its empirical distributions; {SHARED_CACHE_NOTE}"
+    )
+    return [
+        replace(p, workload=trace_workload(stream, uncached, p.workload), notes=(*p.notes, note))
+        for p in problems
+    ]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from prfaas.operator.cli.common import load_problems
+from prfaas.operator.cli.common import load_problems, load_trace_or_exit, plan_from_trace
 
 if TYPE_CHECKING:
     from prfaas.planner.plan import Plan
@@ -142,6 +142,14 @@ def run(
             "simulator) instead of the M/D/1 closed forms; slower.",
         ),
     ] = False,
+    trace: Annotated[
+        Path | None,
+        typer.Option(
+            "--trace",
+            help="Plan from this trace's lengths, rate and prefix sharing (Mooncake JSONL, or "
+            "CSV/JSONL with time, input_tokens, output_tokens, prefix_id; .gz/.xz read).",
+        ),
+    ] = None,
 ) -> None:
     """Plan every ServingPlan in FILE: instances, TP/PP, threshold t, Λ_max, egress, baselines."""
     from prfaas.planner.solver import plan as make_plan
@@ -149,6 +157,8 @@ def run(
 
     err = Console(stderr=True, soft_wrap=True, highlight=False)
     _, problems = load_problems(file, err, "plan")
+    if trace is not None:
+        problems = plan_from_trace(problems, trace, load_trace_or_exit(trace, err))
     if simulated_goodput:
         from dataclasses import replace
 

@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
-from prfaas.operator.cli.common import EXIT_INVALID, load_problems
+from prfaas.operator.cli.common import (
+    EXIT_INVALID,
+    load_problems,
+    load_trace_or_exit,
+    plan_from_trace,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -229,9 +234,9 @@ def _simulate_one(
     arrival: tuple[str, float],
     err: Console,
 ) -> list[ScenarioRun]:
-    from prfaas.planner.sim.arrivals import load_trace
     from prfaas.planner.sim.links import parse_schedule
     from prfaas.planner.sim.scenarios import common_rate, run_scenarios, scenarios
+    from prfaas.planner.sim.traces import load_trace
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     found = scenarios(problem, plan, schedule=parse_schedule(schedule) if schedule else ())
@@ -308,8 +313,8 @@ def run(
         Path | None,
         typer.Option(
             "--trace",
-            help="CSV/JSONL trace (time, input_tokens, output_tokens, "
-            "prefix_id) instead of sampled requests.",
+            help="Plan and simulate from this trace (Mooncake JSONL, or CSV/JSONL with time, "
+            "input_tokens, output_tokens, prefix_id; .gz/.xz read) instead of sampled requests.",
         ),
     ] = None,
     goodput: Annotated[
@@ -342,6 +347,8 @@ def run(
         )
         raise typer.Exit(EXIT_INVALID)
     manifests, problems = load_problems(file, err, "simulate")
+    if trace is not None:
+        problems = plan_from_trace(problems, trace, load_trace_or_exit(trace, err))
     console = Console(soft_wrap=True, highlight=False, width=max(Console().width, 150))
     failed = False
     results: list[dict[str, Any]] = []
@@ -354,8 +361,8 @@ def run(
         if problem.workload.prefix_cache_hit_rate > 0 and trace is None:
             err.print(
                 f"[yellow]! {problem.name}: prefixCacheHitRate is not simulated for sampled "
-                "requests (they share no prefixes); give a --trace with prefix_id to model "
-                "cache hits[/]"
+                "requests (they share no prefixes); give a --trace with prefix ids or block "
+                "chains to model cache hits[/]"
             )
         if not plan.feasible:
             err.print(f"[red]✗ {problem.name}: infeasible — {plan.reason}[/]")

@@ -14,7 +14,10 @@ from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["PrefixCache", "block_hashes"]
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Chains", "PrefixCache", "block_hashes"]
 
 
 def block_hashes(tokens: Sequence[int], block_size: int, *, salt: bytes = b"") -> list[int]:
@@ -102,3 +105,79 @@ class PrefixCache:
 
     def __len__(self) -> int:
         return len(self._blocks)
+
+
+@dataclass(frozen=True, slots=True)
+class Chains:
+    """Every request's block chain, as integer arrays (no Python objects per block).
+
+    ``ids[offsets[r]:offsets[r + 1]]`` is request ``r``'s chain: block ``i``'s id stands for
+    the prompt's blocks ``0..i`` (equal ids, equal prefixes), ``block_tokens`` tokens each. An
+    empty chain never consults a cache. A trace's block is the unit of sharing it can prove, so
+    a cached length is ``held blocks × block_tokens``, capped at the prompt: rounded down to a
+    whole trace block, except a held partial last block, which covers the prompt's tail.
+    """
+
+    ids: npt.NDArray[np.int64]
+    offsets: npt.NDArray[np.int64]
+    block_tokens: int
+
+    def __post_init__(self) -> None:
+        if self.block_tokens <= 0:
+            raise ValueError(f"block_tokens must be positive, got {self.block_tokens}")
+        if len(self.offsets) < 1 or self.offsets[0] != 0 or self.offsets[-1] != len(self.ids):
+            raise ValueError("offsets must start at 0 and end at len(ids)")
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def chain(self, r: int) -> list[int]:
+        """Request ``r``'s chain as Python ints (cache keys)."""
+        return self.ids[self.offsets[r] : self.offsets[r + 1]].tolist()
+
+    def lengths(self) -> npt.NDArray[np.int64]:
+        """Blocks per request."""
+        return np.diff(self.offsets)
+
+    def take(self, index: npt.NDArray[np.int64] | slice) -> Chains:
+        """The chains of the requests ``index`` selects, in that order."""
+        rows = np.arange(len(self))[index]
+        starts, ends = self.offsets[rows], self.offsets[rows + 1]
+        lens = ends - starts
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        if len(self.ids) == 0 or offsets[-1] == 0:
+            return Chains(np.zeros(0, dtype=np.int64), offsets, self.block_tokens)
+        # Positions of every kept block: each row's start repeated, plus 0..len-1.
+        pos = np.repeat(starts - offsets[:-1], lens) + np.arange(offsets[-1])
+        return Chains(self.ids[pos], offsets, self.block_tokens)
+
+    @classmethod
+    def from_lists(cls, chains: Sequence[Sequence[int]], block_tokens: int) -> Chains:
+        lens = np.fromiter((len(c) for c in chains), dtype=np.int64, count=len(chains))
+        offsets = np.zeros(len(chains) + 1, dtype=np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        ids = np.fromiter((b for c in chains for b in c), dtype=np.int64, count=int(offsets[-1]))
+        return cls(ids, offsets, block_tokens)
+
+    @classmethod
+    def from_prefix_ids(
+        cls,
+        prefix_id: npt.NDArray[np.int64],
+        input_tokens: npt.NDArray[np.int64],
+        block_tokens: int,
+    ) -> Chains:
+        """Chains for the older ``prefix_id`` model: requests with the same id share their
+        full blocks up to the shorter prompt (block ``i`` of id ``p`` is ``p·2³² + i``); ``-1``
+        shares nothing (an empty chain)."""
+        pid = np.asarray(prefix_id, dtype=np.int64)
+        if len(pid) and int(pid.max()) >= 1 << 31:
+            raise ValueError("prefix ids must be below 2^31")
+        lens = np.where(pid >= 0, np.asarray(input_tokens, dtype=np.int64) // block_tokens, 0)
+        offsets = np.zeros(len(pid) + 1, dtype=np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        total = int(offsets[-1])
+        owner = np.repeat(np.arange(len(pid)), lens)
+        index = np.arange(total, dtype=np.int64) - offsets[:-1][owner]
+        ids = (pid[owner] << 32) | index
+        return cls(ids.astype(np.int64), offsets, block_tokens)

@@ -12,21 +12,21 @@ Arrivals are Poisson, or Gamma inter-arrivals with a coefficient of variation ``
 when ``cv > 1``; ``cv = 1`` is Poisson). Length samplers are any object with
 ``sample(rng, n) -> array`` (the planner's distributions satisfy it).
 
-Trace files are CSV with a header naming at least ``time``, ``input_tokens`` and
-``output_tokens`` (``prefix_id`` optional), or JSON Lines with the same keys.
+``chains`` holds each request's block chain (``prfaas.planner.routing.Chains``), the prefix
+model the router and the simulator share; a stream built from ``prefix_id`` alone gets chains
+made from the ids at ``DEFAULTS.block_size`` tokens per block. Trace files are read by
+``prfaas.planner.sim.traces``.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
+from prfaas.planner.routing.prefix import Chains
+from prfaas.planner.routing.threshold import DEFAULTS
 from prfaas.planner.sim.errors import SimulatorError
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "LengthSampler",
     "RequestStream",
     "arrival_times",
-    "load_trace",
     "synthetic_stream",
 ]
 
@@ -66,11 +65,18 @@ class RequestStream:
     input_tokens: npt.NDArray[np.int64]
     output_tokens: npt.NDArray[np.int64]
     prefix_id: npt.NDArray[np.int64]
+    chains: Chains | None = None
+    """Block chains; ``None``: made from ``prefix_id`` (see the module docstring)."""
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)
         if not (len(self.input_tokens) == len(self.output_tokens) == len(self.prefix_id) == n):
             raise SimulatorError("request columns must all have one entry per request")
+        if self.chains is None:
+            chains = Chains.from_prefix_ids(self.prefix_id, self.input_tokens, DEFAULTS.block_size)
+            object.__setattr__(self, "chains", chains)
+        elif len(self.chains) != n:
+            raise SimulatorError("chains must have one entry per request")
         if n and (np.any(np.diff(self.arrival_s) < 0) or self.arrival_s[0] < 0):
             raise SimulatorError("arrival times must be >= 0 and sorted; sort the trace by time")
         if n and (self.input_tokens.min() < 1 or self.output_tokens.min() < 1):
@@ -92,13 +98,28 @@ class RequestStream:
         if factor <= 0:
             raise SimulatorError(f"rate scale must be > 0, got {factor}")
         return RequestStream(
-            self.arrival_s / factor, self.input_tokens, self.output_tokens, self.prefix_id
+            self.arrival_s / factor,
+            self.input_tokens,
+            self.output_tokens,
+            self.prefix_id,
+            self.chains,
         )
 
     def head(self, n: int) -> RequestStream:
+        assert self.chains is not None
         return RequestStream(
-            self.arrival_s[:n], self.input_tokens[:n], self.output_tokens[:n], self.prefix_id[:n]
+            self.arrival_s[:n],
+            self.input_tokens[:n],
+            self.output_tokens[:n],
+            self.prefix_id[:n],
+            self.chains.take(slice(0, n)),
         )
+
+    @property
+    def block_chains(self) -> Chains:
+        """``chains``, typed as always present (``__post_init__`` fills it)."""
+        assert self.chains is not None
+        return self.chains
 
 
 def arrival_times(
@@ -137,54 +158,3 @@ def synthetic_stream(
     ins = np.maximum(np.rint(np.asarray(inputs.sample(rng, n))).astype(np.int64), 1)
     outs = np.maximum(np.rint(np.asarray(outputs.sample(rng, n))).astype(np.int64), 1)
     return RequestStream(times, ins, outs, np.full(n, -1, dtype=np.int64))
-
-
-_REQUIRED = ("time", "input_tokens", "output_tokens")
-
-
-def _rows_to_stream(rows: Iterable[Mapping[str, Any]], source: str) -> RequestStream:
-    times: list[float] = []
-    ins: list[int] = []
-    outs: list[int] = []
-    pids: list[int] = []
-    for lineno, row in enumerate(rows, start=2):
-        missing = [k for k in _REQUIRED if row.get(k) in (None, "")]
-        if missing:
-            raise SimulatorError(
-                f"{source}: record {lineno - 1} lacks {', '.join(missing)}; each record needs "
-                "time, input_tokens, output_tokens (prefix_id optional)"
-            )
-        try:
-            times.append(float(row["time"]))
-            ins.append(int(float(row["input_tokens"])))
-            outs.append(int(float(row["output_tokens"])))
-            pid = row.get("prefix_id")
-            pids.append(-1 if pid in (None, "") else int(pid))
-        except (TypeError, ValueError) as exc:
-            raise SimulatorError(f"{source}: record {lineno - 1} has a non-number: {exc}") from exc
-    if not times:
-        raise SimulatorError(f"{source}: no requests found")
-    order = np.argsort(np.asarray(times), kind="stable")
-    t = np.asarray(times, dtype=np.float64)[order]
-    return RequestStream(
-        t - min(0.0, float(t[0])),
-        np.asarray(ins, dtype=np.int64)[order],
-        np.asarray(outs, dtype=np.int64)[order],
-        np.asarray(pids, dtype=np.int64)[order],
-    )
-
-
-def load_trace(path: str | Path) -> RequestStream:
-    """Read a CSV (with header) or JSON Lines trace; see the module docstring for columns."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise SimulatorError(f"cannot read trace {p}: {exc.strerror}") from exc
-    if p.suffix in (".jsonl", ".json", ".ndjson"):
-        try:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise SimulatorError(f"{p}: not JSON Lines ({exc}); one object per line") from exc
-        return _rows_to_stream(rows, str(p))
-    return _rows_to_stream(csv.DictReader(text.splitlines()), str(p))

@@ -140,7 +140,9 @@ class SimConfig:
     kv_bytes_per_token: float = 0.0
     kv_fixed_bytes: float = 0.0
     block_tokens: int = DEFAULTS.block_size
-    """Prefix-cache block size (tokens)."""
+    """The engines' prefix-cache block (tokens): the unit of ``cache_blocks``. Prefixes are
+    matched in the stream's chain blocks (``RequestStream.chains``); a capacity is converted to
+    those, rounded down (at least one block)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,7 +257,6 @@ class Simulation:
         self._arrival: list[float] = stream.arrival_s.tolist()
         self._input: list[int] = stream.input_tokens.tolist()
         self._output: list[int] = stream.output_tokens.tolist()
-        self._prefix: list[int] = stream.prefix_id.tolist()
         self._kv: list[float] = [0.0] * n
         """KV bytes each remote request moves (the routing core's count)."""
         self._dec_of: list[int] = [-1] * n
@@ -269,7 +270,9 @@ class Simulation:
         self._first = [nan] * n
         self._ready = [nan] * n
         self._finish = [nan] * n
-        self._hash_memo: dict[int, list[bytes]] = {}
+        chains = stream.block_chains
+        self._chain_ids = chains.ids
+        self._chain_off: list[int] = chains.offsets.tolist()
         self._build(config)
 
     # ---- setup -------------------------------------------------------------------------------
@@ -330,7 +333,7 @@ class Simulation:
             insts = []
             for _ in range(pool.instances):
                 inst = _Prefiller(
-                    cache=PrefixCache(max(pool.cache_blocks, 0)),
+                    cache=PrefixCache(self._chain_capacity(pool.cache_blocks)),
                     index=len(self._instances),
                     pool=pi,
                     latency=pool.latency,
@@ -348,7 +351,7 @@ class Simulation:
                 )
             self._decoders = [
                 _Decoder(
-                    cache=PrefixCache(max(dec.cache_blocks, 0)),
+                    cache=PrefixCache(self._chain_capacity(dec.cache_blocks)),
                     index=i,
                     latency=dec.latency,
                     max_batch=dec.max_batch,
@@ -364,7 +367,7 @@ class Simulation:
             dec is not None and dec.cache_blocks > 0
         )
         self._core: RoutingCore[Any, _LinkState] = RoutingCore(
-            block_size=config.block_tokens,
+            block_size=self.stream.block_chains.block_tokens,
             kv_bytes_per_token=config.kv_bytes_per_token,
             kv_fixed_bytes=config.kv_fixed_bytes,
             decode=list(self._decoders),
@@ -428,17 +431,21 @@ class Simulation:
 
     # ---- arrivals and routing ----------------------------------------------------------------
 
-    def _hashes(self, r: int) -> list[bytes] | None:
-        pid = self._prefix[r]
-        if pid < 0 or not self._caching:
+    def _chain_capacity(self, engine_blocks: int) -> int:
+        """``engine_blocks`` of ``config.block_tokens`` as blocks of the stream's chains."""
+        if engine_blocks <= 0:
+            return 0
+        tokens = engine_blocks * self.config.block_tokens
+        return max(1, tokens // self.stream.block_chains.block_tokens)
+
+    def _hashes(self, r: int) -> list[int] | None:
+        """Request ``r``'s block chain (``None``: empty, or no cache anywhere)."""
+        if not self._caching:
             return None
-        nblocks = self._input[r] // self.config.block_tokens
-        memo = self._hash_memo.get(pid)
-        if memo is None:
-            memo = self._hash_memo[pid] = []
-        for i in range(len(memo), nblocks):
-            memo.append(((pid << 32) | i).to_bytes(12, "little"))
-        return memo[:nblocks]
+        a, b = self._chain_off[r], self._chain_off[r + 1]
+        if a == b:
+            return None
+        return self._chain_ids[a:b].tolist()
 
     def _on_arrival(self, r: int, _: Any) -> None:
         if r + 1 < self._n:

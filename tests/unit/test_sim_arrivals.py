@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from prfaas.planner.latency.model import DistServeForm
@@ -11,10 +9,8 @@ from prfaas.planner.sim.arrivals import (
     FixedLengths,
     RequestStream,
     arrival_times,
-    load_trace,
     synthetic_stream,
 )
-from prfaas.planner.sim.errors import SimulatorError
 from prfaas.planner.sim.simulator import DecodePool, PrefillPool, RoutingSpec, SimConfig, simulate
 
 
@@ -33,27 +29,6 @@ def test_same_seed_same_stream() -> None:
     assert np.array_equal(a.arrival_s, b.arrival_s)
     assert a.rate == pytest.approx(2.0, rel=0.3)
     assert a.scaled(2.0).arrival_s[-1] == pytest.approx(a.arrival_s[-1] / 2)
-
-
-def test_csv_and_jsonl_traces(tmp_path: Path) -> None:
-    csv_file = tmp_path / "t.csv"
-    csv_file.write_text("time,input_tokens,output_tokens,prefix_id\n2.0,100,5,\n1.0,50,3,7\n")
-    s = load_trace(csv_file)
-    assert list(s.arrival_s) == [1.0, 2.0]
-    assert list(s.input_tokens) == [50, 100]
-    assert list(s.prefix_id) == [7, -1]
-    jl = tmp_path / "t.jsonl"
-    jl.write_text('{"time": 0.5, "input_tokens": 9, "output_tokens": 2}\n')
-    assert list(load_trace(jl).input_tokens) == [9]
-
-
-def test_bad_traces_say_what_is_missing(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.csv"
-    bad.write_text("time,input_tokens\n1.0,5\n")
-    with pytest.raises(SimulatorError, match="output_tokens"):
-        load_trace(bad)
-    with pytest.raises(SimulatorError, match="cannot read"):
-        load_trace(tmp_path / "missing.csv")
 
 
 def _cached_config(cache_blocks: int, instances: int = 2) -> SimConfig:

@@ -17,7 +17,6 @@ from prfaas.operator.api.translate import problems_from_manifests
 from prfaas.operator.cli.app import app
 from prfaas.planner.plan import Plan
 from prfaas.planner.problem import Problem, SloInput
-from prfaas.planner.sim.arrivals import load_trace
 from prfaas.planner.sim.goodput import SloTarget, config_goodput
 from prfaas.planner.sim.scenarios import (
     ScenarioRun,
@@ -26,6 +25,7 @@ from prfaas.planner.sim.scenarios import (
     run_scenarios,
     scenarios,
 )
+from prfaas.planner.sim.traces import load_trace
 from prfaas.planner.solver import plan as make_plan
 from typer.testing import CliRunner
 
