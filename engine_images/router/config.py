@@ -24,6 +24,9 @@ the local PD-P pool.
     blockSize: 16                     # the engines' KV block size (prefix-cache hashing)
     prefixCacheBlocks: 65536          # LRU size of the per-instance prefix-cache model
     timeouts: {connectS: 5, prefillS: 60, decodeS: 600}
+    discovery:                        # on Kubernetes: follow these pools' pods (optional)
+      namespace: serving
+      pools: [{datacenter: dc-b, role: decode, service: plan-pd-decode, port: 8000}]
 
 ``router_config_from_plan`` builds it from a ``Plan`` and the engines' URLs; the operator's
 ConfigMap builder and ``prfaas up`` both call it, so the two never disagree. The router re-reads
@@ -50,6 +53,8 @@ __all__ = [
     "CircuitSettings",
     "ControllerSettings",
     "DatacenterEndpoints",
+    "DiscoveredPool",
+    "DiscoverySettings",
     "HealthSettings",
     "LinkSettings",
     "RouterConfig",
@@ -171,6 +176,32 @@ class HealthSettings(_Model):
     """vLLM's health endpoint."""
 
 
+class DiscoveredPool(_Model):
+    """A pool whose instances the router follows on Kubernetes: the ready addresses in the
+    EndpointSlices of ``service`` replace the URLs listed under ``datacenters``."""
+
+    datacenter: str = Field(min_length=1)
+    """The key under ``datacenters`` (the local datacenter, or a local PrfaaS cluster's key)."""
+    role: PoolRole
+    service: str = Field(min_length=1)
+    """The engines' (headless) Service; its slices carry ``kubernetes.io/service-name``."""
+    port: int = Field(default=8000, gt=0, lt=65536)
+    """The engines' port, used when a slice does not name it."""
+
+
+class DiscoverySettings(_Model):
+    """Per-engine discovery (``prfaas.engine.router.discovery``): the router watches the
+    EndpointSlices of its pools' Services in its own namespace, read-only."""
+
+    namespace: str = Field(min_length=1)
+    pools: list[DiscoveredPool] = Field(default_factory=list)
+    api_server: str | None = None
+    """``None``: the in-cluster API with the pod's service-account token (as deployed);
+    a URL: that API server without credentials (tests, ``kubectl proxy``)."""
+    retry_s: float = Field(default=2.0, gt=0)
+    """Pause before re-listing after the watch ends or fails (seconds)."""
+
+
 class RouterConfig(_Model):
     """Everything one router needs (see the module docstring for the file's shape)."""
 
@@ -201,6 +232,8 @@ class RouterConfig(_Model):
     health: HealthSettings = Field(default_factory=HealthSettings)
     """A failed probe counts as a failed call (it can open a circuit); once probes opened it,
     the first passing probe closes it again."""
+    discovery: DiscoverySettings | None = None
+    """On Kubernetes: follow these pools' pods (EndpointSlices); ``None``: the listed URLs."""
 
     @model_validator(mode="after")
     def _check_datacenters(self) -> RouterConfig:
@@ -214,6 +247,14 @@ class RouterConfig(_Model):
             raise ValueError(f"links name datacenters with no endpoints: {unknown}")
         if self.local_datacenter in self.links:
             raise ValueError("links are keyed by *remote* datacenter; remove the local one")
+        if self.discovery is not None:
+            stray = sorted(
+                {p.datacenter for p in self.discovery.pools} - set(self.datacenters)
+            )
+            if stray:
+                raise ValueError(
+                    f"discovery.pools name datacenters absent from datacenters: {stray}"
+                )
         return self
 
     @property

@@ -30,6 +30,10 @@ Metrics (``prfaas_router_``): ``requests_total{path, outcome}``, ``ttft_seconds`
 ``threshold_tokens{link}``, ``link_egress_bits_per_second{link}``, ``link_up{link}``,
 ``instance_up{datacenter, role, url}``, ``backend_failures_total{datacenter, role}``,
 ``config_reloads_total{outcome}``.
+
+On Kubernetes the router file's ``discovery`` names the pools whose pods the router follows
+(``prfaas.engine.router.discovery``: a watch on their Services' EndpointSlices); their URLs in
+the file are the fallback until the first list answers.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from pathlib import Path
 from aiohttp import web
 from prfaas.engine.router.app import build_app
 from prfaas.engine.router.config import RouterConfig, RouterConfigError, load_router_config
+from prfaas.engine.router.discovery import EndpointWatcher, PoolKey, apply_discovery
 from prfaas.engine.router.errors import ConfigError
 from prfaas.engine.router.proxy import RouterCore
 from prfaas.engine.router.serving import AsyncService, serve_app
@@ -83,9 +88,13 @@ class RouterService(AsyncService):
         self.reload_interval_s = reload_interval_s
         self._mtime: float | None = None
         config = source if isinstance(source, RouterConfig) else self._load()
+        self.file_config = config
+        """The router file as read; the router runs it with the discovered instances."""
         self.router = RouterCore(config, tokenizer=tokenizer, clock=clock)
+        self.watcher: EndpointWatcher | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._watch_task: asyncio.Task[None] | None = None
 
     def _load(self) -> RouterConfig:
         assert self.path is not None
@@ -118,10 +127,34 @@ class RouterService(AsyncService):
             self._tasks.append(asyncio.create_task(self._probe_loop()))
         if self.path is not None:
             self._tasks.append(asyncio.create_task(self._watch_loop()))
+        self._follow(self.file_config)
         log.info("router serving %s on %s", self.router.config.model, self.url)
         return self.url
 
+    def _follow(self, config: RouterConfig) -> None:
+        """(Re)start the EndpointSlice watch when the file's ``discovery`` asks for it."""
+        settings = config.discovery
+        if self.watcher is not None and self.watcher.settings == settings:
+            return
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            self._watch_task = None
+        self.watcher = None
+        if settings is not None and settings.pools:
+            self.watcher = EndpointWatcher(settings, self._discovered)
+            self._watch_task = asyncio.create_task(self.watcher.run())
+
+    async def _discovered(self, found: dict[PoolKey, list[str]]) -> None:
+        await self.router.reconfigure(apply_discovery(self.file_config, found))
+        log.info(
+            "discovery: %s",
+            ", ".join(f"{dc}/{role}={len(urls)}" for (dc, role), urls in sorted(found.items())),
+        )
+
     async def stop(self) -> None:
+        if self._watch_task is not None:
+            self._tasks.append(self._watch_task)
+            self._watch_task, self.watcher = None, None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -150,12 +183,15 @@ class RouterService(AsyncService):
             self.router.metrics.config_reloads.labels("error").inc()
             log.error("router file changed but is invalid; keeping the old config: %s", exc)
             return False
+        found = self.watcher.found if self.watcher is not None else {}
         try:
-            await self.router.reconfigure(config)
+            await self.router.reconfigure(apply_discovery(config, found))
         except ConfigError as exc:
             self.router.metrics.config_reloads.labels("error").inc()
             log.error("router file changed but cannot be applied; keeping the old config: %s", exc)
             return False
+        self.file_config = config
+        self._follow(config)
         self.router.metrics.config_reloads.labels("ok").inc()
         log.info("router file %s reloaded", self.path)
         return True

@@ -1,0 +1,150 @@
+"""The router follows its engines' pods on the emulated API: EndpointSlices of the pools'
+Services appear (pods coming), lose an endpoint's readiness (turning unready) and disappear
+(pods going); the router's instance list follows each change, and instances that stay keep
+their state (prefix cache, load, circuit)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kmock
+from prfaas.engine.router.config import RouterConfig
+from prfaas.engine.router.service import RouterService
+
+from .conftest import ALL_VERBS, World
+
+NS = "serving"
+SLICES = f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices"
+
+
+def _declare(emulator: kmock.KubernetesEmulator) -> None:
+    emulator.resources["discovery.k8s.io/v1/endpointslices"] = kmock.ResourceInfo(
+        kind="EndpointSlice", singular="endpointslice", verbs=ALL_VERBS, namespaced=True
+    )
+
+
+def _slice(name: str, service: str, *ips: str, unready: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "labels": {"kubernetes.io/service-name": service},
+            "resourceVersion": "1",
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8000, "protocol": "TCP"}],
+        "endpoints": [
+            {"addresses": [ip], "conditions": {"ready": ip not in unready}} for ip in ips
+        ],
+    }
+
+
+def _config(url: str) -> RouterConfig:
+    return RouterConfig.model_validate(
+        {
+            "model": "tiny",
+            "localDatacenter": "dc-b",
+            "datacenters": {
+                "dc-b": {
+                    "prefill": ["http://plan-pd-prefill.serving.svc.cluster.local:8000"],
+                    "decode": ["http://plan-pd-decode.serving.svc.cluster.local:8000"],
+                },
+                "dc-a": {"prefill": ["http://plan-remote-prefill.prefill.svc.clusterset.local:8000"]},
+            },
+            "links": {"dc-a": {"name": "a-to-b", "capacityGbps": 10}},
+            "health": {"enabled": False},
+            "discovery": {
+                "namespace": NS,
+                "apiServer": url,
+                "retryS": 0.05,
+                "pools": [
+                    {"datacenter": "dc-b", "role": "decode", "service": "plan-pd-decode"},
+                    {"datacenter": "dc-b", "role": "prefill", "service": "plan-pd-prefill"},
+                ],
+            },
+        }
+    )
+
+
+def _pool(svc: RouterService, dc: str, role: str) -> list[str]:
+    return list(getattr(svc.router.config.datacenters[dc], role))
+
+
+async def test_the_router_follows_pods_coming_going_and_turning_unready(world: World) -> None:
+    api = world.local
+    _declare(api)
+    await api.post(SLICES, json=_slice("decode-1", "plan-pd-decode", "10.0.0.1", "10.0.0.2"))
+    await api.post(SLICES, json=_slice("other-1", "someone-else", "10.9.9.9"))
+    async with RouterService(_config(str(api.url)), port=0) as svc:
+        await world.until(
+            lambda: _pool(svc, "dc-b", "decode") == ["http://10.0.0.1:8000", "http://10.0.0.2:8000"],
+            what="both decode pods",
+        )
+        # Listed with no slice: the local prefill pool is empty (decode prefills short prompts);
+        # the remote cluster's pool is not followed and keeps its Service URL.
+        assert _pool(svc, "dc-b", "prefill") == []
+        assert _pool(svc, "dc-a", "prefill") == [
+            "http://plan-remote-prefill.prefill.svc.clusterset.local:8000"
+        ]
+        kept = svc.router.policy.instances[("dc-b", "decode", "http://10.0.0.1:8000")]
+
+        # A pod turns unready: it leaves the pool.
+        ips = ("10.0.0.1", "10.0.0.2")
+        unready = _slice("decode-1", "plan-pd-decode", *ips, unready=("10.0.0.2",))
+        resp = await api.patch(f"{SLICES}/decode-1", json=unready)
+        assert resp.status < 300
+        await world.until(
+            lambda: _pool(svc, "dc-b", "decode") == ["http://10.0.0.1:8000"],
+            what="the unready pod to leave",
+        )
+
+        # Pods come: a second slice of the decode Service, and the first prefill pod.
+        await api.post(SLICES, json=_slice("decode-2", "plan-pd-decode", "10.0.0.3"))
+        await api.post(SLICES, json=_slice("prefill-1", "plan-pd-prefill", "10.0.1.1"))
+        await world.until(
+            lambda: (
+                _pool(svc, "dc-b", "decode") == ["http://10.0.0.1:8000", "http://10.0.0.3:8000"]
+                and _pool(svc, "dc-b", "prefill") == ["http://10.0.1.1:8000"]
+            ),
+            what="the new pods",
+        )
+        # The instance that stayed is the same object: its cache, load and circuit carry over.
+        assert svc.router.policy.instances[("dc-b", "decode", "http://10.0.0.1:8000")] is kept
+
+        # Pods go: the first slice is deleted.
+        resp = await api.delete(f"{SLICES}/decode-1")
+        assert resp.status < 300
+        await world.until(
+            lambda: _pool(svc, "dc-b", "decode") == ["http://10.0.0.3:8000"],
+            what="the deleted slice's pods to go",
+        )
+        assert "10.9.9.9" not in str(svc.router.config.datacenters)
+
+
+async def test_a_restarted_watch_relists_and_drops_what_went_meanwhile(world: World) -> None:
+    api = world.local
+    _declare(api)
+    await api.post(SLICES, json=_slice("decode-1", "plan-pd-decode", "10.0.0.1"))
+    async with RouterService(_config(str(api.url)), port=0) as svc:
+        await world.until(
+            lambda: _pool(svc, "dc-b", "decode") == ["http://10.0.0.1:8000"], what="the pod"
+        )
+        assert svc.watcher is not None
+        # The slice vanishes without a DELETED event reaching the router (as while its watch
+        # was down); the next list replaces what the router knew.
+        del api.objects[("discovery.k8s.io/v1/endpointslices", NS, "decode-1")]
+        await api.post(SLICES, json=_slice("decode-2", "plan-pd-decode", "10.0.0.2"))
+        await world.until(
+            lambda: "http://10.0.0.2:8000" in _pool(svc, "dc-b", "decode"), what="the new pod"
+        )
+        watcher = svc.watcher
+        svc._follow(svc.file_config.model_copy(update={"discovery": None}))  # stop
+        assert svc.watcher is None
+        svc._follow(svc.file_config)  # start again: list
+        await world.until(
+            lambda: _pool(svc, "dc-b", "decode") == ["http://10.0.0.2:8000"],
+            what="the relist to drop the vanished pod",
+        )
+        assert svc.watcher is not watcher
