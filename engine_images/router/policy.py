@@ -32,7 +32,10 @@ __all__ = ["Circuit", "Decision", "Instance", "LinkState", "RoutingPolicy"]
 
 @dataclass(slots=True)
 class Circuit:
-    """Consecutive-failure circuit breaker with a retry-after."""
+    """Consecutive-failure circuit breaker with a retry-after: after ``failures_to_open``
+    failures it opens for ``retry_after_s``; then it is half-open and admits ONE trial
+    (``take_trial``), whose outcome closes or re-opens it; while the trial is out, the rest
+    wait, and only if it stays out another ``retry_after_s`` is a second trial admitted."""
 
     failures_to_open: int
     retry_after_s: float
@@ -42,6 +45,12 @@ class Circuit:
     def allows(self, now: float) -> bool:
         """Closed, or open long enough ago that a trial request may go through."""
         return self.failures < self.failures_to_open or now >= self.open_until
+
+    def take_trial(self, now: float) -> None:
+        """A request was sent here: if the circuit is half-open it is the one trial, so the
+        circuit stays shut to others until its outcome is recorded (or ``retry_after_s``)."""
+        if self.failures >= self.failures_to_open and now >= self.open_until:
+            self.open_until = now + self.retry_after_s
 
     def record_success(self) -> None:
         self.failures = 0

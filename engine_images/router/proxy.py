@@ -352,6 +352,9 @@ class RouterCore:
             tokens = await self._tokenize(req)
             self._check_length(req, len(tokens))
             d = self.policy.decide(tokens, t0)
+            for target in (d.link, d.prefill, d.decode):
+                if target is not None:
+                    target.circuit.take_trial(t0)  # a half-open circuit admits this one only
             self.metrics.uncached.observe(d.uncached_tokens)
             path = d.route
             if d.link is not None:
@@ -455,6 +458,8 @@ class RouterCore:
                 )
                 path = "fallback"
                 prefill = self.policy.local_prefill(d.hashes, self.clock())
+                if prefill is not None:
+                    prefill.circuit.take_trial(self.clock())
             else:
                 d.link.circuit.record_success()
                 ticket.pulling(self.metrics, self.clock())
@@ -474,6 +479,8 @@ class RouterCore:
                 pool = self.policy.pool(self.config.local_datacenter, "prefill")
                 rest = [i for i in pool if id(i) not in tried and i.circuit.allows(now)]
                 prefill, _ = self.policy.pick(rest, d.hashes, now)
+                if prefill is not None:
+                    prefill.circuit.take_trial(now)
         return None, path  # no local PD-P (or all failed): decode prefills itself
 
     async def _call_prefill(
@@ -588,6 +595,8 @@ class RouterCore:
             pool = self.policy.pool(self.config.local_datacenter, "decode")
             rest = [i for i in pool if id(i) not in tried]
             inst, _ = self.policy.pick(rest, d.hashes, now)
+            if inst is not None:
+                inst.circuit.take_trial(now)
         if len(tried) == 0:
             raise NoBackendError(last)
         raise UpstreamError(f"every decode attempt failed; last: {last}")
