@@ -112,10 +112,10 @@ class Chains:
     """Every request's block chain, as integer arrays (no Python objects per block).
 
     ``ids[offsets[r]:offsets[r + 1]]`` is request ``r``'s chain: block ``i``'s id stands for
-    the prompt's blocks ``0..i`` (equal ids, equal prefixes), ``block_tokens`` tokens each. An
+    the prompt's *full* blocks ``0..i`` (equal ids, equal prefixes), ``block_tokens`` tokens
+    each; a partial tail block is never in a chain (nothing caches it, as in the router). An
     empty chain never consults a cache. A trace's block is the unit of sharing it can prove, so
-    a cached length is ``held blocks × block_tokens``, capped at the prompt: rounded down to a
-    whole trace block, except a held partial last block, which covers the prompt's tail.
+    a cached length is ``held blocks × block_tokens``: rounded down to whole trace blocks.
     """
 
     ids: npt.NDArray[np.int64]

@@ -3,7 +3,10 @@
 * **Mooncake JSONL** (``kvcache-ai/Mooncake``, ``FAST25-release/traces/*.jsonl``): one object
   per line with ``timestamp`` (ms), ``input_length``, ``output_length`` and ``hash_ids`` — the
   ids of the prompt's 512-token blocks, prefix-chained (equal ids, equal prefixes; the last id
-  may cover a partial block). The ids become the stream's chains at 512 tokens per block.
+  may cover a partial block). The ids of the *full* blocks become the stream's chains at 512
+  tokens per block: like the router (and vLLM), nothing caches a partial block, so a cached
+  length is a whole number of trace blocks (rounded down: a repeated prompt's partial tail,
+  under 512 tokens, counts as uncached).
 * **prfaas CSV / JSONL**: ``time`` (s), ``input_tokens``, ``output_tokens`` and optionally
   ``prefix_id`` (CSV with a header, or one JSON object per line). Chains come from the ids.
 
@@ -140,7 +143,7 @@ class _Reader:
                     f"{len(ids)} blocks for {n} tokens (at most {most} of "
                     f"{MOONCAKE_BLOCK_TOKENS} tokens)",
                 )
-            self.chains.append(ids)
+            self.chains.append(ids[: n // MOONCAKE_BLOCK_TOKENS])  # full blocks only
             self.pids.append(-1)
         else:
             self.time(line, row, "time", 1.0)

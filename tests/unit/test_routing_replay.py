@@ -1,27 +1,32 @@
-"""The router and the simulator decide identically: one generated trace (lengths, shared
+"""The router and the simulator decide identically: a generated trace (lengths, shared
 prefixes, link capacity changes) runs through the simulator, and every call the simulator makes
 into its routing core (arrivals, prefill and decode completions, KV deliveries, capacity
 changes) is replayed, in the same order, into the router's ``RoutingPolicy`` the way the
-router's proxy makes them. Path, instances, ``t``, uncached length and KV bytes must agree for
-every request."""
+router's proxy makes them, with token ids whose block hashes share exactly what the trace's
+chains share. Path, instances, ``t``, uncached (cached) length and KV bytes must agree for
+every request. Two traces: ``prefix_id`` rows (16-token chains) and a Mooncake-format JSONL
+(512-token ``hash_ids``: conversations that extend, documents asked about many times)."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from prfaas.engine.router.config import RouterConfig
 from prfaas.engine.router.policy import Decision, RoutingPolicy
 from prfaas.planner.latency.model import DistServeForm
 from prfaas.planner.sim.arrivals import RequestStream
 from prfaas.planner.sim.links import LinkSpec, parse_schedule
 from prfaas.planner.sim.simulator import DecodePool, PrefillPool, RoutingSpec, SimConfig, Simulation
+from prfaas.planner.sim.traces import load_trace
 
-BLOCK = 16
-CACHE_BLOCKS = 96  # small: requests evict each other
+ENGINE_BLOCK = 16
 KV_PER_TOKEN = 4_000.0
 KV_FIXED = 1e5
-PLANNED_T = 300
 PREFILL = DistServeForm(0.02, 2e-5, 1e-10, 0.0, 0.0, 0.0)
 DECODE = DistServeForm(0.0, 0.0, 0.0, 0.004, 1e-9, 1e-4)
 # (name, datacenter, instances) of each prefill pool; the first is local (PD-P).
@@ -42,25 +47,76 @@ def _stream(n: int = 700, seed: int = 5) -> RequestStream:
     return RequestStream(arrival, inputs, outputs, prefix.astype(np.int64))
 
 
-def _sim_config() -> SimConfig:
+def _mooncake_stream(tmp_path: Path, n: int = 600, seed: int = 8) -> RequestStream:
+    """A Mooncake-format trace: every prompt starts with block 0 (a shared system prompt); 70%
+    are turns of 10 conversations that extend their previous turn by 1-3 blocks, 30% ask one of
+    3 documents; the partial last block of each prompt is its own."""
+    rng = np.random.default_rng(seed)
+    next_id = 1
+
+    def fresh(k: int) -> list[int]:
+        nonlocal next_id
+        next_id += k
+        return list(range(next_id - k, next_id))
+
+    convs = [[0] for _ in range(10)]
+    docs = [[0, *fresh(6)] for _ in range(3)]
+    ms = np.cumsum(rng.exponential(1000 / 30.0, n)).astype(np.int64)
+    lines = []
+    for r in range(n):
+        if rng.random() < 0.7:
+            c = int(rng.integers(0, len(convs)))
+            if len(convs[c]) > 10:
+                convs[c] = [0]  # a new conversation in that slot
+            convs[c] = [*convs[c], *fresh(int(rng.integers(1, 4)))]
+            ids = convs[c]
+        else:
+            ids = docs[int(rng.integers(0, len(docs)))]
+        tail = int(rng.integers(0, 512))
+        rec = {
+            "timestamp": int(ms[r]),
+            "input_length": 512 * len(ids) + tail,
+            "output_length": int(rng.integers(1, 40)),
+            "hash_ids": [*ids, *fresh(1)] if tail else list(ids),
+        }
+        lines.append(json.dumps(rec))
+    path = tmp_path / "mooncake.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return load_trace(path)
+
+
+@dataclass(frozen=True)
+class Case:
+    stream: RequestStream
+    planned_t: int
+    cache_blocks: int
+    """Per instance, in the chains' blocks (the router's unit)."""
+
+    @property
+    def block(self) -> int:
+        return self.stream.block_chains.block_tokens
+
+
+def _sim_config(case: Case) -> SimConfig:
+    engine_blocks = case.cache_blocks * case.block // ENGINE_BLOCK
     return SimConfig(
         "replay",
         tuple(
-            PrefillPool(name, dc, k, PREFILL, cache_blocks=CACHE_BLOCKS) for name, dc, k in POOLS
+            PrefillPool(name, dc, k, PREFILL, cache_blocks=engine_blocks) for name, dc, k in POOLS
         ),
-        DecodePool("pd-d", "local", DECODERS, DECODE, max_batch=4, cache_blocks=CACHE_BLOCKS),
+        DecodePool("pd-d", "local", DECODERS, DECODE, max_batch=4, cache_blocks=engine_blocks),
         links=tuple(
             LinkSpec(name, dc, "local", 0.3, rtt_s=0.002, schedule=parse_schedule(sched))
             for dc, (name, sched) in LINKS.items()
         ),
-        routing=RoutingSpec(threshold_tokens=PLANNED_T),
+        routing=RoutingSpec(threshold_tokens=case.planned_t),
         kv_bytes_per_token=KV_PER_TOKEN,
         kv_fixed_bytes=KV_FIXED,
-        block_tokens=BLOCK,
+        block_tokens=ENGINE_BLOCK,
     )
 
 
-def _router_config(capacity: dict[str, float]) -> RouterConfig:
+def _router_config(case: Case, capacity: dict[str, float]) -> RouterConfig:
     datacenters: dict[str, dict[str, list[str]]] = {"local": {"decode": []}}
     for name, dc, k in POOLS:
         datacenters.setdefault(dc, {})["prefill"] = [f"http://{name}-{i}" for i in range(k)]
@@ -73,11 +129,11 @@ def _router_config(capacity: dict[str, float]) -> RouterConfig:
             "links": {
                 dc: {"name": name, "capacity_gbps": capacity[dc]} for dc, (name, _) in LINKS.items()
             },
-            "threshold_tokens": PLANNED_T,
+            "threshold_tokens": case.planned_t,
             "kv_bytes_per_token": KV_PER_TOKEN,
             "kv_fixed_bytes": KV_FIXED,
-            "block_size": BLOCK,
-            "prefix_cache_blocks": CACHE_BLOCKS,
+            "block_size": case.block,
+            "prefix_cache_blocks": case.cache_blocks,
         }
     )
 
@@ -118,17 +174,28 @@ class _Recorded(Simulation):
 
 
 def _tokens(stream: RequestStream, r: int) -> list[int]:
-    """Token ids whose blocks are shared exactly as the simulator's prefix ids share them."""
-    pid = int(stream.prefix_id[r])
-    return [pid * 1_000_000 + k for k in range(int(stream.input_tokens[r]))]
+    """Token ids whose full blocks are shared exactly as the request's chain shares them: block
+    id ``b`` is the tokens ``b·B … b·B + B − 1``; tokens past the chain are the request's own."""
+    chains = stream.block_chains
+    bs = chains.block_tokens
+    n = int(stream.input_tokens[r])
+    toks = [b * bs + k for b in chains.chain(r) for k in range(bs)][:n]
+    return toks + [-(r + 1) * 1_000_000 - k for k in range(n - len(toks))]
 
 
-def test_router_and_simulator_decide_identically() -> None:
-    stream = _stream()
-    sim = _Recorded(_sim_config(), stream)
+@pytest.fixture(params=["prefix_id", "mooncake"])
+def case(request: pytest.FixtureRequest, tmp_path: Path) -> Case:
+    if request.param == "prefix_id":
+        return Case(_stream(), planned_t=300, cache_blocks=96)
+    return Case(_mooncake_stream(tmp_path), planned_t=1500, cache_blocks=12)
+
+
+def test_router_and_simulator_decide_identically(case: Case) -> None:
+    stream = case.stream
+    sim = _Recorded(_sim_config(case), stream)
     result = sim.run()
     capacity = {dc: float(sched.split(",")[0].split(":")[1]) for dc, (_, sched) in LINKS.items()}
-    policy = RoutingPolicy(_router_config(capacity))
+    policy = RoutingPolicy(_router_config(case, capacity))
     urls = {}  # simulator instance → router URL
     for pool_idx, (name, _, k) in enumerate(POOLS):
         insts = [i for i in sim._instances if i.pool == pool_idx]
@@ -186,7 +253,7 @@ def test_router_and_simulator_decide_identically() -> None:
         else:
             _, dc, gbps = entry
             capacity[dc] = gbps
-            policy.reconfigure(_router_config(capacity))
+            policy.reconfigure(_router_config(case, capacity))
 
     assert len(decisions) == len(stream)
     # The trace exercised what it is meant to: both paths, both links, t moving, KV bytes
@@ -197,6 +264,8 @@ def test_router_and_simulator_decide_identically() -> None:
     full = [KV_PER_TOKEN * d.prompt_tokens + KV_FIXED for d in decisions if d.route == "remote"]
     moved = [d.kv_bytes for d in decisions if d.route == "remote"]
     assert any(m < f for m, f in zip(moved, full, strict=True))
+    # Prefix hits happened on both sides of the comparison (the chains were exercised).
+    assert sum(d.uncached_tokens < d.prompt_tokens for d in decisions) > len(decisions) // 5
     offered = sorted(b for _, (_, nbytes) in result.offered.items() for b in nbytes.tolist())
     assert offered == sorted(moved)
     assert all(i.in_flight == 0 for i in policy.instances.values())
