@@ -61,6 +61,9 @@ LAST_APPLIED = "prfaas.io/last-applied"
 """Merge mode only: the manifest last written, for removing fields dropped since."""
 ApplyMode = Literal["server-side", "merge"]
 CHILD_KINDS: tuple[str, ...] = (
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
     "Deployment",
     "LeaderWorkerSet",
     "Service",

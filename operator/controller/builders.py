@@ -7,8 +7,9 @@ golden files and Kubernetes' own schemas. Per plan, for each cluster the plan us
   instance needs more GPUs than a node has) whose command line and environment come from
   ``prfaas.engine.vllm.launch`` (the one place engine flags are spelled), and a headless
   ``Service``;
-- per decode cluster, the router: ``ConfigMap`` (``prfaas.engine.router.config``'s file, so the
-  router reads exactly what is written), ``Deployment`` and ``Service``;
+- per decode cluster, the router: ``ServiceAccount``, ``Role`` and ``RoleBinding`` (read
+  EndpointSlices in its namespace), ``ConfigMap`` (``prfaas.engine.router.config``'s file, so
+  the router reads exactly what is written), ``Deployment`` and ``Service``;
 - optionally a ``PodMonitor`` (when the cluster serves ``monitoring.coreos.com/v1``).
 
 Every child carries ``prfaas.io/plan``, ``prfaas.io/plan-namespace``, ``prfaas.io/cluster`` and
@@ -19,8 +20,11 @@ Cross-cluster addressing: engines in the same Kubernetes cluster as the router a
 (the Multi-Cluster Services API domain), which a multi-cluster DNS (Submariner, Cilium
 ClusterMesh, GKE MCS…) must serve. KV itself moves pod to pod (NIXL over UCX TCP, handshake on
 the pod IP), so pod IPs must be routable between the datacenters (VPC peering, a flat network).
-The router sees one URL per pool (the Service), so its prefix-cache affinity is per pool, not
-per instance.
+The router follows the pods of the pools in its own namespace of its own cluster through their
+Services' EndpointSlices (``prfaas.engine.router.discovery``: its own ServiceAccount and a Role
+reading EndpointSlices there, built here), so its prefix-cache affinity, load choice and circuit
+breaking act per pod; pools in other clusters stay at their Service URL (one instance each to
+the router), since following them would need the remote kubeconfig in the router.
 """
 
 from __future__ import annotations
@@ -31,7 +35,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from prfaas.engine.router.config import CONFIGMAP_KEY, dump_router_config, router_config_from_plan
+from prfaas.engine.router.config import (
+    CONFIGMAP_KEY,
+    DiscoveredPool,
+    DiscoverySettings,
+    RouterConfig,
+    dump_router_config,
+    router_config_from_plan,
+)
 from prfaas.engine.vllm.launch import EngineLaunch, vllm_argv, vllm_env
 from prfaas.operator.api import models as api
 from prfaas.operator.api.labels import (
@@ -59,7 +70,10 @@ __all__ = [
     "router_config_map",
     "router_config_text",
     "router_deployment",
+    "router_role",
+    "router_role_binding",
     "router_service",
+    "router_service_account",
 ]
 
 ENGINE_PORT = 8000
@@ -428,7 +442,71 @@ def router_config_text(inputs: PlanInputs, target: ClusterTarget) -> str:
         )
     except (ValueError, TranslateError) as exc:
         raise BuildError(f"router for {target.name!r}: {exc}") from exc
+    pools = _discovered_pools(inputs, target, cfg)
+    if pools:
+        settings = DiscoverySettings(namespace=target.spec.target.namespace, pools=pools)
+        cfg = cfg.model_copy(update={"discovery": settings})
     return dump_router_config(cfg)
+
+
+def _discovered_pools(
+    inputs: PlanInputs, target: ClusterTarget, cfg: RouterConfig
+) -> list[DiscoveredPool]:
+    """The pools the router follows per pod: those in its own namespace of its own cluster
+    (its Role reads EndpointSlices there only; other clusters stay at their Service URL, so
+    no remote credentials reach the router)."""
+    pools = []
+    for cp in inputs.plan.clusters:
+        other = inputs.clusters[cp.name]
+        if (
+            cp.instances <= 0
+            or other.api_server != target.api_server
+            or other.spec.target.namespace != target.spec.target.namespace
+        ):
+            continue
+        url = _service_url(inputs, other, cp.role, seen_from=target.api_server)
+        for dc, eps in cfg.datacenters.items():
+            if url in getattr(eps, cp.role):
+                service = child_name(inputs.name, cp.name, cp.role)
+                pools.append(
+                    DiscoveredPool(datacenter=dc, role=cp.role, service=service, port=ENGINE_PORT)
+                )
+    return pools
+
+
+def router_service_account(inputs: PlanInputs, target: ClusterTarget) -> dict[str, Any]:
+    """The router's identity (its pods mount its token to watch EndpointSlices)."""
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _router_meta(inputs, target)}
+
+
+def router_role(inputs: PlanInputs, target: ClusterTarget) -> dict[str, Any]:
+    """Least privilege for discovery: read EndpointSlices in the router's namespace."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _router_meta(inputs, target),
+        "rules": [
+            {
+                "apiGroups": ["discovery.k8s.io"],
+                "resources": ["endpointslices"],
+                "verbs": ["get", "list", "watch"],
+            }
+        ],
+    }
+
+
+def router_role_binding(inputs: PlanInputs, target: ClusterTarget) -> dict[str, Any]:
+    """Binds ``router_role`` to ``router_service_account``."""
+    name = _router_name(inputs, target)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _router_meta(inputs, target),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [
+            {"kind": "ServiceAccount", "name": name, "namespace": target.spec.target.namespace}
+        ],
+    }
 
 
 def router_config_map(inputs: PlanInputs, target: ClusterTarget, text: str) -> dict[str, Any]:
@@ -487,6 +565,8 @@ def router_deployment(inputs: PlanInputs, target: ClusterTarget, text: str) -> d
                 },
                 "spec": {
                     **_scheduling_router(target),
+                    "serviceAccountName": name,
+                    "automountServiceAccountToken": True,
                     "terminationGracePeriodSeconds": 30,
                     "securityContext": {
                         "runAsNonRoot": True,
@@ -555,6 +635,9 @@ def build_children(inputs: PlanInputs) -> dict[str, list[dict[str, Any]]]:
         text = router_config_text(inputs, target)
         out.setdefault(target.name, []).extend(
             [
+                router_service_account(inputs, target),
+                router_role(inputs, target),
+                router_role_binding(inputs, target),
                 router_config_map(inputs, target, text),
                 router_deployment(inputs, target, text),
                 router_service(inputs, target),

@@ -112,10 +112,23 @@ class Kind:
         return f"{base}/{name}" if name else base
 
 
-def _kind(kind: str, api_version: str, plural: str, namespaced: bool, verbs: str) -> Kind:
+def _kind(
+    kind: str,
+    api_version: str,
+    plural: str,
+    namespaced: bool,
+    verbs: str,
+    workload: bool | None = None,
+) -> Kind:
     group, _, version = api_version.rpartition("/")
     return Kind(
-        kind, group, version, plural, namespaced, frozenset(verbs.split()), verbs == _CHILD_VERBS
+        kind,
+        group,
+        version,
+        plural,
+        namespaced,
+        frozenset(verbs.split()),
+        verbs == _CHILD_VERBS if workload is None else workload,
     )
 
 
@@ -135,6 +148,21 @@ KINDS: dict[str, Kind] = {
             "LeaderWorkerSet", "leaderworkerset.x-k8s.io/v1", "leaderworkersets", True, _CHILD_VERBS
         ),
         _kind("PodMonitor", "monitoring.coreos.com/v1", "podmonitors", True, _CHILD_VERBS),
+        # The router's identity for per-engine discovery: a ServiceAccount and a Role (read
+        # EndpointSlices in its namespace) bound to it.
+        _kind("ServiceAccount", "v1", "serviceaccounts", True, _CHILD_VERBS),
+        _kind("Role", "rbac.authorization.k8s.io/v1", "roles", True, _CHILD_VERBS),
+        _kind("RoleBinding", "rbac.authorization.k8s.io/v1", "rolebindings", True, _CHILD_VERBS),
+        # Never read by the operator: Kubernetes lets it grant the routers' Role only if it
+        # holds these verbs itself (RBAC escalation prevention). Bound where children are.
+        _kind(
+            "EndpointSlice",
+            "discovery.k8s.io/v1",
+            "endpointslices",
+            True,
+            "get list watch",
+            workload=True,
+        ),
         # Our custom resources (kopf watches and patches them; we patch their status).
         _kind("ServingPlan", api.API_VERSION, "servingplans", True, _CR_VERBS),
         _kind("PrefillCluster", api.API_VERSION, "prefillclusters", False, _CR_VERBS),

@@ -41,6 +41,10 @@ _CORE = {
     "v1/nodes": ("Node", False),
     "v1/events": ("Event", True),
     "apps/v1/deployments": ("Deployment", True),
+    "v1/serviceaccounts": ("ServiceAccount", True),
+    "rbac.authorization.k8s.io/v1/roles": ("Role", True),
+    "rbac.authorization.k8s.io/v1/rolebindings": ("RoleBinding", True),
+    "discovery.k8s.io/v1/endpointslices": ("EndpointSlice", True),
 }
 
 

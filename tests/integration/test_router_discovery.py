@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import kmock
+import yaml
 from prfaas.engine.router.config import RouterConfig
 from prfaas.engine.router.service import RouterService
 
@@ -148,3 +149,69 @@ async def test_a_restarted_watch_relists_and_drops_what_went_meanwhile(world: Wo
             what="the relist to drop the vanished pod",
         )
         assert svc.watcher is not watcher
+
+
+async def test_the_operator_gives_the_router_what_discovery_needs(world: World) -> None:
+    """The operator's children on the emulated API: the router's ServiceAccount, a Role reading
+    EndpointSlices in its namespace and the binding; its file names the decode cluster's pools
+    (the remote prefill cluster stays at its Service URL). A router started from that file
+    follows the engines' slices."""
+    from prfaas.operator.controller.clients import ClientPool
+    from prfaas.operator.controller.reconcile import Reconciler
+    from prfaas.operator.controller.runtime import local_client
+    from prfaas.operator.controller.settings import OperatorSettings
+
+    from .conftest import OPERATOR_NS, case_study, find
+
+    settings = OperatorSettings()
+    settings.reconcile.apply_mode = "merge"
+    settings.reconcile.namespace = OPERATOR_NS
+    pool = ClientPool(local_client(settings, str(world.local.url)), namespace=OPERATOR_NS)
+    docs = case_study()
+    for kind in ("PrefillCluster", "DecodeCluster", "InterDCLink", "ServingPlan"):
+        await world.create(docs[kind])
+    try:
+        outcome = await Reconciler(pool, settings).reconcile_plan("default", "hybrid-1t")
+    finally:
+        await pool.close()
+    assert outcome is not None and not outcome.errors, outcome
+    name = "hybrid-1t-pd-h20-router"
+    role = find(world.local, "rbac.authorization.k8s.io/v1/roles", "default", name)
+    assert role is not None and role["rules"] == [
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    binding = find(world.local, "rbac.authorization.k8s.io/v1/rolebindings", "default", name)
+    assert binding is not None and binding["subjects"][0]["name"] == name
+    assert find(world.local, "v1/serviceaccounts", "default", name) is not None
+    dep = find(world.local, "apps/v1/deployments", "default", name)
+    assert dep is not None and dep["spec"]["template"]["spec"]["serviceAccountName"] == name
+    assert not world.children(world.remote, "rbac.authorization.k8s.io/v1/roles")
+
+    cm = find(world.local, "v1/configmaps", "default", name)
+    assert cm is not None
+    cfg = RouterConfig.model_validate(yaml.safe_load(cm["data"]["router.yaml"]))
+    assert cfg.discovery is not None and cfg.discovery.namespace == "default"
+    assert {(p.datacenter, p.role, p.service) for p in cfg.discovery.pools} == {
+        ("dc-b", "prefill", "hybrid-1t-pd-h20-prefill"),
+        ("dc-b", "decode", "hybrid-1t-pd-h20-decode"),
+    }
+    assert cfg.datacenters["dc-a"].prefill[0].endswith(".svc.clusterset.local:8000")
+
+    # The router the operator configured, pointed at the emulated API (in a pod: its token).
+    discovery = cfg.discovery.model_copy(update={"api_server": str(world.local.url)})
+    cfg = cfg.model_copy(
+        update={"discovery": discovery, "health": cfg.health.model_copy(update={"enabled": False})}
+    )
+    slices = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+    piece = _slice("d-1", "hybrid-1t-pd-h20-decode", "10.1.0.1", "10.1.0.2")
+    piece["metadata"]["namespace"] = "default"
+    await world.local.post(slices, json=piece)
+    async with RouterService(cfg, port=0) as svc:
+        await world.until(
+            lambda: _pool(svc, "dc-b", "decode") == ["http://10.1.0.1:8000", "http://10.1.0.2:8000"],
+            what="the router to follow the operator's decode pods",
+        )
