@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 SERVICE_LABEL = "kubernetes.io/service-name"
 """The label Kubernetes puts on every EndpointSlice of a Service."""
 _SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+_WATCH_TIMEOUT_S = 290
+"""The API server ends each watch after this long; the router lists and watches again."""
 
 PoolKey = tuple[str, str]
 """``(datacenter, role)``: a pool of the router file."""
@@ -161,8 +163,12 @@ class EndpointWatcher:
     # ---------------------------------------------------------------------------- loop
     async def run(self) -> None:
         """List and watch until cancelled; every failure is logged and retried."""
+        # No total timeout (a watch is long-lived), but a read timeout above the server-side
+        # watch timeout: a connection that went silent is dropped and listed again.
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=10, sock_read=_WATCH_TIMEOUT_S + 30
+            )
         )
         try:
             while True:
@@ -198,7 +204,12 @@ class EndpointWatcher:
 
     async def _watch(self, version: str) -> None:
         assert self._session is not None
-        params = {**self._params(), "watch": "true", "allowWatchBookmarks": "true"}
+        params = {
+            **self._params(),
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(_WATCH_TIMEOUT_S),
+        }
         if version:
             params["resourceVersion"] = version
         async with self._session.get(
