@@ -215,3 +215,48 @@ async def test_the_operator_gives_the_router_what_discovery_needs(world: World) 
             lambda: _pool(svc, "dc-b", "decode") == ["http://10.1.0.1:8000", "http://10.1.0.2:8000"],
             what="the router to follow the operator's decode pods",
         )
+
+
+async def test_requests_follow_the_discovered_pods(world: World) -> None:
+    """Traffic, not only the list: with two decode pods discovered, requests reach both; once
+    one turns unready every request goes to the other; when that one's slice is gone and the
+    first is ready again, every request goes back to the first."""
+    import aiohttp
+    from prfaas.engine.router.fakes import FakeEngine
+
+    api = world.local
+    _declare(api)
+
+    def one_pod(name: str, engine: FakeEngine, *, ready: bool = True) -> dict[str, Any]:
+        port = int(engine.url.rsplit(":", 1)[1])
+        piece = _slice(name, "plan-pd-decode", "127.0.0.1", unready=() if ready else ("127.0.0.1",))
+        piece["ports"] = [{"name": "http", "port": port, "protocol": "TCP"}]
+        return piece
+
+    async def served_by(svc: RouterService, engines: list[FakeEngine], n: int) -> list[int]:
+        before = [len(e.received) for e in engines]
+        async with aiohttp.ClientSession() as http:
+            for i in range(n):
+                body = {"model": "tiny", "prompt": f"request {i}", "max_tokens": 2}
+                async with http.post(f"{svc.url}/v1/completions", json=body) as resp:
+                    assert resp.status == 200, await resp.text()
+        return [len(e.received) - b for e, b in zip(engines, before, strict=True)]
+
+    async with FakeEngine("decode") as a, FakeEngine("decode") as b:
+        await api.post(SLICES, json=one_pod("pod-a", a))
+        await api.post(SLICES, json=one_pod("pod-b", b))
+        async with RouterService(_config(str(api.url)), port=0) as svc:
+            await world.until(
+                lambda: sorted(_pool(svc, "dc-b", "decode")) == sorted([a.url, b.url]),
+                what="both pods",
+            )
+            assert all(n > 0 for n in await served_by(svc, [a, b], 8))
+
+            await api.patch(f"{SLICES}/pod-a", json=one_pod("pod-a", a, ready=False))
+            await world.until(lambda: _pool(svc, "dc-b", "decode") == [b.url], what="a unready")
+            assert await served_by(svc, [a, b], 6) == [0, 6]
+
+            await api.delete(f"{SLICES}/pod-b")
+            await api.patch(f"{SLICES}/pod-a", json=one_pod("pod-a", a))
+            await world.until(lambda: _pool(svc, "dc-b", "decode") == [a.url], what="b gone")
+            assert await served_by(svc, [a, b], 6) == [6, 0]
