@@ -26,6 +26,7 @@ __all__ = [
     "API_VERSION",
     "GROUP",
     "KINDS",
+    "PROMETHEUS_URL_PATTERN",
     "VERSION",
     "Accelerator",
     "ArrivalProcess",
@@ -491,11 +492,22 @@ class EngineSpec(_Model):
     env: dict[str, str] = Field(default_factory=dict)
 
 
+PROMETHEUS_URL_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
+"""http(s), a host (and port), an optional path prefix; no query, fragment or user info, so
+the operator's ``/api/v1/query`` cannot be cut off by a ``?`` or ``#`` to fetch another URL."""
+
+
 class Autoscaling(_Model):
     """Re-plan and resize from observed load (Prometheus) every ``interval``."""
 
     enabled: bool = False
-    prometheus_url: str | None = None
+    prometheus_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=PROMETHEUS_URL_PATTERN,
+        description="Prometheus' base URL: http(s)://host[:port][/path], no query, fragment or "
+        "user info. The operator may ignore it (operator.allowPlanPrometheusUrl: false).",
+    )
     interval: Duration = "60s"
     min_replicas: PositiveInt = 1
     max_replicas: PositiveInt = 64

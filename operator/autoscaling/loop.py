@@ -87,7 +87,8 @@ class Autoscaler:
         """Query Prometheus once; the new observation, or ``None`` (reason in ``error``)."""
         state = self.plans.setdefault(key, PlanScaling())
         state.polled_at = self.monotonic()
-        url = scaling.prometheus_url or self.settings.prometheus_url
+        own = scaling.prometheus_url if self.settings.allow_plan_prometheus_url else None
+        url = own or self.settings.prometheus_url
         window = self.settings.query_window_seconds
         if not url:
             state.error = _NO_URL

@@ -29,3 +29,6 @@ class AutoscaleSettings:
     """Timeout of one Prometheus query (seconds)."""
     prometheus_url: str | None = None
     """Used when a ServingPlan does not set ``spec.autoscaling.prometheusUrl``."""
+    allow_plan_prometheus_url: bool = True
+    """Whether a ServingPlan's ``spec.autoscaling.prometheusUrl`` is used at all. Off, only
+    ``prometheus_url`` is queried, so a tenant cannot point the operator's requests anywhere."""

@@ -94,5 +94,7 @@ class OperatorSettings:
             e.get("PRFAAS_SCALE_DOWN_WINDOW_SECONDS", a.scale_down_window_seconds)
         )
         a.prometheus_url = e.get("PRFAAS_PROMETHEUS_URL") or a.prometheus_url
+        allow = e.get("PRFAAS_ALLOW_PLAN_PROMETHEUS_URL", "true").strip().lower()
+        a.allow_plan_prometheus_url = allow not in ("false", "0", "no")
         s.metrics_port = int(e.get("PRFAAS_METRICS_PORT", s.metrics_port))
         return s

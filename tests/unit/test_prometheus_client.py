@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from prfaas.operator.api import models as api
 from prfaas.operator.autoscaling.prometheus import PrometheusClient, PrometheusError, Sample
+from pydantic import ValidationError
 
 Answer = Callable[[str], web.Response]
 
@@ -75,7 +77,7 @@ async def test_a_rejected_query_names_the_prometheus_error(
         {"status": "error", "errorType": "bad_data", "error": "parse error at char 4"}, status=400
     )
     async with PrometheusClient(url) as prom:
-        with pytest.raises(PrometheusError, match="rejected the query: bad_data: parse error"):
+        with pytest.raises(PrometheusError, match=r"rejected the query \(errorType bad_data\)"):
             await prom.query("bad(")
 
 
@@ -84,7 +86,7 @@ async def test_a_rejected_query_names_the_prometheus_error(
     [
         (lambda _: web.Response(status=503, text="down"), "HTTP 503.*prometheusUrl"),
         (lambda _: web.Response(text="<html>"), "not JSON.*prometheusUrl"),
-        (lambda _: web.json_response({"status": "error", "error": "boom"}), "failed: boom"),
+        (lambda _: web.json_response({"status": "error", "error": "boom"}), r"failed \(error\)"),
         (
             lambda _: web.json_response(
                 {"status": "success", "data": {"resultType": "matrix", "result": []}}
@@ -134,3 +136,45 @@ async def test_unreachable_and_slow_prometheus_say_what_to_check() -> None:
                 await prom.query("up")
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://evil.example/steal#",
+        "http://evil.example/steal?x=",
+        "http://user:pw@prometheus:9090",
+        "file:///etc/passwd",
+        "gopher://prometheus:9090",
+        "http://",
+    ],
+)
+def test_urls_that_could_redirect_the_query_are_refused(url: str) -> None:
+    with pytest.raises(ValidationError, match="prometheusUrl"):
+        api.Autoscaling.model_validate({"prometheusUrl": url})
+    with pytest.raises(PrometheusError, match="without query, fragment or user info"):
+        PrometheusClient(url)
+
+
+def test_the_crd_carries_the_url_pattern() -> None:
+    field = api.Autoscaling.model_json_schema(by_alias=True)["properties"]["prometheusUrl"]
+    patterns = [o.get("pattern") for o in field.get("anyOf", [field])]
+    assert api.PROMETHEUS_URL_PATTERN in patterns
+    api.Autoscaling.model_validate({"prometheusUrl": "https://prometheus.monitoring:9090/prom"})
+
+
+async def test_a_path_prefix_is_kept_and_the_body_never_echoed(
+    fake: tuple[str, dict[str, Answer]],
+) -> None:
+    url, routes = fake
+    routes["q"] = lambda _: web.Response(status=500, text="token=SECRET-in-some-page")
+    async with PrometheusClient(url + "/") as prom:
+        with pytest.raises(PrometheusError) as err:
+            await prom.query("q")
+    assert "SECRET" not in str(err.value)
+    assert "HTTP 500 (text/plain, 25 bytes)" in str(err.value)
+    routes["q"] = lambda _: web.Response(text="<html>SECRET</html>")
+    async with PrometheusClient(url) as prom:
+        with pytest.raises(PrometheusError, match="not JSON") as err:
+            await prom.query("q")
+    assert "SECRET" not in str(err.value)

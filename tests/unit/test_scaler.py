@@ -10,6 +10,7 @@ from prfaas.operator.api import models as api
 from prfaas.operator.autoscaling.loop import Autoscaler
 from prfaas.operator.autoscaling.prometheus import PrometheusError, Sample
 from prfaas.operator.autoscaling.settings import AutoscaleSettings
+from prfaas.operator.controller.settings import OperatorSettings
 from prfaas.planner.plan import ClusterPlan, Plan
 
 NOW = _dt.datetime(2026, 1, 1, tzinfo=_dt.UTC)
@@ -181,3 +182,22 @@ def test_apply_counts_up_down_and_hold_decisions() -> None:
     off = plan(1)
     a.apply("ns/x", _spec(enabled=False), off, {"clusters": []})
     assert off.clusters[0].instances == 1
+
+
+async def test_the_operator_can_refuse_plan_chosen_prometheus_urls() -> None:
+    urls: list[str] = []
+
+    class Recording(FakeClient):
+        def __init__(self, url: str, timeout_s: float) -> None:
+            super().__init__(url, timeout_s)
+            urls.append(url)
+
+    settings = AutoscaleSettings(
+        prometheus_url="http://operators-prometheus:9090", allow_plan_prometheus_url=False
+    )
+    a = Autoscaler(settings, clock=lambda: NOW, monotonic=Clock(), client=Recording)
+    await a.poll("ns/x", "ns", "x", _spec(prometheusUrl="http://tenant-chosen").autoscaling)
+    assert urls == ["http://operators-prometheus:9090"]
+    env = {"PRFAAS_ALLOW_PLAN_PROMETHEUS_URL": "false"}
+    assert OperatorSettings.from_env(env).autoscale.allow_plan_prometheus_url is False
+    assert OperatorSettings.from_env({}).autoscale.allow_plan_prometheus_url is True
