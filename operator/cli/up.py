@@ -207,13 +207,16 @@ def _print_panels(url: str, file: Path) -> None:
 
     _, _, ttft, tpot = plan_identity(file)
     report = panel_report(url, ttft, tpot)
+    if report and all(p.error for p in report):
+        typer.echo(f"  prometheus at {url} does not answer: {report[0].error}")
+        return
     for p in report:
         if p.error:
             typer.echo(f"  panel {p.panel!r}: query failed: {p.error}")
         elif p.series:
             typer.echo(f"  panel {p.panel!r}: data ({p.series} series)")
-    empty = sum(1 for p in report if not p.series and not p.error)
-    typer.echo(f"  {len(report) - empty} of {len(report)} dashboard panels have data")
+    with_data = sum(1 for p in report if p.series)
+    typer.echo(f"  {with_data} of {len(report)} dashboard panels have data")
     sys.stdout.flush()
 
 

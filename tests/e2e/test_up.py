@@ -44,7 +44,6 @@ pytestmark = pytest.mark.e2e
 
 OFFERED_RPS = 2.0
 LOAD_SECONDS = 40.0
-LINK = "dc-a-to-dc-b"
 
 
 @dataclass
@@ -211,10 +210,10 @@ def test_every_autoscaler_query_answers_what_its_decisions_need(up: Up) -> None:
     assert obs.mean_uncached_tokens is not None and 24 < obs.mean_uncached_tokens < 1400
     # The link's throughput while transfers were under way (the operator's measuredGbps; it
     # waits for 5 s of busy time by default, more than this short run's KV transfers add up to).
-    gbps = obs.link_gbps.get(LINK)
+    link = load_manifests(SAMPLE).of_kind(api.InterDCLink)[0]
+    gbps = obs.link_gbps.get(link.metadata.name)
     assert gbps is not None and gbps > 0, obs
     if up.netns:  # tc-shaped at the InterDCLink's bandwidth: the KV cannot exceed it by much
-        link = next(ln for ln in load_manifests(SAMPLE).of_kind(api.InterDCLink))
         assert gbps <= 1.5 * link.spec.bandwidth_gbps, gbps
 
 

@@ -113,3 +113,15 @@ def test_prfaas_up_writes_dashboards_grafana_imports_with_the_plan_slo(tmp_path:
     assert "vector(4)" in exprs and "vector(0.2)" in exprs
     assert not any("__" in e for e in exprs)
     assert name and namespace
+
+
+def test_panel_lines_say_once_when_prometheus_does_not_answer(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from prfaas.operator.cli.up import _print_panels
+
+    sample = Path(__file__).resolve().parents[2] / "crds" / "samples" / "local.yaml"
+    dead = f"http://127.0.0.1:{free_port()}"
+    _print_panels(dead, sample)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and f"prometheus at {dead} does not answer" in lines[0]
