@@ -85,6 +85,8 @@ def summary_rows(runs: list[ScenarioRun], problem: Problem) -> list[dict[str, An
                 "ttftP50S": s["ttft"].p50,
                 "ttftP90S": s["ttft"].p90,
                 "ttftP99S": s["ttft"].p99,
+                "ttftPrefillEndP50S": s["ttftPrefillEnd"].p50,
+                "ttftPrefillEndP90S": s["ttftPrefillEnd"].p90,
                 "tpotP90S": s["tpot"].p90,
                 "e2eP90S": s["e2e"].p90,
                 "attainment": s["attainment"],
@@ -96,6 +98,7 @@ def summary_rows(runs: list[ScenarioRun], problem: Problem) -> list[dict[str, An
                     k: float(np.median(v.v)) for k, v in res.thresholds.items() if len(v.v)
                 },
                 "events": res.events,
+                "preemptions": res.preemptions,
             }
         )
     return rows
@@ -108,6 +111,8 @@ _METRICS: tuple[tuple[str, str, str, bool], ...] = (
     ("ttftP50S", "TTFT P50", "s", True),
     ("ttftP90S", "TTFT P90", "s", True),
     ("ttftP99S", "TTFT P99", "s", True),
+    ("ttftPrefillEndP50S", "TTFT at prefill end P50", "s", True),
+    ("ttftPrefillEndP90S", "TTFT at prefill end P90", "s", True),
     ("tpotP90S", "TPOT P90", "s", True),
     ("e2eP90S", "E2E P90", "s", True),
     ("attainment", "SLO attainment (TTFT & TPOT)", "%", False),

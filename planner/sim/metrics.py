@@ -1,13 +1,18 @@
 """What a simulation run reports: per-request times as arrays, summaries, step-function series.
 
 The run appends to flat arrays while it goes and builds a ``SimResult`` once at the end;
-nothing here is touched by the event loop's hot path. Latencies follow the usual definitions:
+nothing here is touched by the event loop's hot path. Latencies are what the router measures
+(``engine_images/router/metrics.py``), so simulated and measured numbers are the same quantity:
 
-* TTFT: arrival → the request joins a decode batch, when its first token (made by prefill) is
-  streamed: prefill queueing and compute, KV transfer and any wait for a decode slot, as in a
-  PD system where nothing reaches the user before decode starts;
-* TPOT: (finish − first token) / (output tokens − 1), 0 for one-token outputs: the pace of
-  the decode batch;
+* TTFT: arrival → the first token the client receives. On vLLM's NIXL P/D path prefill's own
+  token is dropped and the decode instance emits token 1 at the end of its first step with the
+  request (which computes the last prompt position over the pulled KV): prefill queueing and
+  compute, KV transfer, any wait for a decode slot or KV blocks, and that first step. Without a
+  decode pool (prefill-only runs) it ends at prefill end.
+* TTFT at prefill end (``ttft_prefill_end``): arrival → prefill end, the definition of
+  DistServe and most papers, as a second column for comparison.
+* TPOT: (finish − first token) / (output tokens − 1), 0 for one-token outputs: the router's
+  ``(last event − first event) / (events − 1)`` over a stream of one token per event.
 * E2E: arrival → last token.
 
 SLO attainment counts a request only if TTFT *and* TPOT are both met (DistServe's code checks
@@ -107,8 +112,10 @@ class SimResult:
     prefill_end_s: Floats
     kv_ready_s: Floats
     """When the request's KV reached the decode side (prefill end plus transfer)."""
+    decode_start_s: Floats
+    """When the request (first) joined a decode batch; its wait for a slot or KV ends here."""
     first_token_s: Floats
-    """When the request joined a decode batch and its first token went out."""
+    """When the client got the first token: the end of the request's first decode step."""
     finish_s: Floats
     links: dict[str, StepSeries] = field(default_factory=dict)
     """Egress (bit/s) per link."""
@@ -121,6 +128,8 @@ class SimResult:
     queues: dict[str, StepSeries] = field(default_factory=dict)
     """Requests waiting (not yet in service) per pool over time."""
     events: int = 0
+    preemptions: int = 0
+    """Decode sequences preempted (recompute) because the KV cache ran out."""
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -128,6 +137,11 @@ class SimResult:
     @property
     def ttft(self) -> Floats:
         return self.first_token_s - self.arrival_s
+
+    @property
+    def ttft_prefill_end(self) -> Floats:
+        """Arrival → prefill end (DistServe's and most papers' TTFT)."""
+        return self.prefill_end_s - self.arrival_s
 
     @property
     def e2e(self) -> Floats:
@@ -177,9 +191,11 @@ class SimResult:
             "throughputRps": self.throughput_rps,
             "offloadFraction": self.offload_fraction,
             "ttft": LatencyStats.of(self.ttft),
+            "ttftPrefillEnd": LatencyStats.of(self.ttft_prefill_end),
             "tpot": LatencyStats.of(self.tpot),
             "e2e": LatencyStats.of(self.e2e),
             "egressGbps": {k: self.mean_egress_bps(k) / 1e9 for k in self.links},
+            "preemptions": self.preemptions,
         }
         if ttft_s is not None and tpot_s is not None:
             out["attainment"] = self.attainment(ttft_s, tpot_s)

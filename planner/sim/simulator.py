@@ -16,14 +16,25 @@ What is modelled (DESIGN.md §5, papers.md §1.5-1.6, §2.2):
   next batch after ``D / k`` (papers.md §2.2 Eq. 2). A prefix cache (block-hash LRU) per
   instance removes cached blocks from the work.
 * **KV transfer** over ``SharedLink``s: one RTT, then processor sharing of the capacity.
-* **Decode** by continuous batching up to ``max_batch``. Between membership changes the batch is
-  fixed, so the step time grows by a constant per step (context grows by the batch size); the
-  time of the n-th step is a closed-form quadratic, and the loop jumps straight to the next
-  completion or to the step boundary where a newly arrived request joins. Cost grows with the
-  number of requests, not with the number of output tokens. (The step time is taken as affine
-  in context within one such epoch, from the model at its first two steps: exact for
-  DistServe's form, the usual case for roofline models that stay memory-bound.) A request's
-  first token goes out when it joins a batch, so a wait for a decode slot counts in TTFT.
+* **Decode** by continuous batching, admitted as vLLM's scheduler does: first come first
+  served while fewer than ``max_batch`` (``max_num_seqs``) sequences run *and* the newcomer's
+  KV fits in ``kv_capacity_tokens`` beside the running sequences' next step; when the running
+  sequences outgrow the KV capacity the newest is preempted (recompute mode: it returns to the
+  front of the queue and, readmitted, recomputes its prompt and generated tokens in its first
+  step). Between membership changes the batch is fixed, so the step time grows by a constant
+  per step (context grows by the batch size); the time of the n-th step is a closed-form
+  quadratic, and the loop jumps straight to the next completion, the step where KV runs out, or
+  the step boundary where a newly arrived request joins. Cost grows with the number of
+  requests, not with the number of output tokens. (The step time is taken as affine in context
+  within one such epoch, from the model at its first two steps: exact for DistServe's form, the
+  usual case for roofline models that stay memory-bound.)
+* **Tokens and TTFT** as on vLLM's NIXL P/D path: prefill runs with ``max_tokens=1`` and its
+  token is dropped; the decode instance loads the prompt's KV, and its first step (the last
+  prompt position) emits token 1, the first byte the client sees. So a request of ``o`` output
+  tokens takes ``o`` decode steps; TTFT ends at its first decode step; TPOT is
+  ``(finish − first token) / (o − 1)``. Requests that reach an idle decoder at the same instant
+  (one prefill batch, identical arrivals) start in the same step; identical arrival timestamps
+  batch together in prefill.
 """
 
 from __future__ import annotations
@@ -95,7 +106,10 @@ class DecodePool:
     instances: int
     latency: LatencyModel
     max_batch: int = 256
-    """BS_max: most sequences decoded together by one instance."""
+    """``max_num_seqs``: most sequences decoded together by one instance."""
+    kv_capacity_tokens: int = 0
+    """KV cache of one instance in tokens (its memory after weights, at the plan's memory
+    fraction); 0: unlimited, only ``max_batch`` caps the batch."""
     cache_blocks: int = 0
     """Prefix-cache capacity per instance in blocks (a remote request's KV transfer skips the
     prefix decode holds); 0 disables the cache."""
@@ -182,9 +196,17 @@ class _Decoder(Target):
     index: int
     latency: LatencyModel
     max_batch: int
+    kv_cap: float = math.inf
+    """KV capacity in tokens (inf: unlimited)."""
     members: list[tuple[int, int, int]] = field(default_factory=list)
     """Heap of (finish step, request, context contribution)."""
     waiting: deque[int] = field(default_factory=deque)
+    fresh: list[int] = field(default_factory=list)
+    """Requests admitted for the coming epoch whose first token its first step emits."""
+    extra: float = 0.0
+    """Seconds added to the coming epoch's first step (recomputing preempted requests)."""
+    starting: bool = False
+    """An epoch start is scheduled at the current instant (idle decoder woken)."""
     steps: int = 0
     """Decode steps run before the current epoch began."""
     base_ctx: int = 0
@@ -268,11 +290,17 @@ class Simulation:
         self._pstart = [nan] * n
         self._pend = [nan] * n
         self._first = [nan] * n
+        self._dstart = [nan] * n
         self._ready = [nan] * n
         self._finish = [nan] * n
         chains = stream.block_chains
         self._chain_ids = chains.ids
         self._chain_off: list[int] = chains.offsets.tolist()
+        self._gen0 = [0] * n
+        """Tokens generated before the current decode admission (> 0 after a preemption)."""
+        self._join = [0] * n
+        """Decoder step count when the request last joined its batch."""
+        self._preemptions = 0
         self._build(config)
 
     # ---- setup -------------------------------------------------------------------------------
@@ -345,16 +373,19 @@ class Simulation:
             self._pools.append(_Pool(pool.name, remote, link_idx, insts))
         self._decoders: list[_Decoder] = []
         if dec is not None:
-            if dec.instances < 1 or dec.max_batch < 1:
+            if dec.instances < 1 or dec.max_batch < 1 or dec.kv_capacity_tokens < 0:
                 raise SimulatorError(
-                    f"decode pool {dec.name!r} needs instances >= 1 and max_batch >= 1"
+                    f"decode pool {dec.name!r} needs instances >= 1, max_batch >= 1 and "
+                    "kv_capacity_tokens >= 0 (0: unlimited)"
                 )
+            cap = float(dec.kv_capacity_tokens) if dec.kv_capacity_tokens > 0 else math.inf
             self._decoders = [
                 _Decoder(
                     cache=PrefixCache(self._chain_capacity(dec.cache_blocks)),
                     index=i,
                     latency=dec.latency,
                     max_batch=dec.max_batch,
+                    kv_cap=cap,
                 )
                 for i in range(dec.instances)
             ]
@@ -448,8 +479,26 @@ class Simulation:
         return self._chain_ids[a:b].tolist()
 
     def _on_arrival(self, r: int, _: Any) -> None:
-        if r + 1 < self._n:
-            self._push(self._arrival[r + 1], EventKind.ARRIVAL, r + 1)
+        """Route ``r`` and every later request arriving at the same instant, then start the
+        idle prefill instances they went to, so identical timestamps share a batch."""
+        arrival = self._arrival
+        last = r
+        while last + 1 < self._n and arrival[last + 1] == arrival[r]:
+            last += 1
+        if last + 1 < self._n:
+            self._push(arrival[last + 1], EventKind.ARRIVAL, last + 1)
+        if last == r:
+            target = self._arrive(r)
+            if target >= 0 and not self._instances[target].busy:
+                self._start_batch(target)
+            return
+        targets = [self._arrive(q) for q in range(r, last + 1)]
+        for target in dict.fromkeys(targets):
+            if target >= 0 and not self._instances[target].busy:
+                self._start_batch(target)
+
+    def _arrive(self, r: int) -> int:
+        """Route ``r`` and queue it; the prefill instance it queued at (-1: sent to decode)."""
         now = self.now
         length = self._input[r]
         d = self._core.decide(self._hashes(r) or (), length, now)
@@ -467,7 +516,7 @@ class Simulation:
             self._remote[r] = False
             self._queued[r] = self._pstart[r] = self._pend[r] = now
             self._deliver(r)
-            return
+            return -1
         pool = self._pools[inst.pool]
         link = d.link
         if link is not None:
@@ -482,8 +531,7 @@ class Simulation:
         inst.queue.append(r)
         inst.started()
         self._pool_waiting(pool, 1)
-        if not inst.busy:
-            self._start_batch(inst.index)
+        return inst.index
 
     def _pool_waiting(self, pool: _Pool, change: int) -> None:
         pool.waiting += change
@@ -560,7 +608,7 @@ class Simulation:
                 self._deliver(r)
 
     def _finished_at_first_token(self, r: int) -> None:
-        self._first[r] = self._ready[r] = self._finish[r] = self.now
+        self._first[r] = self._ready[r] = self._dstart[r] = self._finish[r] = self.now
         self._decode_done(r)
         self._count_done()
 
@@ -617,26 +665,37 @@ class Simulation:
     # ---- decode ------------------------------------------------------------------------------
 
     def _deliver(self, r: int) -> None:
-        """KV of ``r`` is at the decode side; its first token goes out when it joins a batch."""
+        """KV of ``r`` is at the decode side: it queues for a decode slot and KV blocks."""
         now = self.now
-        if not self._decoders or self._output[r] <= 1:
+        if not self._decoders:
             self._finished_at_first_token(r)
             return
         self._ready[r] = now
         di = self._dec_of[r]  # chosen with the request, by the routing core
         d = self._decoders[di]
-        if not d.members:
-            self._admit(d, r)
-            self._start_epoch(di)
-            return
         d.waiting.append(r)
         self._decode_waiting(1)
-        if len(d.members) < d.max_batch:
+        if not d.members:
+            if not d.starting:  # idle: start once everything arriving at this instant is in
+                d.starting = True
+                d.version += 1
+                d.pending = 0
+                self._push(now, EventKind.DECODE_STEP, di, d.version)
+            return
+        if len(d.waiting) == 1 and len(d.members) < d.max_batch:
             nxt = d.steps_done_by(now) + 1
-            if nxt < d.pending:
+            if nxt < d.pending and self._fits(d, r, d.steps + nxt):
                 d.pending = nxt
                 d.version += 1
                 self._push(d.step_end(nxt), EventKind.DECODE_STEP, di, d.version)
+
+    def _fits(self, d: _Decoder, r: int, steps: int) -> bool:
+        """Whether ``r``'s KV fits beside the members' next step at absolute step ``steps``."""
+        b = len(d.members)
+        if b == 0:
+            return True  # a lone sequence always runs (vLLM rejects what can never fit)
+        need = d.base_ctx + b * (steps + 1) + self._input[r] + self._gen0[r] + 1
+        return need <= d.kv_cap
 
     def _decode_waiting(self, change: int) -> None:
         self._dec_waiting += change
@@ -648,10 +707,32 @@ class Simulation:
             self._dec_v.append(self._dec_waiting)
 
     def _admit(self, d: _Decoder, r: int) -> None:
-        contrib = self._input[r] + 1 - d.steps
+        gen = self._gen0[r]
+        ctx = self._input[r] + gen
+        contrib = ctx - d.steps
         d.base_ctx += contrib
-        self._first[r] = self.now
-        heapq.heappush(d.members, (d.steps + self._output[r] - 1, r, contrib))
+        self._join[r] = d.steps
+        if gen == 0:
+            self._dstart[r] = self.now
+            d.fresh.append(r)
+        else:  # readmitted after preemption: recompute prompt + generated tokens first
+            d.extra += d.latency.prefill_seconds([ctx])
+        heapq.heappush(d.members, (d.steps + self._output[r] - gen, r, contrib))
+
+    def _preempt_newest(self, d: _Decoder) -> None:
+        """vLLM's recompute preemption: the most recently admitted member gives its KV back
+        and waits at the front of the queue with what it generated so far."""
+        members = d.members
+        k = max(range(len(members)), key=lambda i: (self._join[members[i][1]], members[i][1]))
+        _, r, contrib = members[k]
+        members[k] = members[-1]
+        members.pop()
+        heapq.heapify(members)
+        d.base_ctx -= contrib
+        self._gen0[r] += d.steps - self._join[r]
+        d.waiting.appendleft(r)
+        self._preemptions += 1
+        self._decode_waiting(1)
 
     def _start_epoch(self, di: int) -> None:
         d = self._decoders[di]
@@ -667,10 +748,20 @@ class Simulation:
             raise SimulatorError(
                 f"decode latency model returned {s0} s for batch {b}; it must be > 0"
             )
-        d.t0 = self.now
+        d.t0 = self.now + d.extra
+        d.extra = 0.0
         d.s0 = s0
         d.delta = max(s1 - s0, 0.0)
+        if d.fresh:
+            first = d.t0 + s0
+            for r in d.fresh:
+                self._first[r] = first
+            d.fresh.clear()
         n = d.members[0][0] - d.steps
+        if b > 1 and d.kv_cap < math.inf:
+            # Steps until the members' KV outgrows the cache: base + b·(steps + n) <= cap.
+            room = int((d.kv_cap - d.base_ctx) // b) - d.steps
+            n = min(n, max(room, 1))
         d.pending = n
         self._push(d.step_end(n), EventKind.DECODE_STEP, di, d.version)
 
@@ -678,6 +769,7 @@ class Simulation:
         d = self._decoders[di]
         if version != d.version:
             return
+        d.starting = False
         d.steps += d.pending
         members = d.members
         now = self.now
@@ -687,9 +779,12 @@ class Simulation:
             self._finish[r] = now
             self._decode_done(r)
             self._count_done()
+        while len(members) > 1 and d.base_ctx + len(members) * (d.steps + 1) > d.kv_cap:
+            self._preempt_newest(d)
         admitted = 0
-        while d.waiting and len(members) < d.max_batch:
-            self._admit(d, d.waiting.popleft())
+        waiting = d.waiting
+        while waiting and len(members) < d.max_batch and self._fits(d, waiting[0], d.steps):
+            self._admit(d, waiting.popleft())
             admitted += 1
         if admitted:
             self._decode_waiting(-admitted)
@@ -719,6 +814,7 @@ class Simulation:
             prefill_queued_s=f(self._queued, dtype=np.float64),
             prefill_start_s=f(self._pstart, dtype=np.float64),
             prefill_end_s=f(self._pend, dtype=np.float64),
+            decode_start_s=f(self._dstart, dtype=np.float64),
             first_token_s=f(self._first, dtype=np.float64),
             kv_ready_s=f(self._ready, dtype=np.float64),
             finish_s=f(self._finish, dtype=np.float64),
@@ -731,6 +827,7 @@ class Simulation:
             thresholds={st.link.spec.name: StepSeries.of(st.thr_t, st.thr_v) for st in self._links},
             queues=queues,
             events=self._events,
+            preemptions=self._preemptions,
         )
 
 

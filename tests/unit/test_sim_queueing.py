@@ -114,7 +114,7 @@ def test_littles_law_on_the_decode_wait_queue() -> None:
     )
     res = simulate(busy, _pd_stream().head(1500))
     area = time_average(res.queues["decode"], 0.0, res.end_s) * res.end_s
-    waits = res.first_token_s - res.kv_ready_s
+    waits = res.decode_start_s - res.kv_ready_s
     assert area == pytest.approx(float(waits.sum()), rel=1e-6)
     assert area > 1.0  # the check is not vacuous
 
