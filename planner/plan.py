@@ -37,7 +37,9 @@ Shape (version 1), as ``prfaas plan crds/samples/case-study.yaml -o json`` print
          "accelerator": "H20", "instances": 5,                       # row (PD-P) and a "decode"
          "tensorParallel": 8, "pipelineParallel": 1,                 # row (PD-D)
          "gpusPerInstance": 8, "gpus": 40,
-         "latencySource": "published"}],    # fit | roofline | published (the role's phase)
+         "latencySource": "published",      # fit | roofline | published (the role's phase)
+         "maxNumSeqs": 64, "maxNumBatchedTokens": 8192,    # the vLLM flags (engine_images/vllm/
+         "gpuMemoryUtilization": 0.9, "kvCacheTokens": 3000000}],   # launch.py), also simulated
       "links": [{"name": "dc-a-to-dc-b", "from": "dc-a", "to": "dc-b", "capacityGbps": 100,
                  "headroom": 0.8, "egressGbps": 12.74}],   # predicted KV egress at Lambda_max
       "routers": [{"decodeCluster": "pd-h20", "thresholdTokens": 19232.6,   # this router's t;
@@ -127,6 +129,17 @@ class ClusterPlan:
     pipeline_parallel: int = 1
     latency_source: str = "roofline"
     """Where the latency model for this role came from: ``fit``, ``roofline`` or ``published``."""
+    max_num_seqs: int | None = None
+    """vLLM ``--max-num-seqs``: the decode batch the planner sized (TPOT SLO, memory,
+    ``engine.maxBatchSize``); the simulator caps decode batches at it. ``None``: vLLM's default."""
+    max_num_batched_tokens: int | None = None
+    """vLLM ``--max-num-batched-tokens`` (``engine.maxNumBatchedTokens``): the prefill token
+    budget of one step, in the simulator too."""
+    gpu_memory_utilization: float | None = None
+    """vLLM ``--gpu-memory-utilization``: the memory fraction for weights + KV."""
+    kv_cache_tokens: int | None = None
+    """KV capacity of one instance in tokens at that fraction (memory after weights / KV bytes
+    per token): what vLLM will find, and the simulator's decode admission limit."""
 
     @property
     def gpus_per_instance(self) -> int:

@@ -76,6 +76,8 @@ class ClusterInput:
     gpu: GpuSpec
     count: int
     per_node: int = 8
+    fabric_gbps: float = 200.0
+    """Decode clusters: intra-datacenter KV bandwidth per instance, prefill → decode (Gbit/s)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +169,8 @@ class Problem:
     settings: PlannerSettings = field(default_factory=PlannerSettings)
     notes: tuple[str, ...] = ()
     """Provenance of inputs (where each number came from), copied into the plan's notes."""
+    max_num_batched_tokens: int = 8192
+    """Prefill token budget of one engine step (vLLM ``--max-num-batched-tokens``)."""
 
     @property
     def prefill_clusters(self) -> tuple[ClusterInput, ...]:

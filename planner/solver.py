@@ -33,6 +33,7 @@ from prfaas.planner.latency.model import InstanceLatency
 from prfaas.planner.multicluster import Commodity, Point, RemoteLP, optimise_thresholds
 from prfaas.planner.parallelism import (
     candidates,
+    decode_batch,
     decode_goodput,
     search,
 )
@@ -225,7 +226,13 @@ def _homogeneous(problem: Problem, gpus: int, ctx: float) -> float:
     base = problem.decode_clusters[0]
     count = max((gpus // base.per_node) * base.per_node, min(gpus, base.per_node))
     pool = ClusterInput(
-        f"{base.name}-homogeneous", base.datacenter, "decode", base.gpu, count, base.per_node
+        f"{base.name}-homogeneous",
+        base.datacenter,
+        "decode",
+        base.gpu,
+        count,
+        base.per_node,
+        base.fabric_gbps,
     )
     dist = problem.workload.uncached
     sub = Problem(
@@ -239,6 +246,7 @@ def _homogeneous(problem: Problem, gpus: int, ctx: float) -> float:
         problem.profiles,
         problem.max_batch_size,
         problem.settings,
+        max_num_batched_tokens=problem.max_num_batched_tokens,
     )
     try:
         shapes = _shapes(sub, dist.mean, dist.mean, ctx)
@@ -348,11 +356,34 @@ def _plan(problem: Problem) -> Plan:
 
 
 def _cluster_plan(
-    c: ClusterInput, role: Literal["prefill", "decode"], instances: int, cand: Candidate
+    problem: Problem,
+    c: ClusterInput,
+    role: Literal["prefill", "decode"],
+    instances: int,
+    cand: Candidate,
+    ctx: float,
 ) -> ClusterPlan:
+    """One role's row, with the engine numbers vLLM is started with and the simulator uses."""
     phase = cand.latency.prefill if role == "prefill" else cand.latency.decode
+    seqs = None
+    m = problem.model
+    free = cand.kv_capacity_bytes
+    if role == "decode":
+        seqs = max(1, decode_batch(cand, role_load(problem, "decode", ctx))[0])
+        free = max(0.0, free - seqs * cand.pp * m.fixed_state_bytes)  # per-sequence state
     return ClusterPlan(
-        c.name, c.datacenter, role, c.gpu.name, instances, cand.tp, cand.pp, phase.source
+        c.name,
+        c.datacenter,
+        role,
+        c.gpu.name,
+        instances,
+        cand.tp,
+        cand.pp,
+        phase.source,
+        max_num_seqs=seqs,
+        max_num_batched_tokens=problem.max_num_batched_tokens,
+        gpu_memory_utilization=problem.settings.memory_utilization,
+        kv_cache_tokens=int(free // max(m.kv_bytes_per_token, 1)),
     )
 
 
@@ -492,7 +523,9 @@ def _assemble(
     for c in problem.prefill_clusters:
         cand = shapes.prefill[c.name]
         clusters.append(
-            _cluster_plan(c, "prefill", c.count // cand.gpus if offloading else 0, cand)
+            _cluster_plan(
+                problem, c, "prefill", c.count // cand.gpus if offloading else 0, cand, ctx
+            )
         )
         notes.append(
             f"{c.name} prefill latency ({cand.latency.prefill.source}): {cand.latency.prefill.note}"
@@ -501,7 +534,7 @@ def _assemble(
         split = out_.local[c.name]
         pre, dec = shapes.pd_prefill[c.name], shapes.pd_decode[c.name]
         if pre is not None and split.n_p > 0:
-            clusters.append(_cluster_plan(c, "prefill", split.n_p, pre))
+            clusters.append(_cluster_plan(problem, c, "prefill", split.n_p, pre, ctx))
             notes.append(
                 f"{c.name} PD-P latency ({pre.latency.prefill.source}): {pre.latency.prefill.note}"
             )
@@ -510,7 +543,7 @@ def _assemble(
                 f"{c.name} is too small for separate PD-P and PD-D instances: its decode "
                 "instances also prefill short prompts (time-shared)"
             )
-        clusters.append(_cluster_plan(c, "decode", split.n_d, dec))
+        clusters.append(_cluster_plan(problem, c, "decode", split.n_d, dec, ctx))
         notes.append(
             f"{c.name} PD-D latency ({dec.latency.decode.source}): {dec.latency.decode.note}"
         )

@@ -55,6 +55,8 @@ class EngineLaunch:
     block_size: int | None = None
     max_model_len: int | None = None
     max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    gpu_memory_utilization: float | None = None
     enforce_eager: bool = False
     cpu_kvcache_gib: int = 1
     """``VLLM_CPU_KVCACHE_SPACE`` on CPU engines."""
@@ -115,6 +117,10 @@ def vllm_argv(spec: EngineLaunch, python: str = "python3") -> list[str]:
         argv += ["--max-model-len", str(spec.max_model_len)]
     if spec.max_num_seqs is not None:
         argv += ["--max-num-seqs", str(spec.max_num_seqs)]
+    if spec.max_num_batched_tokens is not None:
+        argv += ["--max-num-batched-tokens", str(spec.max_num_batched_tokens)]
+    if spec.gpu_memory_utilization is not None:
+        argv += ["--gpu-memory-utilization", f"{spec.gpu_memory_utilization:g}"]
     if spec.enforce_eager:
         argv.append("--enforce-eager")
     argv += list(spec.extra_args)

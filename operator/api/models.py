@@ -24,6 +24,7 @@ from pydantic.alias_generators import to_camel
 
 __all__ = [
     "API_VERSION",
+    "FABRIC_GBPS",
     "GROUP",
     "KINDS",
     "PROMETHEUS_URL_PATTERN",
@@ -235,10 +236,22 @@ class RouterExposure(_Model):
     replicas: PositiveInt = 1
 
 
+FABRIC_GBPS = 200.0
+"""Default intra-datacenter KV bandwidth per instance: one 200 Gb/s RDMA NIC (InfiniBand or
+RoCE; 400 Gb/s NICs are common on newer nodes)."""
+
+
 class DecodeClusterSpec(_ClusterSpec):
     """A local PD pool: short prefills plus all decode, fronted by a router."""
 
     router: RouterExposure = Field(default_factory=RouterExposure)
+    fabric_gbps: float = Field(
+        default=FABRIC_GBPS,
+        gt=0,
+        description="Bandwidth (Gbit/s) one instance has for KV from this cluster's own prefill "
+        "instances to its decode instances (its RDMA NIC; default 200). When a prefill and a "
+        "decode instance fit on one node together, KV moves over NVLink instead.",
+    )
 
 
 class LinkProbing(_Model):
@@ -488,6 +501,11 @@ class EngineSpec(_Model):
     extra_args: list[str] = Field(default_factory=list)
     connector: Literal["NixlConnector", "MooncakeConnector"] = "NixlConnector"
     max_batch_size: PositiveInt = Field(default=256, description="BS_max of a decode instance.")
+    max_num_batched_tokens: PositiveInt = Field(
+        default=8192,
+        description="Tokens one engine step may process (vLLM --max-num-batched-tokens): the "
+        "prefill batch budget, passed to vLLM and used by the planner and the simulator.",
+    )
     block_size: PositiveInt = 16
     env: dict[str, str] = Field(default_factory=dict)
 

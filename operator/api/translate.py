@@ -117,6 +117,7 @@ def _cluster(
         raise TranslateError(
             f"{obj.KIND}/{obj.metadata.name} spec.accelerator.type: {exc}"
         ) from exc
+    fabric = obj.spec.fabric_gbps if isinstance(obj, api.DecodeCluster) else api.FABRIC_GBPS
     return ClusterInput(
         obj.metadata.name,
         obj.spec.datacenter,
@@ -124,6 +125,7 @@ def _cluster(
         gpu,
         acc.count,
         acc.per_node,
+        fabric,
     )
 
 
@@ -200,6 +202,7 @@ def problem_from_resources(
         offload=offload,
         profiles=profiles,
         max_batch_size=spec.engine.max_batch_size,
+        max_num_batched_tokens=spec.engine.max_num_batched_tokens,
         settings=settings or PlannerSettings(),
         notes=tuple(notes),
     )

@@ -172,7 +172,11 @@ def engine_launch(spec: api.ServingPlanSpec, cp: ClusterPlan) -> EngineLaunch:
         side_channel_host=None,
         side_channel_port=SIDE_CHANNEL_PORT,
         block_size=spec.engine.block_size,
-        max_num_seqs=spec.engine.max_batch_size if cp.role == "decode" else None,
+        # The plan's numbers, which the simulator used too (older plans: the spec's).
+        max_num_seqs=cp.max_num_seqs
+        or (spec.engine.max_batch_size if cp.role == "decode" else None),
+        max_num_batched_tokens=cp.max_num_batched_tokens or spec.engine.max_num_batched_tokens,
+        gpu_memory_utilization=cp.gpu_memory_utilization,
         extra_args=tuple(spec.engine.extra_args),
         extra_env=dict(spec.engine.env),
     )

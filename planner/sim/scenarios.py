@@ -66,6 +66,7 @@ __all__ = [
     "ScenarioRun",
     "common_rate",
     "fill_predicted",
+    "local_kv_gbps",
     "predict",
     "run_scenarios",
     "scenarios",
@@ -123,6 +124,15 @@ def _cache_blocks(problem: Problem, gpu: GpuSpec, gpus: int) -> int:
     return max(0, int(free // per_block))
 
 
+def local_kv_gbps(cluster: ClusterInput, prefill_gpus: int, decode_gpus: int) -> float:
+    """KV bandwidth (Gbit/s) from a PD-P instance to a PD-D instance of ``cluster``: NVLink
+    (the GPU's interconnect, per GPU of the sending instance) when both fit on one node,
+    else the cluster's fabric NIC (``DecodeCluster.spec.fabricGbps``)."""
+    if prefill_gpus + decode_gpus <= cluster.per_node:
+        return cluster.gpu.interconnect_gbps * 8.0 * prefill_gpus
+    return cluster.fabric_gbps
+
+
 def _cluster(problem: Problem, name: str) -> ClusterInput:
     for c in problem.clusters:
         if c.name == name:
@@ -158,13 +168,22 @@ def _config(
     d = decoders[0]
     dec_in = _cluster(problem, d.name)
     dec_lat = _latency(problem, dec_in, d.tensor_parallel, d.pipeline_parallel)
-    batch = _decode_batch(problem, dec_in.gpu, d.tensor_parallel, d.pipeline_parallel, dec_lat)
+    batch = d.max_num_seqs or _decode_batch(
+        problem, dec_in.gpu, d.tensor_parallel, d.pipeline_parallel, dec_lat
+    )
     n_dec = d.instances
     if all_remote_decode:
         n_dec = dec_in.count // d.gpus_per_instance
+    # The plan's engine numbers are vLLM's flags; PP decode keeps one micro-batch per stage.
     decode = DecodePool(
-        f"{d.name}/decode", d.datacenter, n_dec * d.pipeline_parallel, dec_lat, max_batch=batch
+        f"{d.name}/decode",
+        d.datacenter,
+        n_dec * d.pipeline_parallel,
+        dec_lat,
+        max_batch=batch,
+        kv_capacity_tokens=(d.kv_cache_tokens or 0) // d.pipeline_parallel,
     )
+    budget = problem.max_num_batched_tokens
     pools: list[PrefillPool] = []
     for c in plan.clusters:
         if c.role != "prefill":
@@ -186,8 +205,12 @@ def _config(
                 c.datacenter,
                 n,
                 lat,
+                token_budget=c.max_num_batched_tokens or budget,
                 pipeline_stages=c.pipeline_parallel,
                 cache_blocks=blocks,
+                kv_gbps=local_kv_gbps(inp, c.gpus_per_instance, d.gpus_per_instance)
+                if local
+                else 0.0,
             )
         )
     if not any(p.datacenter == d.datacenter for p in pools) and not all_remote_decode:
@@ -200,6 +223,7 @@ def _config(
                 d.datacenter,
                 d.instances,
                 dec_lat,
+                token_budget=budget,
                 cache_blocks=blocks,
             )
         )

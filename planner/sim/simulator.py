@@ -16,6 +16,9 @@ What is modelled (DESIGN.md §5, papers.md §1.5-1.6, §2.2):
   next batch after ``D / k`` (papers.md §2.2 Eq. 2). A prefix cache (block-hash LRU) per
   instance removes cached blocks from the work.
 * **KV transfer** over ``SharedLink``s: one RTT, then processor sharing of the capacity.
+  Inside the decode datacenter a local prefill batch's KV moves to decode at the pool's
+  ``kv_gbps`` (its fabric NIC, or NVLink when prefill and decode share a node) and lands
+  together once all of it has arrived.
 * **Decode** by continuous batching, admitted as vLLM's scheduler does: first come first
   served while fewer than ``max_batch`` (``max_num_seqs``) sequences run *and* the newcomer's
   KV fits in ``kv_capacity_tokens`` beside the running sequences' next step; when the running
@@ -79,6 +82,7 @@ class EventKind(IntEnum):
     LINK_DONE = 4
     LINK_CAPACITY = 5
     DECODE_STEP = 6
+    LOCAL_KV = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +99,9 @@ class PrefillPool:
     """Inter-op (PP) stages: a new batch may start every ``D / stages`` seconds."""
     cache_blocks: int = 0
     """Prefix-cache capacity per instance in blocks; 0 disables the cache."""
+    kv_gbps: float = 0.0
+    """Local pools: KV bandwidth to the decode instances (Gbit/s); 0: instant. Remote pools
+    use their link."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +191,8 @@ class _Pool:
     link: int
     """Index of the link to the decode datacenter (-1: local)."""
     instances: list[_Prefiller]
+    kv_Bps: float = 0.0
+    """Local pools: bytes/s of KV to decode (0: instant)."""
     waiting: int = 0
     series_t: array = field(default_factory=lambda: array("d", [0.0]))
     series_v: array = field(default_factory=lambda: array("d", [0.0]))
@@ -370,7 +379,11 @@ class Simulation:
                 )
                 insts.append(inst)
                 self._instances.append(inst)
-            self._pools.append(_Pool(pool.name, remote, link_idx, insts))
+            if pool.kv_gbps < 0:
+                raise SimulatorError(
+                    f"prefill pool {pool.name!r} needs kv_gbps >= 0 (0: instant local KV)"
+                )
+            self._pools.append(_Pool(pool.name, remote, link_idx, insts, pool.kv_gbps * 1e9 / 8))
         self._decoders: list[_Decoder] = []
         if dec is not None:
             if dec.instances < 1 or dec.max_batch < 1 or dec.kv_capacity_tokens < 0:
@@ -427,6 +440,7 @@ class Simulation:
             self._on_link_done,
             self._on_link_capacity,
             self._on_decode_step,
+            self._on_local_kv,
         ]
 
     def _push(self, when: float, kind: EventKind, a: Any, b: Any = None) -> None:
@@ -603,9 +617,16 @@ class Simulation:
                     self._push(now + rtt, EventKind.TRANSFER_START, r, pool.link)
                 else:
                     self._on_transfer_start(r, pool.link)
+        elif pool.kv_Bps > 0.0:
+            per_token, fixed = self.config.kv_bytes_per_token, self.config.kv_fixed_bytes
+            nbytes = sum(per_token * self._input[r] + fixed for r in batch)
+            self._push(now + nbytes / pool.kv_Bps, EventKind.LOCAL_KV, batch)
         else:
-            for r in batch:
-                self._deliver(r)
+            self._on_local_kv(batch, None)
+
+    def _on_local_kv(self, batch: list[int], _: Any) -> None:
+        for r in batch:
+            self._deliver(r)
 
     def _finished_at_first_token(self, r: int) -> None:
         self._first[r] = self._ready[r] = self._dstart[r] = self._finish[r] = self.now
