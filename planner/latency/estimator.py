@@ -26,7 +26,7 @@ from prfaas.planner.latency.profiles import (
     FittedPrefill,
     LayerFit,
     ProfileData,
-    fit_decode,
+    fit_decode_piecewise,
     fit_prefill,
     layer_profile,
 )
@@ -90,14 +90,9 @@ def _published_prefill(p: ProfileData) -> FittedPrefill:
 def _published_decode(p: ProfileData, roof: RooflineDecode) -> DecodePhase:
     points = p.decode
     if len({(b, c) for b, c, _ in points}) >= 3:
-        (a, b, c), rep = fit_decode(points)
-        return FittedDecode(
-            a,
-            b,
-            c,
-            "published",
-            f"decode fitted to {rep.points} published points (max error "
-            f"{rep.max_rel_error:.1%}): {p.origin}",
+        fit = fit_decode_piecewise(points)
+        return FittedDecode.of(
+            fit, "published", f"decode fitted to published points ({fit.describe()}): {p.origin}"
         )
     ratios = [s / roof(int(b), b * ctx) for b, ctx, s in points]
     return ScaledDecode(roof, sum(ratios) / len(ratios), p.origin)

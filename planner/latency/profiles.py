@@ -9,7 +9,9 @@ Two kinds of input:
 
 Fits use DistServe's form (papers.md §2.4): prefill ``a + b·l + c·l²``, decode
 ``a + b·Σctx + c·batch``, by least squares on *relative* error (as DistServe's fitting script),
-with the coefficients kept non-negative.
+with the coefficients kept non-negative. Decode steps change regime at large batches
+(DistServe's own profile switches coefficients above batch 95), so when points span both,
+``fit_decode_piecewise`` fits one plane per batch range and reports the error of each.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from prfaas.planner.latency.model import LatencySource
 
 __all__ = [
     "CATALOG_PROFILES",
+    "DecodeFit",
     "FitReport",
     "FittedDecode",
     "FittedPrefill",
     "LayerFit",
     "ProfileData",
     "fit_decode",
+    "fit_decode_piecewise",
     "fit_prefill",
     "layer_fits",
     "layer_profile",
@@ -150,6 +154,65 @@ def fit_decode(
 
 
 @dataclass(frozen=True, slots=True)
+class DecodeFit:
+    """A decode fit: one plane, or two split at a batch size (``batch > split_batch`` uses
+    ``high``), with the relative error of each regime on its own points."""
+
+    low: tuple[float, float, float]
+    low_report: FitReport
+    split_batch: float = math.inf
+    high: tuple[float, float, float] | None = None
+    high_report: FitReport | None = None
+
+    def describe(self) -> str:
+        """The error per regime, for plan notes."""
+        low = f"max error {self.low_report.max_rel_error:.1%}"
+        if self.high is None or self.high_report is None:
+            return f"{self.low_report.points} points, {low}"
+        return (
+            f"piecewise at batch {self.split_batch:g}: {self.low_report.points} points up to it "
+            f"({low}), {self.high_report.points} above "
+            f"(max error {self.high_report.max_rel_error:.1%})"
+        )
+
+
+def _sse(design: np.ndarray, y: np.ndarray, coef: np.ndarray) -> float:
+    return float(np.sum((design @ coef / y - 1.0) ** 2))
+
+
+def fit_decode_piecewise(
+    points: Sequence[tuple[float, float, float]], *, min_points: int = 3, gain: float = 0.5
+) -> DecodeFit:
+    """``fit_decode``, or two planes split at the batch size that fits best when the points
+    span two regimes: chosen only if each side has ``min_points`` points and the summed
+    squared relative error drops below ``gain`` × the single plane's."""
+    pts = [(float(b), float(c), float(s)) for b, c, s in points]
+    single, rep = fit_decode(pts)
+
+    def design(sub: list[tuple[float, float, float]]) -> tuple[np.ndarray, np.ndarray]:
+        return np.array([[1.0, b * c, b] for b, c, _ in sub]), np.array([s for *_, s in sub])
+
+    base = _sse(*design(pts), np.array(single))
+    best: DecodeFit | None = None
+    best_sse = gain * base
+    batches = sorted({b for b, _, _ in pts})
+    for split in batches[:-1]:
+        lo = [p for p in pts if p[0] <= split]
+        hi = [p for p in pts if p[0] > split]
+        if min(len(lo), len(hi)) < max(min_points, 3):
+            continue
+        try:
+            lo_c, lo_rep = fit_decode(lo)
+            hi_c, hi_rep = fit_decode(hi)
+        except ProfileError:
+            continue
+        sse = _sse(*design(lo), np.array(lo_c)) + _sse(*design(hi), np.array(hi_c))
+        if sse < best_sse:
+            best, best_sse = DecodeFit(lo_c, lo_rep, split, hi_c, hi_rep), sse
+    return best or DecodeFit(single, rep)
+
+
+@dataclass(frozen=True, slots=True)
 class FittedPrefill:
     """DistServe prefill form; a batch costs ``a + b·Σl + c·Σl²``."""
 
@@ -165,15 +228,26 @@ class FittedPrefill:
 
 @dataclass(frozen=True, slots=True)
 class FittedDecode:
-    """DistServe decode form ``a + b·Σctx + c·batch``."""
+    """DistServe decode form ``a + b·Σctx + c·batch``; above ``split_batch`` the ``high``
+    coefficients (a piecewise fit)."""
 
     a: float
     b: float
     c: float
     source: LatencySource
     note: str
+    split_batch: float = math.inf
+    high: tuple[float, float, float] | None = None
+
+    @classmethod
+    def of(cls, fit: DecodeFit, source: LatencySource, note: str) -> FittedDecode:
+        a, b, c = fit.low
+        return cls(a, b, c, source, note, fit.split_batch, fit.high)
 
     def __call__(self, batch: int, total_context: float) -> float:
+        if self.high is not None and batch > self.split_batch:
+            a, b, c = self.high
+            return a + b * total_context + c * batch
         return self.a + self.b * total_context + self.c * batch
 
 
