@@ -140,6 +140,8 @@ class ClusterPlan:
     kv_cache_tokens: int | None = None
     """KV capacity of one instance in tokens at that fraction (memory after weights / KV bytes
     per token): what vLLM will find, and the simulator's decode admission limit."""
+    pinned: bool = False
+    """``instances`` was fixed by ``spec.pins``, not chosen by the planner."""
 
     @property
     def gpus_per_instance(self) -> int:

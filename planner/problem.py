@@ -171,6 +171,15 @@ class Problem:
     """Provenance of inputs (where each number came from), copied into the plan's notes."""
     max_num_batched_tokens: int = 8192
     """Prefill token budget of one engine step (vLLM ``--max-num-batched-tokens``)."""
+    pins: tuple[tuple[str, str, int], ...] = ()
+    """Fixed instance counts as (cluster, role, instances): the planner optimises around them."""
+
+    def pin(self, cluster: str, role: str) -> int | None:
+        """The pinned instance count of ``role`` in ``cluster``, or ``None`` (planner's choice)."""
+        for c, r, n in self.pins:
+            if c == cluster and r == role:
+                return n
+        return None
 
     @property
     def prefill_clusters(self) -> tuple[ClusterInput, ...]:

@@ -139,7 +139,7 @@ def _solver(problem: Problem, shapes: _Shapes, ctx: float) -> Solver:
     pre = [
         PrfaasPool(
             c.name,
-            c.count // shapes.prefill[c.name].gpus,
+            _prfaas_instances(problem, c, shapes.prefill[c.name]),
             _prefill_stage(shapes.prefill[c.name].latency),
         )
         for c in problem.prefill_clusters
@@ -148,6 +148,19 @@ def _solver(problem: Problem, shapes: _Shapes, ctx: float) -> Solver:
     for c in problem.decode_clusters:
         dec = shapes.pd_decode[c.name]
         pp = shapes.pd_prefill[c.name]
+        pin_p, pin_d = problem.pin(c.name, "prefill"), problem.pin(c.name, "decode")
+        need = (pin_p or 0) * (pp.gpus if pp else 0) + (pin_d or 0) * dec.gpus
+        if pin_p and pp is None:
+            raise Infeasible(
+                f"spec.pins: {c.name}/prefill = {pin_p}, but no PD-P instance shape fits "
+                f"{c.name}; pin it to 0 or leave it to the planner"
+            )
+        if need > c.count:
+            raise Infeasible(
+                f"spec.pins: {c.name} pins {pin_p or 0} PD-P and {pin_d or 0} PD-D instances "
+                f"({need} GPUs at the planned shapes), but the cluster has {c.count} GPUs; "
+                "lower the pins or add GPUs"
+            )
         local.append(
             LocalPool(
                 c.name,
@@ -157,6 +170,8 @@ def _solver(problem: Problem, shapes: _Shapes, ctx: float) -> Solver:
                 _prefill_stage(pp.latency if pp else dec.latency),
                 decode_goodput(dec, load),
                 _prefill_stage(dec.latency),
+                pin_p,
+                pin_d,
             )
         )
     net = build_network(problem.clusters, problem.links, problem.offload.headroom)
@@ -170,6 +185,19 @@ def _solver(problem: Problem, shapes: _Shapes, ctx: float) -> Solver:
         s.grid_points,
         s.tolerance,
     )
+
+
+def _prfaas_instances(problem: Problem, c: ClusterInput, cand: Candidate) -> int:
+    """All instances that fit, or the pinned count (checked against the cluster's GPUs)."""
+    pin = problem.pin(c.name, "prefill")
+    if pin is None:
+        return c.count // cand.gpus
+    if pin * cand.gpus > c.count:
+        raise Infeasible(
+            f"spec.pins: {c.name}/prefill = {pin} needs {pin * cand.gpus} GPUs at "
+            f"TP{cand.tp}×PP{cand.pp}, but the cluster has {c.count}; lower the pin or add GPUs"
+        )
+    return pin
 
 
 def _prefill_stage(lat: InstanceLatency) -> Callable[[float], float]:
@@ -371,12 +399,13 @@ def _cluster_plan(
     if role == "decode":
         seqs = max(1, decode_batch(cand, role_load(problem, "decode", ctx))[0])
         free = max(0.0, free - seqs * cand.pp * m.fixed_state_bytes)  # per-sequence state
+    pin = problem.pin(c.name, role)
     return ClusterPlan(
         c.name,
         c.datacenter,
         role,
         c.gpu.name,
-        instances,
+        instances if pin is None else pin,
         cand.tp,
         cand.pp,
         phase.source,
@@ -384,6 +413,7 @@ def _cluster_plan(
         max_num_batched_tokens=problem.max_num_batched_tokens,
         gpu_memory_utilization=problem.settings.memory_utilization,
         kv_cache_tokens=int(free // max(m.kv_bytes_per_token, 1)),
+        pinned=pin is not None,
     )
 
 
@@ -518,6 +548,9 @@ def _assemble(
     notes.append(
         f"uncached prompt lengths (p, l_long, l_short): {problem.workload.uncached_source}"
     )
+    if problem.pins:
+        pinned = ", ".join(f"{c}/{r}={n}" for c, r, n in problem.pins)
+        notes.append(f"pinned by spec.pins (the planner sized the rest around them): {pinned}")
     clusters: list[ClusterPlan] = []
     offloading = [n for n, t in out_.thresholds.items() if t is not None]
     for c in problem.prefill_clusters:
@@ -533,7 +566,7 @@ def _assemble(
     for c in problem.decode_clusters:
         split = out_.local[c.name]
         pre, dec = shapes.pd_prefill[c.name], shapes.pd_decode[c.name]
-        if pre is not None and split.n_p > 0:
+        if pre is not None and (split.n_p > 0 or problem.pin(c.name, "prefill") is not None):
             clusters.append(_cluster_plan(problem, c, "prefill", split.n_p, pre, ctx))
             notes.append(
                 f"{c.name} PD-P latency ({pre.latency.prefill.source}): {pre.latency.prefill.note}"
@@ -627,7 +660,7 @@ def _size_for_target(out: Plan, target: float) -> None:
     factors: dict[str, list[float]] = {"prefill-remote": [], "prefill-local": [], "decode": []}
     remote = {r.prefill_cluster for router in out.routers for r in router.remotes}
     for c in out.clusters:
-        if c.instances == 0:
+        if c.instances == 0 or c.pinned:
             continue
         new = max(1, math.ceil(c.instances * f - 1e-9))
         kind = (

@@ -96,6 +96,10 @@ class LocalPool:
     """Prefill time on a *decode* instance. Used only when the pool is too small to hold one
     PD-P and one PD-D instance: its decode instances then also prefill short prompts, time-shared
     (``1/Λ = (1 − p)·T_prefill(l_short) + 1/Θ_decode`` per instance)."""
+    pin_prefill: int | None = None
+    """PD-P instances fixed by the user (``None``: chosen)."""
+    pin_decode: int | None = None
+    """PD-D instances fixed by the user (``None``: chosen)."""
 
     @property
     def colocated(self) -> bool:
@@ -118,22 +122,29 @@ def best_split(pool: LocalPool, p: float, l_short: float, all_decode: bool = Fal
 
     def make(n_p: int) -> LocalSplit:
         n_d = (pool.gpus - n_p * pool.prefill_gpus) // pool.decode_gpus if pool.decode_gpus else 0
+        if pool.pin_decode is not None:
+            n_d = pool.pin_decode
         th_p = n_p / t_short if math.isfinite(t_short) else 0.0
         th_d = n_d * pool.decode_rate
         pre = th_p / (1.0 - p) if p < 1 else math.inf
         return LocalSplit(n_p, n_d, th_p, th_d, min(pre, th_d))
 
+    if pool.pin_prefill is not None and not all_decode:
+        return make(pool.pin_prefill)
     if all_decode or p >= 1:
         return make(0)
     if pool.colocated:
         n_d = pool.gpus // pool.decode_gpus if pool.decode_gpus else 0
+        if pool.pin_decode is not None:
+            n_d = pool.pin_decode
         stage = pool.colocated_prefill_stage
         if stage is None or n_d == 0 or pool.decode_rate <= 0:
             return make(0)
         per = 1.0 / ((1.0 - p) * stage(l_short) + 1.0 / pool.decode_rate)
         cap = n_d * per
         return LocalSplit(0, n_d, cap * (1.0 - p), cap, cap)
-    top = pool.gpus // pool.prefill_gpus
+    free = pool.gpus - (pool.pin_decode or 0) * pool.decode_gpus
+    top = (free if pool.pin_decode is not None else pool.gpus) // pool.prefill_gpus
     lo, hi = 0, top  # smallest n_p whose prefill bound reaches the decode bound
     while lo < hi:
         mid = (lo + hi) // 2

@@ -44,6 +44,7 @@ __all__ = [
     "EmpiricalDistribution",
     "EngineSpec",
     "FixedDistribution",
+    "InstancePin",
     "InterDCLink",
     "InterDCLinkSpec",
     "InterDCLinkStatus",
@@ -540,6 +541,16 @@ class Autoscaling(_Model):
         return self
 
 
+class InstancePin(_Model):
+    """A fixed instance count for one role of one cluster; the planner sizes the rest."""
+
+    cluster: str = Field(min_length=1, description="A PrefillCluster or DecodeCluster name.")
+    role: Literal["prefill", "decode"] = Field(
+        description="prefill (PrfaaS, or a DecodeCluster's PD-P) or decode (PD-D)."
+    )
+    instances: int = Field(ge=0, description="Instances of this role, kept by the planner.")
+
+
 class ServingPlanSpec(_Model):
     """A model to serve across prefill and decode clusters, sized for a workload and SLO."""
 
@@ -550,6 +561,30 @@ class ServingPlanSpec(_Model):
     offload: Offload = Field(default_factory=Offload)
     engine: EngineSpec = Field(default_factory=EngineSpec)
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    pins: list[InstancePin] = Field(
+        default_factory=list,
+        description="Instance counts fixed per cluster and role (GitOps, capacity planning); "
+        "the planner optimises the threshold and the other roles around them, and neither "
+        "target sizing nor autoscaling changes them.",
+    )
+
+    @model_validator(mode="after")
+    def _pins_name_clusters_once(self) -> ServingPlanSpec:
+        seen: set[tuple[str, str]] = set()
+        for i, pin in enumerate(self.pins):
+            if pin.cluster in self.clusters.prefill and pin.role == "decode":
+                raise ValueError(
+                    f"pins[{i}]: {pin.cluster} is a PrefillCluster; it has only role prefill"
+                )
+            if pin.cluster not in self.clusters.prefill + self.clusters.decode:
+                raise ValueError(
+                    f"pins[{i}]: cluster {pin.cluster!r} is not in clusters.prefill or "
+                    "clusters.decode; pin a cluster this plan uses"
+                )
+            if (pin.cluster, pin.role) in seen:
+                raise ValueError(f"pins[{i}]: {pin.cluster}/{pin.role} is pinned twice")
+            seen.add((pin.cluster, pin.role))
+        return self
 
 
 class ObservedWorkload(_Model):

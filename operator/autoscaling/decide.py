@@ -263,6 +263,9 @@ def stabilise_plan(
     out: list[tuple[str, str, int, int]] = []
     for cp in plan.clusters:
         planned = cp.instances
+        if cp.pinned:  # spec.pins: the user's count, never clamped or stabilised
+            out.append((cp.name, cp.role, planned, planned))
+            continue
         target = clamp(planned, scaling.min_replicas, scaling.max_replicas)
         applied = stabilizer.decide(
             (plan_key, cp.name, cp.role), target, current.get((cp.name, cp.role)), now
