@@ -1,8 +1,11 @@
 """The router's Prometheus metrics (``prfaas_router_*``), in a registry owned by one router.
 
 Latencies are what the client sees: TTFT from the request's arrival to the first byte of the
-decode stream (the whole answer when not streaming), TPOT the mean gap between later streamed
-events.
+decode stream (the whole answer when not streaming), TPOT ``(last event − first event) /
+(events − 1)`` over a streamed answer (vLLM streams one token per event, so this is
+``(last token − first token) / (o − 1)``). On the NIXL P/D path the decode engine emits token 1,
+so the simulator (``planner/sim/metrics.py``) measures the same two quantities (README: "TTFT and
+TPOT").
 """
 
 from __future__ import annotations
