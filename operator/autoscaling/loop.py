@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prfaas.operator.api import models as api
+from prfaas.operator.api.messages import safe_message
 from prfaas.operator.autoscaling.decide import (
     Observation,
     Stabilizer,
@@ -160,7 +161,7 @@ class Autoscaler:
         out: dict[str, Any] = {
             "autoscaling": {
                 "metricsAvailable": None if state.polled_at is None else state.error is None,
-                "message": state.error or "",
+                "message": safe_message(state.error or ""),
                 "lastAnswer": None if state.answered_at is None else _format(state.answered_at),
             }
         }

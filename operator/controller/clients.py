@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 import yaml
 from prfaas.operator.api import models as api
+from prfaas.operator.api.messages import safe_message
 
 __all__ = [
     "KINDS",
@@ -457,13 +458,14 @@ class ClusterClient:
 
 
 def _message(text: str) -> str:
+    """An API server's error message, redacted and bounded (it may be anyone's server)."""
     try:
-        doc = json.loads(text)
+        doc = json.loads(text) if len(text) < 1 << 20 else None
     except ValueError:
-        return text[:300]
+        doc = None
     if isinstance(doc, dict):
-        return str(doc.get("message") or doc.get("reason") or text[:300])
-    return text[:300]
+        text = str(doc.get("message") or doc.get("reason") or text)
+    return safe_message(text, 300)
 
 
 # ----------------------------------------------------------------------------------------------

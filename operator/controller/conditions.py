@@ -16,6 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from prfaas.operator.api.messages import safe_message
+
 __all__ = [
     "CONDITION_TYPES",
     "Outcome",
@@ -46,7 +48,12 @@ def condition(
     observed_generation: int | None = None,
 ) -> dict[str, Any]:
     """A condition dict without ``lastTransitionTime`` (``set_condition`` stamps it)."""
-    out: dict[str, Any] = {"type": type_, "status": status, "reason": reason, "message": message}
+    out: dict[str, Any] = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": safe_message(message),
+    }
     if observed_generation is not None:
         out["observedGeneration"] = observed_generation
     return out

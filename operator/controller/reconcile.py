@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prfaas.operator.api import models as api
+from prfaas.operator.api.messages import safe_message
 from prfaas.operator.autoscaling.loop import Autoscaler
 from prfaas.operator.controller.apply import (
     ApplyError,
@@ -160,7 +161,7 @@ class Reconciler:
     async def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         if self.on_event is None:
             return
-        result = self.on_event(body, type_, reason, message)
+        result = self.on_event(body, type_, reason, safe_message(message))
         if result is not None:
             await result
 
