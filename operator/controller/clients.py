@@ -252,6 +252,11 @@ class ClusterClient:
     retries: int = 3
     backoff: float = 0.1
     timeout: float = 30.0
+    max_answer_bytes: int = 32 << 20
+    """Largest answer read (one list page included); more is an error, not memory growth."""
+    page_size: int = 250
+    """Objects per list page (``limit``/``continue``), so a cluster with thousands of Nodes is
+    read a page at a time."""
     namespaces: frozenset[str] | None = None
     """The only namespaces whose children (``Kind.workload``) this client touches, when the
     operator's RBAC grants them there only (``operator.workloadNamespaces``); ``None``: all."""
@@ -315,7 +320,7 @@ class ClusterClient:
                 async with self._sess().request(
                     method, self.server + path, data=data, headers=headers, params=params
                 ) as resp:
-                    text = await resp.text()
+                    text = await _read_bounded(resp, self.max_answer_bytes, self.name, path)
                     if resp.status < 400:
                         return json.loads(text) if text else None
                     if resp.status in _RETRIED and attempt < self.retries:
@@ -362,26 +367,31 @@ class ClusterClient:
                 for item in await self.list_objects(kind, ns, labels)
             ]
         self._check_namespace(kind, namespace)
-        params = (
-            {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else None
-        )
-        try:
-            out = await self.request("list", kind, "GET", kind.path(namespace), params=params)
-        except ApiError as exc:
-            if exc.status == 404:
-                return []
-            raise
-        items = [i for i in (out or {}).get("items", []) if i]
+        params = {"limit": str(self.page_size)}
         if labels:
-            items = [
-                i
-                for i in items
-                if all(
-                    (i.get("metadata", {}).get("labels") or {}).get(k) == v
-                    for k, v in labels.items()
-                )
-            ]
-        return items
+            params["labelSelector"] = ",".join(f"{k}={v}" for k, v in labels.items())
+        items: list[dict[str, Any]] = []
+        while True:
+            try:
+                out = await self.request("list", kind, "GET", kind.path(namespace), params=params)
+            except ApiError as exc:
+                if exc.status == 404:
+                    return []
+                raise
+            out = out if isinstance(out, dict) else {}
+            for i in out.get("items") or []:
+                if i and (
+                    not labels
+                    or all(
+                        (i.get("metadata", {}).get("labels") or {}).get(k) == v
+                        for k, v in labels.items()
+                    )
+                ):
+                    items.append(i)
+            token = (out.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            params = {**params, "continue": str(token)}
 
     async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         kind = kind_of(obj)
@@ -455,6 +465,23 @@ class ClusterClient:
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
             return False
         return any(r.get("name") == kind.plural for r in (doc or {}).get("resources", []))
+
+
+async def _read_bounded(
+    resp: aiohttp.ClientResponse, limit: int, cluster: str, path: str
+) -> str:
+    """The answer's text, refused past ``limit`` bytes (by Content-Length, or while reading)."""
+    too_big = f"{path}: the answer is over the operator's limit of {limit} bytes"
+    if resp.content_length is not None and resp.content_length > limit:
+        raise ApiError(cluster, 507, too_big)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(cluster, 507, too_big)
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")
 
 
 def _message(text: str) -> str:
