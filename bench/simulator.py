@@ -30,7 +30,7 @@ DISTSERVE = {10_000: 330.0, 100_000: 230.0}
 VIDUR_10K = 180.0
 
 
-def _one(n: int, profile: bool) -> dict[str, float]:
+def _one(n: int, profile: bool, chains: bool) -> dict[str, float]:
     from prfaas.operator.api.manifests import read_manifests
     from prfaas.operator.api.translate import problems_from_manifests
     from prfaas.planner.sim.arrivals import synthetic_stream
@@ -45,6 +45,16 @@ def _one(n: int, profile: bool) -> dict[str, float]:
     w = problem.workload
     t0 = time.perf_counter()
     stream = synthetic_stream(n, rate, w.input_length, w.output_length, seed=1)
+    if chains:  # 512-token chains, each request one of n/8 conversations' prefixes
+        from dataclasses import replace
+
+        import numpy as np
+        from prfaas.planner.routing.prefix import Chains
+
+        pid = np.random.default_rng(2).integers(0, max(n // 8, 1), n)
+        stream = replace(
+            stream, prefix_id=pid, chains=Chains.from_prefix_ids(pid, stream.input_tokens, 512)
+        )
     t1 = time.perf_counter()
     c1 = time.process_time()
     if profile:
@@ -69,6 +79,7 @@ def _one(n: int, profile: bool) -> dict[str, float]:
         "cpu_s": c2 - c1,
         "events": res.events,
         "ttft_p90_s": summary["ttft"].p90,
+        "chain_blocks": float(stream.block_chains.lengths().mean()),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
 
@@ -78,10 +89,15 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", action="store_true", help="cProfile the (last) run")
+    ap.add_argument(
+        "--chains",
+        action="store_true",
+        help="give requests 512-token block chains (shared by conversation) and prefix caches",
+    )
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(_one(args.one, args.profile)))
+        print(json.dumps(_one(args.one, args.profile, args.chains)))
         return
     print(
         f"{'requests':>9} {'sim s':>7} {'req/s':>9} {'events/s':>10} {'RSS MB':>7} "
@@ -91,6 +107,8 @@ def main() -> None:
         rows = []
         for i in range(args.repeat):
             cmd = [sys.executable, __file__, "--one", str(n)]
+            if args.chains:
+                cmd.append("--chains")
             if args.profile and i == args.repeat - 1:
                 cmd.append("--profile")
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
@@ -108,7 +126,8 @@ def main() -> None:
             f"{rps / anchor:>11.0f}× {rps / VIDUR_10K:>8.0f}×  "
             f"(median {med:.2f} s = {n / med:,.0f} req/s; CPU {best['cpu_s']:.2f} s; "
             f"sampling {best['sample_s']:.2f} s; "
-            f"P90 TTFT {best['ttft_p90_s']:.2f} s at {best['rate']:.2f} req/s)"
+            f"P90 TTFT {best['ttft_p90_s']:.2f} s at {best['rate']:.2f} req/s; "
+            f"{best['chain_blocks']:.1f} chain blocks per request)"
         )
 
 

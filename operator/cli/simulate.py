@@ -93,6 +93,8 @@ def summary_rows(runs: list[ScenarioRun], problem: Problem) -> list[dict[str, An
                 "throughputRps": s["throughputRps"],
                 "goodputRps": r.goodput_rps,
                 "offloadFraction": s["offloadFraction"],
+                "prefixHitRatio": 1.0
+                - float(res.uncached_tokens.sum()) / max(float(res.input_tokens.sum()), 1.0),
                 "egressGbps": s["egressGbps"],
                 "thresholdP50": {
                     k: float(np.median(v.v)) for k, v in res.thresholds.items() if len(v.v)
@@ -118,6 +120,7 @@ _METRICS: tuple[tuple[str, str, str, bool], ...] = (
     ("attainment", "SLO attainment (TTFT & TPOT)", "%", False),
     ("goodputRps", "goodput (req/s, bisection)", "n", False),
     ("offloadFraction", "offloaded", "%", False),
+    ("prefixHitRatio", "prefix-hit ratio (tokens)", "%", False),
 )
 
 

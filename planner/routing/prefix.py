@@ -54,24 +54,29 @@ def block_hashes(tokens: Sequence[int], block_size: int, *, salt: bytes = b"") -
 class PrefixCache:
     """An LRU set of block hashes held by one instance, ``capacity_blocks`` at most.
 
-    Keys are any hashable block ids (the router's ``block_hashes`` ints, the simulator's
-    bytes). Hits cost one ``move_to_end`` each: a missing key raises ``KeyError`` there, which
-    ends the leading run without a separate membership test.
+    Keys are any hashable block ids (the router's ``block_hashes`` ints, a trace's chain ids).
+    Eviction order is vLLM's: a prompt's blocks are marked recently used *tail first*, so that
+    within one prefix the last block is evicted first and the shared head last (vLLM returns a
+    finished request's blocks to its free queue in reverse order). ``match`` marks the held
+    leading run the same way.
     """
 
     capacity_blocks: int
     _blocks: OrderedDict[Hashable, None] = field(default_factory=OrderedDict)
 
-    def match(self, hashes: Iterable[Hashable]) -> int:
-        """Number of leading blocks of ``hashes`` this instance holds (marks them recently used)."""
-        touch = self._blocks.move_to_end
+    def match(self, hashes: Sequence[Hashable]) -> int:
+        """Number of leading blocks of ``hashes`` this instance holds (marks them recently
+        used, tail first)."""
+        blocks = self._blocks
         n = 0
-        try:
-            for h in hashes:
-                touch(h)
-                n += 1
-        except KeyError:
-            pass
+        for h in hashes:
+            if h not in blocks:
+                break
+            n += 1
+        if n:
+            touch = blocks.move_to_end
+            for i in range(n - 1, -1, -1):
+                touch(hashes[i])
         return n
 
     def peek(self, hashes: Iterable[Hashable]) -> int:
@@ -85,20 +90,16 @@ class PrefixCache:
         return n
 
     def insert(self, hashes: Iterable[Hashable]) -> None:
-        """Record blocks as cached (most recently used, in order), evicting the least recently
-        used beyond capacity."""
+        """Record a prompt's blocks as cached (most recently used, tail first), evicting the
+        least recently used beyond capacity."""
         blocks = self._blocks
         touch = blocks.move_to_end
-        it = iter(hashes)
-        for h in it:  # the leading run already held: one move each
-            try:
+        seq = hashes if isinstance(hashes, list | tuple) else list(hashes)
+        for h in reversed(seq):
+            if h in blocks:
                 touch(h)
-            except KeyError:
+            else:
                 blocks[h] = None  # a new key goes to the end
-                break
-        for h in it:
-            blocks[h] = None
-            touch(h)
         evict = blocks.popitem
         for _ in range(len(blocks) - self.capacity_blocks):  # one len(), not one per eviction
             evict(False)  # the least recently used

@@ -58,21 +58,21 @@ class _ReferenceLRU:
     def __init__(self, capacity: int) -> None:
         self.capacity, self.order = capacity, list[int]()
 
-    def match(self, hashes: list[int]) -> int:
-        n = 0
-        for h in hashes:
-            if h not in self.order:
-                break
-            self.order.remove(h)
-            self.order.append(h)
-            n += 1
-        return n
-
-    def insert(self, hashes: list[int]) -> None:
-        for h in hashes:
+    def _touch_tail_first(self, hashes: list[int]) -> None:
+        for h in reversed(hashes):
             if h in self.order:
                 self.order.remove(h)
             self.order.append(h)
+
+    def match(self, hashes: list[int]) -> int:
+        n = 0
+        while n < len(hashes) and hashes[n] in self.order:
+            n += 1
+        self._touch_tail_first(hashes[:n])
+        return n
+
+    def insert(self, hashes: list[int]) -> None:
+        self._touch_tail_first(hashes)
         del self.order[: max(0, len(self.order) - self.capacity)]
 
 
@@ -99,3 +99,15 @@ def test_prefix_cache_is_an_exact_lru(capacity: int, ops: list[tuple[str, list[i
                 n += 1
             assert cache.peek(hashes) == n  # and the order is left alone (checked below)
         assert list(cache._blocks) == ref.order
+
+
+def test_eviction_takes_a_prefix_tail_first_as_vllm() -> None:
+    """vLLM frees a finished request's blocks in reverse order: under pressure a cached prefix
+    loses its tail, and its shared head (block 0, a system prompt) stays usable."""
+    cache = PrefixCache(4)
+    cache.insert([1, 2, 3])
+    cache.insert([1, 9])  # a second prompt with the same first block
+    assert list(cache._blocks) == [3, 2, 9, 1]  # least recently used first
+    cache.insert([7])  # one block over capacity: the first prompt's tail goes
+    assert cache.match([1, 2, 3]) == 2
+    assert cache.match([1, 9]) == 2

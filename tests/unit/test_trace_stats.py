@@ -127,9 +127,11 @@ def test_a_fully_cached_prompt_still_computes_one_token() -> None:
 
 
 def test_replay_through_small_caches_evicts_lru() -> None:
-    # One instance of 3 blocks: A=[0,1], B=[2,3] evicts block 0 of A; A again misses at once.
+    # One instance of 3 blocks: A=[0,1], B=[2,3] evicts A's tail block 1 (vLLM's order);
+    # A again finds its head block 0.
     s = _stream([[0, 1], [2, 3], [0, 1]], [1024, 1024, 1024])
-    assert list(replayed_uncached(s, cache_blocks=3, instances=1)) == [1024, 1024, 1024]
+    assert list(replayed_uncached(s, cache_blocks=3, instances=1)) == [1024, 1024, 512]
+    assert list(replayed_uncached(s, cache_blocks=2, instances=1)) == [1024, 1024, 1024]
     assert list(replayed_uncached(s, cache_blocks=4, instances=1)) == [1024, 1024, 1]
     # Two instances: B goes to the other (rotation), A finds its blocks on the first.
     assert list(replayed_uncached(s, cache_blocks=2, instances=2)) == [1024, 1024, 1]
