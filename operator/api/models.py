@@ -42,6 +42,7 @@ __all__ = [
     "Duration",
     "EmpiricalBucket",
     "EmpiricalDistribution",
+    "EnginePolicy",
     "EngineSpec",
     "FixedDistribution",
     "InstancePin",
@@ -218,11 +219,39 @@ class ClusterStatus(_Model):
     conditions: list[Condition] = Field(default_factory=list)
 
 
+class EnginePolicy(_Model):
+    """What a ServingPlan may run in this cluster's namespace. The cluster resources are the
+    cluster administrator's (cluster-scoped); ServingPlans are any namespace's tenants', and
+    their engines run in the namespace named here, so this is where the admin limits them.
+    Unset lists allow anything (single-tenant clusters)."""
+
+    allowed_images: list[str] | None = Field(
+        default=None,
+        description="Image references a plan's engine.image may use; an entry ending in '*' "
+        "is a prefix (e.g. 'vllm/vllm-openai:*'). Unset: any image.",
+    )
+    allowed_args: list[str] | None = Field(
+        default=None,
+        description="Flags a plan's engine.extraArgs may contain (e.g. '--enforce-eager'); "
+        "a flag's value follows it. Unset: any flag.",
+    )
+    allowed_env: list[str] | None = Field(
+        default=None,
+        description="Variable names a plan's engine.env may set. Unset: any name.",
+    )
+    add_capabilities: list[str] = Field(
+        default_factory=list,
+        description="Capabilities added back to engine containers (all are dropped), e.g. "
+        "IPC_LOCK where RDMA needs pinned memory.",
+    )
+
+
 class _ClusterSpec(_Model):
     datacenter: str = Field(min_length=1, description="Datacenter name; links join these.")
     accelerator: Accelerator
     target: Target = Field(default_factory=Target)
     scheduling: Scheduling = Field(default_factory=Scheduling)
+    engine_policy: EnginePolicy = Field(default_factory=EnginePolicy)
 
 
 class PrefillClusterSpec(_ClusterSpec):

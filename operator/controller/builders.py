@@ -64,6 +64,7 @@ __all__ = [
     "ClusterTarget",
     "PlanInputs",
     "build_children",
+    "check_engine_policy",
     "child_labels",
     "engine_launch",
     "max_model_len",
@@ -209,8 +210,44 @@ def _scheduling(target: ClusterTarget) -> dict[str, Any]:
     return out
 
 
+def check_engine_policy(spec: api.ServingPlanSpec, target: ClusterTarget) -> None:
+    """``BuildError`` naming the field when the plan's engine image, flags or env are outside
+    the cluster's ``enginePolicy`` (the admin's allow-lists for tenants' plans)."""
+    policy = target.spec.engine_policy
+    where = f"{target.kind} {target.name!r} spec.enginePolicy"
+    eng = spec.engine
+    images = policy.allowed_images
+    if images is not None and not any(
+        eng.image.startswith(a[:-1]) if a.endswith("*") else eng.image == a for a in images
+    ):
+        raise BuildError(
+            f"spec.engine.image {eng.image!r} is not allowed in {where}.allowedImages "
+            f"({', '.join(images) or 'none'}); use one of those or ask the cluster's admin"
+        )
+    if policy.allowed_args is not None:
+        flags = [a.split("=", 1)[0] for a in eng.extra_args if a.startswith("-")]
+        bad = [f for f in flags if f not in policy.allowed_args]
+        if bad:
+            raise BuildError(
+                f"spec.engine.extraArgs {bad} are not allowed in {where}.allowedArgs "
+                f"({', '.join(policy.allowed_args) or 'none'})"
+            )
+    if policy.allowed_env is not None:
+        bad = sorted(k for k in eng.env if k not in policy.allowed_env)
+        if bad:
+            raise BuildError(
+                f"spec.engine.env {bad} are not allowed in {where}.allowedEnv "
+                f"({', '.join(policy.allowed_env) or 'none'})"
+            )
+
+
 def _engine_container(
-    launch: EngineLaunch, image: str, gpus: int, resource_name: str, *, argv: list[str]
+    launch: EngineLaunch,
+    image: str,
+    gpus: int,
+    resource_name: str,
+    *,
+    argv: list[str],
 ) -> dict[str, Any]:
     health = {"httpGet": {"path": "/health", "port": "http"}}
     return {
@@ -234,12 +271,26 @@ def _engine_container(
         # Let the endpoints controller drop the pod before vLLM stops taking requests.
         "lifecycle": {"preStop": {"sleep": {"seconds": 10}}},
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+        # The restricted profile minus runAsNonRoot: stock vLLM images run as root (their
+        # caches live under /root); no privilege escalation, no capabilities beyond the
+        # cluster's enginePolicy.addCapabilities (IPC_LOCK for RDMA, say).
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
     }
 
 
 def _pod_spec(target: ClusterTarget, container: dict[str, Any]) -> dict[str, Any]:
+    caps = target.spec.engine_policy.add_capabilities
+    if caps:
+        container["securityContext"]["capabilities"]["add"] = sorted(caps)
     return {
         **_scheduling(target),
+        # Engines never talk to the API server: no token in their pods.
+        "automountServiceAccountToken": False,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "terminationGracePeriodSeconds": 120,
         "containers": [container],
         "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}],
@@ -248,6 +299,7 @@ def _pod_spec(target: ClusterTarget, container: dict[str, Any]) -> dict[str, Any
 
 def _engine_workload(inputs: PlanInputs, target: ClusterTarget, cp: ClusterPlan) -> dict[str, Any]:
     spec = inputs.spec
+    check_engine_policy(spec, target)
     ns = target.spec.target.namespace
     name = child_name(inputs.name, target.name, cp.role)
     role: ChildRole = cp.role

@@ -17,7 +17,7 @@ import yaml
 from prfaas.engine.router.config import parse_router_config
 from prfaas.engine.vllm.launch import vllm_argv
 from prfaas.operator.api import models as api
-from prfaas.operator.api.labels import child_name, label_value
+from prfaas.operator.api.labels import LABEL_ROLE, child_name, label_value
 from prfaas.operator.controller.builders import (
     BuildError,
     ClusterTarget,
@@ -233,3 +233,43 @@ def test_router_config_always_carries_max_model_len() -> None:
     assert max_model_len(inputs.spec) == 32768
     inputs.spec.engine.extra_args = ["--max-model-len=8192"]
     assert max_model_len(inputs.spec) == 8192
+
+
+def test_engine_pods_run_restricted_without_an_api_token() -> None:
+    for objs in build_children(_inputs()).values():
+        for obj in objs:
+            if obj["kind"] == "Deployment" and obj["metadata"]["labels"][LABEL_ROLE] != "router":
+                pod = obj["spec"]["template"]["spec"]
+                assert pod["automountServiceAccountToken"] is False
+                assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+                sc = pod["containers"][0]["securityContext"]
+                assert sc["allowPrivilegeEscalation"] is False
+                assert sc["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_the_cluster_engine_policy_limits_what_a_plan_may_run() -> None:
+    inputs = _inputs()
+    decode = inputs.clusters["pd-h20"].spec
+    decode.engine_policy = api.EnginePolicy.model_validate(
+        {
+            "allowedImages": ["vllm/vllm-openai:*"],
+            "allowedArgs": ["--enforce-eager"],
+            "allowedEnv": ["VLLM_LOGGING_LEVEL"],
+            "addCapabilities": ["IPC_LOCK"],
+        }
+    )
+    children = build_children(inputs)["pd-h20"]  # the case study's plan is within it
+    dep = next(o for o in children if o["kind"] == "Deployment")
+    caps = dep["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]
+    assert caps == {"drop": ["ALL"], "add": ["IPC_LOCK"]}
+    inputs.spec.engine.image = "attacker/miner:latest"
+    with pytest.raises(BuildError, match=r"image .attacker/miner:latest.*allowedImages"):
+        build_children(inputs)
+    inputs.spec.engine.image = "vllm/vllm-openai:v0.33.0"
+    inputs.spec.engine.extra_args = ["--enforce-eager", "--worker-extension-cls=evil.Ext"]
+    with pytest.raises(BuildError, match=r"\['--worker-extension-cls'\].*allowedArgs"):
+        build_children(inputs)
+    inputs.spec.engine.extra_args = []
+    inputs.spec.engine.env = {"LD_PRELOAD": "/tmp/x.so"}
+    with pytest.raises(BuildError, match=r"\['LD_PRELOAD'\].*allowedEnv"):
+        build_children(inputs)
