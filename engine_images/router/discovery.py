@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 SERVICE_LABEL = "kubernetes.io/service-name"
 """The label Kubernetes puts on every EndpointSlice of a Service."""
 _SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+_PAGE = 250
+"""Slices per list page (the API server's ``limit``)."""
 _WATCH_TIMEOUT_S = 290
 """The API server ends each watch after this long; the router lists and watches again."""
 
@@ -185,22 +187,30 @@ class EndpointWatcher:
             self._session = None
 
     async def _list(self) -> str:
+        """All matching slices, page by page (``limit``/``continue``); the list's version."""
         assert self._session is not None
-        async with self._session.get(
-            self._base() + self._path(),
-            params=self._params(),
-            headers=self._headers(),
-            ssl=self._ssl(),
-        ) as resp:
-            if resp.status != 200:
-                raise RuntimeError(f"list endpointslices: HTTP {resp.status} {await resp.text()}")
-            body = await resp.json()
-        self.slices = {
-            s["metadata"]["name"]: s for s in body.get("items") or [] if s.get("metadata")
-        }
+        items: list[dict[str, Any]] = []
+        params = {**self._params(), "limit": str(_PAGE)}
+        while True:
+            async with self._session.get(
+                self._base() + self._path(),
+                params=params,
+                headers=self._headers(),
+                ssl=self._ssl(),
+            ) as resp:
+                if resp.status != 200:
+                    text = await resp.text()
+                    raise RuntimeError(f"list endpointslices: HTTP {resp.status} {text}")
+                body = await resp.json()
+            items.extend(body.get("items") or [])
+            meta = body.get("metadata") or {}
+            if not meta.get("continue"):
+                break
+            params = {**params, "continue": str(meta["continue"])}
+        self.slices = {s["metadata"]["name"]: s for s in items if s.get("metadata")}
         await self._publish(first=not self.listed.is_set())
         self.listed.set()
-        return str((body.get("metadata") or {}).get("resourceVersion") or "")
+        return str(meta.get("resourceVersion") or "")
 
     async def _watch(self, version: str) -> None:
         assert self._session is not None

@@ -3,6 +3,7 @@ the discovered URLs replace a pool's in the router file."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -85,3 +86,53 @@ def test_a_discovery_pool_must_name_a_datacenter_of_the_file() -> None:
     """
     with pytest.raises(RouterConfigError, match=r"discovery.pools name datacenters.*dc-x"):
         parse_router_config(text)
+
+
+async def test_the_list_follows_continue_tokens_across_pages() -> None:
+    """A namespace with more slices than one page: every page is read before the watch."""
+    import asyncio
+
+    from aiohttp import web
+    from prfaas.engine.router.config import DiscoverySettings
+    from prfaas.engine.router.discovery import EndpointWatcher
+    from prfaas.engine.router.serving import serve_app
+
+    pages = {
+        "": ([_slice("svc-d", [{"addresses": ["10.0.0.1"]}])], "page-2"),
+        "page-2": ([_slice("svc-d", [{"addresses": ["10.0.0.2"]}])], ""),
+    }
+    for n, (items, _) in enumerate(pages.values()):
+        items[0]["metadata"]["name"] = f"s{n}"
+    seen: list[dict[str, str]] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        seen.append(dict(request.query))
+        if request.query.get("watch"):
+            return web.Response(text="")  # a watch that ends at once (the watcher lists again)
+        items, cont = pages[request.query.get("continue", "")]
+        meta = {"continue": cont, "resourceVersion": "7"}
+        return web.json_response({"items": items, "metadata": meta})
+
+    app = web.Application()
+    app.router.add_get("/apis/discovery.k8s.io/v1/namespaces/ns/endpointslices", handle)
+    runner, port = await serve_app(app, "127.0.0.1", 0)
+    found: list[dict] = []
+
+    async def on_change(urls: dict) -> None:
+        found.append(urls)
+
+    settings = DiscoverySettings(
+        namespace="ns", api_server=f"http://127.0.0.1:{port}", pools=[DECODE]
+    )
+    watcher = EndpointWatcher(settings, on_change)
+    task = asyncio.create_task(watcher.run())
+    try:
+        await asyncio.wait_for(watcher.listed.wait(), timeout=30)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await runner.cleanup()
+    assert found == [{("dc-b", "decode"): ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]}]
+    assert [q.get("limit") for q in seen[:2]] == ["250", "250"]
+    assert seen[1]["continue"] == "page-2"
