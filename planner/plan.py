@@ -32,6 +32,8 @@ Shape (version 1), as ``prfaas plan crds/samples/case-study.yaml -o json`` print
         "prfaasCompute": 1.666,         #   N_prfaas / T_prefill(l_long)
         "link": 10.46},                 #   what headroom x bandwidth alone could carry
       "kvBytesPerToken": 17280.0, "kvFixedBytes": 180690944.0,   # S_kv(l) = fixed + l x per-token
+      "dtypeBytes": 2,                  # bytes per KV element S_kv assumes; engines run with it
+                                        #   pinned (4: float32, 2: bfloat16, 1: fp8 KV cache)
       "clusters": [                     # one row per (cluster, role) with instances; a decode
         {"name": "pd-h20", "datacenter": "dc-b", "role": "decode",   # cluster has a "prefill"
          "accelerator": "H20", "instances": 5,                       # row (PD-P) and a "decode"
@@ -219,6 +221,7 @@ class Plan:
     stages: dict[str, float] = field(default_factory=dict)
     kv_bytes_per_token: float = 0.0
     kv_fixed_bytes: float = 0.0
+    dtype_bytes: int = 2
     clusters: list[ClusterPlan] = field(default_factory=list)
     links: list[LinkPlan] = field(default_factory=list)
     routers: list[RouterPlan] = field(default_factory=list)

@@ -638,6 +638,7 @@ def _assemble(
         stages=stages,
         kv_bytes_per_token=float(m.kv_bytes_per_token),
         kv_fixed_bytes=float(m.fixed_state_bytes),
+        dtype_bytes=m.dtype_bytes,
         clusters=clusters,
         links=links,
         routers=routers,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import secrets
 import subprocess
 from dataclasses import dataclass, field
@@ -155,6 +156,15 @@ class TwoDatacenterNet:
             _run("tc", "-n", dc.namespace, "qdisc", "replace", "dev", dc.link_device, "root",
                  *tbf_args(rate_bps))
         self.rate_bps = rate_bps
+
+    def sent_bytes(self, dc: DatacenterNet) -> int:
+        """Bytes ``dc``'s end of the link has sent so far (its ``tbf`` qdisc's ``Sent`` counter:
+        what crossed the shaped link, headers included)."""
+        shown = _run("tc", "-s", "-n", dc.namespace, "qdisc", "show", "dev", dc.link_device)
+        match = re.search(r"Sent (\d+) bytes", shown)
+        if match is None:
+            raise NetnsError(f"no 'Sent N bytes' in tc -s qdisc of {dc.link_device}: {shown!r}")
+        return int(match.group(1))
 
     def close(self) -> None:
         """Delete the namespaces (and with them every veth this run made). Idempotent."""

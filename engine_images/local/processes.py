@@ -52,11 +52,15 @@ class ManagedProcess:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the whole process group (gone already: nothing to do)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, sig)
+
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM the process group, SIGKILL it after ``timeout_s``; reap the leader."""
         for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, sig)
+            self.signal(sig)
             deadline = time.monotonic() + wait_s
             while time.monotonic() < deadline:
                 if self.popen.poll() is not None and not _group_alive(self.popen.pid):

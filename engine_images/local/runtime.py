@@ -13,8 +13,15 @@ two are joined by a veth pair shaped with ``tc tbf`` at the InterDCLink's bandwi
 reshapes it and rewrites the router's file with the new capacity, as the operator's link probe
 would.
 
-``stop()`` (also run at interpreter exit) kills every process group it started and deletes the
-namespaces it created; it is idempotent.
+Once the engines answer, ``check_kv_layout`` compares the KV bytes per token each engine
+reports with the plan's and refuses to serve on a mismatch (the router's byte meter counts with
+the plan's figure).
+
+``stop()`` (also run at interpreter exit) kills every process group it started, deletes the
+namespaces it created and its temporary folder of logs (kept when ``start`` failed, or when the
+caller gave ``workdir``); it is idempotent. ``start`` checks the router's port before it spends
+tens of seconds starting engines. A failed or interrupted start stops without a grace
+period.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -40,7 +49,14 @@ from prfaas.engine.local.processes import (
     wait_healthy,
 )
 from prfaas.engine.vllm.compat import SHIM_DIR
-from prfaas.engine.vllm.launch import EngineLaunch, EngineRole, vllm_argv, vllm_env
+from prfaas.engine.vllm.launch import (
+    EngineLaunch,
+    EngineRole,
+    dtype_args,
+    reported_kv_bytes_per_token,
+    vllm_argv,
+    vllm_env,
+)
 from prfaas.planner.plan import LinkPlan, Plan
 
 __all__ = [
@@ -148,6 +164,7 @@ def build_layout(
                 block_size=block_size,
                 max_model_len=max_model_len,
                 max_num_seqs=8,
+                dtype_bytes=plan.dtype_bytes,
                 enforce_eager=True,
                 cpu_kvcache_gib=kvcache_gib,
                 cpu_threads_bind=str(n % cores),
@@ -186,14 +203,15 @@ def build_layout(
 
 def monolithic_layout(
     model_dir: Path, served_name: str, *, port: int | None = None, core: int = 0,
-    max_model_len: int = 2048, block_size: int = 128,
+    max_model_len: int = 2048, block_size: int = 128, dtype_bytes: int = 2,
 ) -> LocalLayout:
-    """One engine without a connector: the reference the disaggregated path must equal."""
+    """One engine without a connector: the reference the disaggregated path must equal (same
+    ``dtype_bytes`` as the plan it is compared with)."""
     port = port or free_port()
     launch = EngineLaunch(
         role="monolithic", model=str(model_dir), served_name=served_name, host="127.0.0.1",
         port=port, device="cpu", block_size=block_size, max_model_len=max_model_len,
-        max_num_seqs=8, enforce_eager=True, cpu_threads_bind=str(core),
+        max_num_seqs=8, dtype_bytes=dtype_bytes, enforce_eager=True, cpu_threads_bind=str(core),
         pythonpath=(str(SHIM_DIR),), extra_env={"HF_HUB_OFFLINE": "1"},
     )
     url = f"http://127.0.0.1:{port}"
@@ -221,7 +239,9 @@ class LocalRuntime:
     """Starts and stops one ``LocalLayout``. Use as a context manager or call start/stop."""
 
     layout: LocalLayout
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="prfaas-up-")))
+    workdir: Path | None = None
+    """Logs and the router's file. ``None``: a temporary folder that ``stop`` removes, unless
+    ``keep_workdir`` (set when ``start`` fails, so the logs its error names stay readable)."""
     net: TwoDatacenterNet | None = None
     """The namespaces the layout lives in; ``stop`` closes it."""
     router_argv: Sequence[str] | None = None
@@ -229,11 +249,29 @@ class LocalRuntime:
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     start_seconds: dict[str, float] = field(default_factory=dict)
     """Seconds from spawn to healthy, per process name."""
+    keep_workdir: bool = False
     _stopped: bool = False
+    _temporary: bool = False
+
+    def __post_init__(self) -> None:
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="prfaas-up-"))
+            self._temporary = True
+
+    @property
+    def folder(self) -> Path:
+        """The folder of logs and the router's file (``workdir``, or the temporary one)."""
+        assert self.workdir is not None  # set in __post_init__
+        return self.workdir
+
+    @property
+    def removes_folder(self) -> bool:
+        """Whether ``stop`` deletes ``folder`` (a temporary one, and ``start`` did not fail)."""
+        return self._temporary and not self.keep_workdir
 
     @property
     def router_config_path(self) -> Path:
-        return self.workdir / "router.yaml"
+        return self.folder / "router.yaml"
 
     def __enter__(self) -> LocalRuntime:
         self.start()
@@ -245,7 +283,10 @@ class LocalRuntime:
     def start(self, *, with_router: bool = True, timeout_s: float = 300.0) -> None:
         """Spawn every engine, wait for health, then the router. On failure stop everything."""
         atexit.register(self.stop)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if with_router and self.layout.router_net is None:
+            # Before the engines (tens of seconds): a busy router port would only fail after.
+            _check_port_free(self.layout.router_host, self.layout.router_port)
         try:
             t0 = time.monotonic()
             for engine in self.layout.engines:
@@ -254,18 +295,62 @@ class LocalRuntime:
                 proc = self.processes[engine.name]
                 wait_healthy(engine.url, [proc], timeout_s=timeout_s)
                 self.start_seconds[engine.name] = time.monotonic() - t0
+            self.check_kv_layout()
             if with_router:
                 self.start_router(timeout_s=60.0)
         except BaseException:
-            self.stop()
+            # Nothing has been served yet: no grace period (an engine still loading can sit on
+            # SIGTERM for 20 s), so Ctrl-C during start-up returns at once. The logs stay: the
+            # error names them.
+            self.keep_workdir = True
+            self.stop(grace_s=0.0)
             raise
+
+    def check_kv_layout(self, tolerance: float = 0.10) -> dict[str, float]:
+        """Refuse to serve when an engine's KV cache does not have the plan's bytes per token.
+
+        The router meters KV bytes and the operator derives a link's measured bandwidth from the
+        plan's ``kvBytesPerToken``; an engine running another dtype than the plan assumed would
+        make both wrong (by 2× for float32 vs bfloat16). Returns the bytes per token each engine
+        reports (``reported_kv_bytes_per_token``); raises ``LocalRuntimeError`` when one differs
+        from the plan by more than ``tolerance``.
+        """
+        import httpx
+
+        expected = self.layout.plan.kv_bytes_per_token
+        seen: dict[str, float] = {}
+        for engine in self.layout.engines:
+            try:
+                text = httpx.get(engine.url + "/metrics", timeout=10.0).text
+            except httpx.HTTPError as exc:
+                raise LocalRuntimeError(
+                    f"{engine.name}: cannot read {engine.url}/metrics to check its KV layout: {exc}"
+                ) from exc
+            reported = reported_kv_bytes_per_token(text)
+            if reported is None:
+                raise LocalRuntimeError(
+                    f"{engine.name} does not report its KV cache size (vllm:cache_config_info "
+                    f"at {engine.url}/metrics); cannot check it against the plan"
+                )
+            seen[engine.name] = reported
+            if expected > 0 and abs(reported - expected) > tolerance * expected:
+                dtype = self.layout.plan.dtype_bytes
+                raise LocalRuntimeError(
+                    f"{engine.name} keeps {reported:.0f} KV bytes per token, the plan assumes "
+                    f"{expected:.0f} (dtypeBytes {dtype}, started with "
+                    f"{' '.join(dtype_args(dtype))}): the router's KV byte counts and the "
+                    "link's measured bandwidth would be wrong. Make "
+                    "spec.model.architecture of the ServingPlan match the model the engines "
+                    f"run (log: {self.processes[engine.name].log_path})"
+                )
+        return seen
 
     def start_engine(self, engine: LocalEngine) -> ManagedProcess:
         """Spawn one engine (in its namespace, if any); does not wait."""
         argv = vllm_argv(engine.launch, python=sys.executable)
         if engine.net is not None:
             argv = engine.net.exec_prefix() + argv
-        proc = spawn(engine.name, argv, _engine_env(engine.launch), self.workdir)
+        proc = spawn(engine.name, argv, _engine_env(engine.launch), self.folder)
         self.processes[engine.name] = proc
         return proc
 
@@ -304,7 +389,7 @@ class LocalRuntime:
             argv = layout.router_net.exec_prefix() + argv
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         t0 = time.monotonic()
-        proc = spawn("router", argv, env, self.workdir)
+        proc = spawn("router", argv, env, self.folder)
         self.processes["router"] = proc
         wait_healthy(layout.router_url, [proc], timeout_s=timeout_s, path="/healthz")
         self.start_seconds["router"] = time.monotonic() - t0
@@ -333,15 +418,25 @@ class LocalRuntime:
         """Leader pids of every process started (alive or not)."""
         return [p.pid for p in self.processes.values()]
 
-    def stop(self) -> None:
-        """Stop every process group (router first), then delete the namespaces. Idempotent."""
+    def stop(self, grace_s: float = 20.0) -> None:
+        """Stop every process group (router first), then delete the namespaces. Idempotent.
+
+        Every group gets SIGTERM at once and ``grace_s`` seconds in all (not each) before
+        SIGKILL.
+        """
         if self._stopped:
             return
         self._stopped = True
-        for name in sorted(self.processes, key=lambda n: n != "router"):
-            self.processes[name].stop()
+        ordered = sorted(self.processes, key=lambda n: n != "router")
+        for name in ordered:
+            self.processes[name].signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for name in ordered:
+            self.processes[name].stop(timeout_s=max(0.0, deadline - time.monotonic()))
         if self.net is not None:
             self.net.close()
+        if self.removes_folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
 
@@ -351,7 +446,7 @@ class LocalRuntime:
             "endpoint": self.layout.router_url,
             "model": self.layout.served_name,
             "modelDir": str(self.layout.model_dir),
-            "workdir": str(self.workdir),
+            "workdir": str(self.folder),
             "engines": [
                 {"name": e.name, "role": e.role, "datacenter": e.datacenter, "url": e.url,
                  "core": e.launch.cpu_threads_bind,
@@ -364,6 +459,19 @@ class LocalRuntime:
                 "shaped": self.net is not None,
             },
         }
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Raise ``LocalRuntimeError`` naming the port and ``--port`` when ``host:port`` is taken."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise LocalRuntimeError(
+                f"port {port} on {host} is already in use ({exc.strerror}); stop what listens "
+                f"there, or choose another router port with --port (e.g. --port {port + 1})"
+            ) from exc
 
 
 def _engine_env(launch: EngineLaunch) -> dict[str, str]:

@@ -5,7 +5,8 @@ Routes: ``POST /v1/completions``, ``POST /v1/chat/completions`` (streaming or no
 ``GET /v1/models``, ``GET /healthz`` (readiness; also ``/health``), ``GET /livez``
 (liveness), ``GET /metrics``, ``GET /status``
 (routing state as JSON). Answers carry ``X-Request-Id``, ``X-PrfaaS-Route`` and
-``X-PrfaaS-Uncached-Tokens``.
+``X-PrfaaS-Uncached-Tokens``. Every error, an unknown path or a wrong method included, is
+OpenAI error JSON (``{"error": {"message", "type", "param", "code"}}``).
 """
 
 from __future__ import annotations
@@ -34,11 +35,61 @@ ROUTER_KEY = web.AppKey("router", RouterCore)
 _RID_KEY = web.RequestKey("prfaas_request_id", str)
 
 
+_HTTP_KINDS = {
+    404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    413: "RequestTooLargeError",
+}
+"""OpenAI-style ``type`` of the errors aiohttp raises itself (no route, wrong method, ...)."""
+
+
+def _routes(app: web.Application) -> str:
+    """What the router serves, e.g. ``POST /v1/completions, GET /v1/models, ...``."""
+    seen = [
+        f"{r.method} {r.resource.canonical}"
+        for r in app.router.routes()
+        if r.method != "HEAD" and r.resource is not None
+    ]
+    return ", ".join(dict.fromkeys(seen))
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> RouterError:
+    """aiohttp's own 4xx/5xx (unknown path, wrong method, body too large) as a ``RouterError``,
+    so that every answer, not only the proxy's, is OpenAI error JSON."""
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(m for m in exc.allowed_methods if m != "HEAD"))
+        message = f"{request.method} {request.path} is not allowed; use {allowed}"
+    elif isinstance(exc, web.HTTPNotFound):
+        served = _routes(request.app)
+        message = f"no route {request.method} {request.path}; the router serves {served}"
+    else:
+        message = exc.text or exc.reason
+    err = RouterError(message, status=exc.status)
+    err.kind = _HTTP_KINDS.get(exc.status, "BadRequestError" if exc.status < 500 else err.kind)
+    return err
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one place where ``RouterError`` becomes an HTTP answer (OpenAI error JSON)."""
+    """The one place where errors become HTTP answers, all OpenAI error JSON: ``RouterError``,
+    aiohttp's own (unknown path, wrong method, body too large) and anything unexpected."""
     try:
-        return await handler(request)
+        try:
+            return await handler(request)
+        except web.HTTPException as http:
+            if http.status < 400:
+                raise  # redirects and the like stay what they are
+            err = _http_error(request, http)
+            headers = {"Allow": http.headers["Allow"]} if "Allow" in http.headers else {}
+            return web.json_response(err.to_json(), status=err.status, headers=headers)
+        except RouterError:
+            raise
+        except Exception as unexpected:
+            log.exception("%s %s failed", request.method, request.path)
+            raise RouterError(
+                f"the router failed on {request.method} {request.path}: "
+                f"{type(unexpected).__name__}: {unexpected}; see the router's log"
+            ) from unexpected
     except RouterError as exc:
         headers = {"X-Request-Id": request[_RID_KEY]} if _RID_KEY in request else {}
         if exc.retry_after_s is not None:

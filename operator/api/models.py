@@ -14,8 +14,8 @@ import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     model_validator,
@@ -84,7 +84,7 @@ _UNIT_SECONDS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$"
 
 
-def duration_seconds(value: str) -> float:
+def duration_seconds(value: object) -> float:
     """Parse a duration such as ``"250ms"``, ``"4s"``, ``"1.5m"`` or ``"2h"`` into seconds.
 
     Raises ``ValueError`` naming the accepted forms; a bare number is refused so that nobody
@@ -102,14 +102,21 @@ def duration_seconds(value: str) -> float:
     return seconds
 
 
-def _check_duration(value: str) -> str:
-    duration_seconds(value)
+def _check_duration(value: object) -> object:
+    """Every duration field's one check; runs before the string type check, so that a bare
+    YAML number (``tpot: 25``) gets the same help as any other malformed duration."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(
+            f"{value!r} has no unit; write a number with a unit: ms, s, m or h "
+            f'(e.g. "{value:g}ms" or "{value:g}s")'
+        )
+    duration_seconds(value)  # refuses anything else (a list, "4") with the same help
     return value
 
 
 Duration = Annotated[
     str,
-    AfterValidator(_check_duration),
+    BeforeValidator(_check_duration),
     Field(json_schema_extra={"pattern": DURATION_PATTERN}),
 ]
 """A positive duration string: a number followed by ``ms``, ``s``, ``m`` or ``h``."""

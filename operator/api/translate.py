@@ -146,11 +146,17 @@ def problem_from_resources(
     clusters: list[ClusterInput] = []
     for name in spec.clusters.prefill:
         if name not in by_name_p:
-            raise TranslateError(f"{where} spec.clusters.prefill: no PrefillCluster {name!r}")
+            raise TranslateError(
+                f"{where} spec.clusters.prefill: no PrefillCluster {name!r} in the file "
+                f"(defined: {', '.join(by_name_p) or 'none'}); add it, or fix the name"
+            )
         clusters.append(_cluster(by_name_p[name], "prefill"))
     for name in spec.clusters.decode:
         if name not in by_name_d:
-            raise TranslateError(f"{where} spec.clusters.decode: no DecodeCluster {name!r}")
+            raise TranslateError(
+                f"{where} spec.clusters.decode: no DecodeCluster {name!r} in the file "
+                f"(defined: {', '.join(by_name_d) or 'none'}); add it, or fix the name"
+            )
         clusters.append(_cluster(by_name_d[name], "decode"))
     link_inputs = []
     notes = []

@@ -65,7 +65,8 @@ def direct_local_plan(manifests: Any) -> Plan:
 
     Every PrefillCluster gets one prefill instance; every DecodeCluster one decode instance
     (which also prefills short prompts). ``t`` is the ServingPlan's ``thresholdTokens`` (or
-    256); KV bytes per token come from the model's architecture.
+    256); KV bytes per token and the element size come from the model's architecture
+    through ``translate.model_from_spec``, as in the planner.
     """
     from prfaas.operator.api import models as api
 
@@ -91,7 +92,10 @@ def direct_local_plan(manifests: Any) -> Plan:
         if name not in decode:
             raise LocalRuntimeError(f"ServingPlan names DecodeCluster {name!r}, not in the file")
         clusters.append(ClusterPlan(name, decode[name].datacenter, "decode", "CPU", 1))
-    kv_per_token = float(2 * arch.layers * arch.kv_heads * arch.head_dim * arch.dtype_bytes)
+    from prfaas.operator.api.translate import model_from_spec
+
+    model = model_from_spec(sp.model)  # the one source of KV bytes per token (planner catalog)
+    kv_per_token = float(model.kv_bytes_per_token)
     link_plans = [
         LinkPlan(ln.metadata.name, ln.spec.from_, ln.spec.to, ln.spec.bandwidth_gbps,
                  sp.offload.bandwidth_headroom)
@@ -112,6 +116,8 @@ def direct_local_plan(manifests: Any) -> Plan:
         model=sp.model.served_name,
         threshold_tokens=threshold,
         kv_bytes_per_token=kv_per_token,
+        kv_fixed_bytes=float(model.fixed_state_bytes),
+        dtype_bytes=model.dtype_bytes,
         clusters=clusters,
         links=link_plans,
         routers=routers,

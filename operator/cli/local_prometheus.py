@@ -75,7 +75,7 @@ def start_local_prometheus(runtime: Any, plan: str, namespace: str) -> Any:
     targets += [
         ScrapeTarget("prfaas-engine", e.url, labels(e.cluster, e.role)) for e in layout.engines
     ]
-    prom = LocalPrometheus(targets, runtime.workdir)
+    prom = LocalPrometheus(targets, runtime.folder)
     runtime.adopt(prom.start())
     prom.wait_scraped()
     return prom

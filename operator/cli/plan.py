@@ -43,8 +43,12 @@ def _tokens(x: float | None) -> str:
     return f"{x / 1000:.1f}K" if x >= 1000 else f"{x:.0f}"
 
 
-def render_table(console: Console, name: str, plan: Plan) -> None:
-    """Print one plan as rich tables (clusters, summary, links, baselines, notes)."""
+def render_table(console: Console, name: str, plan: Plan, rate_basis: str = "") -> None:
+    """Print one plan as rich tables (clusters, summary, links, baselines, notes).
+
+    ``rate_basis``: where the simulated rate came from (``scenarios.rate_basis``), printed
+    with the simulated numbers.
+    """
     from rich.markup import escape
     from rich.table import Table
 
@@ -110,6 +114,9 @@ def render_table(console: Console, name: str, plan: Plan) -> None:
             base.add_row(b.name, f"{b.throughput_rps:.3f}", f"{b.ratio:.2f}×", str(b.gpus), b.note)
         console.print(base)
     simulated = [("plan", plan.predicted)] + [(b.name, b.predicted) for b in plan.baselines]
+    rates = {pr.rate_rps for _, pr in simulated if pr is not None and pr.rate_rps is not None}
+    if len(rates) == 1 and rate_basis:
+        console.print(f"simulated at {_num(rates.pop())} req/s = {escape(rate_basis)}")
     for who, pr in simulated:
         if pr is not None and pr.ttft_p90_s is not None and pr.tpot_p90_s is not None:
             console.print(
@@ -130,7 +137,8 @@ def run(
         typer.Option(
             "--simulate",
             min=0,
-            help="Also simulate this many requests per configuration and fill `predicted` "
+            help="Also simulate this many requests per configuration at workload.requestsPerSecond "
+            "(else 0.8 × the smallest planned Λ_max; the output says which) and fill `predicted` "
             "(P90 TTFT/TPOT, attainment) for the plan and each baseline; 0: off.",
         ),
     ] = 0,
@@ -168,21 +176,24 @@ def run(
             replace(p, settings=replace(p.settings, goodput=goodput_fn())) for p in problems
         ]
     plans = [(p.name, make_plan(p)) for p in problems]
+    bases: dict[str, str] = {}
     if simulate:
         from prfaas.planner.errors import PlannerError
-        from prfaas.planner.sim.scenarios import predict
+        from prfaas.planner.sim.scenarios import predict, rate_basis
 
-        for problem, (_, pl) in zip(problems, plans, strict=True):
+        for problem, (name, pl) in zip(problems, plans, strict=True):
             if pl.feasible:
                 try:
-                    predict(problem, pl, requests=simulate)
+                    runs = predict(problem, pl, requests=simulate)
                 except PlannerError as exc:
                     pl.notes.append(f"not simulated: {exc}")
+                else:
+                    bases[name] = rate_basis(problem, [r.scenario for r in runs])
     if output is OutputFormat.table:
         width = max(shutil.get_terminal_size((140, 40)).columns, 120)
         console = Console(soft_wrap=True, highlight=False, width=width)
         for name, pl in plans:
-            render_table(console, name, pl)
+            render_table(console, name, pl, bases.get(name, ""))
     else:
         data: Any = [pl.to_dict() for _, pl in plans]
         data = data[0] if len(data) == 1 else data
@@ -193,7 +204,8 @@ def run(
 
             typer.echo(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), nl=False)
     bad = [(name, pl.reason) for name, pl in plans if not pl.feasible]
-    for name, reason in bad:
-        err.print(f"[red]✗ {name}: {reason}[/]")
+    if output is not OutputFormat.table:  # the table already said it, once
+        for name, reason in bad:
+            err.print(f"[red]✗ {name}: infeasible — {reason}[/]")
     if bad:
         raise typer.Exit(EXIT_INFEASIBLE)

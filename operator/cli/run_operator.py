@@ -38,6 +38,7 @@ def run(
     import asyncio
     import logging
 
+    from prfaas.operator.controller.clients import Unreachable
     from prfaas.operator.controller.runtime import run_operator
     from prfaas.operator.controller.settings import OperatorSettings, parse_apply_mode
 
@@ -59,4 +60,8 @@ def run(
     if metrics_port is not None:
         settings.metrics_port = metrics_port
     liveness = f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None
-    asyncio.run(run_operator(settings, server=server, liveness_endpoint=liveness))
+    try:
+        asyncio.run(run_operator(settings, server=server, liveness_endpoint=liveness))
+    except Unreachable as exc:  # the operator's own cluster: nothing to do without it
+        typer.echo(f"prfaas operator: {exc.message}", err=True)
+        raise typer.Exit(1) from exc

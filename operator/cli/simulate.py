@@ -4,7 +4,9 @@ Plans every ServingPlan in FILE (as ``prfaas plan`` does), then simulates the Pr
 configuration, homogeneous PD and naive heterogeneous over the same requests at one rate, and
 prints latency percentiles, joint SLO attainment, goodput (bisection) and link use side by
 side, with the change of PrfaaS-PD against each baseline. ``--plot OUT.png`` draws the TTFT CDF
-per configuration and the link's egress, capacity and threshold ``t`` over time.
+per configuration (the SLO marked) and the link's egress, capacity and threshold ``t`` over time
+(``t`` on its own axis, scaled so that it never sits on the capacity line; left out where it is
+0 throughout, as in naive heterogeneous).
 
 Exit status: 0 on success, 1 when a plan is infeasible or cannot be simulated, 2 when the
 manifests do not validate.
@@ -29,12 +31,13 @@ from prfaas.operator.cli.common import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from matplotlib.figure import Figure
     from prfaas.planner.plan import Plan
     from prfaas.planner.problem import Problem
     from prfaas.planner.sim.scenarios import ScenarioRun
     from rich.console import Console
 
-__all__ = ["SimOutput", "plot_runs", "run", "summary_rows"]
+__all__ = ["SimOutput", "plot_figure", "plot_runs", "run", "summary_rows"]
 
 EXIT_FAILED = 1
 PROGRESS_FROM = 50_000
@@ -92,6 +95,7 @@ def summary_rows(runs: list[ScenarioRun], problem: Problem) -> list[dict[str, An
                 "attainment": s["attainment"],
                 "throughputRps": s["throughputRps"],
                 "goodputRps": r.goodput_rps,
+                "goodputWindowS": r.goodput_window_s,
                 "offloadFraction": s["offloadFraction"],
                 "prefixHitRatio": 1.0
                 - float(res.uncached_tokens.sum()) / max(float(res.input_tokens.sum()), 1.0),
@@ -151,11 +155,25 @@ def _table(console: Console, name: str, problem: Problem, rows: list[dict[str, A
     egress = [", ".join(f"{v:.2f}" for v in r["egressGbps"].values()) or "—" for r in rows]
     table.add_row("link egress mean (Gbps)", *egress, *["" for _ in rows[1:]])
     console.print(table)
+    windowed = [r["name"] for r in rows if r["goodputRps"] is not None and r["goodputWindowS"]]
+    if windowed:
+        console.print(
+            f"goodput of {', '.join(windowed)}: every bisection probe spans at least "
+            f"{max(r['goodputWindowS'] for r in rows):,.0f} s, the window above, so the "
+            "bandwidth schedule is inside it"
+        )
 
 
-def plot_runs(runs: list[ScenarioRun], out: Path, title: str) -> None:
-    """TTFT CDF per configuration; egress, capacity and threshold t over time; queue depth per
-    pool of the first configuration (one PNG)."""
+T_HEIGHT = 0.4
+"""The largest threshold t sits at this fraction of its panel's height, capacity at
+``1 / CAPACITY_HEADROOM`` (≈ 0.87): the two lines never overlap."""
+CAPACITY_HEADROOM = 1.15
+
+
+def plot_figure(runs: list[ScenarioRun], title: str, ttft_slo_s: float | None = None) -> Figure:
+    """TTFT CDF per configuration (with the SLO marked); per linked configuration, egress and
+    capacity over time and, where it varies or is positive, the threshold ``t`` on its own
+    axis; queue depth per pool of the first configuration."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,6 +189,8 @@ def plot_runs(runs: list[ScenarioRun], out: Path, title: str) -> None:
         ttft = np.sort(r.result.ttft)
         ax.plot(ttft, np.arange(1, len(ttft) + 1) / len(ttft), label=r.scenario.name)
     ax.axhline(0.9, color="grey", lw=0.6, ls=":")
+    if ttft_slo_s is not None:
+        ax.axvline(ttft_slo_s, color="red", lw=1.0, ls="--", label=f"TTFT SLO {ttft_slo_s:g} s")
     ax.set_xlabel("TTFT (s)")
     ax.set_ylabel("fraction of requests")
     ax.set_title(f"{title}: TTFT CDF at {runs[0].rate:.3g} req/s")
@@ -180,6 +200,7 @@ def plot_runs(runs: list[ScenarioRun], out: Path, title: str) -> None:
         res = r.result
         end = res.end_s
         bin_s = max(end / 200.0, 1.0)
+        top = 0.0
         for name, series in res.links.items():
             starts, means = binned_mean(series, end, bin_s)
             ax.plot(starts, means / 1e9, label=f"{name} egress")
@@ -191,27 +212,36 @@ def plot_runs(runs: list[ScenarioRun], out: Path, title: str) -> None:
                 ls="--",
                 label=f"{name} capacity",
             )
+            top = max(top, float(np.max(cap.v)) / 1e9, float(np.max(means, initial=0)) / 1e9)
         ax.set_xlabel("time (s)")
         ax.set_ylabel("Gbit/s")
-        ax.set_title(f"{r.scenario.name}: link egress and offload threshold t")
+        ax.set_ylim(0, top * CAPACITY_HEADROOM or 1.0)
         ax.grid(alpha=0.3)
-        twin = ax.twinx()
-        for name, thr in res.thresholds.items():
-            v = np.where(np.isfinite(thr.v), thr.v, np.nan)
-            twin.step(
-                np.append(thr.t, end),
-                np.append(v, v[-1]) / 1e3,
-                where="post",
-                color="black",
-                lw=0.9,
-                label=f"t ({name})",
-            )
-        twin.set_ylabel("threshold t (K tokens)")
-        twin.set_ylim(bottom=0)
-        ax.set_ylim(bottom=0)
         lines = ax.get_legend_handles_labels()
-        more = twin.get_legend_handles_labels()
-        ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right", fontsize=8)
+        finite = [
+            thr.v[np.isfinite(thr.v)] for thr in res.thresholds.values() if len(thr.v)
+        ]
+        t_max = max((float(v.max()) for v in finite if len(v)), default=0.0)
+        if t_max > 0:
+            twin = ax.twinx()
+            for name, thr in res.thresholds.items():
+                v = np.where(np.isfinite(thr.v), thr.v, np.nan)
+                twin.step(
+                    np.append(thr.t, end),
+                    np.append(v, v[-1]) / 1e3,
+                    where="post",
+                    color="black",
+                    lw=0.9,
+                    label=f"t ({name})",
+                )
+            twin.set_ylabel("threshold t (K tokens)")
+            twin.set_ylim(0, t_max / 1e3 / T_HEIGHT)
+            more = twin.get_legend_handles_labels()
+            lines = (lines[0] + more[0], lines[1] + more[1])
+            ax.set_title(f"{r.scenario.name}: link egress and offload threshold t")
+        else:
+            ax.set_title(f"{r.scenario.name}: link egress (t = 0: every prompt prefilled remotely)")
+        ax.legend(lines[0], lines[1], loc="upper right", fontsize=8)
     ax = axes[-1]
     ours = runs[0].result
     q_bin = max(ours.end_s / 200.0, 1.0)
@@ -224,6 +254,16 @@ def plot_runs(runs: list[ScenarioRun], out: Path, title: str) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_runs(
+    runs: list[ScenarioRun], out: Path, title: str, ttft_slo_s: float | None = None
+) -> None:
+    """``plot_figure`` written to ``out`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = plot_figure(runs, title, ttft_slo_s)
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
@@ -261,6 +301,15 @@ def _simulate_one(
         if rate_scale is not None:
             at *= rate_scale
     n = len(stream) if stream is not None else requests
+    if schedule and at > 0:
+        last_change = max(when for when, _ in parse_schedule(schedule))
+        span = float(stream.arrival_s[-1]) if stream is not None else n / at
+        if last_change >= span:
+            err.print(
+                f"[yellow]! {problem.name}: the bandwidth schedule changes at {last_change:g} s, "
+                f"after the requests end (about {span:,.0f} s): raise --requests to "
+                f"{math.ceil(1.25 * last_change * at):,} or more to see it[/]"
+            )
     total = n * len(found)
     kind: Literal["poisson", "gamma"] = "gamma" if arrival[0] == "gamma" else "poisson"
 
@@ -403,7 +452,7 @@ def run(
             _table(console, problem.name, problem, rows)
         if plot is not None:
             out = plot if len(problems) == 1 else plot.with_stem(f"{plot.stem}-{problem.name}")
-            plot_runs(runs, out, problem.name)
+            plot_runs(runs, out, problem.name, problem.slo.ttft_s)
             err.print(f"[dim]wrote {out}[/]")
     if output is SimOutput.json:
         data: Any = results[0] if len(results) == 1 else results

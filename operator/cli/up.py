@@ -1,23 +1,27 @@
 """``prfaas up FILE.yaml``: run the plan on this machine (engines, router, optional netns link).
 
-Prints the endpoint and the plan, then a live table of what the router did (requests by path,
-TTFT, the current threshold) until Ctrl-C or SIGTERM, which stop every process it started and
-remove the namespaces it created.
+Checks the router's port first, then prints the endpoint and the plan, then a live table of
+what the router did (requests by path, TTFT, the current threshold) — plain timestamped lines
+when stdout is not a terminal — until Ctrl-C or SIGTERM, which stop every process it started,
+remove the namespaces it created and the temporary folder of logs (``--workdir`` keeps them; a
+failed start-up keeps them and says where).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import itertools
+import math
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
 import typer
 
-__all__ = ["live_table", "router_snapshot", "run"]
+__all__ = ["describe_link", "live_table", "plain_line", "router_snapshot", "run"]
 
 
 def run(
@@ -32,7 +36,11 @@ def run(
     ] = False,
     port: Annotated[int, typer.Option(help="Router port.")] = 8000,
     workdir: Annotated[
-        Path | None, typer.Option(help="Where logs and the router file go (default: a temp dir).")
+        Path | None,
+        typer.Option(
+            help="Keep logs and the router file in this folder (default: a temporary folder, "
+            "removed at exit unless start-up failed)."
+        ),
     ] = None,
     refresh: Annotated[float, typer.Option(help="Seconds between table refreshes.")] = 1.0,
     prometheus: Annotated[
@@ -59,7 +67,7 @@ def run(
         runtime = _prepare(file, netns=netns, port=port, workdir=workdir)
         typer.echo(
             f"starting {len(runtime.layout.engines)} engines and the router "
-            f"(logs in {runtime.workdir}) ..."
+            f"(logs in {runtime.folder}) ..."
         )
         runtime.start()
         _print_summary(runtime)
@@ -78,8 +86,13 @@ def run(
         for sig in previous:  # a second Ctrl-C must not interrupt the clean-up
             signal.signal(sig, signal.SIG_IGN)
         if runtime is not None:
+            removes = runtime.removes_folder
             runtime.stop()
-            typer.echo("stopped: every process and namespace it started is gone")
+            logs = (
+                "logs removed (--workdir DIR keeps them)" if removes
+                else f"logs kept in {runtime.folder}"
+            )
+            typer.echo(f"stopped: every process and namespace it started is gone; {logs}")
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -143,11 +156,11 @@ def _prepare(file: Path, *, netns: bool, port: int, workdir: Path | None) -> Any
     return LocalRuntime(**kw)
 
 
-def _print_summary(runtime: Any) -> None:
+def _print_summary(runtime: Any, console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
     info = runtime.describe()
     table = Table(title=f"prfaas up: {info['model']}", show_lines=False)
     for col in ("engine", "role", "datacenter", "url", "core", "namespace", "started"):
@@ -165,12 +178,15 @@ def _print_summary(runtime: Any) -> None:
         )
     console.print(table)
     plan = runtime.layout.plan
-    console.print(
-        f"plan: threshold t = {plan.threshold_tokens} tokens (offload fraction "
-        f"{plan.offload_fraction:.2f}), {plan.kv_bytes_per_token:.0f} KV bytes/token, "
-        f"predicted {plan.throughput_rps:.1f} req/s (bottleneck {plan.bottleneck or '-'}), "
-        "link " + json.dumps(info["link"])
+    threshold = "∞ (no offload)" if plan.threshold_tokens is None else (
+        f"{plan.threshold_tokens:,.0f} tokens"
     )
+    console.print(
+        f"plan: threshold t = {threshold} (offload fraction {plan.offload_fraction:.2f}), "
+        f"{plan.kv_bytes_per_token:,.0f} KV bytes/token, predicted "
+        f"{plan.throughput_rps:.1f} req/s (bottleneck {plan.bottleneck or '-'})"
+    )
+    console.print(describe_link(info["link"]))
     for note in plan.notes:
         console.print(f"  note: {note}")
     console.print(
@@ -218,6 +234,18 @@ def _print_panels(url: str, file: Path) -> None:
     with_data = sum(1 for p in report if p.series)
     typer.echo(f"  {with_data} of {len(report)} dashboard panels have data")
     sys.stdout.flush()
+
+
+def describe_link(link: dict[str, Any] | None) -> str:
+    """The summary's link line, e.g. ``link local-dc-a-to-dc-b: 1 Gbit/s, tc-shaped ...``."""
+    if link is None:
+        return "link: none (prefill and decode share a datacenter)"
+    if link["shaped"]:
+        return (
+            f"link {link['name']}: {link['gbps']:g} Gbit/s, shaped with tc tbf between the "
+            "datacenters' network namespaces"
+        )
+    return f"link {link['name']}: loopback, not shaped (--netns, as root, shapes it)"
 
 
 def router_snapshot(metrics_text: str) -> dict[str, Any]:
@@ -269,19 +297,67 @@ def live_table(snapshot: dict[str, Any]) -> Any:
     return Group(table, summary)
 
 
-def _live(url: str, refresh: float) -> None:
+def plain_line(snapshot: dict[str, Any]) -> str:
+    """One line of a snapshot, for output that is not a terminal (``make run | tee log``)."""
+    requests = ", ".join(
+        f"{path}/{outcome} {n:.0f}" for (path, outcome), n in sorted(snapshot["requests"].items())
+    ) or "none"
+    count = snapshot["ttft_count"]
+    mean = snapshot["ttft_sum"] / count if count else 0.0
+    thresholds = ", ".join(f"{k} {v:.0f}" for k, v in snapshot["threshold"].items()) or "-"
+    kv = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in snapshot["kv_in_flight"].items()) or "-"
+    return (
+        f"requests: {requests} | TTFT mean {mean * 1000:.0f} ms over {count:.0f} | "
+        f"t: {thresholds} | KV in flight: {kv}"
+    )
+
+
+PLAIN_EVERY_S = 60.0
+"""Without a terminal, a line is printed when the numbers change, and at least this often."""
+
+
+def _live(
+    url: str, refresh: float, *, out: TextIO | None = None, rounds: int | None = None
+) -> None:
+    """The live table on a terminal; otherwise plain timestamped lines (``plain_line``).
+
+    ``rounds``: stop after that many refreshes (tests); ``None``: until interrupted.
+    """
     import httpx
-    from rich.live import Live
 
-    def snap() -> Any:
+    out = out or sys.stdout
+
+    def metrics() -> dict[str, Any] | str:
         try:
-            return live_table(router_snapshot(httpx.get(url + "/metrics", timeout=2).text))
+            return router_snapshot(httpx.get(url + "/metrics", timeout=2).text)
         except httpx.HTTPError as exc:
-            from rich.text import Text
+            return f"router /metrics unreachable: {exc}"
 
-            return Text(f"router /metrics unreachable: {exc}")
+    def ticks() -> Iterator[int]:
+        return itertools.count() if rounds is None else iter(range(rounds))
 
-    with Live(snap(), refresh_per_second=max(1.0, 1 / refresh)) as live:
-        while True:
-            time.sleep(refresh)
-            live.update(snap())
+    if not out.isatty():
+        last, last_at = "", -math.inf
+        for i in ticks():
+            if i:
+                time.sleep(refresh)
+            snap = metrics()
+            line = snap if isinstance(snap, str) else plain_line(snap)
+            if line != last or time.monotonic() - last_at >= PLAIN_EVERY_S:
+                print(f"{time.strftime('%H:%M:%S')} {line}", file=out, flush=True)
+                last, last_at = line, time.monotonic()
+        return
+
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    def view() -> Any:
+        snap = metrics()
+        return Text(snap) if isinstance(snap, str) else live_table(snap)
+
+    with Live(view(), console=Console(file=out), refresh_per_second=max(1.0, 1 / refresh)) as live:
+        for i in ticks():
+            if i:
+                time.sleep(refresh)
+                live.update(view())

@@ -159,8 +159,14 @@ def _service_url(inputs: PlanInputs, target: ClusterTarget, role: str, seen_from
 # ----------------------------------------------------------------------------------------------
 
 
-def engine_launch(spec: api.ServingPlanSpec, cp: ClusterPlan) -> EngineLaunch:
-    """The engine description of one planned role (the shared vLLM flag source)."""
+def engine_launch(
+    spec: api.ServingPlanSpec, cp: ClusterPlan, dtype_bytes: int | None = None
+) -> EngineLaunch:
+    """The engine description of one planned role (the shared vLLM flag source).
+
+    ``dtype_bytes``: the plan's ``dtypeBytes``, pinned with ``--dtype`` so the engines keep the
+    KV element size the plan's KV bytes per token (and the router's byte meter) assume.
+    """
     return EngineLaunch(
         role=cp.role,
         model=spec.model.source or spec.model.served_name,
@@ -178,6 +184,7 @@ def engine_launch(spec: api.ServingPlanSpec, cp: ClusterPlan) -> EngineLaunch:
         or (spec.engine.max_batch_size if cp.role == "decode" else None),
         max_num_batched_tokens=cp.max_num_batched_tokens or spec.engine.max_num_batched_tokens,
         gpu_memory_utilization=cp.gpu_memory_utilization,
+        dtype_bytes=dtype_bytes,
         extra_args=tuple(spec.engine.extra_args),
         extra_env=dict(spec.engine.env),
     )
@@ -307,7 +314,7 @@ def _engine_workload(inputs: PlanInputs, target: ClusterTarget, cp: ClusterPlan)
     meta["annotations"]["prfaas.io/tensor-parallel"] = str(cp.tensor_parallel)
     meta["annotations"]["prfaas.io/pipeline-parallel"] = str(cp.pipeline_parallel)
     acc = target.spec.accelerator
-    launch = engine_launch(spec, cp)
+    launch = engine_launch(spec, cp, inputs.plan.dtype_bytes)
     gpus = cp.gpus_per_instance
     pod_labels = child_labels(inputs, target.name, role)
     if gpus <= acc.per_node:

@@ -71,6 +71,7 @@ class ApiError(OperatorError):
         super().__init__(f"{cluster}: HTTP {status}: {message}")
         self.cluster = cluster
         self.status = status
+        self.message = message
 
 
 class Unreachable(ApiError):

@@ -42,7 +42,12 @@ def local_client(settings: OperatorSettings, server: str | None = None) -> Clust
         try:
             kubernetes.config.load_kube_config(client_configuration=cfg)
         except Exception as exc:
-            raise Unreachable("local", f"no in-cluster config and no kubeconfig: {exc}") from exc
+            raise Unreachable(
+                "local",
+                f"no Kubernetes API server to talk to: not in a pod (no service account) and "
+                f"no usable kubeconfig ({exc}); set KUBECONFIG, or give --server URL "
+                "(e.g. of `kubectl proxy`)",
+            ) from exc
     return ClusterClient.from_configuration("local", cfg, **opts)
 
 

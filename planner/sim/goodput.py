@@ -130,26 +130,54 @@ def config_goodput(
     kind: ArrivalKind = "poisson",
     cv: float = 1.0,
     on_probe: Callable[[float, SimResult], None] | None = None,
+    cover_s: float = 0.0,
 ) -> GoodputResult:
-    """Goodput of a whole configuration over ``requests`` sampled requests per probe."""
-    base = synthetic_stream(requests, 1.0, inputs, outputs, seed=seed, kind=kind, cv=cv)
+    """Goodput of a whole configuration over ``requests`` sampled requests per probe.
+
+    ``cover_s``: every probe's arrivals span at least this many seconds (a probe at ``r`` req/s
+    gets about ``max(requests, r · cover_s)`` requests), so a bandwidth schedule's drop inside that
+    window is part of every probe; 0: ``requests`` per probe, whatever time they span.
+    """
+
+    def stream(n: int) -> RequestStream:
+        return synthetic_stream(n, 1.0, inputs, outputs, seed=seed, kind=kind, cv=cv)
+
+    streams = _Streams(stream, requests, cover_s)
     return goodput(
-        _attainment_fn(config, base, slo, seed, on_probe),
+        _attainment_fn(config, streams.at, slo, seed, on_probe),
         slo.attainment,
         guess=guess,
         rel_tol=rel_tol,
     )
 
 
+class _Streams:
+    """The request stream of each probe rate: ``requests`` requests at rate 1 scaled to the
+    rate, or, when that would end before ``cover_s``, as many more as reach it."""
+
+    def __init__(self, make: Callable[[int], RequestStream], requests: int, cover_s: float):
+        self.make, self.requests, self.cover_s = make, requests, cover_s
+        self.base = make(requests)
+
+    def at(self, rate: float) -> RequestStream:
+        need = self.cover_s * rate  # the window in the base stream's time (rate 1)
+        n = self.requests
+        if need > 0:
+            while self.base.arrival_s[-1] < need:
+                self.base = self.make(2 * len(self.base))
+            n = max(n, int(np.searchsorted(self.base.arrival_s, need)) + 1)
+        return self.base.head(n).scaled(rate)
+
+
 def _attainment_fn(
     config: SimConfig,
-    base: RequestStream,
+    stream_at: Callable[[float], RequestStream],
     slo: SloTarget,
     seed: int,
     on_probe: Callable[[float, SimResult], None] | None,
 ) -> Callable[[float], float]:
     def attainment_at(rate: float) -> float:
-        res = simulate(config, base.scaled(rate), seed=seed)
+        res = simulate(config, stream_at(rate), seed=seed)
         if on_probe is not None:
             on_probe(rate, res)
         overall = res.attainment(slo.ttft_s, slo.tpot_s)

@@ -68,6 +68,7 @@ __all__ = [
     "fill_predicted",
     "local_kv_gbps",
     "predict",
+    "rate_basis",
     "run_scenarios",
     "scenarios",
     "simulated_goodput",
@@ -95,6 +96,9 @@ class ScenarioRun:
     rate: float
     result: SimResult
     goodput_rps: float | None = None
+    goodput_window_s: float = 0.0
+    """Every goodput probe spanned at least this long (the main run's window, when a link
+    follows a bandwidth schedule); 0: ``goodput_requests`` per probe, whatever they span."""
 
 
 def _latency(problem: Problem, cluster: ClusterInput, tp: int, pp: int) -> InstanceLatency:
@@ -299,6 +303,21 @@ def common_rate(problem: Problem, found: list[Scenario], load: float = 0.8) -> f
     return load * min(planned)
 
 
+def rate_basis(problem: Problem, found: list[Scenario], load: float = 0.8) -> str:
+    """Where ``common_rate`` took its rate from, in words (printed beside simulated numbers)."""
+    if problem.workload.requests_per_second:
+        return "workload.requestsPerSecond"
+    planned = [s for s in found if s.planned_rps > 0]
+    if not planned:
+        return "no configuration has a positive planned throughput"
+    low = min(planned, key=lambda s: s.planned_rps)
+    return (
+        f"{load:g} × the smallest planned Λ_max ({low.name}, {low.planned_rps:.3g} req/s), so "
+        "every configuration is stable; set workload.requestsPerSecond, or prfaas simulate "
+        "--rate, for another"
+    )
+
+
 def _stream(
     problem: Problem, n: int, rate: float, seed: int, kind: ArrivalKind, cv: float
 ) -> RequestStream:
@@ -321,7 +340,8 @@ def run_scenarios(
 ) -> list[ScenarioRun]:
     """Simulate every scenario over the same requests at ``rate`` (sampled from the workload
     with ``arrival``/``cv`` unless ``stream`` is given); optionally search goodput with
-    ``goodput_requests`` requests per probe."""
+    ``goodput_requests`` requests per probe (more where a link follows a bandwidth schedule:
+    each probe then spans the same window as the run, ``ScenarioRun.goodput_window_s``)."""
     base = stream if stream is not None else _stream(problem, requests, rate, seed, arrival, cv)
     slo = SloTarget(problem.slo.ttft_s, problem.slo.tpot_s, problem.slo.attainment)
     runs = []
@@ -336,6 +356,13 @@ def run_scenarios(
 
         res = simulate(sc.config, base, seed=seed, progress=cb)
         good = None
+        # A schedule changes capacity at fixed times: every probe must span the window the run
+        # above reports on, or the goodput would describe a link that never dropped.
+        window = (
+            float(base.arrival_s[-1])
+            if len(base) and any(ln.schedule for ln in sc.config.links)
+            else 0.0
+        )
         if goodput_requests > 0:
             w = problem.workload
             good = config_goodput(
@@ -348,8 +375,9 @@ def run_scenarios(
                 guess=max(sc.planned_rps, 1e-3) * 0.8,
                 kind=arrival,
                 cv=cv,
+                cover_s=window,
             ).rate
-        runs.append(ScenarioRun(sc, rate, res, good))
+        runs.append(ScenarioRun(sc, rate, res, good, window if good is not None else 0.0))
     return runs
 
 

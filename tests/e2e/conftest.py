@@ -61,7 +61,7 @@ def use_netns() -> bool:
     return os.environ.get("PRFAAS_E2E_NETNS", "1") != "0" and have_net_admin()
 
 
-def completion_body(prompt: str, **extra: Any) -> dict[str, Any]:
+def completion_body(prompt: str | list[int], **extra: Any) -> dict[str, Any]:
     """A greedy completion request of ``MAX_TOKENS`` tokens that returns token ids."""
     return {
         "model": MODEL, "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0,

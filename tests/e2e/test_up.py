@@ -109,7 +109,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     netns = use_netns()
     port = 8000 if netns else free_port()
     namespaces_before = _namespaces()
-    argv = [sys.executable, "-m", "prfaas", "up", str(SAMPLE), "--port", str(port),
+    argv = [sys.executable, "-P", "-m", "prfaas", "up", str(SAMPLE), "--port", str(port),
             "--workdir", str(tmp / "run"), "--prometheus"] + (["--netns"] if netns else [])
     out_path = tmp / "up.out"
     with out_path.open("wb") as out:
@@ -143,6 +143,13 @@ def test_prfaas_up_serves_a_completion_and_prints_prometheus(up: Up) -> None:
                    json=completion_body("hello from the readme"), timeout=120)
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] == MAX_TOKENS
+    # Output to a file is not a terminal: plain timestamped lines, not the live table.
+    for _ in range(60):
+        if re.search(r"requests: \S*/ok 1", up.output()):
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"no plain status line:\n{up.output()}")
     text = up.output()
     # At start the gauges are scraped: t, the link budget, queues, engines available.
     for panel in ("Offload threshold t", "Queue depth and running requests per pool",
@@ -297,6 +304,7 @@ def test_ctrl_c_leaves_nothing_behind(up: Up) -> None:
     up.proc.send_signal(signal.SIGINT)
     assert up.proc.wait(timeout=120) == 0
     assert "stopped" in up.output()
+    assert f"logs kept in {up.out_path.parent / 'run'}" in up.output()  # --workdir keeps them
     assert _session_members(up.proc.pid) == []
     for pid in started:
         assert _session_members(pid) == [], f"process group of {pid} left running"

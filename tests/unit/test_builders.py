@@ -121,7 +121,8 @@ def test_engine_deployments_carry_the_plan() -> None:
     c = pod["containers"][0]
     argv = [*c["command"], *c["args"]]
     sp = _inputs().spec
-    assert argv == vllm_argv(engine_launch(sp, _plan().clusters[2]))
+    assert argv == vllm_argv(engine_launch(sp, _plan().clusters[2], _plan().dtype_bytes))
+    assert argv[argv.index("--dtype") + 1] == "bfloat16"  # pinned: the plan's dtypeBytes 2
     kv = json.loads(argv[argv.index("--kv-transfer-config") + 1])
     assert kv["kv_role"] == "kv_consumer" and kv["kv_load_failure_policy"] == "recompute"
     assert argv[argv.index("--tensor-parallel-size") + 1] == "8"

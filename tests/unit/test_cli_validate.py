@@ -132,6 +132,39 @@ def test_dangling_cluster_reference_is_a_warning_only(tmp_path: Path) -> None:
     assert "pd-far" in output
 
 
+def test_unresolved_reference_is_labelled_a_warning_and_strict_agrees_with_plan(
+    tmp_path: Path,
+) -> None:
+    """validate marks it a warning and says what plan does with it; --strict fails as plan."""
+    path = _edited(tmp_path, "prefill: [prfaas-h200]", "prefill: [prfaas-h100]")
+    code, output = _validate(path)
+    assert code == 0
+    warning = next(line for line in output.splitlines() if "prfaas-h100" in line)
+    assert warning.startswith("warning: ")
+    assert "1 warning(s)" in output and "prfaas plan" in output
+    strict = CliRunner().invoke(app, ["validate", "--strict", str(path)])
+    plan = CliRunner().invoke(app, ["plan", str(path)])
+    assert strict.exit_code == plan.exit_code == 2
+    assert "no PrefillCluster 'prfaas-h100' in the file (defined: prfaas-h200)" in plan.output
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [("ttft: 10s", "ttft: 10", "spec.slo.ttft"), ("tpot: 25ms", "tpot: 25", "spec.slo.tpot"),
+     ("tpot: 25ms", "tpot: [25]", "spec.slo.tpot"),
+     ("    maxBatchSize: 20", "    maxBatchSize: 20\n  autoscaling: {interval: 30}",
+      "spec.autoscaling.interval")],
+    ids=["ttft-number", "tpot-number", "tpot-list", "interval-number"],
+)
+def test_every_duration_field_explains_the_units(
+    tmp_path: Path, old: str, new: str, field: str
+) -> None:
+    code, output = _validate(_edited(tmp_path, old, new))
+    assert code == 2
+    problem = next(line for line in output.splitlines() if field in line)
+    assert "write a number with a unit: ms, s, m or h" in problem
+
+
 def test_no_arguments_is_a_usage_error() -> None:
     result = CliRunner().invoke(app, ["validate"])
     assert result.exit_code == 2

@@ -434,6 +434,26 @@ async def test_models_health_and_metrics_endpoints() -> None:
             assert name in text
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status", "kind", "says"),
+    [
+        ("GET", "/v1/completions", 405, "MethodNotAllowedError", "use POST"),
+        ("POST", "/v1/models", 405, "MethodNotAllowedError", "use GET"),
+        ("GET", "/v1/embeddings", 404, "NotFoundError", "POST /v1/chat/completions"),
+    ],
+    ids=["get-completions", "post-models", "unknown-path"],
+)
+async def test_wrong_method_and_unknown_path_get_openai_error_json(
+    method: str, path: str, status: int, kind: str, says: str
+) -> None:
+    async with rig() as r, r.http.request(method, r.svc.url + path) as resp:
+        assert resp.status == status
+        assert resp.content_type == "application/json"
+        error = (await resp.json())["error"]
+    assert error["type"] == kind and error["code"] == status
+    assert path in error["message"] and says in error["message"]
+
+
 async def test_config_file_is_reloaded_when_it_changes(tmp_path: Path) -> None:
     old, new = FakeEngine("decode", "old"), FakeEngine("decode", "new")
     async with old, new:

@@ -163,3 +163,15 @@ def test_crd_schema_is_never_stricter_than_the_models(data: st.DataObject) -> No
         return
     with pytest.raises(ValueError):
         api.model_for_kind(doc["kind"]).model_validate(doc)
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=[p.name for p in SAMPLES])
+def test_sample_stands_alone(path: Path) -> None:
+    """A sample's comments cite only files a clone has (not the authors' shared notes)."""
+    import re
+
+    text = path.read_text(encoding="utf-8")
+    cited = re.findall(r"[\w.-]+(?:/[\w.-]+)+\.(?:md|py|yaml|json)", text)
+    missing = [c for c in cited if not (ROOT / c).exists()]
+    assert missing == [], f"{path.name} cites files outside the repository: {missing}"
+    assert "shared/" not in text

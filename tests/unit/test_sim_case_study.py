@@ -245,3 +245,30 @@ def test_prfaas_plan_simulated_goodput_flag() -> None:
         make_plan(problems_from_manifests(read_manifests([SAMPLE]).resources)[0]).throughput_rps,
         rel=0.05,
     )
+
+
+def test_plot_marks_the_slo_and_keeps_t_off_the_capacity_line(
+    runs: dict[str, ScenarioRun], problem: Problem
+) -> None:
+    import matplotlib.pyplot as plt
+    from prfaas.operator.cli.simulate import plot_figure
+
+    fig = plot_figure(list(runs.values()), "case study", problem.slo.ttft_s)
+    try:
+        cdf = fig.axes[0]
+        assert any(list(line.get_xdata()) == [problem.slo.ttft_s] * 2 for line in cdf.lines)
+        panels = {ax.get_title().split(":")[0]: ax for ax in fig.axes
+                  if "link egress" in ax.get_title()}
+        t_axes = [ax for ax in fig.axes if ax.get_ylabel() == "threshold t (K tokens)"]
+        assert len(t_axes) == 1  # prfaas-pd only: naive heterogeneous has t = 0 throughout
+        assert "t = 0" in panels["naive-heterogeneous"].get_title()
+        egress, t_axis = panels["prfaas-pd"], t_axes[0]
+
+        def height(ax: plt.Axes, label: str) -> float:
+            line = next(x for x in ax.lines if label in x.get_label())
+            low, high = ax.get_ylim()
+            return (float(np.nanmax(line.get_ydata())) - low) / (high - low)
+
+        assert height(egress, "capacity") - height(t_axis, "t (") > 0.3
+    finally:
+        plt.close(fig)

@@ -58,3 +58,32 @@ def test_config_goodput_joint_slo() -> None:
     never = config_goodput(config, FixedLengths(100), FixedLengths(20), SloTarget(1.0, 0.01))
     assert never.rate == 0.0
     assert all(math.isfinite(r) for r, _ in ok.probes)
+
+
+def test_config_goodput_covers_a_bandwidth_schedule() -> None:
+    """A link that drops from 8 to 0.8 Gbps at 400 s: probes of 200 requests end long before
+    the drop; probes spanning the 800 s window see it, and the goodput falls with it."""
+    from prfaas.planner.sim.links import LinkSpec
+    from prfaas.planner.sim.simulator import RoutingSpec
+
+    config = SimConfig(
+        "all-remote",
+        (PrefillPool("prfaas", "dc-a", 4, DistServeForm(0.05, 0, 0, 0, 0, 0)),),
+        DecodePool("decode", "dc-b", 4, DistServeForm(0, 0, 0, 1e-3, 0, 0), max_batch=64),
+        links=(LinkSpec("a-b", "dc-a", "dc-b", 8.0, schedule=((400.0, 0.8),)),),
+        routing=RoutingSpec(threshold_tokens=0, adaptive=False),
+        kv_bytes_per_token=1e5,  # 1000-token prompts: 100 MB each, 10 req/s at 8 Gbps
+    )
+    slo = SloTarget(2.0, 0.05)
+    spans: list[float] = []
+
+    def probe(rate: float, res: object) -> None:
+        spans.append(float(res.arrival_s[-1]))  # type: ignore[attr-defined]
+
+    short = config_goodput(config, FixedLengths(1000), FixedLengths(4), slo, requests=200,
+                           guess=5.0)
+    covered = config_goodput(config, FixedLengths(1000), FixedLengths(4), slo, requests=200,
+                             guess=5.0, cover_s=800.0, on_probe=probe)
+    assert short.rate > 5.0  # the drop is never reached
+    assert covered.rate < 0.5 * short.rate
+    assert spans and min(spans) >= 800.0
