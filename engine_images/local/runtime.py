@@ -245,7 +245,7 @@ class LocalRuntime:
     net: TwoDatacenterNet | None = None
     """The namespaces the layout lives in; ``stop`` closes it."""
     router_argv: Sequence[str] | None = None
-    """Overrides the router command (tests); default ``python -m prfaas router``."""
+    """Overrides the router command (tests); default ``python -P -m prfaas router``."""
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     start_seconds: dict[str, float] = field(default_factory=dict)
     """Seconds from spawn to healthy, per process name."""
@@ -381,8 +381,10 @@ class LocalRuntime:
     def start_router(self, *, timeout_s: float = 60.0) -> ManagedProcess:
         layout = self.layout
         config = self.write_router_config()
+        # -P: the current folder (a checkout's root holds a bare prfaas/) must not shadow the
+        # prfaas this process imported, or the router would run another tree's code.
         argv = list(self.router_argv or [
-            sys.executable, "-m", "prfaas", "router", "--config", str(config),
+            sys.executable, "-P", "-m", "prfaas", "router", "--config", str(config),
             "--host", layout.router_host, "--port", str(layout.router_port),
         ])
         if layout.router_net is not None:

@@ -87,7 +87,7 @@ def test_cli_rejects_a_bad_file_with_the_reason(tmp_path: Path) -> None:
     path = tmp_path / "router.yaml"
     path.write_text("model: tiny\nlocalDatacenter: b\ndatacenters: {}\n")
     run = subprocess.run(
-        [sys.executable, "-m", "prfaas", "router", "--config", str(path)],
+        [sys.executable, "-P", "-m", "prfaas", "router", "--config", str(path)],
         capture_output=True,
         text=True,
         check=False,
