@@ -25,13 +25,14 @@ LINT_PATHS := planner operator engine_images prfaas
 # real names.
 TYPECHECK_TREE := build/typecheck
 
-.PHONY: help install run test lint crds clean
+.PHONY: help install run test lint crds chart clean
 
 help:
 	@echo "make run    set up .venv if needed, then run the main job (prfaas up $(MAIN_ARGS))"
 	@echo "make test   set up .venv if needed, then run the test suite (PYTEST_ARGS=$(PYTEST_ARGS))"
 	@echo "make lint   ruff check and mypy over $(LINT_PATHS), and the import contracts"
 	@echo "make crds   regenerate crds/ and charts/prfaas/crds/ from operator/api/models.py"
+	@echo "make chart  lint the Helm chart and render it (CHART_ARGS='--set image.repository=R'), offline"
 	@echo "make clean  remove .venv and build outputs"
 
 $(BIN)/python:
@@ -97,6 +98,11 @@ lint: install $(TYPECHECK_TREE)/prfaas
 
 crds: install
 	$(BIN)/prfaas crds
+
+# Render (as helm template) and lint the chart offline through the Helm SDK: no helm, no cluster.
+chart: install
+	$(BIN)/prfaas chart --lint charts/prfaas
+	$(BIN)/prfaas chart charts/prfaas $(CHART_ARGS)
 
 clean:
 	rm -rf $(VENV) build

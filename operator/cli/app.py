@@ -7,7 +7,17 @@ heavy imports (vLLM, kopf, the simulator) happen inside the command, never at im
 from __future__ import annotations
 
 import typer
-from prfaas.operator.cli import crds, plan, router, run_operator, simulate, trace, up, validate
+from prfaas.operator.cli import (
+    chart,
+    crds,
+    plan,
+    router,
+    run_operator,
+    simulate,
+    trace,
+    up,
+    validate,
+)
 
 __all__ = ["app", "main"]
 
@@ -33,6 +43,7 @@ app.command("up")(up.run)
 app.command("operator")(run_operator.run)
 app.command("simulate")(simulate.run)
 app.add_typer(trace.app, name="trace")
+app.command("chart")(chart.run)
 
 
 def main() -> None:

@@ -178,3 +178,57 @@ def test_routers_run_the_narrow_router_image() -> None:
     assert _env(tagged)["PRFAAS_ROUTER_IMAGE"] == "r.example/prfaas-router:1.2"
     mine = _render({"routerImage": "r.example/my-router:3"})
     assert _env(mine)["PRFAAS_ROUTER_IMAGE"] == "r.example/my-router:3"
+
+
+def test_prfaas_chart_renders_like_helm_template_with_set_and_values(tmp_path: Path) -> None:
+    """Users without Helm render the chart offline; ``--set`` wins over ``-f``."""
+    from prfaas.operator.cli.app import app
+    from typer.testing import CliRunner
+
+    values = tmp_path / "values.yaml"
+    values.write_text("image: {repository: from-file/prfaas, tag: '1.2'}\n")
+    result = CliRunner().invoke(app, [
+        "chart", str(CHART), "-f", str(values), "--set", "image.repository=my.registry/prfaas",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "# Source: prfaas/templates/deployment.yaml" in result.output
+    docs = [d for d in yaml.safe_load_all(result.output) if d]
+    [deployment] = _by_kind(docs, "Deployment")
+    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "my.registry/prfaas:1.2"
+    assert docs == _render({"image": {"repository": "my.registry/prfaas", "tag": "1.2"}})
+
+
+def test_prfaas_chart_lint_passes_and_fails_on_a_broken_chart(tmp_path: Path) -> None:
+    import shutil
+
+    from prfaas.operator.cli.app import app
+    from typer.testing import CliRunner
+
+    ok = CliRunner().invoke(app, ["chart", str(CHART), "--lint"])
+    assert ok.exit_code == 0, ok.output
+    assert "no failures" in ok.output
+    broken = tmp_path / "prfaas"
+    shutil.copytree(CHART, broken)
+    (broken / "templates" / "broken.yaml").write_text("{{ .Values.nope.deeper }}\n")
+    bad = CliRunner().invoke(app, ["chart", str(broken), "--lint"])
+    assert bad.exit_code == 1
+    assert "[ERROR]" in bad.output
+
+
+def test_install_steps_build_and_push_the_images_first() -> None:
+    """The chart's default image is a placeholder: every install recipe builds, pushes and sets
+    ``image.repository`` before ``helm install``, and the value says so where it is set."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    recipes = {
+        "README.md": readme.split("## On a cluster", 1)[1].split("\n## ", 1)[0],
+        "charts/prfaas/README.md": (CHART / "README.md").read_text(encoding="utf-8"),
+    }
+    for name, text in recipes.items():
+        build, push, install = (text.index(s) for s in ("docker build", "docker push",
+                                                        "helm install"))
+        assert build < push < install, name
+        assert "--set image.repository=" in text[install:], name
+    values = (CHART / "values.yaml").read_text(encoding="utf-8")
+    above_image = values.split("\nimage:", 1)[0]
+    assert "docker push" in above_image and "image.repository" in above_image
