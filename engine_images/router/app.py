@@ -82,8 +82,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             err = _http_error(request, http)
             headers = {"Allow": http.headers["Allow"]} if "Allow" in http.headers else {}
             return web.json_response(err.to_json(), status=err.status, headers=headers)
-        except RouterError:
-            raise
+        except (RouterError, ConnectionError):
+            raise  # ConnectionError: the client went away; there is no one to answer
         except Exception as unexpected:
             log.exception("%s %s failed", request.method, request.path)
             raise RouterError(

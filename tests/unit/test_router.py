@@ -454,6 +454,21 @@ async def test_wrong_method_and_unknown_path_get_openai_error_json(
     assert path in error["message"] and says in error["message"]
 
 
+async def test_an_unexpected_failure_is_a_500_in_openai_error_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prfaas.engine.router.proxy import RouterCore
+
+    def broken(self: RouterCore) -> dict[str, Any]:
+        raise KeyError("links")
+
+    monkeypatch.setattr(RouterCore, "snapshot", broken)
+    async with rig() as r, r.http.get(r.svc.url + "/status") as resp:
+        assert resp.status == 500
+        error = (await resp.json())["error"]
+    assert error["type"] == "InternalServerError" and "KeyError" in error["message"]
+
+
 async def test_config_file_is_reloaded_when_it_changes(tmp_path: Path) -> None:
     old, new = FakeEngine("decode", "old"), FakeEngine("decode", "new")
     async with old, new:
