@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_THRESHOLDS",
     "SHARED_CACHE_NOTE",
     "TraceStats",
+    "quantile_buckets",
     "replayed_uncached",
     "shared_cache_uncached",
     "trace_stats",
@@ -88,6 +89,22 @@ def replayed_uncached(
         assert d.decode is not None
         d.decode.cache.insert(chain)
     return out
+
+
+BUCKET_QUANTILES = (*(q / 20 for q in range(1, 20)), 0.99, 0.999, 1.0)
+"""Upper bounds of the emitted histogram: every 5%, then the tail at P99, P99.9 and the max."""
+
+
+def quantile_buckets(
+    values: npt.NDArray[Any], quantiles: Sequence[float] = BUCKET_QUANTILES
+) -> list[tuple[int, float]]:
+    """A histogram of ``values`` as ``(upTo, weight)`` buckets at their quantiles (integer
+    bounds, strictly increasing, each weight the share of values in ``(previous, upTo]``):
+    the ServingPlan's empirical distribution, so a plan can be made without the trace."""
+    v = np.sort(np.asarray(values, dtype=np.int64))
+    edges = np.unique(np.ceil(np.quantile(v, quantiles)).astype(np.int64))
+    counts = np.diff(np.concatenate([[0], np.searchsorted(v, edges, side="right")]))
+    return [(int(e), float(c) / len(v)) for e, c in zip(edges, counts, strict=True) if c > 0]
 
 
 def _summary(values: npt.NDArray[Any]) -> dict[str, float]:

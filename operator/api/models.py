@@ -404,7 +404,22 @@ class Workload(_Model):
     prefix_cache_hit_rate: float = Field(
         default=0.0, ge=0, lt=1, description="Fraction of prompt tokens served from cache."
     )
+    uncached_length: Distribution | None = Field(
+        default=None,
+        description="Measured prompt lengths left after prefix-cache hits, tokens (e.g. from "
+        "`prfaas trace stats --emit-workload`); the plan's p, l_long and l_short come from it "
+        "instead of inputLength scaled by 1 - prefixCacheHitRate.",
+    )
     arrival: ArrivalProcess = Field(default_factory=ArrivalProcess)
+
+    @model_validator(mode="after")
+    def _one_cache_model(self) -> Workload:
+        if self.uncached_length is not None and self.prefix_cache_hit_rate > 0:
+            raise ValueError(
+                "give prefixCacheHitRate or uncachedLength, not both (uncachedLength already "
+                "counts the cache hits)"
+            )
+        return self
 
 
 class Slo(_Model):

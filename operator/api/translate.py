@@ -187,6 +187,7 @@ def problem_from_resources(
         distribution(w.output_length),
         w.requests_per_second,
         w.prefix_cache_hit_rate,
+        None if w.uncached_length is None else distribution(w.uncached_length),
     )
     slo = SloInput(
         api.duration_seconds(spec.slo.ttft),

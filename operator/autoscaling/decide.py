@@ -205,10 +205,15 @@ def observed_workload(
         update["requests_per_second"] = max(MIN_RATE_RPS, obs.rate_rps)
         notes.append(f"autoscaling: planned for the observed {obs.rate_rps:.3g} req/s")
     if obs.mean_uncached_tokens is not None and obs.mean_uncached_tokens > 0:
-        declared = distribution(workload.input_length).uncached(workload.prefix_cache_hit_rate)
+        if workload.uncached_length is not None:
+            declared = distribution(workload.uncached_length)
+        else:
+            declared = distribution(workload.input_length).uncached(workload.prefix_cache_hit_rate)
         factor = obs.mean_uncached_tokens / declared.mean
         factor = min(max_factor, max(1.0 / max_factor, factor))
         update["input_length"] = _scaled_length(workload.input_length, factor)
+        if workload.uncached_length is not None:
+            update["uncached_length"] = _scaled_length(workload.uncached_length, factor)
         notes.append(
             f"autoscaling: prompt lengths scaled ×{factor:.3g} to the observed mean of "
             f"{obs.mean_uncached_tokens:.0f} uncached tokens (shape kept)"

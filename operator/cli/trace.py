@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from prfaas.operator.cli.common import load_trace_or_exit
@@ -49,12 +49,21 @@ def stats(
         typer.Option("--instances", min=1, help="How many caches --cache-blocks replays through."),
     ] = None,
     output: Annotated[StatsOutput, typer.Option("--output", "-o")] = StatsOutput.table,
+    emit_workload: Annotated[
+        bool,
+        typer.Option(
+            "--emit-workload",
+            help="Print a ServingPlan spec.workload block instead (rate, and input, output and "
+            "uncached lengths as empirical histograms), ready to paste.",
+        ),
+    ] = False,
 ) -> None:
     """Requests, duration, arrivals per minute, input/uncached length percentiles, prefix-hit
     ratio, and per threshold the share of requests and uncached tokens above it."""
     from prfaas.planner.trace_workload import (
         DEFAULT_THRESHOLDS,
         SHARED_CACHE_NOTE,
+        quantile_buckets,
         replayed_uncached,
         shared_cache_uncached,
         trace_stats,
@@ -75,6 +84,23 @@ def stats(
     else:
         uncached = shared_cache_uncached(stream)
         model = SHARED_CACHE_NOTE
+    if emit_workload:
+        import yaml
+
+        def hist(values: Any) -> dict[str, Any]:
+            buckets = [{"upTo": up, "weight": round(w, 6)} for up, w in quantile_buckets(values)]
+            return {"type": "empirical", "buckets": buckets}
+
+        span = float(stream.arrival_s[-1] - stream.arrival_s[0])
+        block: dict[str, Any] = {}
+        if span > 0 and len(stream) > 1:
+            block["requestsPerSecond"] = round((len(stream) - 1) / span, 4)
+        block["inputLength"] = hist(stream.input_tokens)
+        block["outputLength"] = hist(stream.output_tokens)
+        block["uncachedLength"] = hist(uncached)
+        typer.echo(f"# from {file}: {len(stream)} requests; uncachedLength: {model}")
+        typer.echo(yaml.safe_dump({"workload": block}, sort_keys=False), nl=False)
+        return
     st = trace_stats(stream, uncached, threshold or DEFAULT_THRESHOLDS, cache_model=model)
     if output is StatsOutput.json:
         typer.echo(json.dumps(st.to_json(), indent=2))

@@ -135,3 +135,34 @@ def test_replay_through_small_caches_evicts_lru() -> None:
     assert list(replayed_uncached(s, cache_blocks=4, instances=1)) == [1024, 1024, 1]
     # Two instances: B goes to the other (rotation), A finds its blocks on the first.
     assert list(replayed_uncached(s, cache_blocks=2, instances=2)) == [1024, 1024, 1]
+
+
+def test_emitted_workload_plans_like_the_trace(tmp_path: Path) -> None:
+    """``--emit-workload`` pasted into the case study plans (nearly) as ``plan --trace`` does:
+    the histograms keep the trace's uncached-length distribution."""
+    import yaml
+    from prfaas.operator.api import models as api
+    from pydantic import ValidationError
+
+    out = CliRunner().invoke(app, ["trace", "stats", str(SUBSET), "--emit-workload"])
+    assert out.exit_code == 0, out.output
+    block = yaml.safe_load(out.stdout)["workload"]
+    sample = ROOT / "crds" / "samples" / "case-study.yaml"
+    docs = list(yaml.safe_load_all(sample.read_text()))
+    for doc in docs:
+        if doc and doc.get("kind") == "ServingPlan":
+            doc["spec"]["workload"] = {**block, "arrival": doc["spec"]["workload"].get("arrival")}
+            if doc["spec"]["workload"]["arrival"] is None:
+                del doc["spec"]["workload"]["arrival"]
+    pasted = tmp_path / "case-study-from-trace.yaml"
+    pasted.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    runner = CliRunner()
+    a = runner.invoke(app, ["plan", str(pasted), "-o", "json"])
+    b = runner.invoke(app, ["plan", str(sample), "--trace", str(SUBSET), "-o", "json"])
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    pa, pb = json.loads(a.stdout), json.loads(b.stdout)
+    assert pa["offloadFraction"] == pytest.approx(pb["offloadFraction"], abs=0.03)
+    assert pa["thresholdTokens"] == pytest.approx(pb["thresholdTokens"], rel=0.1)
+    assert any("measured" in n for n in pa["notes"])
+    with pytest.raises(ValidationError, match="not both"):
+        api.Workload.model_validate({**block, "prefixCacheHitRate": 0.3})
