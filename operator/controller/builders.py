@@ -59,6 +59,7 @@ from prfaas.planner.plan import ClusterPlan, Plan
 
 __all__ = [
     "ENGINE_PORT",
+    "ROUTER_CACHE_DIR",
     "SIDE_CHANNEL_PORT",
     "BuildError",
     "ClusterTarget",
@@ -582,6 +583,24 @@ def router_config_map(inputs: PlanInputs, target: ClusterTarget, text: str) -> d
     }
 
 
+ROUTER_CACHE_DIR = "/var/cache/prfaas"
+"""The router pod's writable cache (an emptyDir): the tokenizer named by ``spec.model.source``
+is downloaded here at start (``HF_HOME``); the root filesystem stays read-only."""
+_ROUTER_PASSED_ENV = ("HF_TOKEN", "HF_ENDPOINT", "HUGGING_FACE_HUB_TOKEN")
+"""``engine.env`` entries the router needs too, to fetch the same (gated) tokenizer."""
+
+
+def _router_env(inputs: PlanInputs) -> list[dict[str, str]]:
+    env = {
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "XDG_CACHE_HOME": ROUTER_CACHE_DIR,
+        "HF_HOME": f"{ROUTER_CACHE_DIR}/huggingface",
+    }
+    env |= {k: v for k, v in inputs.spec.engine.env.items() if k in _ROUTER_PASSED_ENV}
+    return [{"name": k, "value": v} for k, v in sorted(env.items())]
+
+
 def _router_container(inputs: PlanInputs, port: int) -> dict[str, Any]:
     return {
         "name": "router",
@@ -597,6 +616,13 @@ def _router_container(inputs: PlanInputs, port: int) -> dict[str, Any]:
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/livez", "port": "http"}, "periodSeconds": 15},
+        # The tokenizer is loaded (maybe downloaded) before the port opens: up to 10 min.
+        "startupProbe": {
+            "httpGet": {"path": "/livez", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": 120,
+        },
+        "env": _router_env(inputs),
         "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
         "securityContext": {
             "runAsNonRoot": True,
@@ -604,7 +630,11 @@ def _router_container(inputs: PlanInputs, port: int) -> dict[str, Any]:
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": "config", "mountPath": _ROUTER_CONFIG_DIR, "readOnly": True}],
+        "volumeMounts": [
+            {"name": "config", "mountPath": _ROUTER_CONFIG_DIR, "readOnly": True},
+            {"name": "cache", "mountPath": ROUTER_CACHE_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
     }
 
 
@@ -637,7 +667,11 @@ def router_deployment(inputs: PlanInputs, target: ClusterTarget, text: str) -> d
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [_router_container(inputs, exposure.port)],
-                    "volumes": [{"name": "config", "configMap": {"name": name}}],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": name}},
+                        {"name": "cache", "emptyDir": {"sizeLimit": "4Gi"}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+                    ],
                 },
             },
         },

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from prfaas.engine.vllm.launch import vllm_argv
 from prfaas.operator.api import models as api
 from prfaas.operator.api.labels import LABEL_ROLE, child_name, label_value
 from prfaas.operator.controller.builders import (
+    ROUTER_CACHE_DIR,
     BuildError,
     ClusterTarget,
     PlanInputs,
@@ -274,3 +277,102 @@ def test_the_cluster_engine_policy_limits_what_a_plan_may_run() -> None:
     inputs.spec.engine.env = {"LD_PRELOAD": "/tmp/x.so"}
     with pytest.raises(BuildError, match=r"\['LD_PRELOAD'\].*allowedEnv"):
         build_children(inputs)
+
+
+# ---------------------------------------------------------------------- the router pod's tokenizer
+# The rendered router pod can load its tokenizer (issue #11, item 9): every path the loader
+# writes is a writable volume (the root filesystem is read-only), and the tokenizer named by
+# spec.model.source is found under the pod's HF_HOME. The pod's mounts are mapped onto temporary
+# directories and the router's loader runs in a subprocess with the pod's env.
+ROUTER_TOKENIZER = "acme/tiny-chat"
+
+
+def _router_pod() -> tuple[dict[str, Any], dict[str, Any]]:
+    inputs = _inputs()
+    inputs.spec.model.source = ROUTER_TOKENIZER
+    inputs.spec.engine.env = {"HF_TOKEN": "t", "LD_PRELOAD": "/x.so"}
+    dep = next(
+        o
+        for o in build_children(inputs)["pd-h20"]
+        if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("router")
+    )
+    pod = dep["spec"]["template"]["spec"]
+    return pod, pod["containers"][0]
+
+
+def _seed_hub_cache(hf_home: Path) -> None:
+    """What a download of ``ROUTER_TOKENIZER`` leaves in the hub cache (refs/main → a snapshot)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=280,
+        special_tokens=["<unk>"],
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(["hello world"] * 10, trainer)
+    repo = hf_home / "hub" / ("models--" + ROUTER_TOKENIZER.replace("/", "--"))
+    snap = repo / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    tok.save(str(snap / "tokenizer.json"))
+    (snap / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTokenizerFast"}')
+    (snap / "config.json").write_text('{"model_type": "gpt2"}')
+
+
+def test_the_router_pod_writes_only_to_its_volumes_and_finds_the_tokenizer(
+    tmp_path: Path,
+) -> None:
+    pod, container = _router_pod()
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    writable = {
+        m["mountPath"]: tmp_path / m["name"]
+        for m in container["volumeMounts"]
+        if not m.get("readOnly") and "emptyDir" in volumes[m["name"]]
+    }
+    assert set(writable) == {ROUTER_CACHE_DIR, "/tmp"}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["HF_TOKEN"] == "t" and "LD_PRELOAD" not in env  # only what fetching needs
+
+    def mapped(path: str) -> str:
+        for mount, local in writable.items():
+            if path == mount or path.startswith(mount + "/"):
+                return str(local) + path[len(mount) :]
+        raise AssertionError(f"{path} is not on a writable volume of the router pod")
+
+    sandbox = {k: mapped(v) for k, v in env.items() if v.startswith("/")}
+    assert {"HOME", "TMPDIR", "XDG_CACHE_HOME", "HF_HOME"} <= set(sandbox)
+    for local in writable.values():
+        local.mkdir()
+    _seed_hub_cache(Path(sandbox["HF_HOME"]))
+    script = (
+        "from prfaas.engine.router.tokenizer import load_tokenizer\n"
+        f"tok = load_tokenizer({ROUTER_TOKENIZER!r})\n"
+        "print(type(tok).__name__, len(tok.encode_prompt('hello world')))\n"
+    )
+    run_env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        "HF_HUB_OFFLINE": "1",
+        **sandbox,
+    }
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", script],
+        env=run_env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    kind, n = out.stdout.split()
+    assert kind == "HFPromptTokenizer" and int(n) > 0
+
+
+def test_the_router_waits_for_its_tokenizer_before_liveness_counts() -> None:
+    _, container = _router_pod()
+    startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] == "/livez"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
