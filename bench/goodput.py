@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -311,7 +312,7 @@ async def replay(url: str, model: str, stream: Any, tag: str, wall_rate_div: flo
         if delay > 0:
             await asyncio.sleep(delay)
         n_in, n_out = int(stream.input_tokens[i]), int(stream.output_tokens[i])
-        head = f"{tag}-{i}:"
+        head = f"{i}:{tag}:"  # unique from the first token: no shared prefix block
         body = {"model": model, "prompt": head + "a" * max(0, n_in - len(head)),
                 "max_tokens": n_out, "stream": True}
         s = samples[i]
@@ -434,6 +435,29 @@ def measure(
     return Measured(system, rate, ttft, tpot, ok, util, gbps, share, stages)
 
 
+def trace(base: Any, rate: float, duration: float) -> Any:
+    """The common trace at ``rate``: its arrivals in the first ``duration`` planned seconds."""
+    stream = base.scaled(rate)
+    n = int(np.searchsorted(stream.arrival_s, duration, side="right"))
+    if n >= len(stream):
+        raise SystemExit("internal: the base trace is too short for this duration")
+    return stream.head(max(n, 1))
+
+
+def dump(
+    out: Path, tag: str, system: str, rate: float, samples: list[Sample],
+    records: list[dict[str, Any]],
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    data = {
+        "system": system,
+        "rate": rate,
+        "samples": [[s.sent, s.first, s.last, s.ok] for s in samples],
+        "records": records,
+    }
+    (out / f"{tag}.json").write_text(json.dumps(data))
+
+
 def predict(case: CaseStudy, scenario: str, stream: Any, args: argparse.Namespace) -> Any:
     from prfaas.planner.sim.simulator import simulate
 
@@ -464,7 +488,8 @@ async def run_bench(args: argparse.Namespace) -> None:
     lam = case.scenarios["prfaas-pd"].planned_rps
     loads = [float(x) for x in args.loads.split(",")]
     w = prob.workload
-    base = synthetic_stream(args.requests, 1.0, w.input_length, w.output_length, seed=args.seed)
+    most = math.ceil(max(loads) * lam * args.duration * 1.5) + 50
+    base = synthetic_stream(most, 1.0, w.input_length, w.output_length, seed=args.seed)
     print(
         f"case study {args.manifest.name}: plan t = {plan.threshold_tokens:,.0f} tokens, "
         f"Λ_max {lam:.2f} req/s; SLO TTFT ≤ {slo_ttft:g} s, TPOT ≤ {slo_tpot * 1e3:g} ms, "
@@ -474,7 +499,7 @@ async def run_bench(args: argparse.Namespace) -> None:
     print(
         f"emulation: time ×{args.time_scale:g} faster, bytes ×{args.byte_scale:g}; link "
         f"{link.capacity_gbps:g} Gbps planned → tbf {wire_mbps:.0f} Mbit/s; "
-        f"{args.requests} requests per run, loads {loads} × Λ_max",
+        f"{args.duration:g} s of arrivals per run, loads {loads} × Λ_max",
         flush=True,
     )
     systems = [s for s in (PRFAAS, VR_CACHE, VR_RR, HOMOG) if s in args.systems]
@@ -502,7 +527,7 @@ async def run_bench(args: argparse.Namespace) -> None:
                 try:
                     for k, load in enumerate(loads):
                         rate = load * lam
-                        stream = base.scaled(rate)
+                        stream = trace(base, rate, args.duration)
                         tag = f"{system.split()[-1]}-{k}"
                         t0 = time.monotonic()
                         samples = await replay(url, plan.model, stream, tag,
@@ -511,6 +536,8 @@ async def run_bench(args: argparse.Namespace) -> None:
                         m = measure(system, rate, stream, samples, records, link_host, args,
                                     link.capacity_gbps, tag)
                         results[system].append(m)
+                        if args.dump is not None:
+                            dump(args.dump, tag, system, rate, samples, records)
                         print(
                             f"  {system:26s} {rate:5.2f} req/s: attainment "
                             f"{m.attainment(slo_ttft, slo_tpot):6.1%}  TTFT p90 "
@@ -553,7 +580,7 @@ def report(
                 f"({_fmt(m.link_gbps)})"
             )
             if system in sim_of:
-                r = predict(case, sim_of[system], base.scaled(m.rate), args)
+                r = predict(case, sim_of[system], trace(base, m.rate, args.duration), args)
                 sims[(system, m.rate)] = r
                 egress = [
                     8 * float(np.sum(b)) / max(r.end_s - float(r.arrival_s[0]), 1e-9) / 1e9
@@ -620,9 +647,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="KV bytes on the wire = planned bytes × this (link shaped to match)")
     ap.add_argument("--emit-interval", type=float, default=0.2,
                     help="wall seconds between streamed token chunks (first/last: exact)")
-    ap.add_argument("--requests", type=int, default=200, help="requests per run")
-    ap.add_argument("--loads", default="0.3,0.5,0.7,0.85,1.0",
+    ap.add_argument("--duration", type=float, default=200.0,
+                    help="planned seconds of arrivals per run (requests = rate × duration)")
+    ap.add_argument("--loads", default="0.3,0.55,0.8,0.95",
                     help="arrival rates as fractions of the plan's Λ_max")
+    ap.add_argument("--dump", type=Path, help="write every run's samples and engine records here")
     ap.add_argument("--systems", default=f"{PRFAAS},{VR_CACHE},{VR_RR},{HOMOG}",
                     help="comma-separated subset of the systems")
     ap.add_argument("--seed", type=int, default=0)

@@ -49,6 +49,7 @@ __all__ = [
     "KvPullError",
     "PrefillQueue",
     "Scale",
+    "prompt_length",
     "prompt_tokens",
 ]
 
@@ -134,6 +135,15 @@ def prompt_tokens(prompt: Any) -> list[int]:
     if isinstance(prompt, list) and len(prompt) == 1:
         return prompt_tokens(prompt[0])
     return list(str(prompt).encode())
+
+
+def prompt_length(prompt: Any) -> int:
+    """``len(prompt_tokens(prompt))`` without building the list (decode needs only the count)."""
+    if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+        return len(prompt)
+    if isinstance(prompt, list) and len(prompt) == 1:
+        return prompt_length(prompt[0])
+    return len(str(prompt).encode())
 
 
 # ---------------------------------------------------------------------- prefill
@@ -335,12 +345,16 @@ class EngineEmulation:
         return rec
 
     # ---- prefill
-    async def prefill(self, tokens: Sequence[int], rec: EngineRecord) -> None:
-        """Queue the prompt and wait until the batch holding it is done."""
+    async def prefill(self, prompt: Any, rec: EngineRecord) -> None:
+        """Queue the prompt (see ``prompt_tokens``) and wait until the batch holding it is
+        done."""
         bs = self.timing.block_tokens
-        hashes = block_hashes(tokens, bs) if self.cache is not None else []
-        hit = self.cache.match(hashes) if self.cache is not None else 0
-        uncached = max(1, len(tokens) - hit * bs)
+        hashes: list[int] = []
+        hit = 0
+        if self.cache is not None:
+            hashes = block_hashes(prompt_tokens(prompt), bs)
+            hit = self.cache.match(hashes)
+        uncached = max(1, rec.prompt_tokens - hit * bs)
         rec.uncached_tokens = uncached
         job = _PrefillJob(uncached, asyncio.get_running_loop().create_future(), hashes)
         self._queue.push(job)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import web
-from prfaas.engine.router.emulation import EngineEmulation, KvPullError, prompt_tokens
+from prfaas.engine.router.emulation import EngineEmulation, KvPullError, prompt_length
 from prfaas.engine.router.serving import AsyncService, serve_app
 
 __all__ = ["FakeEngine", "Received", "fake_kv_params"]
@@ -239,18 +239,18 @@ class FakeEngine(AsyncService):
     ) -> web.StreamResponse:
         em = self.emulation
         assert em is not None
-        tokens = prompt_tokens(prompt)
+        n_prompt = prompt_length(prompt)
         params = body.get("kv_transfer_params") or {}
-        rec = em.record(rid, self.role, len(tokens))
+        rec = em.record(rid, self.role, n_prompt)
         if self.role == "prefill":
-            await em.prefill(tokens, rec)
+            await em.prefill(prompt, rec)
             kv = None
             if params.get("do_remote_decode"):
-                kv = fake_kv_params(self.name, rid, len(tokens))
-                kv["remote_host"], kv["remote_port"], _ = em.offer_kv(rid, len(tokens))
+                kv = fake_kv_params(self.name, rid, n_prompt)
+                kv["remote_host"], kv["remote_port"], _ = em.offer_kv(rid, n_prompt)
                 if self.record:
                     self.issued.append(kv)
-            return self._answer(body, chat, 1, rid, len(tokens), kv)
+            return self._answer(body, chat, 1, rid, n_prompt, kv)
         if params.get("do_remote_prefill"):
             try:
                 await em.pull(params, rid, rec)
@@ -258,13 +258,13 @@ class FakeEngine(AsyncService):
                 err = {"error": {"message": str(exc), "type": "KvPull", "param": None, "code": 500}}
                 return web.json_response(err, status=500)
         else:  # no KV from elsewhere: this engine prefills the prompt itself
-            await em.prefill(tokens, rec)
-        produced = em.decode(len(tokens), n, rec)
+            await em.prefill(prompt, rec)
+        produced = em.decode(n_prompt, n, rec)
         if not body.get("stream"):
             count = 0
             async for k in produced:
                 count += k
-            return self._answer(body, chat, count, rid, len(tokens), None)
+            return self._answer(body, chat, count, rid, n_prompt, None)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         i = 0

@@ -14,6 +14,7 @@ from prfaas.engine.router.emulation import (
     EngineEmulation,
     PrefillQueue,
     Scale,
+    prompt_length,
     prompt_tokens,
 )
 from prfaas.engine.router.fakes import FakeEngine
@@ -111,6 +112,8 @@ def test_prompt_tokens_counts_bytes_or_ids() -> None:
     assert prompt_tokens("héllo") == list("héllo".encode())
     assert prompt_tokens([5, 6, 7]) == [5, 6, 7]
     assert prompt_tokens(["ab"]) == [97, 98]
+    for prompt in ("héllo", [5, 6, 7], ["ab"], [[1, 2]]):
+        assert prompt_length(prompt) == len(prompt_tokens(prompt))
 
 
 async def _call(
