@@ -12,6 +12,7 @@ import logging
 from typing import Any, cast
 
 import kopf
+from prfaas.operator.autoscaling.loop import Autoscaler
 from prfaas.operator.controller.clients import ClientPool, ClusterClient, Unreachable
 from prfaas.operator.controller.handlers import register
 from prfaas.operator.controller.reconcile import PlannerFn, Reconciler, default_planner
@@ -71,8 +72,10 @@ async def run_operator(
     metrics: OperatorMetrics | None = None,
     post_events: bool = True,
     liveness_endpoint: str | None = None,
+    autoscaler: Autoscaler | None = None,
 ) -> None:
-    """Run until ``stop_flag`` is set (or forever). ``server``: talk to that URL without auth."""
+    """Run until ``stop_flag`` is set (or forever). ``server``: talk to that URL without auth.
+    ``autoscaler``: one built by the caller (tests give it a clock they move)."""
     local = local_client(settings, server)
     pool = ClientPool(
         local,
@@ -83,7 +86,7 @@ async def run_operator(
         },
     )
     metrics = metrics or OperatorMetrics()
-    rec = Reconciler(pool, settings, planner=planner, metrics=metrics)
+    rec = Reconciler(pool, settings, planner=planner, metrics=metrics, autoscaler=autoscaler)
     if post_events:
         rec.on_event = lambda body, type_, reason, message: kopf.event(
             kopf.Body(cast(kopf.RawBody, body)), type=type_, reason=reason, message=message

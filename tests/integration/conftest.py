@@ -141,6 +141,8 @@ class World:
                 server=str(self.local.url),
                 planner=overrides.pop("planner", self.planner),
                 stop_flag=stop,
+                metrics=overrides.pop("metrics", None),
+                autoscaler=overrides.pop("autoscaler", None),
             )
         )
         self.tasks.append((task, stop))
