@@ -82,10 +82,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             err = _http_error(request, http)
             headers = {"Allow": http.headers["Allow"]} if "Allow" in http.headers else {}
             return web.json_response(err.to_json(), status=err.status, headers=headers)
-        except (RouterError, ConnectionError):
-            raise  # ConnectionError: the client went away; there is no one to answer
+        except RouterError:
+            raise
+        except ConnectionError:
+            # The client went away; there is no one to answer. One line, not a traceback
+            # per disconnect (aiohttp logs a cancelled handler at DEBUG only).
+            log.warning("%s %s: the client disconnected", request.method, request.path)
+            raise asyncio.CancelledError from None
         except Exception as unexpected:
-            log.exception("%s %s failed", request.method, request.path)
+            # A bug: the 500's one WARNING line below names it; the traceback is at DEBUG.
+            log.debug("%s %s failed", request.method, request.path, exc_info=True)
             raise RouterError(
                 f"the router failed on {request.method} {request.path}: "
                 f"{type(unexpected).__name__}: {unexpected}; see the router's log"

@@ -25,6 +25,7 @@ import aiohttp
 from aiohttp import web
 from prfaas.engine.router.config import RouterConfig
 from prfaas.engine.router.errors import (
+    BadRequestError,
     ConfigError,
     LocalResourceError,
     ModelNotFoundError,
@@ -385,6 +386,12 @@ class RouterCore:
 
     async def _tokenize(self, req: ParsedRequest) -> list[int]:
         if req.prompt_ids is not None:
+            vocab = getattr(self.tokenizer, "vocab_size", None)
+            if isinstance(vocab, int) and max(req.prompt_ids) >= vocab:
+                raise BadRequestError(
+                    f"token id {max(req.prompt_ids)} is outside the model's vocabulary "
+                    f"(0 to {vocab - 1})"
+                )
             return req.prompt_ids
         tok = self.tokenizer
         if tok is None:

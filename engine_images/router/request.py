@@ -14,6 +14,7 @@ legs of vLLM's disaggregated call (``shared/reference/vllm-cpu-pd.md``)::
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ __all__ = [
     "API_PATHS",
     "BODY_BYTES_PER_TOKEN",
     "MAX_BODY_BYTES",
+    "MAX_COMPLETION_TOKENS",
+    "MAX_TOKEN_ID",
     "PREFILL_KV_PARAMS",
     "ApiKind",
     "ParsedRequest",
@@ -89,6 +92,44 @@ def load_json(raw: bytes) -> tuple[Any, bool]:
     return json.loads(raw), False
 
 
+MAX_TOKEN_ID = (1 << 31) - 1
+"""Largest token id a request may carry (vocabularies are far smaller; engines use int32)."""
+MAX_COMPLETION_TOKENS = (1 << 31) - 1
+"""Largest ``max_tokens`` passed on, whatever the model's length (unknown to some routers)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number; send a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for a JSON number")
+    return value
+
+
+def _load_client_json(raw: bytes) -> tuple[Any, bool]:
+    """``load_json`` for client bodies: no NaN/Infinity (an engine would get them), numbers
+    that overflow refused, nesting bounded (``RecursionError`` becomes ``ValueError``)."""
+    if _LONG_DIGITS not in raw.translate(_DIGIT_MAP):
+        try:
+            return orjson.loads(raw), True
+        except orjson.JSONDecodeError:
+            pass
+    try:
+        value = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
+    try:  # lone surrogates ("\ud800") cannot be encoded for an engine or a tokenizer
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError("a string holds a lone UTF-16 surrogate") from exc
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
+    return value, False
+
+
 def dump_json(value: Any, *, plain: bool) -> bytes:
     """JSON bytes of ``value``: orjson when everything in it came from ``load_json`` as
     ``plain`` (orjson would turn NaN into null), else ``json.dumps``."""
@@ -124,8 +165,15 @@ def _optional_positive_int(body: Mapping[str, Any], key: str) -> int | None:
     value = body.get(key)
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise BadRequestError(f"{key!r} must be a positive integer, got {value!r}")
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or not 1 <= value <= MAX_COMPLETION_TOKENS
+    ):
+        raise BadRequestError(
+            f"{key!r} must be a positive integer up to {MAX_COMPLETION_TOKENS}, "
+            f"got {str(value)[:40]}"
+        )
     return value
 
 
@@ -141,6 +189,8 @@ def _single_prompt(prompt: Any) -> str | list[int]:
     ):
         if not prompt:
             raise MissingFieldError("'prompt' is an empty token list")
+        if min(prompt) < 0 or max(prompt) > MAX_TOKEN_ID:
+            raise BadRequestError(f"token ids must be from 0 to {MAX_TOKEN_ID}")
         return list(prompt)
     if isinstance(prompt, list) and prompt and all(isinstance(p, str | list) for p in prompt):
         raise BadRequestError(
@@ -150,12 +200,25 @@ def _single_prompt(prompt: Any) -> str | list[int]:
     raise MissingFieldError("'prompt' must be a string or a list of token ids")
 
 
+def _check_content(i: int, content: Any) -> None:
+    """A message's content: text, null, or a list of parts whose ``text`` is text."""
+    if content is None or isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise BadRequestError(f"messages[{i}].content must be a string or a list of parts")
+    for j, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise BadRequestError(f"messages[{i}].content[{j}] must be an object")
+        if "text" in part and not isinstance(part["text"], str):
+            raise BadRequestError(f"messages[{i}].content[{j}].text must be a string")
+
+
 def parse_request(kind: ApiKind, raw: bytes) -> ParsedRequest:
     """Validate the body; raises ``BadRequestError`` subclasses (the engines never see these)."""
     try:
-        body, plain = load_json(raw)
+        body, plain = _load_client_json(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidJSONError(f"request body is not valid JSON: {exc}") from exc
+        raise InvalidJSONError(f"request body is not valid JSON: {str(exc)[:200]}") from exc
     if not isinstance(body, dict):
         raise InvalidJSONError(f"request body must be a JSON object, got {type(body).__name__}")
     prompt_ids: list[int] | None = None
@@ -175,6 +238,11 @@ def parse_request(kind: ApiKind, raw: bytes) -> ParsedRequest:
             )
         if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
             raise MissingFieldError("every entry of 'messages' must be an object with a 'role'")
+        for i, m in enumerate(messages):
+            _check_content(i, m.get("content"))
+        kwargs = body.get("chat_template_kwargs")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise BadRequestError("'chat_template_kwargs' must be an object")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequestError(f"'stream' must be true or false, got {stream!r}")

@@ -102,6 +102,8 @@ class HFPromptTokenizer:
             # Not on disk (a hub id in a fresh pod): fetch it once, like the engines do.
             self._tok = AutoTokenizer.from_pretrained(path)
         self._warned = False
+        self.vocab_size: int = len(self._tok)
+        """Token ids in a request must be below this."""
 
     def encode_prompt(self, prompt: str) -> list[int]:
         return list(self._tok.encode(prompt))
@@ -151,6 +153,8 @@ class FastPromptTokenizer:
         self._template = _compile_template(template) if template else None
         self._warned = False
         self.max_token_bytes = _vocab_max_bytes(self._tok)
+        self.vocab_size: int = self._tok.get_vocab_size(with_added_tokens=True)
+        """Token ids in a request must be below this."""
         """Most input bytes one token covers (longest vocabulary entry, times what the
         normalizer may shrink); ``None`` when the normalizer's effect has no bound."""
 
