@@ -141,6 +141,31 @@ async def test_editing_the_slo_replans_and_observed_generation_follows(world: Wo
     )
 
 
+async def test_pinned_instances_roll_out_and_the_status_says_so(world: World) -> None:
+    await world.start_operator()
+    docs = await _apply_case_study(world, wait=True)
+    pins = [{"cluster": "pd-h20", "role": "decode", "instances": 6}]
+    await world.edit_spec(docs["ServingPlan"], {"pins": pins})
+    await world.until(
+        lambda: world.children(world.local)["hybrid-1t-pd-h20-decode"]["spec"]["replicas"] == 6,
+        what="decode replicas to follow the pin",
+    )
+
+    def plan_rows() -> dict[tuple[str, str], dict]:
+        sp = world.get_cr("ServingPlan", "hybrid-1t", "default") or {}
+        clusters = sp.get("status", {}).get("plan", {}).get("clusters", [])
+        return {(c["name"], c["role"]): c for c in clusters}
+
+    rows = await world.until(
+        lambda: (r := plan_rows()).get(("pd-h20", "decode"), {}).get("pinned") and r,
+        what="status.plan to mark the pinned row",
+    )
+    sp = world.get_cr("ServingPlan", "hybrid-1t", "default") or {}
+    assert rows[("pd-h20", "decode")]["instances"] == 6
+    assert rows[("pd-h20", "prefill")]["pinned"] is False  # the planner's choice
+    assert any("pinned by spec.pins" in n for n in sp["status"]["plan"]["notes"])
+
+
 async def test_missing_cluster_degrades_and_keeps_children(world: World) -> None:
     await world.start_operator()
     docs = await _apply_case_study(world, wait=True)
