@@ -140,7 +140,7 @@ def _solver(problem: Problem, shapes: _Shapes, ctx: float) -> Solver:
         PrfaasPool(
             c.name,
             _prfaas_instances(problem, c, shapes.prefill[c.name]),
-            _prefill_stage(shapes.prefill[c.name].latency),
+            _prefill_stage(shapes.prefill[c.name].latency, problem),
         )
         for c in problem.prefill_clusters
     ]
@@ -167,9 +167,9 @@ def _solver(problem: Problem, shapes: _Shapes, ctx: float) -> Solver:
                 c.count,
                 pp.gpus if pp else 0,
                 dec.gpus,
-                _prefill_stage(pp.latency if pp else dec.latency),
+                _prefill_stage(pp.latency if pp else dec.latency, problem),
                 decode_goodput(dec, load),
-                _prefill_stage(dec.latency),
+                _prefill_stage(dec.latency, problem),
                 pin_p,
                 pin_d,
             )
@@ -200,9 +200,28 @@ def _prfaas_instances(problem: Problem, c: ClusterInput, cand: Candidate) -> int
     return pin
 
 
-def _prefill_stage(lat: InstanceLatency) -> Callable[[float], float]:
+def _prefill_stage(lat: InstanceLatency, problem: Problem) -> Callable[[float], float]:
+    """Seconds of prefill stage per request of length ``l`` at saturation: an instance batches
+    ``k = budget // l`` such prompts in one step (vLLM's ``max_num_batched_tokens``, as the
+    simulator does; at least 1, at most ``max_batch_size`` sequences), so each costs
+    ``T_stage([l] × k) / k``, taken as ``T₁ + (k − 1)(T₂ − T₁)`` from batches of one and two
+    (exact for DistServe's form; two evaluations instead of ``k``-long batches in the search)."""
+    budget, most = problem.max_num_batched_tokens, max(problem.max_batch_size, 1)
+
+    memo: dict[float, float] = {}
+
     def stage(length: float) -> float:
-        return lat.prefill_stage_seconds([length])
+        hit = memo.get(length)
+        if hit is not None:
+            return hit
+        k = min(most, max(1, int(budget // max(length, 1.0))))
+        out = one = lat.prefill_stage_seconds([length])
+        if k > 1:
+            two = lat.prefill_stage_seconds([length, length])
+            out = (one + (k - 1) * max(two - one, 0.0)) / k
+        if len(memo) < 65536:
+            memo[length] = out
+        return out
 
     return stage
 

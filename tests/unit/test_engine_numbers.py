@@ -60,3 +60,27 @@ def test_plan_numbers_are_the_vllm_flags_and_the_simulated_limits(budget: int | 
 def test_max_num_batched_tokens_must_be_positive() -> None:
     with pytest.raises(ValidationError, match="maxNumBatchedTokens"):
         api.EngineSpec.model_validate({"maxNumBatchedTokens": 0})
+
+
+def test_the_planner_batches_short_prefills_up_to_max_num_batched_tokens() -> None:
+    from dataclasses import replace
+
+    from prfaas.planner.distributions import Fixed
+
+    problem = problems_from_manifests(_resources())[0]
+    short = replace(problem.workload, input_length=Fixed(1024.0), requests_per_second=None)
+    base = replace(problem, workload=short, offload=replace(problem.offload, mode="off"))
+    batched = make_plan(base)  # 8 prompts of 1024 tokens share one 8192-token step
+    alone = make_plan(replace(base, max_num_batched_tokens=1024))
+    assert batched.feasible and alone.feasible
+
+    def per_instance(plan: Plan) -> float:
+        return plan.stages["pdPrefill"] / plan.instances("pd-h20", "prefill")
+
+    assert per_instance(batched) > 1.5 * per_instance(alone)
+    assert batched.throughput_rps >= alone.throughput_rps  # fewer PD-P, more PD-D
+    assert batched.instances("pd-h20", "prefill") < alone.instances("pd-h20", "prefill")
+    # Long prompts do not fit twice in a step: the budget changes nothing for them.
+    long = replace(base, workload=replace(short, input_length=Fixed(20000.0)))
+    a, b = make_plan(long), make_plan(replace(long, max_num_batched_tokens=1024))
+    assert a.stages["pdPrefill"] == pytest.approx(b.stages["pdPrefill"])
