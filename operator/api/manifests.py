@@ -85,9 +85,63 @@ class ManifestError(ValueError):
 # ----------------------------------------------------------------------------------------------
 
 
+MAX_MANIFEST_BYTES = 4 << 20
+"""Largest manifest file read (a few objects are a few KiB)."""
+MAX_YAML_DEPTH = 64
+"""Deepest nesting of mappings and sequences (the resources need about 8)."""
+MAX_YAML_NODES = 200_000
+"""Most YAML nodes in one file."""
+MAX_SCALAR_CHARS = 65_536
+"""Longest scalar (a number of 100,000 digits is not a manifest)."""
+
+
+_PLAIN_TAGS = frozenset(
+    f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")
+)
+
+
+def _unsafe_yaml(text: str) -> str | None:
+    """Why ``text`` is refused before it is composed, or ``None``. One linear pass over the
+    parser's events: aliases (exponential expansion: "billion laughs"), tags beyond YAML's
+    standard ones (``!!python/object``), nesting, node count and scalar length are bounded."""
+    depth = nodes = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            return f"a YAML alias (*{event.anchor}); write the value out instead"
+        if isinstance(event, yaml.NodeEvent):
+            nodes += 1
+            tag = getattr(event, "tag", None)
+            if tag is not None and tag not in _PLAIN_TAGS:
+                return f"the YAML tag {tag[:60]}; plain values only"
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                return f"nesting deeper than {MAX_YAML_DEPTH} levels"
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+        elif isinstance(event, yaml.ScalarEvent) and len(event.value) > MAX_SCALAR_CHARS:
+            return f"a value of {len(event.value)} characters (at most {MAX_SCALAR_CHARS})"
+        if nodes > MAX_YAML_NODES:
+            return f"more than {MAX_YAML_NODES} YAML nodes"
+    return None
+
+
 def parse_manifests(text: str, source: str = "<string>") -> Manifests:
     """Parse a (multi-document) YAML string into validated resources and problems."""
     out = Manifests()
+
+    def refuse(given: str, allowed: str, line: int | None = None) -> Manifests:
+        out.problems.append(ManifestProblem(source, "(file)", "", given, allowed, line))
+        return out
+
+    if len(text) > MAX_MANIFEST_BYTES:
+        return refuse(f"{len(text)} characters", f"at most {MAX_MANIFEST_BYTES} per file")
+    try:
+        unsafe = _unsafe_yaml(text)
+    except yaml.YAMLError:
+        unsafe = None  # compose_all below reports the parse error with its line
+    if unsafe is not None:
+        return refuse(unsafe, "plain YAML: no aliases or language tags, bounded size")
     try:
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.YAMLError as exc:
@@ -109,7 +163,12 @@ def parse_manifests(text: str, source: str = "<string>") -> Manifests:
         if node is None:
             continue
         index += 1
-        data = yaml.SafeLoader("").construct_document(node)
+        try:
+            data = yaml.SafeLoader("").construct_document(node)
+        except (yaml.YAMLError, ValueError, OverflowError) as exc:
+            line = node.start_mark.line + 1
+            return refuse(f"a value YAML cannot construct ({type(exc).__name__})", "plain "
+                          "values", line)
         duplicates = _duplicate_keys(node, [])
         if duplicates:
             label = _label(data, index) if isinstance(data, Mapping) else f"document {index}"

@@ -27,6 +27,8 @@ __all__ = [
     "FABRIC_GBPS",
     "GROUP",
     "KINDS",
+    "MAX_COUNT",
+    "MAX_GBPS",
     "PROMETHEUS_URL_PATTERN",
     "VERSION",
     "Accelerator",
@@ -121,7 +123,12 @@ Duration = Annotated[
 ]
 """A positive duration string: a number followed by ``ms``, ``s``, ``m`` or ``h``."""
 
-PositiveInt = Annotated[int, Field(gt=0)]
+MAX_COUNT = 1_000_000_000
+"""Upper bound of every count (GPUs, instances, tokens, layers): physical, and small enough
+that the planner's arithmetic cannot overflow."""
+MAX_GBPS = 1_000_000.0
+"""1 Pbit/s: above any link or NIC."""
+PositiveInt = Annotated[int, Field(gt=0, le=MAX_COUNT)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 """A number strictly between 0 and 1 (percentiles, hit rates)."""
 
@@ -202,6 +209,7 @@ class Accelerator(_Model):
     memory_gi_b: float | None = Field(
         default=None,
         gt=0,
+        le=1e5,
         alias="memoryGiB",
         description="Overrides the catalog's memory per GPU (GiB).",
     )
@@ -285,6 +293,7 @@ class DecodeClusterSpec(_ClusterSpec):
     fabric_gbps: float = Field(
         default=FABRIC_GBPS,
         gt=0,
+        le=MAX_GBPS,
         description="Bandwidth (Gbit/s) one instance has for KV from this cluster's own prefill "
         "instances to its decode instances (its RDMA NIC; default 200). When a prefill and a "
         "decode instance fit on one node together, KV moves over NVLink instead.",
@@ -303,8 +312,12 @@ class InterDCLinkSpec(_Model):
 
     from_: str = Field(alias="from", min_length=1, description="Datacenter that prefills.")
     to: str = Field(min_length=1, description="Datacenter that decodes.")
-    bandwidth_gbps: float = Field(gt=0, description="Provisioned bandwidth, Gbit/s.")
-    rtt_ms: float = Field(default=1.0, ge=0, description="Round-trip time, milliseconds.")
+    bandwidth_gbps: float = Field(
+        gt=0, le=MAX_GBPS, description="Provisioned bandwidth, Gbit/s."
+    )
+    rtt_ms: float = Field(
+        default=1.0, ge=0, le=3_600_000, description="Round-trip time, milliseconds."
+    )
     probing: LinkProbing = Field(default_factory=LinkProbing)
 
     @model_validator(mode="after")
@@ -334,8 +347,8 @@ class LogNormalDistribution(_Model):
     """Log-normal lengths ``exp(N(mu, sigma²))`` truncated to ``[min, max]`` tokens."""
 
     type: Literal["lognormal"]
-    mu: float
-    sigma: float = Field(gt=0)
+    mu: float = Field(ge=-20, le=20, description="Mean of the log length (e^20 ≈ 5·10^8).")
+    sigma: float = Field(gt=0, le=10)
     min: PositiveInt = 1
     max: PositiveInt
 
@@ -350,7 +363,7 @@ class EmpiricalBucket(_Model):
     """Lengths up to ``upTo`` tokens (from the previous bucket's bound) with relative weight."""
 
     up_to: PositiveInt
-    weight: float = Field(gt=0)
+    weight: float = Field(gt=0, le=1e12)
 
 
 class EmpiricalDistribution(_Model):
@@ -384,7 +397,7 @@ class ArrivalProcess(_Model):
     """Poisson arrivals, or bursty Gamma inter-arrivals with coefficient of variation ``cv``."""
 
     kind: Literal["poisson", "gamma"] = "poisson"
-    cv: float = Field(default=1.0, gt=0)
+    cv: float = Field(default=1.0, gt=0, le=100)
 
 
 class Workload(_Model):
@@ -393,6 +406,7 @@ class Workload(_Model):
     requests_per_second: float | None = Field(
         default=None,
         gt=0,
+        le=1e7,
         description="Target arrival rate. Absent: plan for the highest sustainable rate.",
     )
     observe: bool = Field(
@@ -437,8 +451,8 @@ class ProfilePoint(_Model):
     tokens: PositiveInt | None = None
     batch: PositiveInt | None = None
     context: PositiveInt | None = None
-    seconds: float = Field(gt=0)
-    kv_mi_b: float | None = Field(default=None, gt=0, alias="kvMiB")
+    seconds: float = Field(gt=0, le=1e6)
+    kv_mi_b: float | None = Field(default=None, gt=0, le=1e9, alias="kvMiB")
 
     @model_validator(mode="after")
     def _kind(self) -> ProfilePoint:
@@ -468,7 +482,7 @@ class ModelArchitecture(_Model):
     head_dim: PositiveInt
     ffn: PositiveInt
     vocab: PositiveInt = 32000
-    params_b: float = Field(gt=0, description="Total parameters, billions.")
+    params_b: float = Field(gt=0, le=1e5, description="Total parameters, billions.")
     active_params_b: float | None = Field(
         default=None, gt=0, description="Active parameters per token (MoE), billions."
     )
@@ -479,7 +493,10 @@ class ModelArchitecture(_Model):
         default=1, description="One full-attention layer per N layers (hybrid models); 1 = all."
     )
     linear_state_bytes_per_layer: int = Field(
-        default=0, ge=0, description="Fixed recurrent/SWA state per linear layer, bytes."
+        default=0,
+        ge=0,
+        le=1 << 40,
+        description="Fixed recurrent/SWA state per linear layer, bytes.",
     )
     dtype_bytes: PositiveInt = 2
     max_context: PositiveInt = 131072
@@ -599,7 +616,9 @@ class InstancePin(_Model):
     role: Literal["prefill", "decode"] = Field(
         description="prefill (PrfaaS, or a DecodeCluster's PD-P) or decode (PD-D)."
     )
-    instances: int = Field(ge=0, description="Instances of this role, kept by the planner.")
+    instances: int = Field(
+        ge=0, le=MAX_COUNT, description="Instances of this role, kept by the planner."
+    )
 
 
 class ServingPlanSpec(_Model):

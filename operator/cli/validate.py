@@ -54,8 +54,12 @@ def run(
     for problem in problems:
         show(problem, "red")
     if problems:
-        bad = len({p.source for p in problems})
-        console.print(f"[red]✗[/] {len(problems)} problem(s) in {bad} of {len(files)} file(s)")
+        names = {str(f) for f in files}
+        bad = len({p.source for p in problems} & names)
+        across = " and across them" if any(p.source not in names for p in problems) else ""
+        console.print(
+            f"[red]✗[/] {len(problems)} problem(s) in {bad} of {len(files)} file(s){across}"
+        )
         raise typer.Exit(EXIT_PROBLEMS)
     kinds = Counter(r.KIND for r in manifests.resources)
     summary = ", ".join(f"{count} {kind}" for kind, count in kinds.items())
