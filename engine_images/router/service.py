@@ -25,6 +25,13 @@ an open circuit) falls back to local prefill, then to the decode instance prefil
 a decode instance that fails before answering is replaced by another; a decode stream that
 breaks off ends with an in-band ``data: {"error": …}`` event; no healthy decode instance → 503.
 
+Overload and abuse: past ``admission.maxInFlight`` requests → 429 with ``Retry-After`` before
+the body is read; a body larger than ``maxModelLen`` can need → 413 (checked while reading,
+after decompression); text that cannot fit → 400 before tokenising; a request head not sent
+within ``admission.headerTimeoutS`` → connection closed, a body not within ``bodyTimeoutS`` →
+408; a client that leaves cancels its engine calls; the router's own descriptor or memory
+exhaustion → 503 without blaming an engine; a half-open circuit lets one trial through.
+
 Metrics (``prfaas_router_``): ``requests_total{path, outcome}``, ``ttft_seconds``,
 ``tpot_seconds``, ``uncached_tokens``, ``kv_bytes_in_flight{link}``,
 ``threshold_tokens{link}``, ``link_egress_bits_per_second{link}``, ``link_up{link}``,
