@@ -54,7 +54,12 @@ Shape (version 1), as ``prfaas plan crds/samples/case-study.yaml -o json`` print
                      "gpus": 96, "note": "...", "predicted": null}],
                      # names: homogeneous-pd, naive-heterogeneous, homogeneous-pd-equal-cost;
                      # ratio = this plan's throughputRps / the baseline's
-      "notes": ["..."]                  # provenance of every input and latency model
+      "notes": ["..."],                 # provenance of every input and latency model
+      "shapes": [{"decodeCluster": "pd-h20", "shape": "disaggregated+offload",
+                  "instances": 5, "gpus": 96, "goodputRps": 3.34, "goodputPerGpu": 0.0348,
+                  "tokenBudget": null,          # aggregated: the chosen max_num_batched_tokens
+                  "thresholdTokens": 19232.6, "deployable": true, "chosen": true,
+                  "limit": ""}]                 # one row per (decode cluster, shape) compared
     }
 """
 
@@ -74,6 +79,7 @@ __all__ = [
     "RemotePrefill",
     "Role",
     "RouterPlan",
+    "ShapeOption",
 ]
 
 PLAN_VERSION = 1
@@ -208,6 +214,33 @@ class Baseline:
 
 
 @dataclass(slots=True)
+class ShapeOption:
+    """One way to serve a decode cluster, as the planner compared them (``planner.shapes``).
+
+    ``shape``: ``disaggregated`` (PD-P + PD-D), ``aggregated`` (one chunked-prefill pool),
+    each optionally ``+offload`` (prompts above ``thresholdTokens`` prefilled by PrfaaS).
+    ``gpus`` counts the cluster's GPUs the option uses plus the PrfaaS GPUs its offload keeps
+    busy; ``goodputRps`` is the predicted rate within the SLOs (analytic, like ``Λ_max``).
+    """
+
+    decode_cluster: str
+    shape: str
+    instances: int
+    gpus: int
+    goodput_rps: float
+    goodput_per_gpu: float
+    token_budget: int | None = None
+    """Aggregated only: ``max_num_batched_tokens`` that keeps the TPOT SLO at this rate."""
+    threshold_tokens: float | None = None
+    deployable: bool = True
+    """``False``: the operator cannot deploy this shape yet (the comparison is advisory)."""
+    chosen: bool = False
+    """The shape this plan deploys for the cluster."""
+    limit: str = ""
+    """What caps the rate (aggregated: ``tpot``, ``ttft``, ``kv``, ``max-num-seqs``)."""
+
+
+@dataclass(slots=True)
 class Plan:
     model: str
     feasible: bool = True
@@ -228,6 +261,8 @@ class Plan:
     predicted: Predicted | None = None
     baselines: list[Baseline] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    shapes: list[ShapeOption] = field(default_factory=list)
+    """Aggregated vs disaggregated, with and without offload, per decode cluster (#18)."""
 
     def instances(self, cluster: str, role: Role) -> int:
         """Planned instances of ``role`` in ``cluster`` (0 when the plan has none)."""
@@ -272,4 +307,5 @@ class Plan:
             for b in data.get("baselines", [])
         ]
         kw["stages"] = dict(data.get("stages", {}))
+        kw["shapes"] = [ShapeOption(**_from_json(ShapeOption, x)) for x in data.get("shapes", [])]
         return cls(**kw)

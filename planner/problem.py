@@ -30,6 +30,7 @@ __all__ = [
     "WorkloadInput",
 ]
 
+
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """One TP×PP instance shape with its latency model and free memory for KV."""
@@ -57,7 +58,6 @@ class RoleLoad:
     ttft_s: float
     tpot_s: float
     max_batch_size: int = 256
-
 
 
 GoodputFn = Callable[[Candidate, RoleLoad], float]

@@ -37,8 +37,17 @@ from prfaas.planner.parallelism import (
     decode_goodput,
     search,
 )
-from prfaas.planner.plan import Baseline, ClusterPlan, LinkPlan, Plan, RemotePrefill, RouterPlan
+from prfaas.planner.plan import (
+    Baseline,
+    ClusterPlan,
+    LinkPlan,
+    Plan,
+    RemotePrefill,
+    RouterPlan,
+    ShapeOption,
+)
 from prfaas.planner.problem import Candidate, ClusterInput, Problem, RoleLoad
+from prfaas.planner.shapes import compare_shapes
 from prfaas.planner.throughput import Evaluation, LocalPool, LocalSplit, PrfaasPool, Solver
 from prfaas.planner.topology import build_network
 
@@ -664,9 +673,28 @@ def _assemble(
         notes=notes,
     )
     out.baselines = _baselines(problem, solver, out_.rate, ctx)
+    out.shapes = compare_shapes(problem, solver, shapes.pd_decode, out_.thresholds)
+    out.notes += _shape_notes(out.shapes)
     if target is not None and target < out_.rate:
         _size_for_target(out, target)
     return out
+
+
+def _shape_notes(options: list[ShapeOption]) -> list[str]:
+    """Say where an aggregated pool (not deployable yet) would beat the deployed shape."""
+    notes = []
+    for name in dict.fromkeys(o.decode_cluster for o in options):
+        rows = [o for o in options if o.decode_cluster == name]
+        chosen = next((o for o in rows if o.chosen), None)
+        best = max(rows, key=lambda o: o.goodput_per_gpu)
+        if chosen is not None and best is not chosen and not best.deployable:
+            notes.append(
+                f"{name}: {best.shape} would serve {best.goodput_per_gpu:.4g} req/s per GPU "
+                f"(token budget {best.token_budget}) vs {chosen.goodput_per_gpu:.4g} for the "
+                f"deployed {chosen.shape}; advisory only — the operator cannot deploy "
+                "aggregated (chunked-prefill) pools yet, so auto chooses among deployable shapes"
+            )
+    return notes
 
 
 def _size_for_target(out: Plan, target: float) -> None:

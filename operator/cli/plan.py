@@ -113,6 +113,37 @@ def render_table(console: Console, name: str, plan: Plan, rate_basis: str = "") 
         for b in plan.baselines:
             base.add_row(b.name, f"{b.throughput_rps:.3f}", f"{b.ratio:.2f}×", str(b.gpus), b.note)
         console.print(base)
+    if plan.shapes:
+        shapes = Table(
+            title="Shapes per decode cluster (✓ deployed; † advisory: not deployable yet)",
+            title_justify="left",
+        )
+        for col in (
+            "decode cluster",
+            "shape",
+            "instances",
+            "GPUs",
+            "token budget",
+            "t",
+            "goodput (req/s)",
+            "per GPU",
+            "limit",
+        ):
+            shapes.add_column(col)
+        for o in plan.shapes:
+            mark = " ✓" if o.chosen else ("" if o.deployable else " †")
+            shapes.add_row(
+                o.decode_cluster,
+                o.shape + mark,
+                str(o.instances),
+                str(o.gpus),
+                "-" if o.token_budget is None else str(o.token_budget),
+                _tokens(o.threshold_tokens),
+                f"{o.goodput_rps:.3f}",
+                f"{o.goodput_per_gpu:.4f}",
+                o.limit or "-",
+            )
+        console.print(shapes)
     simulated = [("plan", plan.predicted)] + [(b.name, b.predicted) for b in plan.baselines]
     rates = {pr.rate_rps for _, pr in simulated if pr is not None and pr.rate_rps is not None}
     if len(rates) == 1 and rate_basis:

@@ -6,21 +6,23 @@ with total context ``D`` and chunks ``(c_i, p_i)``: ``c_i`` new prompt tokens at
 ``p_i`` tokens of their prompt already prefilled. Its time is built only from the instance's
 own prefill phase ``P(lengths)`` and decode phase ``S(batch, context)``::
 
-    step(d, D, ∅)      = S(d, D)                            (d > 0; 0 when d = 0)
-    step(d, D, chunks) = max(S(d, D), P(∅)) + Σ_i [P([p_i + c_i]) − P([p_i])]
+    step(d, D, chunks) = S(d, D) + Σ_i W(c_i, p_i)          (S(0, ·) = 0)
+    W(c, 0) = P([c])                  the first chunk of a prompt
+    W(c, p) = P([p + c]) − P([p])     a later chunk (p > 0)
 
-* ``P(∅)`` is the fixed cost of any step (weights read once, launch overhead); a step pays it
-  once, however many sequences it holds: the decode step already contains it, so decodes and
-  chunks share one weight read.
-* ``P([p + c]) − P([p])`` is a chunk's own work: the GEMM (linear) work of its ``c`` tokens
-  (``b·c`` in DistServe's form) plus its attention over ``p + c`` keys (``c·((p+c)² − p²)``).
-  The decode tokens' linear work and their attention over ``D`` keys are inside ``S(d, D)``.
-  So the linear work is on ``d + Σc_i`` tokens and attention is per sequence, each over its
-  own context.
+* ``S(d, D)`` is the decode step: its fixed part (weights read once, launch) is shared by the
+  chunks riding in the same step, and it holds the decodes' linear work and their attention
+  over ``D`` keys.
+* ``W`` is a chunk's own work: the GEMM (linear) work of its ``c`` tokens (``b·c`` in
+  DistServe's form) plus its attention over ``p + c`` keys (``c·((p+c)² − p²)``). A prompt's
+  chunks add up to exactly ``P([L])``: its per-prompt fixed part (the fitted intercept) is
+  charged once, on its first chunk.
 
-Limits (tested): no chunks gives today's decode step; no decodes and one whole prompt
-(``p = 0``, ``c = L``) gives today's prefill time ``P([L])``; the step never gets shorter when a
-decode, a context token or a chunk token is added (as long as ``P`` and ``S`` are monotone).
+So the linear work is on ``d + Σc_i`` tokens and attention is per sequence, each over its own
+context. Limits (tested): no chunks gives today's decode step; no decodes and one whole prompt
+gives today's prefill time ``P([L])``; the step never gets shorter when a decode, a context
+token or a chunk token is added (as long as ``P`` and ``S`` are monotone). In steady state the
+mean step is ``S(d, D) + (prompts started per step)·P([L])``.
 
 Latencies of chunked serving follow: a prompt's TTFT is its queueing delay plus the steps that
 carry its chunks (``chunked_ttft_seconds``); a decode's TPOT is the mean of the steps it lives
@@ -38,6 +40,7 @@ from prfaas.planner.latency.model import LatencyModel
 __all__ = [
     "Chunk",
     "chunk_plan",
+    "chunk_seconds",
     "chunked_ttft_seconds",
     "mixed_step_seconds",
     "tpot_seconds",
@@ -68,16 +71,18 @@ def mixed_step_seconds(
     total) and these prefill ``chunks`` (the model in the module docstring)."""
     if decodes < 0 or decode_context < 0:
         raise ValueError(f"decodes ({decodes}) and decode_context ({decode_context}) must be >= 0")
-    work = [c for c in chunks if c.tokens > 0]
     decode = lat.decode_step_seconds(decodes, decode_context) if decodes > 0 else 0.0
-    if not work:
-        return decode
-    fixed = lat.prefill_seconds(())
-    own = sum(
-        max(lat.prefill_seconds((c.prefix + c.tokens,)) - lat.prefill_seconds((c.prefix,)), 0.0)
-        for c in work
-    )
-    return max(decode, fixed) + own
+    return decode + sum(chunk_seconds(lat, c) for c in chunks)
+
+
+def chunk_seconds(lat: LatencyModel, chunk: Chunk) -> float:
+    """A chunk's own work ``W(c, p)`` (module docstring); 0 for an empty chunk."""
+    if chunk.tokens <= 0:
+        return 0.0
+    if chunk.prefix <= 0:
+        return lat.prefill_seconds((chunk.tokens,))
+    end = lat.prefill_seconds((chunk.prefix + chunk.tokens,))
+    return max(end - lat.prefill_seconds((chunk.prefix,)), 0.0)
 
 
 def chunk_plan(prompt: float, chunk_tokens: float) -> list[Chunk]:

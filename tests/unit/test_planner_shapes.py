@@ -1,0 +1,118 @@
+"""Aggregated vs disaggregated: one chunked-prefill instance's SLO rate and the plan's shape
+comparison (``planner.shapes``, ``Plan.shapes``, the ``prfaas plan`` table)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from prfaas.operator.api.manifests import load_manifests
+from prfaas.operator.api.translate import problems_from_manifests
+from prfaas.planner.latency.catalog import GPUS, MODELS
+from prfaas.planner.latency.estimator import latency_model
+from prfaas.planner.plan import Plan
+from prfaas.planner.shapes import KV_BLOCK_TOKENS, aggregated_instance
+from prfaas.planner.solver import plan
+
+SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "case-study.yaml"
+LLAMA = latency_model(MODELS["llama-3-8b"], GPUS["H200"], 1, 1)
+
+
+def _agg(prompt: float, tpot: float, share: float = 1.0, ttft: float = 10.0):  # type: ignore[no-untyped-def]
+    return aggregated_instance(LLAMA, prompt, 300, prompt + 150, tpot, ttft, 4e5, 256, share)
+
+
+def test_rate_meets_the_tpot_slo_with_the_mixed_step() -> None:
+    for prompt in (500, 4000, 32000):
+        for tpot in (0.015, 0.03, 0.08):
+            pt = _agg(prompt, tpot)
+            assert pt.rate_rps > 0
+            assert pt.step_s <= tpot * (1 + 1e-9)
+            # τ = S(n, n·ctx) + λ·τ·P([L]) at the rate found, n the step's whole decode batch
+            # (⌈d⌉ of the step before the fixed point: ⌈d⌉ ± 1).
+            rho = pt.rate_rps * LLAMA.prefill_seconds([prompt])
+            n0 = math.ceil(pt.decode_batch)
+            fixed_points = [
+                LLAMA.decode_step_seconds(n, n * (prompt + 150)) / (1 - rho)
+                for n in (n0 - 1, n0, n0 + 1)
+                if n >= 1
+            ]
+            assert any(pt.step_s == pytest.approx(f, rel=1e-6) for f in fixed_points)
+            assert pt.token_budget % KV_BLOCK_TOKENS == 0
+            assert pt.token_budget >= max(KV_BLOCK_TOKENS, pt.decode_batch)
+            # Just above the rate something binds.
+            assert pt.limit in {"tpot", "ttft", "kv", "max-num-seqs"}
+
+
+def test_rate_grows_with_looser_tpot_and_shorter_prompts() -> None:
+    tight, loose = _agg(4000, 0.015), _agg(4000, 0.05)
+    assert loose.rate_rps > tight.rate_rps
+    assert loose.token_budget >= tight.token_budget
+    assert _agg(1000, 0.03).rate_rps > _agg(8000, 0.03).rate_rps
+    # Offloading half the prompts (arriving with their KV) lets the pool serve more requests.
+    assert _agg(8000, 0.03, share=0.5).rate_rps > _agg(8000, 0.03).rate_rps
+
+
+def test_ttft_and_memory_limits_bind() -> None:
+    ttft_bound = _agg(32000, 0.1, ttft=0.5)
+    assert ttft_bound.limit == "ttft"
+    assert ttft_bound.ttft_s <= 0.5
+    kv_bound = aggregated_instance(LLAMA, 4000, 300, 4150, 0.1, 10.0, 20_000, 256)
+    assert kv_bound.limit == "kv"
+    assert kv_bound.decode_batch * (4150 + 150) <= 20_000 * (1 + 1e-6)
+    # A TPOT SLO below the one-decode step: no rate at all.
+    assert _agg(4000, LLAMA.decode_step_seconds(1, 4150) * 0.5).rate_rps == 0.0
+    with pytest.raises(ValueError, match="output"):
+        aggregated_instance(LLAMA, 4000, 0, 4000, 0.1, 10.0, 4e5, 256)
+
+
+@pytest.fixture(scope="module")
+def case_study() -> Plan:
+    (problem,) = problems_from_manifests(load_manifests(SAMPLE).resources)
+    return plan(problem)
+
+
+def test_case_study_compares_four_shapes_and_deploys_the_split(case_study: Plan) -> None:
+    rows = {o.shape: o for o in case_study.shapes}
+    assert set(rows) == {
+        "disaggregated",
+        "disaggregated+offload",
+        "aggregated",
+        "aggregated+offload",
+    }
+    chosen = [o for o in case_study.shapes if o.chosen]
+    assert [o.shape for o in chosen] == ["disaggregated+offload"]
+    assert chosen[0].goodput_rps == pytest.approx(case_study.throughput_rps, rel=1e-6)
+    assert chosen[0].threshold_tokens == case_study.threshold_tokens
+    # The operator cannot deploy aggregated pools: those rows are advisory and carry a budget.
+    for shape in ("aggregated", "aggregated+offload"):
+        assert not rows[shape].deployable
+        assert rows[shape].token_budget is not None and rows[shape].token_budget >= 16
+    # Offload helps either shape (long prompts leave the local pool).
+    assert rows["aggregated+offload"].goodput_rps > rows["aggregated"].goodput_rps
+    assert rows["disaggregated+offload"].goodput_rps > rows["disaggregated"].goodput_rps
+    # The best per GPU here is the deployed split with offload (Table 6 stays as it is).
+    best = max(case_study.shapes, key=lambda o: o.goodput_per_gpu)
+    assert best.shape == "disaggregated+offload"
+
+
+def test_shapes_survive_the_json_round_trip_and_old_plans_load(case_study: Plan) -> None:
+    data = case_study.to_dict()
+    assert data["shapes"][0]["decodeCluster"] == "pd-h20"
+    assert "tokenBudget" in data["shapes"][0] and "goodputPerGpu" in data["shapes"][0]
+    assert Plan.from_dict(data).to_dict() == data
+    old = {k: v for k, v in data.items() if k != "shapes"}
+    assert Plan.from_dict(old).shapes == []
+
+
+def test_plan_prints_the_shape_table(case_study: Plan) -> None:
+    from prfaas.operator.cli.plan import render_table
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    render_table(console, "case-study", case_study)
+    text = console.export_text()
+    assert "Shapes per decode cluster" in text
+    for word in ("aggregated+offload †", "disaggregated+offload ✓", "token budget", "per GPU"):
+        assert word in text
