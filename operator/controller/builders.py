@@ -12,6 +12,16 @@ golden files and Kubernetes' own schemas. Per plan, for each cluster the plan us
   the router reads exactly what is written), ``Deployment`` and ``Service``;
 - optionally a ``PodMonitor`` (when the cluster serves ``monitoring.coreos.com/v1``).
 
+Engines leave by draining (scale-down, role change, roll, node drain): each engine pod's preStop
+runs ``prfaas.engine.vllm.drain``, which waits ``DRAIN_SETTLE_S`` and then until vLLM's own
+metrics show no running or waiting request, at most ``engine_drain(spec).max_wait_s`` (the TTFT
+SLO plus the P99 output length at the TPOT SLO, plus 25 %, plus the settle time);
+``terminationGracePeriodSeconds`` is that bound plus ``DRAIN_EXIT_S``. When the bound is
+exceeded the hook gives up (exit 1: the kubelet records a ``FailedPreStopHook`` event), vLLM gets
+SIGTERM and aborts what it still holds, so those requests are cut off (a stream broken mid-way
+gets the router's in-band error event), and the kubelet kills the container ``DRAIN_EXIT_S``
+later if it has not exited.
+
 Every child carries ``prfaas.io/plan``, ``prfaas.io/plan-namespace``, ``prfaas.io/cluster`` and
 ``prfaas.io/role``; the apply layer owns only objects with these labels.
 
@@ -43,6 +53,7 @@ from prfaas.engine.router.config import (
     dump_router_config,
     router_config_from_plan,
 )
+from prfaas.engine.vllm.drain import drain_bound_seconds, prestop_command
 from prfaas.engine.vllm.launch import EngineLaunch, vllm_argv, vllm_env
 from prfaas.operator.api import models as api
 from prfaas.operator.api.labels import (
@@ -54,19 +65,23 @@ from prfaas.operator.api.labels import (
     child_name,
     label_value,
 )
-from prfaas.operator.api.translate import TranslateError, model_from_spec
+from prfaas.operator.api.translate import TranslateError, distribution, model_from_spec
 from prfaas.planner.plan import ClusterPlan, Plan
 
 __all__ = [
+    "DRAIN_EXIT_S",
+    "DRAIN_SETTLE_S",
     "ENGINE_PORT",
     "ROUTER_CACHE_DIR",
     "SIDE_CHANNEL_PORT",
     "BuildError",
     "ClusterTarget",
+    "EngineDrain",
     "PlanInputs",
     "build_children",
     "check_engine_policy",
     "child_labels",
+    "engine_drain",
     "engine_launch",
     "max_model_len",
     "router_config_map",
@@ -81,6 +96,11 @@ __all__ = [
 ENGINE_PORT = 8000
 SIDE_CHANNEL_PORT = 5600
 _ROUTER_CONFIG_DIR = "/etc/prfaas"
+
+DRAIN_SETTLE_S = 10
+"""Seconds the preStop waits before polling, so routers and kube-proxy see the pod leave."""
+DRAIN_EXIT_S = 30
+"""Seconds the grace period leaves vLLM after the preStop, between SIGTERM and SIGKILL."""
 
 ChildRole = Literal["prefill", "decode", "router"]
 
@@ -249,6 +269,32 @@ def check_engine_policy(spec: api.ServingPlanSpec, target: ClusterTarget) -> Non
             )
 
 
+@dataclass(frozen=True, slots=True)
+class EngineDrain:
+    """How long an engine pod may take to leave (``engine_drain``)."""
+
+    max_wait_s: int
+    """The preStop's bound, from its start: ``DRAIN_SETTLE_S`` plus the drain bound."""
+    grace_s: int
+    """``terminationGracePeriodSeconds``: ``max_wait_s + DRAIN_EXIT_S``."""
+
+
+def engine_drain(spec: api.ServingPlanSpec) -> EngineDrain:
+    """The drain bound of ``spec``'s engines: TTFT SLO + P99 output length × TPOT SLO, plus 25 %
+    (``prfaas.engine.vllm.drain.drain_bound_seconds``), after the settle time.
+
+    When an engine still holds requests at the bound, the preStop gives up (a
+    ``FailedPreStopHook`` event), vLLM gets SIGTERM and aborts them; past ``grace_s`` the kubelet
+    kills the container."""
+    bound = drain_bound_seconds(
+        api.duration_seconds(spec.slo.ttft),
+        api.duration_seconds(spec.slo.tpot),
+        distribution(spec.workload.output_length).quantile(0.99),
+    )
+    max_wait = DRAIN_SETTLE_S + bound
+    return EngineDrain(max_wait_s=max_wait, grace_s=max_wait + DRAIN_EXIT_S)
+
+
 def _engine_container(
     launch: EngineLaunch,
     image: str,
@@ -256,6 +302,7 @@ def _engine_container(
     resource_name: str,
     *,
     argv: list[str],
+    drain: EngineDrain,
 ) -> dict[str, Any]:
     health = {"httpGet": {"path": "/health", "port": "http"}}
     return {
@@ -276,8 +323,17 @@ def _engine_container(
         "startupProbe": {**health, "periodSeconds": 10, "failureThreshold": 180},
         "readinessProbe": {**health, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {**health, "periodSeconds": 15, "failureThreshold": 4},
-        # Let the endpoints controller drop the pod before vLLM stops taking requests.
-        "lifecycle": {"preStop": {"sleep": {"seconds": 10}}},
+        # The endpoint turns terminating as the preStop starts: routers stop choosing the pod,
+        # and the hook waits until vLLM holds no request (at most drain.max_wait_s).
+        "lifecycle": {
+            "preStop": {
+                "exec": {
+                    "command": prestop_command(
+                        drain.max_wait_s, settle_s=DRAIN_SETTLE_S, port=ENGINE_PORT
+                    )
+                }
+            }
+        },
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
         # The restricted profile minus runAsNonRoot: stock vLLM images run as root (their
         # caches live under /root); no privilege escalation, no capabilities beyond the
@@ -290,7 +346,9 @@ def _engine_container(
     }
 
 
-def _pod_spec(target: ClusterTarget, container: dict[str, Any]) -> dict[str, Any]:
+def _pod_spec(
+    target: ClusterTarget, container: dict[str, Any], drain: EngineDrain
+) -> dict[str, Any]:
     caps = target.spec.engine_policy.add_capabilities
     if caps:
         container["securityContext"]["capabilities"]["add"] = sorted(caps)
@@ -299,7 +357,7 @@ def _pod_spec(target: ClusterTarget, container: dict[str, Any]) -> dict[str, Any
         # Engines never talk to the API server: no token in their pods.
         "automountServiceAccountToken": False,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-        "terminationGracePeriodSeconds": 120,
+        "terminationGracePeriodSeconds": drain.grace_s,
         "containers": [container],
         "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}],
     }
@@ -316,11 +374,12 @@ def _engine_workload(inputs: PlanInputs, target: ClusterTarget, cp: ClusterPlan)
     meta["annotations"]["prfaas.io/pipeline-parallel"] = str(cp.pipeline_parallel)
     acc = target.spec.accelerator
     launch = engine_launch(spec, cp, inputs.plan.dtype_bytes)
+    drain = engine_drain(spec)
     gpus = cp.gpus_per_instance
     pod_labels = child_labels(inputs, target.name, role)
     if gpus <= acc.per_node:
         container = _engine_container(
-            launch, spec.engine.image, gpus, acc.resource_name, argv=vllm_argv(launch)
+            launch, spec.engine.image, gpus, acc.resource_name, argv=vllm_argv(launch), drain=drain
         )
         return {
             "apiVersion": "apps/v1",
@@ -335,11 +394,11 @@ def _engine_workload(inputs: PlanInputs, target: ClusterTarget, cp: ClusterPlan)
                 },
                 "template": {
                     "metadata": {"labels": pod_labels},
-                    "spec": _pod_spec(target, container),
+                    "spec": _pod_spec(target, container, drain),
                 },
             },
         }
-    return _leader_worker_set(inputs, target, cp, launch, meta, pod_labels)
+    return _leader_worker_set(inputs, target, cp, launch, meta, pod_labels, drain)
 
 
 def _leader_worker_set(
@@ -349,6 +408,7 @@ def _leader_worker_set(
     launch: EngineLaunch,
     meta: dict[str, Any],
     pod_labels: dict[str, str],
+    drain: EngineDrain,
 ) -> dict[str, Any]:
     """One instance spans ``ceil(gpus / perNode)`` nodes: a Ray head (leader) plus workers."""
     acc = target.spec.accelerator
@@ -361,11 +421,17 @@ def _leader_worker_set(
         acc.per_node,
         acc.resource_name,
         argv=["sh", "-c", leader_cmd],
+        drain=drain,
     )
     leader["command"], leader["args"] = ["sh", "-c"], [leader_cmd]
     worker = {
         **_engine_container(
-            launch, inputs.spec.engine.image, acc.per_node, acc.resource_name, argv=["sh", "-c", ""]
+            launch,
+            inputs.spec.engine.image,
+            acc.per_node,
+            acc.resource_name,
+            argv=["sh", "-c", ""],
+            drain=drain,
         ),
         "command": ["sh", "-c"],
         "args": ["ray start --address=$(LWS_LEADER_ADDRESS):6379 --block"],
@@ -384,11 +450,11 @@ def _leader_worker_set(
                 "restartPolicy": "RecreateGroupOnPodRestart",
                 "leaderTemplate": {
                     "metadata": {"labels": pod_labels},
-                    "spec": _pod_spec(target, leader),
+                    "spec": _pod_spec(target, leader, drain),
                 },
                 "workerTemplate": {
                     "metadata": {"labels": pod_labels},
-                    "spec": _pod_spec(target, worker),
+                    "spec": _pod_spec(target, worker, drain),
                 },
             },
         },

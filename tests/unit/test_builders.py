@@ -7,6 +7,7 @@ Regenerate the golden files after an intended change with
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -376,3 +377,66 @@ def test_the_router_waits_for_its_tokenizer_before_liveness_counts() -> None:
     startup = container["startupProbe"]
     assert startup["httpGet"]["path"] == "/livez"
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+
+
+def _engine_pods(children: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    pods = []
+    for objs in children.values():
+        for o in objs:
+            if o["kind"] == "Deployment" and o["metadata"]["labels"][LABEL_ROLE] != "router":
+                pods.append(o["spec"]["template"]["spec"])
+            elif o["kind"] == "LeaderWorkerSet":
+                t = o["spec"]["leaderWorkerTemplate"]
+                pods += [t["leaderTemplate"]["spec"], t["workerTemplate"]["spec"]]
+    return pods
+
+
+def _prestop_arg(pod: dict[str, Any], flag: str) -> str:
+    command = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    return next(a.split("=", 1)[1] for a in command if a.startswith(f"--{flag}="))
+
+
+def test_engines_drain_for_as_long_as_the_slo_and_output_lengths_allow() -> None:
+    from prfaas.operator.controller.builders import DRAIN_EXIT_S, DRAIN_SETTLE_S, engine_drain
+
+    inputs = _inputs()
+    pods = _engine_pods(build_children(inputs))
+    assert len(pods) == 3
+    # The case study: TTFT 10 s + 1024 tokens × 25 ms, plus 25 % → 45 s, after a 10 s settle.
+    for pod in pods:
+        assert pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][:2] == [
+            "python3",
+            "-c",
+        ]
+        assert _prestop_arg(pod, "max-wait") == "55" and _prestop_arg(pod, "settle") == "10"
+        assert pod["terminationGracePeriodSeconds"] == 55 + DRAIN_EXIT_S
+    # Longer outputs at a slower TPOT: a longer bound, not a constant.
+    spec = inputs.spec.model_copy(
+        update={
+            "slo": inputs.spec.slo.model_copy(update={"tpot": "100ms"}),
+            "workload": inputs.spec.workload.model_copy(
+                update={
+                    "output_length": api.LogNormalDistribution(
+                        type="lognormal", mu=6.0, sigma=1.0, max=10**7
+                    )
+                }
+            ),
+        }
+    )
+    drain = engine_drain(spec)
+    p99 = math.exp(6.0 + 2.3263 * 1.0)  # the untruncated log-normal's P99, ~4126 tokens
+    assert drain.max_wait_s == pytest.approx(DRAIN_SETTLE_S + 1.25 * (10 + 0.1 * p99), abs=2)
+    assert drain.grace_s == drain.max_wait_s + DRAIN_EXIT_S
+    long = _engine_pods(build_children(PlanInputs(**{**_fields(inputs), "spec": spec})))
+    assert {p["terminationGracePeriodSeconds"] for p in long} == {drain.grace_s}
+    # One instance on several nodes: the leader drains, the Ray workers only wait with it.
+    lws = _engine_pods(build_children(_inputs(_plan(decode_tp=16))))
+    with_hook = [p for p in lws if "lifecycle" in p["containers"][0]]
+    assert len(lws) == 4 and len(with_hook) == 3
+    assert {p["terminationGracePeriodSeconds"] for p in lws} == {55 + DRAIN_EXIT_S}
+
+
+def _fields(inputs: PlanInputs) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(inputs, f.name) for f in dataclasses.fields(inputs)}
