@@ -5,6 +5,9 @@ children and the kubeconfig Secret); ``remote`` is reached through that Secret (
 cluster's children). Recipes and pitfalls: shared/reference/kopf-kmock-vllm.md — async tests
 that wait with ``await asyncio.sleep``, ``v1/namespaces`` discoverable, verbs declared, objects
 with ``metadata.resourceVersion``, CRs created only after kopf's watch is open.
+
+kmock keeps whatever ``resourceVersion`` an object was created with, so ``VersionedEmulator``
+gives every write a new one, as a real API server does: kopf's consistency check relies on it.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp.web
+import jsonpatch
 import kmock
 import pytest
 import pytest_asyncio
@@ -46,6 +52,57 @@ _CORE = {
     "rbac.authorization.k8s.io/v1/rolebindings": ("RoleBinding", True),
     "discovery.k8s.io/v1/endpointslices": ("EndpointSlice", True),
 }
+
+
+_VERSIONS = itertools.count(2)  # "1": what tests create objects with
+
+
+class VersionedEmulator(kmock.KubernetesEmulator):
+    """kmock's emulator, but every create or patch gives the object a new
+    ``metadata.resourceVersion`` (one counter for all objects and emulators, like etcd's revision).
+
+    kopf relies on it: after patching an object (its finalizer, its last-handled
+    configuration) it waits for the version its patch returned and holds back older watch
+    events. With kmock's fixed version every queued event looks current, so kopf took each
+    status write that was queued while a creation handler ran for a new object with no
+    last-handled annotation and ran the creation handler again, once per event; under load
+    the InterDCLink's creation handler (which reconciles every plan) ran a dozen times in a
+    row and starved the autoscaling timer. A JSON patch whose ``test`` of the version fails
+    gets 422 (kopf retries on 422, not on kmock's 500).
+    """
+
+    async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
+        if request.resource is not None and request.action in (
+            kmock.action.CREATE,
+            kmock.action.UPDATE,
+        ):
+            _set_version(request.data, str(next(_VERSIONS)))
+        try:
+            return await super()._handle(request)
+        except jsonpatch.JsonPatchTestFailed as exc:
+            return aiohttp.web.json_response(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Status",
+                    "status": "Failure",
+                    "reason": "Invalid",
+                    "message": str(exc),
+                    "code": 422,
+                },
+                status=422,
+            )
+
+
+def _set_version(data: Any, version: str) -> None:
+    """Make ``data`` (the request's parsed body: an object, a merge patch or a JSON patch) also
+    set ``metadata.resourceVersion`` (in place: kmock matches reactions by the request object)."""
+    if isinstance(data, dict):
+        meta = data.get("metadata")
+        if not isinstance(meta, dict):
+            meta = data["metadata"] = {}
+        meta["resourceVersion"] = version
+    elif isinstance(data, list):
+        data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
 
 
 def declare(emulator: kmock.KubernetesEmulator, with_crds: bool) -> None:
@@ -276,9 +333,9 @@ class World:
 @pytest_asyncio.fixture()
 async def world() -> AsyncIterator[World]:
     async with (
-        kmock.KubernetesEmulator() as local,
+        VersionedEmulator() as local,
         kmock.Server(local),
-        kmock.KubernetesEmulator() as remote,
+        VersionedEmulator() as remote,
         kmock.Server(remote),
     ):
         declare(local, with_crds=True)
