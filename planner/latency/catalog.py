@@ -52,7 +52,11 @@ class GpuSpec:
     price_per_hour: float
     """USD per GPU-hour; an assumption, used only for the equal-cost baselines."""
     step_overhead_s: float = 0.002
-    """Fixed cost of one forward pass (launches, scheduling), seconds."""
+    """Fixed host cost of one forward pass (scheduling, launches), seconds. Host time: it does not
+    move with the GPU's FLOP/s or HBM bandwidth when a profile moves to another GPU."""
+    collective_latency_s: float = 20e-6
+    """Per-call latency ``α`` of a TP all-reduce, seconds (tens of µs on NVLink/NVSwitch, more
+    over PCIe); it dominates decode-sized messages."""
 
     @property
     def memory_bytes(self) -> float:
@@ -72,7 +76,7 @@ GPUS: dict[str, GpuSpec] = {
         GpuSpec("H20", 148.0, 4000.0, _gib(96), 400.0, 450.0, 1.75),
         GpuSpec("A100-80G", 312.0, 2039.0, _gib(80), 200.0, 300.0, 1.60),
         # L40S has no NVLink: TP traffic crosses PCIe 4.0 x16 (32 GB/s).
-        GpuSpec("L40S", 362.0, 864.0, _gib(48), 100.0, 32.0, 1.00),
+        GpuSpec("L40S", 362.0, 864.0, _gib(48), 100.0, 32.0, 1.00, collective_latency_s=50e-6),
         GpuSpec("B200", 2250.0, 8000.0, _gib(180), 400.0, 900.0, 5.00),
         # "CPU": a small x86 host running vLLM-CPU (2 cores of AVX2 FMA ≈ 0.2 TFLOP/s fp32,
         # ~20 GB/s DRAM). Only for the local runtime and its plans.
@@ -178,15 +182,25 @@ class ModelArch:
 
     # -- FLOPs ---------------------------------------------------------------------------------
 
+    @property
+    def vocab_params(self) -> float:
+        """``vocab · hidden``: the embedding table, and again the (untied) LM head."""
+        return float(self.vocab * self.hidden)
+
+    @property
+    def dense_active_params(self) -> float:
+        """Parameters every token multiplies through, less the embedding (a gather, not a GEMM)
+        and the LM head (which prefill runs for the last token only)."""
+        return max(self.active_params - 2.0 * self.vocab_params, 0.0)
+
     def _attention_width(self) -> int:
         """``heads · (d_qk + d_v)``: FLOPs per (query, key) pair are twice this."""
         return self.heads * (self.qk_dim + self.head_dim)
 
-    def prefill_flops(self, tokens: float) -> float:
-        """FLOPs of prefilling one prompt of ``tokens``: GEMMs ``2·N_active·l`` plus causal
-        attention ``l²/2`` pairs per full layer (windowed for SWA, linear for KDA)."""
-        flops = 2.0 * self.active_params * tokens
-        flops += self.full_layers * tokens * tokens * self._attention_width()
+    def attention_prefill_flops(self, tokens: float) -> float:
+        """Attention FLOPs of prefilling one prompt: causal ``l²/2`` pairs per full layer,
+        windowed for SWA, linear in ``l`` for KDA."""
+        flops = self.full_layers * tokens * tokens * self._attention_width()
         if self.linear_kind == "swa":
             span = min(tokens, self.sliding_window)
             flops += self.other_layers * 2.0 * tokens * span * self._attention_width()
@@ -194,10 +208,18 @@ class ModelArch:
             flops += self.other_layers * 4.0 * tokens * self.linear_heads * self.linear_head_dim**2
         return flops
 
-    def decode_flops(self, batch: int, total_context: float) -> float:
-        """FLOPs of one decode step: ``batch`` new tokens attending to ``total_context`` tokens."""
-        flops = 2.0 * self.active_params * batch
-        flops += self.full_layers * 2.0 * total_context * self._attention_width()
+    def prefill_flops(self, tokens: float) -> float:
+        """FLOPs of prefilling one prompt of ``tokens``: GEMMs ``2·N_dense·l``, the LM head for
+        the last token only (vLLM computes no other logits), and attention."""
+        return (
+            2.0 * self.dense_active_params * tokens
+            + 2.0 * self.vocab_params
+            + self.attention_prefill_flops(tokens)
+        )
+
+    def attention_decode_flops(self, batch: int, total_context: float) -> float:
+        """Attention FLOPs of one decode step: ``batch`` new tokens over ``total_context``."""
+        flops = self.full_layers * 2.0 * total_context * self._attention_width()
         if self.linear_kind == "swa":
             span = min(total_context, batch * self.sliding_window)
             flops += self.other_layers * 2.0 * span * self._attention_width()
@@ -205,17 +227,29 @@ class ModelArch:
             flops += self.other_layers * 4.0 * batch * self.linear_heads * self.linear_head_dim**2
         return flops
 
-    def decode_bytes(self, batch: int, total_context: float) -> float:
-        """HBM bytes one decode step reads: the weights the batch touches (each token uses a
-        fraction ``N_active/N`` of MoE weights, independently), the KV cache, and the fixed state
-        (read and written)."""
+    def decode_flops(self, batch: int, total_context: float) -> float:
+        """FLOPs of one decode step: GEMMs and the LM head for every new token, plus attention."""
+        return 2.0 * (self.dense_active_params + self.vocab_params) * batch + (
+            self.attention_decode_flops(batch, total_context)
+        )
+
+    def decode_weight_bytes(self, batch: int) -> float:
+        """Weight bytes one decode step streams: the weights the batch touches (each token uses a
+        fraction ``N_active/N`` of MoE weights, independently), less the embedding table, of
+        which only ``batch`` rows are gathered."""
         frac = self.active_params / (self.params_b * 1e9)
         touched = 1.0 - (1.0 - frac) ** max(batch, 1) if frac < 1.0 else 1.0
-        return (
-            self.weight_bytes * touched
-            + total_context * self.kv_bytes_per_token
-            + 2.0 * batch * self.fixed_state_bytes
-        )
+        embedding = self.vocab_params * self.weight_bytes_per_param
+        return max(self.weight_bytes * touched - embedding, 0.0)
+
+    def decode_state_bytes(self, batch: int, total_context: float) -> float:
+        """Per-request bytes one decode step reads: the KV cache and the fixed state (read and
+        written)."""
+        return total_context * self.kv_bytes_per_token + 2.0 * batch * self.fixed_state_bytes
+
+    def decode_bytes(self, batch: int, total_context: float) -> float:
+        """HBM bytes one decode step reads: touched weights, KV cache and fixed state."""
+        return self.decode_weight_bytes(batch) + self.decode_state_bytes(batch, total_context)
 
     def check(self) -> ModelArch:
         """Raise ``CatalogError`` for an architecture the planner cannot use."""

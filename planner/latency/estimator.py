@@ -4,8 +4,8 @@ Each phase (prefill, decode) is resolved on its own, best evidence first:
 
 1. ``published`` — profile points for exactly this (GPU, TP, PP): fitted in DistServe's form
    (decode with fewer than three points calibrates the roofline curve instead);
-2. ``roofline`` transfer — published points for another GPU/TP/PP of the same model, moved by the
-   roofline difference (``roofline.TransferredPrefill``);
+2. ``roofline`` transfer — published points for another GPU/TP/PP of the same model, moved part
+   by part by the ratios of peak figures (``roofline.transfer``);
 3. ``fit`` — the per-layer H200 measurements, when one of their shapes *is* a TP shard of this
    model (× layers, plus TP all-reduce and the LM head), moved by the roofline if the GPU or PP
    differs;
@@ -37,6 +37,7 @@ from prfaas.planner.latency.roofline import (
     ScaledDecode,
     TransferredDecode,
     TransferredPrefill,
+    collective_seconds,
 )
 
 __all__ = ["latency_model", "profiles_for"]
@@ -98,17 +99,19 @@ def _published_decode(p: ProfileData, roof: RooflineDecode) -> DecodePhase:
     return ScaledDecode(roof, sum(ratios) / len(ratios), p.origin)
 
 
-def _allreduce_seconds_per_token(model: ModelArch, gpu: GpuSpec, tp: int) -> float:
-    """TP all-reduce time per token (two per layer, ring: 2(TP-1)/TP of the activation each),
-    which a per-layer TP1 fit does not contain."""
+def _collective_line(model: ModelArch, gpu: GpuSpec, tp: int) -> tuple[float, float]:
+    """``(α part, per-token part)`` of the TP all-reduce, which a per-layer TP1 fit lacks."""
+    fixed = collective_seconds(model, gpu, tp, 1, 0.0)
+    return fixed, collective_seconds(model, gpu, tp, 1, 1.0) - fixed
+
+
+def _lm_head_seconds(model: ModelArch, gpu: GpuSpec, tp: int, s: RooflineSettings) -> float:
+    """Streaming the LM head once (a per-layer fit lacks it): prefill runs it for the last token
+    of each sequence, decode for every new token — memory-bound either way."""
     return (
-        model.layers
-        * 4
-        * (tp - 1)
-        / tp
-        * model.hidden
-        * model.dtype_bytes
-        / (gpu.interconnect_gbps * 1e9)
+        model.vocab_params
+        * model.weight_bytes_per_param
+        / (tp * gpu.hbm_gbps * 1e9 * s.bandwidth_efficiency)
     )
 
 
@@ -134,15 +137,19 @@ def _prefill_phase(
     fit, ftp = _layer_fit(model, tp)
     if fit is not None:
         h200 = gpu_spec("H200")
-        per_token_comm = _allreduce_seconds_per_token(model, h200, tp)
+        comm_fixed, comm_per_token = _collective_line(model, h200, ftp)
         a, b, c = fit.prefill
         base = FittedPrefill(
-            model.layers * a + h200.step_overhead_s,
-            model.layers * b + per_token_comm,
+            model.layers * a
+            + h200.step_overhead_s
+            + _lm_head_seconds(model, h200, ftp, s)
+            + comm_fixed,
+            model.layers * b + comm_per_token,
             model.layers * c,
             "fit",
             f"per-layer H200 fit of shape {fit.shape} (max error "
-            f"{fit.prefill_report.max_rel_error:.1%}) × {model.layers} layers + TP all-reduce",
+            f"{fit.prefill_report.max_rel_error:.1%}) × {model.layers} layers + LM head + TP "
+            "all-reduce",
         )
         if gpu.name == h200.name and pp == 1 and ftp == tp:
             return base
@@ -172,18 +179,13 @@ def _decode_phase(
     fit, ftp = _layer_fit(model, tp)
     if fit is not None:
         h200 = gpu_spec("H200")
-        lm_head = (
-            model.vocab
-            * model.hidden
-            * model.weight_bytes_per_param
-            / (ftp * h200.hbm_gbps * 1e9 * s.bandwidth_efficiency)
-        )
-        per_token_comm = _allreduce_seconds_per_token(model, h200, tp)
+        lm_head = _lm_head_seconds(model, h200, ftp, s)
+        comm_fixed, comm_per_token = _collective_line(model, h200, ftp)
         a, b, c = fit.decode
         base = FittedDecode(
-            model.layers * a + h200.step_overhead_s + lm_head,
+            model.layers * a + h200.step_overhead_s + lm_head + comm_fixed,
             model.layers * b,
-            model.layers * c + per_token_comm,
+            model.layers * c + comm_per_token,
             "fit",
             f"per-layer H200 CUDA-graph decode fit of shape {fit.shape} (max error "
             f"{fit.decode_report.max_rel_error:.1%}) × {model.layers} layers + LM head",
