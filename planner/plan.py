@@ -39,7 +39,7 @@ Shape (version 1), as ``prfaas plan crds/samples/case-study.yaml -o json`` print
          "accelerator": "H20", "instances": 5,                       # row (PD-P) and a "decode"
          "tensorParallel": 8, "pipelineParallel": 1,                 # row (PD-D)
          "gpusPerInstance": 8, "gpus": 40,
-         "latencySource": "published",      # fit | roofline | published (the role's phase)
+         "latencySource": "published",      # measured | published | fit | roofline
          "maxNumSeqs": 64, "maxNumBatchedTokens": 8192,    # the vLLM flags (engine_images/vllm/
          "gpuMemoryUtilization": 0.9, "kvCacheTokens": 3000000}],   # launch.py), also simulated
       "links": [{"name": "dc-a-to-dc-b", "from": "dc-a", "to": "dc-b", "capacityGbps": 100,
@@ -136,7 +136,8 @@ class ClusterPlan:
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
     latency_source: str = "roofline"
-    """Where the latency model for this role came from: ``fit``, ``roofline`` or ``published``."""
+    """Where the latency model for this role came from: ``measured``, ``published``, ``fit`` or
+    ``roofline``."""
     max_num_seqs: int | None = None
     """vLLM ``--max-num-seqs``: the decode batch the planner sized (TPOT SLO, memory,
     ``engine.maxBatchSize``); the simulator caps decode batches at it. ``None``: vLLM's default."""

@@ -38,6 +38,7 @@ __all__ = [
     "ClusterRefs",
     "ClusterStatus",
     "Condition",
+    "ConfigMapKeyRef",
     "DecodeCluster",
     "DecodeClusterSpec",
     "Distribution",
@@ -53,6 +54,7 @@ __all__ = [
     "InterDCLinkStatus",
     "LinkProbing",
     "LogNormalDistribution",
+    "MeasuredProfileRef",
     "ModelArchitecture",
     "ModelSpec",
     "ObjectMeta",
@@ -472,6 +474,29 @@ class PublishedProfile(_Model):
     decode: list[ProfilePoint] = Field(default_factory=list)
 
 
+class ConfigMapKeyRef(_Model):
+    """One key of a ConfigMap in the ServingPlan's namespace."""
+
+    name: str = Field(min_length=1)
+    key: str = Field(default="profile.json", min_length=1)
+
+
+class MeasuredProfileRef(_Model):
+    """A ``prfaas profile`` JSON for this model: inline, or in a ConfigMap the operator reads
+    (``kubectl create configmap NAME --from-file=profile.json=PROFILE``)."""
+
+    inline: dict[str, Any] | None = Field(
+        default=None, description="The profile JSON object itself."
+    )
+    config_map_key_ref: ConfigMapKeyRef | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> MeasuredProfileRef:
+        if (self.inline is None) == (self.config_map_key_ref is None):
+            raise ValueError("give exactly one of inline or configMapKeyRef")
+        return self
+
+
 class ModelArchitecture(_Model):
     """Enough of a model's architecture to derive FLOPs, weights, KV bytes and fixed state."""
 
@@ -522,6 +547,11 @@ class ModelSpec(_Model):
     catalog: str | None = Field(default=None, description="Catalog model name.")
     architecture: ModelArchitecture | None = None
     profiles: list[PublishedProfile] = Field(default_factory=list)
+    measured_profile: MeasuredProfileRef | None = Field(
+        default=None,
+        description="A `prfaas profile` of this model on the hardware it runs on (source "
+        "`measured`, preferred over published and fitted latencies).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:

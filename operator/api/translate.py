@@ -14,8 +14,9 @@ from typing import Literal
 
 from prfaas.operator.api import models as api
 from prfaas.planner.distributions import Empirical, Fixed, LengthDistribution, LogNormal
-from prfaas.planner.errors import CatalogError, PlannerError
+from prfaas.planner.errors import CatalogError, PlannerError, ProfileError
 from prfaas.planner.latency.catalog import ModelArch, gpu_spec, model_arch, with_memory
+from prfaas.planner.latency.measured import measured_profile
 from prfaas.planner.latency.profiles import ProfileData
 from prfaas.planner.problem import (
     ClusterInput,
@@ -107,6 +108,20 @@ def _profile(p: api.PublishedProfile, where: str) -> ProfileData:
     )
 
 
+def _measured(ref: api.MeasuredProfileRef, model: ModelArch, where: str) -> ProfileData:
+    field = f"{where} spec.model.measuredProfile"
+    if ref.inline is None:
+        cm = ref.config_map_key_ref
+        raise TranslateError(
+            f"{field}.configMapKeyRef: ConfigMap {cm.name if cm else '?'} was not read; the "
+            "operator reads it (offline, put the profile JSON under inline)"
+        )
+    try:
+        return measured_profile(ref.inline, model, f"{field}.inline")
+    except ProfileError as exc:
+        raise TranslateError(str(exc)) from exc
+
+
 def _cluster(
     obj: api.PrefillCluster | api.DecodeCluster, kind: Literal["prefill", "decode"]
 ) -> ClusterInput:
@@ -177,8 +192,11 @@ def problem_from_resources(
     profiles = tuple(
         _profile(p, f"{where} spec.model.profiles[{i}]") for i, p in enumerate(spec.model.profiles)
     )
+    if spec.model.measured_profile is not None:
+        profiles = (_measured(spec.model.measured_profile, model, where), *profiles)
     notes.extend(
-        f"profile {p.accelerator} TP{p.tensor_parallel}×PP{p.pipeline_parallel}: {p.origin}"
+        f"{p.source} profile {p.accelerator} TP{p.tensor_parallel}×PP{p.pipeline_parallel}: "
+        f"{p.origin}"
         for p in profiles
     )
     w = spec.workload

@@ -11,6 +11,7 @@ from prfaas.operator.cli import (
     chart,
     crds,
     plan,
+    profile,
     router,
     run_operator,
     simulate,
@@ -44,6 +45,7 @@ app.command("operator")(run_operator.run)
 app.command("simulate")(simulate.run)
 app.add_typer(trace.app, name="trace")
 app.command("chart")(chart.run)
+app.command("profile")(profile.run)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime as _dt
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -165,6 +166,31 @@ class Reconciler:
         if result is not None:
             await result
 
+    async def _inline_measured_profile(self, sp: api.ServingPlan) -> api.ServingPlan:
+        """``sp`` with a ``measuredProfile.configMapKeyRef`` replaced by the profile it names,
+        read from the ServingPlan's namespace; ``ValueError`` says what is missing."""
+        ref = sp.spec.model.measured_profile
+        if ref is None or ref.config_map_key_ref is None:
+            return sp
+        cm = ref.config_map_key_ref
+        field_ = "spec.model.measuredProfile.configMapKeyRef"
+        ns = sp.metadata.namespace or "default"
+        obj = await self.pool.local.get(KINDS["ConfigMap"], ns, cm.name)
+        text = ((obj or {}).get("data") or {}).get(cm.key)
+        if text is None:
+            raise ValueError(
+                f"{field_}: ConfigMap {ns}/{cm.name} has no key {cm.key!r}; create it with "
+                f"kubectl create configmap {cm.name} --from-file={cm.key}=PROFILE.json"
+            )
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{field_}: ConfigMap {ns}/{cm.name} key {cm.key}: {exc}") from None
+        model = sp.spec.model.model_copy(
+            update={"measured_profile": api.MeasuredProfileRef(inline=data)}
+        )
+        return sp.model_copy(update={"spec": sp.spec.model_copy(update={"model": model})})
+
     async def _reconcile(self, namespace: str, name: str) -> Outcome | None:
         """One pass: load → plan → build → apply per cluster → report (status written once)."""
         body = await self.pool.local.get(KINDS["ServingPlan"], namespace, name)
@@ -224,6 +250,10 @@ class Reconciler:
             )
         except ValidationError as exc:
             return Stalled(f"invalid spec: {_first_error(exc)}")
+        try:
+            sp = await self._inline_measured_profile(sp)
+        except ValueError as exc:
+            return Stalled(str(exc))
         prefill, decode, missing = await self._resolve_clusters(sp.spec)
         if missing:
             return Degraded(tuple(missing))

@@ -2,8 +2,9 @@
 
 Each phase (prefill, decode) is resolved on its own, best evidence first:
 
-1. ``published`` — profile points for exactly this (GPU, TP, PP): fitted in DistServe's form
-   (decode with fewer than three points calibrates the roofline curve instead);
+1. ``measured`` / ``published`` — profile points for exactly this (GPU, TP, PP), a ``prfaas
+   profile`` of the user's hardware before published ones: fitted in DistServe's form (decode
+   with fewer than three points calibrates the roofline curve instead);
 2. ``roofline`` transfer — published points for another GPU/TP/PP of the same model, moved part
    by part by the ratios of peak figures (``roofline.transfer``);
 3. ``fit`` — the per-layer H200 measurements, when one of their shapes *is* a TP shard of this
@@ -44,8 +45,10 @@ __all__ = ["latency_model", "profiles_for"]
 
 
 def profiles_for(model: ModelArch, extra: Sequence[ProfileData] = ()) -> tuple[ProfileData, ...]:
-    """Profiles given with the plan first, then the catalog's published ones for this model."""
-    return (*extra, *CATALOG_PROFILES.get(model.name, ()))
+    """Measured profiles first, then the others given with the plan, then the catalog's
+    published ones for this model."""
+    given = sorted(extra, key=lambda p: p.source != "measured")
+    return (*given, *CATALOG_PROFILES.get(model.name, ()))
 
 
 def _same(p: ProfileData, gpu: GpuSpec, tp: int, pp: int) -> bool:
@@ -82,9 +85,9 @@ def _published_prefill(p: ProfileData) -> FittedPrefill:
         a,
         b,
         c,
-        "published",
+        p.source,
         f"prefill {p.accelerator} TP{p.tensor_parallel}×PP{p.pipeline_parallel} fitted to "
-        f"{rep.points} published points (max error {rep.max_rel_error:.1%}): {p.origin}",
+        f"{rep.points} {p.source} points (max error {rep.max_rel_error:.1%}): {p.origin}",
     )
 
 
@@ -93,10 +96,10 @@ def _published_decode(p: ProfileData, roof: RooflineDecode) -> DecodePhase:
     if len({(b, c) for b, c, _ in points}) >= 3:
         fit = fit_decode_piecewise(points)
         return FittedDecode.of(
-            fit, "published", f"decode fitted to published points ({fit.describe()}): {p.origin}"
+            fit, p.source, f"decode fitted to {p.source} points ({fit.describe()}): {p.origin}"
         )
     ratios = [s / roof(int(b), b * ctx) for b, ctx, s in points]
-    return ScaledDecode(roof, sum(ratios) / len(ratios), p.origin)
+    return ScaledDecode(roof, sum(ratios) / len(ratios), p.origin, p.source)
 
 
 def _collective_line(model: ModelArch, gpu: GpuSpec, tp: int) -> tuple[float, float]:

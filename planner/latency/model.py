@@ -21,7 +21,8 @@ __all__ = [
     "PrefillPhase",
 ]
 
-LatencySource = Literal["fit", "roofline", "published"]
+LatencySource = Literal["measured", "published", "fit", "roofline"]
+"""Where a latency comes from, best evidence first (DESIGN §5.6)."""
 
 
 class LatencyModel(Protocol):
@@ -29,7 +30,7 @@ class LatencyModel(Protocol):
 
     @property
     def source(self) -> LatencySource:
-        """Where the numbers come from: ``fit``, ``roofline`` or ``published``."""
+        """Where the numbers come from: ``measured``, ``published``, ``fit`` or ``roofline``."""
         ...
 
     def prefill_seconds(self, lengths: Sequence[float]) -> float:

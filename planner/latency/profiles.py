@@ -61,6 +61,8 @@ class ProfileData:
     decode: tuple[tuple[float, float, float], ...] = ()
     kv_mib: tuple[tuple[float, float], ...] = field(default=())
     """``(tokens, MiB)``: published KV sizes, used to check the architecture's ``S_kv``."""
+    source: LatencySource = "published"
+    """``measured`` for a ``prfaas profile`` of the user's own hardware (``latency.measured``)."""
 
 
 CATALOG_PROFILES: dict[str, tuple[ProfileData, ...]] = {

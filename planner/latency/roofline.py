@@ -287,7 +287,9 @@ class ScaledDecode:
 
     @property
     def note(self) -> str:
-        return f"roofline decode × {self.scale:.3g} calibrated on published points ({self.origin})"
+        return (
+            f"roofline decode × {self.scale:.3g} calibrated on {self.source} points ({self.origin})"
+        )
 
     def __call__(self, batch: int, total_context: float) -> float:
         return self.scale * self.roofline(batch, total_context)
