@@ -128,8 +128,17 @@ async def test_editing_the_slo_replans_and_observed_generation_follows(world: Wo
         lambda: world.children(world.local)["hybrid-1t-pd-h20-decode"]["spec"]["replicas"] == want,
         what="decode replicas to follow the SLO",
     )
-    prefill = world.children(world.local)["hybrid-1t-pd-h20-prefill"]["spec"]["replicas"]
-    assert prefill == expected.instances("pd-h20", "prefill")
+    # The plan may drop local prefill altogether (every prompt offloaded): its Deployment is
+    # then pruned, after the decode one is written.
+    want_prefill = expected.instances("pd-h20", "prefill")
+
+    def prefill_follows() -> bool:
+        child = world.children(world.local).get("hybrid-1t-pd-h20-prefill")
+        return (child is None and want_prefill == 0) or (
+            child is not None and child["spec"]["replicas"] == want_prefill
+        )
+
+    await world.until(prefill_follows, what="prefill replicas to follow the SLO")
     await world.until(
         lambda: (
             (world.get_cr("ServingPlan", "hybrid-1t", "default") or {})
