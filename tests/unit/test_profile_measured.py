@@ -83,12 +83,20 @@ def test_measured_beats_the_roofline_it_replaces(tiny_profile: dict[str, Any]) -
     data = measured_profile(tiny_profile, model)
     lat = latency_model(model, GPUS["CPU"], 1, 1, (data,))
     assert lat.prefill_source == "measured" and lat.decode_source == "measured"
+    assert "measured points" in lat.prefill.note
     # The points are whole steps: layers × the layer's median plus the LM head and host time.
     row = tiny_profile["prefill"][-1]
-    assert lat.prefill_seconds([row["tokens"]]) == pytest.approx(
-        dict(data.prefill)[row["tokens"]], rel=0.5
+    extra = dict(data.prefill)[row["tokens"]] - model.layers * row["median_ms"] / 1e3
+    lm_head = model.vocab_params * 4 / (GPUS["CPU"].hbm_gbps * 1e9 * 0.8)
+    assert extra == pytest.approx(GPUS["CPU"].step_overhead_s + lm_head)
+    # Decode rows use the CUDA-graph median where there is one.
+    graph = dict(
+        tiny_profile, decode=[dict(r, graph_median_ms=1.0) for r in tiny_profile["decode"]]
     )
-    assert dict(data.prefill)[row["tokens"]] > 2 * row["median_ms"] / 1e3
+    want = model.layers * 1e-3 + GPUS["CPU"].step_overhead_s + lm_head
+    assert [s for *_, s in measured_profile(graph, model).decode] == pytest.approx(
+        [want] * len(graph["decode"])
+    )
     # Another TP of the same CPU moves the measurement (no longer "measured", but from it).
     moved = latency_model(model, GPUS["H100"], 1, 1, (data,))
     assert moved.prefill_source == "roofline" and "measured" in moved.prefill.note
