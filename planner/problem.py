@@ -181,6 +181,17 @@ class Problem:
                 return n
         return None
 
+    latency_corrections: tuple[tuple[str, str, str, float], ...] = ()
+    """``(cluster, role, phase, factor)``: observed/predicted step time learned from the engines'
+    own latency while running; ``factor ×`` that phase of that role's latency model."""
+
+    def correction(self, cluster: str, role: str, phase: str) -> float:
+        """The correction factor of one (cluster, role, phase); 1 when none was learned."""
+        for c, r, ph, f in self.latency_corrections:
+            if (c, r, ph) == (cluster, role, phase):
+                return f
+        return 1.0
+
     @property
     def prefill_clusters(self) -> tuple[ClusterInput, ...]:
         return tuple(c for c in self.clusters if c.kind == "prefill")

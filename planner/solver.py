@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from prfaas.planner.errors import CatalogError, Infeasible, PlannerError, ProfileError
+from prfaas.planner.latency.calibrated import corrected
 from prfaas.planner.latency.catalog import GpuSpec, ModelArch
 from prfaas.planner.latency.model import InstanceLatency
 from prfaas.planner.multicluster import Commodity, Point, RemoteLP, optimise_thresholds
@@ -86,6 +87,9 @@ def _choose(
     cands = candidates(m, c.gpu, c.count, c.per_node, need, s, problem.profiles)
     if not cands:
         raise _no_fit(m, c, problem, role)
+    fp, fd = (problem.correction(c.name, role, phase) for phase in ("prefill", "decode"))
+    if fp != 1.0 or fd != 1.0:
+        cands = [replace(x, latency=corrected(x.latency, fp, fd)) for x in cands]
     kind: Literal["prefill", "decode"] = "decode" if role == "decode" else "prefill"
     load = role_load(problem, kind, length)
     best = search(cands, load, s.goodput)
@@ -579,6 +583,11 @@ def _assemble(
     if problem.pins:
         pinned = ", ".join(f"{c}/{r}={n}" for c, r, n in problem.pins)
         notes.append(f"pinned by spec.pins (the planner sized the rest around them): {pinned}")
+    if problem.latency_corrections:
+        notes.append(
+            "latency corrected by the engines' own histograms (observed/predicted): "
+            + ", ".join(f"{c}/{r} {ph} × {f:.3g}" for c, r, ph, f in problem.latency_corrections)
+        )
     clusters: list[ClusterPlan] = []
     offloading = [n for n, t in out_.thresholds.items() if t is not None]
     for c in problem.prefill_clusters:

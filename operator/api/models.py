@@ -35,6 +35,7 @@ __all__ = [
     "ArrivalProcess",
     "Autoscaling",
     "AutoscalingStatus",
+    "CalibrationStatus",
     "ClusterRefs",
     "ClusterStatus",
     "Condition",
@@ -710,6 +711,20 @@ class AutoscalingStatus(_Model):
     )
 
 
+class CalibrationStatus(_Model):
+    """One latency correction factor: the engines' own measurement vs the model's prediction."""
+
+    cluster: str
+    role: str
+    phase: Literal["prefill", "decode"]
+    predicted_seconds: float = Field(description="What the latency model predicted, seconds.")
+    observed_seconds: float = Field(description="What the engines measured, seconds.")
+    samples: float = Field(description="Requests (prefill) or tokens (decode) behind it.")
+    factor: float = Field(
+        description="Correction factor the next plan uses (observed/predicted, smoothed)."
+    )
+
+
 class ServingPlanStatus(_Model):
     """The plan in force and how it is doing, written by the operator."""
 
@@ -730,6 +745,10 @@ class ServingPlanStatus(_Model):
     )
     autoscaling: AutoscalingStatus | None = Field(
         default=None, description="State of the autoscaling loop (autoscaling only)."
+    )
+    calibration: list[CalibrationStatus] = Field(
+        default_factory=list,
+        description="Latency correction factors learned from the engines (autoscaling only).",
     )
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "model_from_spec",
     "problem_from_resources",
     "problems_from_manifests",
+    "spec_profiles",
 ]
 
 
@@ -122,6 +123,16 @@ def _measured(ref: api.MeasuredProfileRef, model: ModelArch, where: str) -> Prof
         raise TranslateError(str(exc)) from exc
 
 
+def spec_profiles(spec: api.ModelSpec, model: ModelArch, where: str) -> tuple[ProfileData, ...]:
+    """The profiles a ServingPlan gives: its measured one (inline) first, then the published."""
+    profiles = tuple(
+        _profile(p, f"{where} spec.model.profiles[{i}]") for i, p in enumerate(spec.profiles)
+    )
+    if spec.measured_profile is not None:
+        profiles = (_measured(spec.measured_profile, model, where), *profiles)
+    return profiles
+
+
 def _cluster(
     obj: api.PrefillCluster | api.DecodeCluster, kind: Literal["prefill", "decode"]
 ) -> ClusterInput:
@@ -152,8 +163,10 @@ def problem_from_resources(
     *,
     settings: PlannerSettings | None = None,
     use_measured_bandwidth: bool = True,
+    corrections: Sequence[tuple[str, str, str, float]] = (),
 ) -> Problem:
-    """The planning problem of one ServingPlan over the clusters and links it can use."""
+    """The planning problem of one ServingPlan over the clusters and links it can use;
+    ``corrections``: ``(cluster, role, phase, factor)`` learned by the autoscaler."""
     spec = plan.spec
     where = f"ServingPlan/{plan.metadata.name}"
     by_name_p = {c.metadata.name: c for c in prefill}
@@ -189,11 +202,7 @@ def problem_from_resources(
     model = model_from_spec(spec.model)
     if model.note:
         notes.append(f"model {model.name}: {model.note}")
-    profiles = tuple(
-        _profile(p, f"{where} spec.model.profiles[{i}]") for i, p in enumerate(spec.model.profiles)
-    )
-    if spec.model.measured_profile is not None:
-        profiles = (_measured(spec.model.measured_profile, model, where), *profiles)
+    profiles = spec_profiles(spec.model, model, where)
     notes.extend(
         f"{p.source} profile {p.accelerator} TP{p.tensor_parallel}×PP{p.pipeline_parallel}: "
         f"{p.origin}"
@@ -231,6 +240,7 @@ def problem_from_resources(
         pins=tuple((p.cluster, p.role, p.instances) for p in spec.pins),
         settings=settings or PlannerSettings(),
         notes=tuple(notes),
+        latency_corrections=tuple(corrections),
     )
 
 

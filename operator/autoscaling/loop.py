@@ -18,6 +18,14 @@ from typing import Any
 
 from prfaas.operator.api import models as api
 from prfaas.operator.api.messages import safe_message
+from prfaas.operator.autoscaling.calibration import (
+    Calibration,
+    EngineObservation,
+    FactorMove,
+    calibration_queries,
+    observe_engines,
+    plan_predictor,
+)
 from prfaas.operator.autoscaling.decide import (
     Observation,
     Stabilizer,
@@ -44,6 +52,13 @@ def _utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC)
 
 
+def _selector(router_query: str) -> str:
+    """The ``{...}`` label selector of one of ``queries()`` (the engines carry the same plan
+    labels as the routers)."""
+    start = router_query.index("{")
+    return router_query[start : router_query.index("}", start) + 1]
+
+
 def _format(t: _dt.datetime) -> str:
     return t.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -60,6 +75,9 @@ class PlanScaling:
     error: str | None = None
     """Why the last poll got no answer; ``None`` after a good one."""
     answered_at: _dt.datetime | None = None
+    engines: dict[tuple[str, str, str], EngineObservation] = field(default_factory=dict)
+    """The engines' own latency from the last poll, not yet compared with the model."""
+    calibration: Calibration = field(default_factory=Calibration)
 
 
 @dataclass
@@ -100,6 +118,8 @@ class Autoscaler:
             async with self.client(url, self.settings.query_timeout_seconds) as prom:
                 wanted = queries(name, namespace, window)
                 results = {k: await prom.query(q) for k, q in wanted.items()}
+                engine_q = calibration_queries(_selector(wanted["requests"]), window)
+                engines = {k: await prom.query(q) for k, q in engine_q.items()}
         except PrometheusError as exc:
             state.error = f"{exc}; keeping the current replicas (nothing is scaled down)"
             self.metrics.autoscale_errors.labels(key).inc()
@@ -109,6 +129,7 @@ class Autoscaler:
             results, window, self.clock(), min_transfer_seconds=self.settings.min_transfer_seconds
         )
         state.error, state.answered_at, state.latest = None, obs.at, obs
+        state.engines = observe_engines(engines)
         self.metrics.autoscale_metrics_available.labels(key).set(1)
         state.in_force = settle(state.in_force, obs, self.settings.tolerance)
         if obs.rate_rps is not None:
@@ -118,6 +139,24 @@ class Autoscaler:
         for link, gbps in obs.link_gbps.items():
             self.metrics.link_measured_gbps.labels(link).set(gbps)
         return obs
+
+    def calibrate(self, key: str, spec: api.ServingPlanSpec, plan: Any) -> list[FactorMove]:
+        """Compare the last poll's engine latency with the model of the plan in force
+        (``status.plan``) and move the correction factors; each observation is used once."""
+        state = self.plans.get(key)
+        if state is None or not state.engines:
+            return []
+        observations, state.engines = state.engines, {}
+        return state.calibration.update(observations, plan_predictor(spec, plan))
+
+    def corrections(
+        self, key: str, scaling: api.Autoscaling
+    ) -> tuple[tuple[str, str, str, float], ...]:
+        """The correction factors the next plan uses (none when autoscaling is off)."""
+        state = self.plans.get(key)
+        if not scaling.enabled or state is None:
+            return ()
+        return state.calibration.corrections()
 
     def planning_plan(self, key: str, sp: api.ServingPlan) -> tuple[api.ServingPlan, list[str]]:
         """The ServingPlan to plan with: its workload replaced by the observed one when
@@ -167,6 +206,8 @@ class Autoscaler:
         }
         if state.latest is not None:
             out["observed"] = state.latest.to_status()
+        if state.calibration.last:
+            out["calibration"] = state.calibration.to_status()
         return out
 
     def forget(self, key: str) -> None:

@@ -92,6 +92,8 @@ class PlanRequest:
     prefill: tuple[api.PrefillCluster, ...]
     decode: tuple[api.DecodeCluster, ...]
     links: tuple[api.InterDCLink, ...]
+    corrections: tuple[tuple[str, str, str, float], ...] = ()
+    """``(cluster, role, phase, factor)`` the autoscaler learned from the engines' latency."""
 
 
 PlannerFn = Callable[[PlanRequest], Plan]
@@ -105,7 +107,11 @@ def default_planner(request: PlanRequest) -> Plan:
     from prfaas.planner.solver import plan
 
     problem = translate.problem_from_resources(
-        request.serving_plan, list(request.prefill), list(request.decode), list(request.links)
+        request.serving_plan,
+        list(request.prefill),
+        list(request.decode),
+        list(request.links),
+        corrections=request.corrections,
     )
     return plan(problem)
 
@@ -289,7 +295,13 @@ class Reconciler:
         # Status shows the observation this pass plans with, even if a poll lands meanwhile.
         scaling_status = self.scaler.status(key, spec.autoscaling)
         planned_sp, observed_notes = self.scaler.planning_plan(key, loaded.serving_plan)
-        request = PlanRequest(planned_sp, loaded.prefill, loaded.decode, loaded.links)
+        request = PlanRequest(
+            planned_sp,
+            loaded.prefill,
+            loaded.decode,
+            loaded.links,
+            self.scaler.corrections(key, spec.autoscaling),
+        )
         try:
             plan = await asyncio.to_thread(self.planner, request)
         except Exception as exc:  # the planner's errors, and anything it did not foresee
@@ -574,8 +586,24 @@ class Reconciler:
         if obs is not None:
             for link, gbps in sorted(obs.link_gbps.items()):
                 await self._publish_link(link, gbps)
+            await self._calibrate(key, body)
         await self.reconcile_plan(namespace, name)
         return True
+
+    async def _calibrate(self, key: str, body: dict[str, Any]) -> None:
+        """Move the latency correction factors from the engines' own histograms; a Warning
+        Event for every factor that moved by more than the settings' ``warn_change``."""
+        try:
+            spec = api.ServingPlanSpec.model_validate(body.get("spec") or {})
+        except ValidationError:
+            return
+        plan = (body.get("status") or {}).get("plan")
+        moves = self.scaler.calibrate(key, spec, plan)
+        warn = self.scaler.plans[key].calibration.settings.warn_change
+        for move in moves:
+            if abs(move.change) > warn:
+                log.warning("autoscaling %s: %s", key, move.message())
+                await self._event(body, "Warning", "LatencyModelCorrected", move.message())
 
     async def _publish_link(self, name: str, gbps: float) -> None:
         obj = await self.pool.local.get(KINDS["InterDCLink"], None, name)
