@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
+from prfaas.planner.latency.calibrated import corrected
 from prfaas.planner.latency.catalog import GpuSpec
 from prfaas.planner.latency.estimator import latency_model
 from prfaas.planner.latency.model import InstanceLatency
@@ -101,9 +102,18 @@ class ScenarioRun:
     follows a bandwidth schedule); 0: ``goodput_requests`` per probe, whatever they span."""
 
 
-def _latency(problem: Problem, cluster: ClusterInput, tp: int, pp: int) -> InstanceLatency:
-    return latency_model(
+def _latency(
+    problem: Problem, cluster: ClusterInput, tp: int, pp: int, role: str
+) -> InstanceLatency:
+    """The planner's model of one instance, with the correction factors learned while running
+    (``Problem.latency_corrections``), as the planner itself uses them."""
+    lat = latency_model(
         problem.model, cluster.gpu, tp, pp, problem.profiles, problem.settings.roofline
+    )
+    return corrected(
+        lat,
+        problem.correction(cluster.name, role, "prefill"),
+        problem.correction(cluster.name, role, "decode"),
     )
 
 
@@ -171,7 +181,7 @@ def _config(
         )
     d = decoders[0]
     dec_in = _cluster(problem, d.name)
-    dec_lat = _latency(problem, dec_in, d.tensor_parallel, d.pipeline_parallel)
+    dec_lat = _latency(problem, dec_in, d.tensor_parallel, d.pipeline_parallel, "decode")
     batch = d.max_num_seqs or _decode_batch(
         problem, dec_in.gpu, d.tensor_parallel, d.pipeline_parallel, dec_lat
     )
@@ -201,7 +211,7 @@ def _config(
             n = inp.count // c.gpus_per_instance
         if n < 1:
             continue
-        lat = _latency(problem, inp, c.tensor_parallel, c.pipeline_parallel)
+        lat = _latency(problem, inp, c.tensor_parallel, c.pipeline_parallel, "prefill")
         blocks = _cache_blocks(problem, inp.gpu, c.gpus_per_instance)
         pools.append(
             PrefillPool(
