@@ -33,7 +33,15 @@ it is compute-bound and by the HBM ratio while it is memory-bound (on either sid
 crosses the ridge point is priced right); the unexplained rest is taken as memory/latency-bound
 and moves by the HBM ratio of one GPU (each GPU of a TP group runs the same kernels, so it does
 not shrink with TP). Nothing is clamped to an MFU-discounted roofline: a measurement that
-beats the roofline only makes ``E_A = K_A`` smaller than ``R_A``, and then scales.
+beats the roofline is all explained (``E_A = K_A < R_A``) and scales by ``R_B / R_A``.
+
+Why ``ε_c`` is the plan's MFU (0.5) and not a GEMM's achievable share (0.77 on H200): it only
+decides how much of a *slow* measurement is compute. The H200 layers of ``shared/profiles`` run
+at MFU 0.6-0.67 on long prompts, above 0.5, so they move by the FLOP/s ratio alone (H100/H200
+compute-bound prefill = 1.00, parts with equal peaks); PrfaaS Table 5's 1T hybrid runs at ~0.24,
+and with ``ε_c`` = 0.5 the H20/H200 prefill ratio comes out 2.3× at 10K and 2.8× at 27K tokens,
+where Table 6 implies 2.3-2.7× (with 0.77 it would be 1.9-2.2×: too much of the time called
+memory-bound).
 
 Consequences (``tests/unit/test_planner_transfer.py``): equal specs give the measurement back;
 more FLOP/s or more HBM bandwidth never predicts slower; compute-bound prefill moves by at most
