@@ -87,7 +87,7 @@ def test_measured_beats_the_roofline_it_replaces(tiny_profile: dict[str, Any]) -
     # The points are whole steps: layers × the layer's median plus the LM head and host time.
     row = tiny_profile["prefill"][-1]
     extra = dict(data.prefill)[row["tokens"]] - model.layers * row["median_ms"] / 1e3
-    lm_head = model.vocab_params * 4 / (GPUS["CPU"].hbm_gbps * 1e9 * 0.8)
+    lm_head = model.vocab_params * model.weight_bytes_per_param / (GPUS["CPU"].hbm_gbps * 1e9 * 0.8)
     assert extra == pytest.approx(GPUS["CPU"].step_overhead_s + lm_head)
     # Decode rows use the CUDA-graph median where there is one.
     graph = dict(
