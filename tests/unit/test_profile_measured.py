@@ -33,6 +33,7 @@ def tiny_profile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _docs_with(profile: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The sample with ``profile`` inline instead of its own (``None``: without one)."""
     docs = [d for d in yaml.safe_load_all(SAMPLE.read_text()) if d]
     for d in docs:
         if d["kind"] == "ServingPlan":
@@ -122,3 +123,17 @@ def test_profile_needs_one_model(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["profile", "-o", str(tmp_path / "x.json")])
     assert result.exit_code == 2
     assert "--model" in result.output
+
+
+def test_the_local_sample_plans_from_its_committed_engine_profile() -> None:
+    """``crds/samples/local.yaml`` inlines the profile bench/fidelity.py took of its vLLM CPU
+    engine (the same JSON as ``crds/samples/profiles/``), so its plan is ``measured``."""
+    docs = [d for d in yaml.safe_load_all(SAMPLE.read_text()) if d]
+    (sp,) = [d for d in docs if d["kind"] == "ServingPlan"]
+    committed = json.loads((SAMPLE.parent / "profiles" / "tiny-llama-cpu-vllm.json").read_text())
+    assert sp["spec"]["model"]["measuredProfile"]["inline"] == committed
+    assert committed["scope"] == "instance" and committed["software"]["vllm"]
+    result = CliRunner().invoke(app, ["plan", str(SAMPLE), "--output", "json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert {c["latencySource"] for c in plan["clusters"]} == {"measured"}
