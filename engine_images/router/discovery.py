@@ -17,7 +17,12 @@ Protocol: list the namespace's EndpointSlices (filtered by ``kubernetes.io/servi
 watch from the list's resourceVersion; when the watch ends, fails or answers 410 Gone, list
 again after ``retry_s``. Each list replaces the known slices at once, so nothing deleted while
 disconnected lingers. An endpoint is an instance while its ``conditions.ready`` is not false
-(Kubernetes: unset means ready); ``http://<address>:<port>`` is its URL.
+(Kubernetes: unset means ready) and its ``conditions.terminating`` is not true;
+``http://<address>:<port>`` is its URL. A pod that starts to leave (its preStop begins the
+drain, ``prfaas.engine.vllm.drain``) turns terminating at once, and Kubernetes reports it not
+ready too, unless its Service publishes not-ready addresses, where ``ready`` stays true and only
+``terminating`` tells: either way it leaves the pool, so no new request goes to it, while the
+requests already sent run to their end (the proxy holds their connections, not the pool).
 """
 
 from __future__ import annotations
@@ -72,7 +77,8 @@ def _slice_port(piece: Mapping[str, Any], fallback: int) -> int:
 
 
 def ready_urls(slices: Iterable[Mapping[str, Any]], pool: DiscoveredPool) -> list[str]:
-    """The URLs of the ready endpoints of ``pool``'s Service among ``slices`` (sorted, once)."""
+    """The URLs of the ready, not terminating endpoints of ``pool``'s Service among ``slices``
+    (sorted, once)."""
     urls: set[str] = set()
     for piece in slices:
         labels = (piece.get("metadata") or {}).get("labels") or {}
@@ -80,7 +86,8 @@ def ready_urls(slices: Iterable[Mapping[str, Any]], pool: DiscoveredPool) -> lis
             continue
         port = _slice_port(piece, pool.port)
         for endpoint in piece.get("endpoints") or []:
-            if (endpoint.get("conditions") or {}).get("ready") is False:
+            conditions = endpoint.get("conditions") or {}
+            if conditions.get("ready") is False or conditions.get("terminating") is True:
                 continue
             for address in endpoint.get("addresses") or []:
                 host = f"[{address}]" if ":" in address else address

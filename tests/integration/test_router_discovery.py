@@ -52,7 +52,9 @@ def _config(url: str) -> RouterConfig:
                     "prefill": ["http://plan-pd-prefill.serving.svc.cluster.local:8000"],
                     "decode": ["http://plan-pd-decode.serving.svc.cluster.local:8000"],
                 },
-                "dc-a": {"prefill": ["http://plan-remote-prefill.prefill.svc.clusterset.local:8000"]},
+                "dc-a": {
+                    "prefill": ["http://plan-remote-prefill.prefill.svc.clusterset.local:8000"]
+                },
             },
             "links": {"dc-a": {"name": "a-to-b", "capacityGbps": 10}},
             "health": {"enabled": False},
@@ -80,7 +82,9 @@ async def test_the_router_follows_pods_coming_going_and_turning_unready(world: W
     await api.post(SLICES, json=_slice("other-1", "someone-else", "10.9.9.9"))
     async with RouterService(_config(str(api.url)), port=0) as svc:
         await world.until(
-            lambda: _pool(svc, "dc-b", "decode") == ["http://10.0.0.1:8000", "http://10.0.0.2:8000"],
+            lambda: (
+                _pool(svc, "dc-b", "decode") == ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]
+            ),
             what="both decode pods",
         )
         # Listed with no slice: the local prefill pool is empty (decode prefills short prompts);
@@ -212,7 +216,9 @@ async def test_the_operator_gives_the_router_what_discovery_needs(world: World) 
     await world.local.post(slices, json=piece)
     async with RouterService(cfg, port=0) as svc:
         await world.until(
-            lambda: _pool(svc, "dc-b", "decode") == ["http://10.1.0.1:8000", "http://10.1.0.2:8000"],
+            lambda: (
+                _pool(svc, "dc-b", "decode") == ["http://10.1.0.1:8000", "http://10.1.0.2:8000"]
+            ),
             what="the router to follow the operator's decode pods",
         )
 
@@ -260,3 +266,74 @@ async def test_requests_follow_the_discovered_pods(world: World) -> None:
             await api.patch(f"{SLICES}/pod-a", json=one_pod("pod-a", a))
             await world.until(lambda: _pool(svc, "dc-b", "decode") == [a.url], what="b gone")
             assert await served_by(svc, [a, b], 6) == [6, 0]
+
+
+async def test_a_terminating_pod_gets_no_new_request_and_finishes_what_it_holds(
+    world: World,
+) -> None:
+    """Drain, the router's half: requests are in flight on pod A (held by a gate, one streamed,
+    one not) when A's endpoint turns terminating (as when its preStop starts; here with
+    ``ready`` still true, as a Service publishing not-ready addresses reports it). A leaves the
+    pool, every new request goes to B, and A's requests, released afterwards, complete in full."""
+    import asyncio
+    from dataclasses import dataclass, field
+
+    import aiohttp
+    from aiohttp import web
+    from prfaas.engine.router.fakes import FakeEngine
+
+    @dataclass(eq=False)
+    class GatedEngine(FakeEngine):
+        gate: asyncio.Event = field(default_factory=asyncio.Event)
+        arrived: int = 0
+
+        async def _handle(self, request: web.Request) -> web.StreamResponse:
+            self.arrived += 1
+            await self.gate.wait()
+            return await super()._handle(request)
+
+    api = world.local
+    _declare(api)
+
+    def one_pod(name: str, engine: FakeEngine, *, terminating: bool = False) -> dict[str, Any]:
+        port = int(engine.url.rsplit(":", 1)[1])
+        piece = _slice(name, "plan-pd-decode", "127.0.0.1")
+        piece["ports"] = [{"name": "http", "port": port, "protocol": "TCP"}]
+        if terminating:
+            piece["endpoints"][0]["conditions"] = {
+                "ready": True,
+                "serving": True,
+                "terminating": True,
+            }
+        return piece
+
+    async def ask(http: aiohttp.ClientSession, url: str, stream: bool) -> tuple[int, str]:
+        body = {"model": "tiny", "prompt": "hold me", "max_tokens": 6, "stream": stream}
+        async with http.post(f"{url}/v1/completions", json=body) as resp:
+            return resp.status, await resp.text()
+
+    async with GatedEngine("decode", default_tokens=6) as a, FakeEngine("decode") as b:
+        await api.post(SLICES, json=one_pod("pod-a", a))
+        async with (
+            RouterService(_config(str(api.url)), port=0) as svc,
+            aiohttp.ClientSession() as http,
+        ):
+            await world.until(lambda: _pool(svc, "dc-b", "decode") == [a.url], what="pod a")
+            held = [asyncio.create_task(ask(http, svc.url, stream)) for stream in (True, False)]
+            await world.until(lambda: a.arrived == 2, what="both requests on a")
+
+            await api.post(SLICES, json=one_pod("pod-b", b))
+            await api.patch(f"{SLICES}/pod-a", json=one_pod("pod-a", a, terminating=True))
+            await world.until(lambda: _pool(svc, "dc-b", "decode") == [b.url], what="a leaving")
+            for i in range(4):
+                status, _ = await ask(http, svc.url, stream=i % 2 == 0)
+                assert status == 200
+            assert a.arrived == 2 and len(b.received) == 4
+            assert not any(task.done() for task in held)
+
+            a.gate.set()
+            (s_status, streamed), (n_status, whole) = await asyncio.gather(*held)
+            assert s_status == 200 and n_status == 200
+            assert streamed.rstrip().endswith("data: [DONE]") and '"error"' not in streamed
+            assert streamed.count("data: ") - 1 == 6  # every token, then [DONE]
+            assert '"error"' not in whole and len(a.received) == 2

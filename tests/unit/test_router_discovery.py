@@ -26,7 +26,7 @@ def _slice(service: str, endpoints: list[dict[str, Any]], ports: list[dict] | No
     }
 
 
-def test_ready_unset_counts_as_ready_and_false_does_not() -> None:
+def test_ready_unset_counts_as_ready_and_false_or_terminating_does_not() -> None:
     piece = _slice(
         "svc-d",
         [
@@ -34,6 +34,11 @@ def test_ready_unset_counts_as_ready_and_false_does_not() -> None:
             {"addresses": ["10.0.0.2"], "conditions": {}},
             {"addresses": ["10.0.0.3"], "conditions": {"ready": False, "terminating": True}},
             {"addresses": ["fd00::4"]},
+            # publishNotReadyAddresses: ready stays true while the pod terminates.
+            {
+                "addresses": ["10.0.0.5"],
+                "conditions": {"ready": True, "serving": True, "terminating": True},
+            },
         ],
     )
     assert ready_urls([piece, _slice("other", [{"addresses": ["10.9.9.9"]}])], DECODE) == [
