@@ -224,8 +224,13 @@ class World:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def until(self, check: Callable[[], Any], *, what: str, timeout: float = 20.0) -> Any:
-        """Poll ``check`` (sync or async) until truthy; fail naming ``what`` after ``timeout``."""
+    async def until(self, check: Callable[[], Any], *, what: str, timeout: float = 180.0) -> Any:
+        """Poll ``check`` (sync or async) until truthy; fail naming ``what`` after ``timeout``.
+
+        ``timeout`` only stops a hang: it is no speed requirement. Emulators, kopf and the
+        operator share one event loop, so on a loaded machine every API call is slow (seen:
+        ~0.1 s a request, 5-9 s a reconcile pass with 2 cores shared by many runs, and the
+        autoscale test timed out after 20 s while still converging)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
