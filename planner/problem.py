@@ -173,6 +173,8 @@ class Problem:
     """Prefill token budget of one engine step (vLLM ``--max-num-batched-tokens``)."""
     pins: tuple[tuple[str, str, int], ...] = ()
     """Fixed instance counts as (cluster, role, instances): the planner optimises around them."""
+    shape: Literal["auto", "aggregated", "disaggregated"] = "auto"
+    """``spec.shape``: the serving shape pinned for every decode cluster (``planner.shapes``)."""
 
     def pin(self, cluster: str, role: str) -> int | None:
         """The pinned instance count of ``role`` in ``cluster``, or ``None`` (planner's choice)."""

@@ -684,6 +684,8 @@ def _assemble(
     out.baselines = _baselines(problem, solver, out_.rate, ctx)
     out.shapes = compare_shapes(problem, solver, shapes.pd_decode, out_.thresholds)
     out.notes += _shape_notes(out.shapes)
+    if problem.shape == "aggregated":
+        raise Infeasible(_aggregated_pinned(out.shapes))
     if target is not None and target < out_.rate:
         _size_for_target(out, target)
     return out
@@ -704,6 +706,28 @@ def _shape_notes(options: list[ShapeOption]) -> list[str]:
                 "aggregated (chunked-prefill) pools yet, so auto chooses among deployable shapes"
             )
     return notes
+
+
+def _aggregated_pinned(options: list[ShapeOption]) -> str:
+    """Why ``shape: aggregated`` gives no plan, and the best feasible alternative."""
+    agg = [o for o in options if not o.deployable]
+    why = "; ".join(
+        f"{o.decode_cluster} {o.shape}: "
+        + (
+            f"no rate meets the SLO ({o.limit} binds)"
+            if o.goodput_rps <= 0
+            else f"{o.goodput_rps:.3g} req/s, {o.goodput_per_gpu:.4g} per GPU, token budget "
+            f"{o.token_budget}"
+        )
+        for o in agg
+    )
+    best = max((o for o in options if o.deployable), key=lambda o: o.goodput_per_gpu)
+    return (
+        "spec.shape: aggregated cannot be deployed: the operator does not build aggregated "
+        f"(chunked-prefill) pools yet (planned: {why}); best feasible alternative: "
+        f"{best.shape} on {best.decode_cluster} at {best.goodput_rps:.3g} req/s "
+        f"({best.goodput_per_gpu:.4g} per GPU) — set shape: auto or disaggregated"
+    )
 
 
 def _size_for_target(out: Plan, target: float) -> None:

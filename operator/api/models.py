@@ -609,6 +609,16 @@ class EngineSpec(_Model):
     block_size: PositiveInt = 16
     env: dict[str, str] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _budget_holds_a_block(self) -> EngineSpec:
+        if self.max_num_batched_tokens < self.block_size:
+            raise ValueError(
+                f"maxNumBatchedTokens ({self.max_num_batched_tokens}) is smaller than one KV "
+                f"block (blockSize {self.block_size}); raise maxNumBatchedTokens to at least "
+                f"{self.block_size}"
+            )
+        return self
+
 
 PROMETHEUS_URL_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
 """http(s), a host (and port), an optional path prefix; no query, fragment or user info, so
@@ -662,6 +672,12 @@ class ServingPlanSpec(_Model):
     offload: Offload = Field(default_factory=Offload)
     engine: EngineSpec = Field(default_factory=EngineSpec)
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    shape: Literal["auto", "aggregated", "disaggregated"] = Field(
+        default="auto",
+        description="How each decode cluster serves: disaggregated (PD-P + PD-D), aggregated "
+        "(one chunked-prefill pool; not deployable yet, so refused as infeasible), or auto "
+        "(the best deployable shape; the plan's shapes table compares all of them).",
+    )
     pins: list[InstancePin] = Field(
         default_factory=list,
         description="Instance counts fixed per cluster and role (GitOps, capacity planning); "

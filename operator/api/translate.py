@@ -238,6 +238,7 @@ def problem_from_resources(
         max_batch_size=spec.engine.max_batch_size,
         max_num_batched_tokens=spec.engine.max_num_batched_tokens,
         pins=tuple((p.cluster, p.role, p.instances) for p in spec.pins),
+        shape=spec.shape,
         settings=settings or PlannerSettings(),
         notes=tuple(notes),
         latency_corrections=tuple(corrections),

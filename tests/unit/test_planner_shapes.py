@@ -4,6 +4,7 @@ comparison (``planner.shapes``, ``Plan.shapes``, the ``prfaas plan`` table)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,36 @@ def test_plan_prints_the_shape_table(case_study: Plan) -> None:
     assert "Shapes per decode cluster" in text
     for word in ("aggregated+offload †", "disaggregated+offload ✓", "token budget", "per GPU"):
         assert word in text
+
+
+def test_pinned_shapes(case_study: Plan) -> None:
+    (problem,) = problems_from_manifests(load_manifests(SAMPLE).resources)
+    assert problem.shape == "auto"
+    split = plan(replace(problem, shape="disaggregated"))
+    assert split.feasible and split.throughput_rps == case_study.throughput_rps
+    pinned = plan(replace(problem, shape="aggregated"))
+    assert not pinned.feasible
+    assert "spec.shape: aggregated" in pinned.reason
+    assert "best feasible alternative: disaggregated+offload" in pinned.reason
+    assert "aggregated+offload" in pinned.reason  # what aggregated would have given
+
+
+def test_shape_and_token_budget_validation() -> None:
+    from prfaas.operator.api.models import EngineSpec, ServingPlanSpec
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="maxNumBatchedTokens \\(8\\) is smaller than one"):
+        EngineSpec.model_validate({"maxNumBatchedTokens": 8})
+    assert EngineSpec.model_validate({"maxNumBatchedTokens": 16}).max_num_batched_tokens == 16
+    with pytest.raises(ValidationError, match="shape"):
+        ServingPlanSpec.model_validate(
+            {
+                "model": {"name": "llama-3-8b"},
+                "workload": {
+                    "inputLength": {"type": "fixed", "value": 100},
+                    "outputLength": {"type": "fixed", "value": 10},
+                },
+                "clusters": {"decode": ["d"]},
+                "shape": "split",
+            }
+        )
