@@ -171,6 +171,9 @@ class Problem:
     """Provenance of inputs (where each number came from), copied into the plan's notes."""
     max_num_batched_tokens: int = 8192
     """Prefill token budget of one engine step (vLLM ``--max-num-batched-tokens``)."""
+    block_tokens: int = 16
+    """The engines' KV block (vLLM ``--block-size``, ``spec.engine.blockSize``): the simulator's
+    prefix-cache unit and the unit a KV transfer moves (``RoutingCore.kv_block_tokens``)."""
     pins: tuple[tuple[str, str, int], ...] = ()
     """Fixed instance counts as (cluster, role, instances): the planner optimises around them."""
     shape: Literal["auto", "aggregated", "disaggregated"] = "auto"

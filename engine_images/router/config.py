@@ -21,7 +21,8 @@ the local PD-P pool.
     thresholdTokens: 256              # planned t; null: never offload
     kvBytesPerToken: 8192.0
     kvFixedBytes: 0.0
-    blockSize: 16                     # the engines' KV block size (prefix-cache hashing)
+    blockSize: 16                     # the engines' KV block (--block-size): prefix hashes, and
+                                      # the unit a KV transfer moves (whole blocks)
     prefixCacheBlocks: 65536          # LRU size of the per-instance prefix-cache model
     timeouts: {connectS: 5, prefillS: 60, decodeS: 600}
     discovery:                        # on Kubernetes: follow these pools' pods (optional)
@@ -221,6 +222,8 @@ class RouterConfig(_Model):
     kv_fixed_bytes: float = Field(default=0.0, ge=0)
     """KV bytes per request independent of its length (e.g. linear-attention state)."""
     block_size: int = Field(default=DEFAULTS.block_size, gt=0)
+    """The engines' KV block (``spec.engine.blockSize``, vLLM ``--block-size``): the router hashes
+    prompts in it and counts a remote request's KV bytes in whole blocks of it."""
     prefix_cache_blocks: int = Field(default=DEFAULTS.prefix_cache_blocks, gt=0)
     affinity_max_imbalance: int = Field(default=DEFAULTS.affinity_max_imbalance, ge=0)
     """Cache affinity wins unless that instance has this many more requests in flight than the

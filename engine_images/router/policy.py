@@ -178,7 +178,7 @@ class RoutingPolicy:
             links[dc] = state
         self.links = links
         core = self.core
-        core.block_size = config.block_size
+        core.block_size = core.kv_block_tokens = config.block_size  # hashes at the engines' block
         core.kv_bytes_per_token = config.kv_bytes_per_token
         core.kv_fixed_bytes = config.kv_fixed_bytes
         core.affinity_max_imbalance = config.affinity_max_imbalance

@@ -237,6 +237,7 @@ def problem_from_resources(
         profiles=profiles,
         max_batch_size=spec.engine.max_batch_size,
         max_num_batched_tokens=spec.engine.max_num_batched_tokens,
+        block_tokens=spec.engine.block_size,
         pins=tuple((p.cluster, p.role, p.instances) for p in spec.pins),
         shape=spec.shape,
         settings=settings or PlannerSettings(),

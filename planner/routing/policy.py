@@ -18,9 +18,13 @@ rules, chosen once for both:
   to fewer requests in flight, then to the least recently picked (a rotation: never-picked
   instances first, in pool order). The decode instance is picked with the request, so its load
   counts the request from arrival to the last token.
-* **KV bytes** a remote request moves: ``kv_bytes_per_token × (prompt − decode's held prefix) +
-  kv_fixed_bytes``: decode pulls only the blocks it does not hold (vLLM's connectors load the
-  uncached part only). ``kv_bytes_per_token`` is the plan's model's.
+* **KV bytes** a remote request moves: ``kv_bytes_per_token × kv_block_tokens × (⌈prompt /
+  kv_block_tokens⌉ − whole KV blocks of decode's held prefix) + kv_fixed_bytes``: vLLM's
+  NixlConnector moves whole KV blocks (a 1665-token prompt in 128-token blocks moves 14 of
+  them), and decode pulls only the blocks it does not hold. ``kv_bytes_per_token`` is the plan's
+  model's; ``kv_block_tokens`` is the engines' ``--block-size`` (``spec.engine.blockSize``: the
+  router's ``blockSize``, the simulator's ``block_tokens``), which may differ from
+  ``block_size``, the unit of the prefix hashes (a trace's blocks in the simulator).
 * **Egress estimate** (``Link.estimated_bps``): the larger of the link's ``EgressMeter`` rate
   and the KV still in flight drained over one meter window. **Dispatch bookkeeping**:
   ``Link.send`` when a remote prefill is dispatched, ``Link.delivered`` once decode holds the
@@ -137,6 +141,9 @@ class RoutingCore(Generic[T, L]):
     """The pools one decision sees; ``decide`` routes one request (see the module docstring)."""
 
     block_size: int = DEFAULTS.block_size
+    """Tokens per prefix hash (the unit of ``hashes`` and of a held prefix)."""
+    kv_block_tokens: int = DEFAULTS.block_size
+    """The engines' KV block (vLLM ``--block-size``): the unit a KV transfer moves."""
     kv_bytes_per_token: float = 0.0
     kv_fixed_bytes: float = 0.0
     affinity_max_imbalance: int = DEFAULTS.affinity_max_imbalance
@@ -153,9 +160,17 @@ class RoutingCore(Generic[T, L]):
     """Every instance is always available (the simulator): skip the ``available`` calls."""
     _picks: itertools.count[int] = field(default_factory=itertools.count)
 
-    def kv_bytes(self, moved_tokens: int) -> float:
-        """KV bytes for ``moved_tokens`` tokens crossing a link (plus the fixed state)."""
-        return self.kv_bytes_per_token * moved_tokens + self.kv_fixed_bytes
+    def kv_bytes(self, prompt_tokens: int, held_tokens: int = 0) -> float:
+        """KV bytes crossing a link for a prompt of ``prompt_tokens`` tokens whose first
+        ``held_tokens`` decode already holds: the prompt's blocks (the last one partial) less
+        the whole blocks held, in ``kv_block_tokens`` blocks, plus the fixed state."""
+        kb = self.kv_block_tokens
+        if kb <= 0:
+            raise ValueError(
+                f"kv_block_tokens must be positive (the engines' --block-size), got {kb}"
+            )
+        blocks = -(-prompt_tokens // kb) - min(held_tokens, prompt_tokens) // kb
+        return self.kv_bytes_per_token * kb * max(0, blocks) + self.kv_fixed_bytes
 
     def pick(
         self,
@@ -235,7 +250,6 @@ class RoutingCore(Generic[T, L]):
         if best is not None:
             prefill, blocks = self.pick(best[1], hashes, now)
             if prefill is not None:
-                moved = n - min(n, decode_blocks * bs)
                 return Decision(
                     "remote",
                     n,
@@ -243,7 +257,7 @@ class RoutingCore(Generic[T, L]):
                     decode,
                     prefill,
                     best[0],
-                    self.kv_bytes(moved),
+                    self.kv_bytes(n, decode_blocks * bs),
                     min(n, blocks * bs),
                 )
         prefill, blocks = self.pick(self.local_prefill, hashes, now, matched)

@@ -14,9 +14,10 @@ Modelling choices, all stated so they can be argued with:
 * a decode instance batches up to the batch the planner assumed (the largest meeting TPOT and
   fitting KV, ``parallelism.decode_batch``); with PP it keeps PP micro-batches in flight, so it
   is simulated as PP decoders of that batch;
-* each prefill instance keeps a prefix cache (``BLOCK_TOKENS``-token blocks) in the memory its
-  weights leave free; the hit rate of a synthetic workload is not simulated (its requests
-  share no prefixes), a trace with prefix ids is.
+* each prefill instance keeps a prefix cache (``problem.block_tokens``-token blocks: the
+  engines' ``--block-size``, also the unit a KV transfer moves) in the memory its weights leave
+  free; the hit rate of a synthetic workload is not simulated (its requests share no
+  prefixes), a trace with prefix ids is.
 """
 
 from __future__ import annotations
@@ -62,7 +63,6 @@ from prfaas.planner.sim.simulator import (
 from prfaas.planner.solver import role_load
 
 __all__ = [
-    "BLOCK_TOKENS",
     "Scenario",
     "ScenarioRun",
     "common_rate",
@@ -126,15 +126,11 @@ def _decode_batch(problem: Problem, gpu: GpuSpec, tp: int, pp: int, lat: Instanc
     return max(batch, 1)
 
 
-BLOCK_TOKENS = 16
-"""Prefix-cache block (vLLM's default ``block_size``); only traces with prefix ids use it."""
-
-
 def _cache_blocks(problem: Problem, gpu: GpuSpec, gpus: int) -> int:
     """Blocks of KV an instance can keep for prefix hits: its memory after the weights."""
     m = problem.model
     free = gpus * gpu.memory_bytes * problem.settings.memory_utilization - m.weight_bytes
-    per_block = BLOCK_TOKENS * max(m.kv_bytes_per_token, 1)
+    per_block = problem.block_tokens * max(m.kv_bytes_per_token, 1)
     return max(0, int(free // per_block))
 
 
@@ -252,7 +248,7 @@ def _config(
         ),
         kv_bytes_per_token=float(m.kv_bytes_per_token),
         kv_fixed_bytes=float(m.fixed_state_bytes),
-        block_tokens=BLOCK_TOKENS,
+        block_tokens=problem.block_tokens,
     )
 
 

@@ -412,6 +412,7 @@ class Simulation:
         )
         self._core: RoutingCore[Any, _LinkState] = RoutingCore(
             block_size=self.stream.block_chains.block_tokens,
+            kv_block_tokens=config.block_tokens,
             kv_bytes_per_token=config.kv_bytes_per_token,
             kv_fixed_bytes=config.kv_fixed_bytes,
             decode=list(self._decoders),

@@ -26,6 +26,8 @@ from prfaas.engine.router.tokenizer import ByteTokenizer
 
 SHORT = "hello"
 LONG = "a long prompt that has well over twenty tokens in it, as bytes"
+LONG_KV_BYTES = 100.0 * 4 * -(-len(LONG) // 4)
+"""What ``LONG`` (62 byte tokens) puts on the link: 16 whole 4-token KV blocks at 100 B/token."""
 
 
 def _config(
@@ -402,7 +404,7 @@ async def test_kv_bytes_in_flight_are_counted_until_decode_answers() -> None:
         while not r.decode[0].received:
             await asyncio.sleep(0.01)
         in_flight = r.metric("prfaas_router_kv_bytes_in_flight", link="a-to-b")
-        assert in_flight == 100.0 * len(LONG)
+        assert in_flight == LONG_KV_BYTES
         await pending
         assert r.metric("prfaas_router_kv_bytes_in_flight", link="a-to-b") == 0
 
@@ -599,7 +601,7 @@ async def test_shipped_kv_bytes_and_transfer_seconds_are_counted_per_link() -> N
         r.decode[0].delay_s = 0.05
         await r.post("/v1/completions", {"prompt": LONG})
         await r.post("/v1/completions", {"prompt": SHORT})  # local: nothing crosses the link
-        assert r.metric("prfaas_router_kv_bytes_total", link="a-to-b") == 100.0 * len(LONG)
+        assert r.metric("prfaas_router_kv_bytes_total", link="a-to-b") == LONG_KV_BYTES
         assert r.metric("prfaas_router_kv_transfer_seconds_total", link="a-to-b") >= 0.05
 
 

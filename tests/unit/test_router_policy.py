@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from prfaas.engine.router.config import RouterConfig
 from prfaas.engine.router.errors import NoBackendError
 from prfaas.engine.router.policy import Circuit, RoutingPolicy
+from prfaas.planner.routing.policy import Link, RoutingCore, Target
 
 
 def _config(**overrides: Any) -> RouterConfig:
@@ -45,7 +46,7 @@ def test_uncached_length_decides_local_or_remote() -> None:
     assert long.route == "remote"
     assert long.prefill is not None and long.prefill.datacenter == "far"
     assert long.link is not None and long.link.name == "far-to-local"
-    assert long.kv_bytes == 10.0 * 101 + 7.0
+    assert long.kv_bytes == 10.0 * 10 * 11 + 7.0  # 101 tokens fill 11 KV blocks of 10
 
 
 def test_a_locally_cached_prefix_keeps_a_long_prompt_local() -> None:
@@ -58,14 +59,33 @@ def test_a_locally_cached_prefix_keeps_a_long_prompt_local() -> None:
     assert d.route == "local" and d.prefill is lp
 
 
-def test_kv_bytes_count_only_what_decode_does_not_hold() -> None:
+def test_kv_bytes_are_the_whole_blocks_decode_does_not_hold() -> None:
+    """NIXL moves whole KV blocks: 305 tokens are 31 blocks of 10 (the last one 5 tokens);
+    decode holds 10 of them, so 21 blocks (210 tokens' worth) cross the link, not 205."""
     p = RoutingPolicy(_config())
-    prompt = toks(300)
+    prompt = toks(305)
     hashes = p.decide(prompt, 0.0).hashes
     p.pool("local", "decode")[0].cache.insert(hashes[:10])
     d = p.decide(prompt, 0.0)
     assert d.route == "remote"
-    assert d.kv_bytes == 10.0 * 200 + 7.0
+    assert d.kv_bytes == 10.0 * 10 * 21 + 7.0
+
+
+def test_kv_bytes_use_the_engines_kv_block_not_the_hash_block() -> None:
+    """The simulator hashes in a trace's blocks (here 512 tokens) while its engines move
+    128-token KV blocks: the issue's 1665-token prompt moves 14 blocks; a held 1024-token
+    prefix is 8 whole blocks, a held 300-token one only 2."""
+    core: RoutingCore[Target, Link] = RoutingCore(
+        block_size=512, kv_block_tokens=128, kv_bytes_per_token=1024.0, kv_fixed_bytes=3.0
+    )
+    assert core.kv_bytes(1665) == 1024.0 * 128 * 14 + 3.0  # 1,835,008 B, not 1665 × 1024
+    assert core.kv_bytes(1665, 1024) == 1024.0 * 128 * 6 + 3.0
+    assert core.kv_bytes(1665, 300) == 1024.0 * 128 * 12 + 3.0
+    assert core.kv_bytes(1664, 1664) == 3.0  # all held: only the fixed state
+    assert core.kv_bytes(1663) == core.kv_bytes(1536 + 1) == 1024.0 * 128 * 13 + 3.0
+    core.kv_block_tokens = 0
+    with pytest.raises(ValueError, match="kv_block_tokens"):
+        core.kv_bytes(10)
 
 
 def test_affinity_first_then_least_loaded_then_round_robin() -> None:
@@ -194,4 +214,4 @@ def test_remote_exactly_when_uncached_exceeds_t(n: int, held_blocks: int, t: int
     assert (d.route == "remote") == (n - cached > t)
     if d.route == "remote":
         assert d.prefill is not None and d.prefill.datacenter == "far"
-        assert d.kv_bytes == 10.0 * n + 7.0  # decode holds nothing of it
+        assert d.kv_bytes == 10.0 * 10 * math.ceil(n / 10) + 7.0  # decode holds none of it

@@ -1,10 +1,11 @@
-"""The router and the simulator decide identically: a generated trace (lengths, shared
-prefixes, link capacity changes) runs through the simulator, and every call the simulator makes
-into its routing core (arrivals, prefill and decode completions, KV deliveries, capacity
-changes) is replayed, in the same order, into the router's ``RoutingPolicy`` the way the
-router's proxy makes them, with token ids whose block hashes share exactly what the trace's
-chains share. Path, instances, ``t``, uncached (cached) length and KV bytes must agree for
-every request. Two traces: ``prefix_id`` rows (16-token chains) and a Mooncake-format JSONL
+"""The router and the simulator decide identically: a generated trace (lengths, shared prefixes,
+link capacity changes) runs through the simulator, and every call the simulator makes into its
+routing core (arrivals, prefill and decode completions, KV deliveries, capacity changes) is
+replayed, in the same order, into the router's ``RoutingPolicy`` the way the router's proxy makes
+them, with token ids whose block hashes share exactly what the trace's chains share. Path,
+instances, ``t``, uncached (cached) length and KV bytes must agree for every request (KV bytes in
+whole KV blocks: the router's engines hash at their KV block, so the simulated engines' block is
+the chains' block). Two traces: ``prefix_id`` rows (16-token chains) and a Mooncake-format JSONL
 (512-token ``hash_ids``: conversations that extend, documents asked about many times)."""
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from prfaas.planner.sim.links import LinkSpec, parse_schedule
 from prfaas.planner.sim.simulator import DecodePool, PrefillPool, RoutingSpec, SimConfig, Simulation
 from prfaas.planner.sim.traces import load_trace
 
-ENGINE_BLOCK = 16
 KV_PER_TOKEN = 4_000.0
 KV_FIXED = 1e5
 PREFILL = DistServeForm(0.02, 2e-5, 1e-10, 0.0, 0.0, 0.0)
@@ -98,13 +98,13 @@ class Case:
 
 
 def _sim_config(case: Case) -> SimConfig:
-    engine_blocks = case.cache_blocks * case.block // ENGINE_BLOCK
     return SimConfig(
         "replay",
         tuple(
-            PrefillPool(name, dc, k, PREFILL, cache_blocks=engine_blocks) for name, dc, k in POOLS
+            PrefillPool(name, dc, k, PREFILL, cache_blocks=case.cache_blocks)
+            for name, dc, k in POOLS
         ),
-        DecodePool("pd-d", "local", DECODERS, DECODE, max_batch=4, cache_blocks=engine_blocks),
+        DecodePool("pd-d", "local", DECODERS, DECODE, max_batch=4, cache_blocks=case.cache_blocks),
         links=tuple(
             LinkSpec(name, dc, "local", 0.3, rtt_s=0.002, schedule=parse_schedule(sched))
             for dc, (name, sched) in LINKS.items()
@@ -112,7 +112,7 @@ def _sim_config(case: Case) -> SimConfig:
         routing=RoutingSpec(threshold_tokens=case.planned_t),
         kv_bytes_per_token=KV_PER_TOKEN,
         kv_fixed_bytes=KV_FIXED,
-        block_tokens=ENGINE_BLOCK,
+        block_tokens=case.block,
     )
 
 
@@ -261,8 +261,15 @@ def test_router_and_simulator_decide_identically(case: Case) -> None:
     assert min(paths.values()) > 50, paths
     assert remote_dcs == {"dc-a", "dc-b"}
     assert len(thresholds_seen) > 3, thresholds_seen
-    full = [KV_PER_TOKEN * d.prompt_tokens + KV_FIXED for d in decisions if d.route == "remote"]
+    block_bytes = KV_PER_TOKEN * case.block
+    full = [
+        block_bytes * -(-d.prompt_tokens // case.block) + KV_FIXED
+        for d in decisions
+        if d.route == "remote"
+    ]
     moved = [d.kv_bytes for d in decisions if d.route == "remote"]
+    assert all((m - KV_FIXED) % block_bytes == 0 for m in moved)  # whole KV blocks
+    assert all(m <= f for m, f in zip(moved, full, strict=True))
     assert any(m < f for m, f in zip(moved, full, strict=True))
     # Prefix hits happened on both sides of the comparison (the chains were exercised).
     assert sum(d.uncached_tokens < d.prompt_tokens for d in decisions) > len(decisions) // 5
