@@ -130,27 +130,20 @@ async def test_slow_decode_engines_move_the_factor_and_add_instances(
     }
     for kind in ("PrefillCluster", "DecodeCluster", "InterDCLink", "ServingPlan"):
         await world.create(docs[kind])
-    await world.until(
-        lambda: _decode_replicas(world) == 1, what="one decode instance at 0.5 req/s", timeout=60
-    )
+    await world.until(lambda: _decode_replicas(world) == 1, what="one decode instance at 0.5 req/s")
     assert any("vllm:inter_token_latency_seconds" in q for q in prometheus.queries)
     assert "calibration" not in _status(world)  # no engine series: nothing learned
 
     # The decode engines run twice as slow as the model predicts at their batch and context.
     prometheus.engines = True
-    first = await world.until(
-        lambda: _decode_factor(world), what="a decode correction factor", timeout=60
-    )
+    first = await world.until(lambda: _decode_factor(world), what="a decode correction factor")
     assert 1.0 < first <= 2.0
-    await world.until(
-        lambda: (_decode_factor(world) or 0) > 1.8, what="factor toward 2", timeout=60
-    )
+    await world.until(lambda: (_decode_factor(world) or 0) > 1.8, what="factor toward 2")
     row = next(r for r in _status(world)["calibration"] if r["role"] == "decode")
     assert row["observedSeconds"] / row["predictedSeconds"] == pytest.approx(2.0, rel=0.01)
     await world.until(
         lambda: (_decode_replicas(world) or 0) > 1,
         what="the re-plan to add decode instances",
-        timeout=60,
     )
     notes = (_status(world).get("plan") or {}).get("notes") or []
     assert any("pd-h20/decode decode ×" in n for n in notes), "\n".join(notes)
@@ -166,8 +159,8 @@ async def test_slow_decode_engines_move_the_factor_and_add_instances(
         return len([q for q in prometheus.queries if "requests_total" in q])
 
     start = polls()
-    await world.until(lambda: polls() >= start + 2, what="two more polls", timeout=60)
+    await world.until(lambda: polls() >= start + 2, what="two more polls")
     settled, replicas = _decode_factor(world), _decode_replicas(world)
-    await world.until(lambda: polls() >= start + 4, what="two polls after that", timeout=60)
+    await world.until(lambda: polls() >= start + 4, what="two polls after that")
     assert _decode_factor(world) == settled
     assert _decode_replicas(world) == replicas
