@@ -630,6 +630,19 @@ class Reconciler:
         """
         meta = body["metadata"]
         namespace, name = meta.get("namespace") or "default", meta["name"]
+        # A pass that loaded the plan before its deletion may still be applying children: wait
+        # for it under the plan's lock, or it re-creates what is deleted here. Passes that start
+        # later see the deletionTimestamp and do nothing.
+        async with self._locks.setdefault((namespace, name), asyncio.Lock()):
+            deleted = await self._delete_plan_children(body, namespace, name)
+        self.metrics.forget_plan(f"{namespace}/{name}")
+        self.scaler.forget(f"{namespace}/{name}")
+        self._locks.pop((namespace, name), None)
+        return deleted
+
+    async def _delete_plan_children(
+        self, body: dict[str, Any], namespace: str, name: str
+    ) -> list[str]:
         selector = plan_selector(name, namespace)
         spec = body.get("spec") or {}
         refs = spec.get("clusters") or {}
@@ -648,9 +661,6 @@ class Reconciler:
         deleted: list[str] = []
         for client in clients.values():
             deleted += await delete_children(client, selector)
-        self.metrics.forget_plan(f"{namespace}/{name}")
-        self.scaler.forget(f"{namespace}/{name}")
-        self._locks.pop((namespace, name), None)
         return deleted
 
     # ------------------------------------------------------------------------------------------
