@@ -164,6 +164,9 @@ def test_router_and_simulator_report_the_same_ttft(
             links=(LinkSpec("a-to-b", "dc-a", "dc-b", d["bytes"] * 8 / d["xfer_s"] / 1e9),),
             routing=RoutingSpec(threshold_tokens=0.0, adaptive=False),
             kv_bytes_per_token=d["bytes"] / prompt_tokens,
+            # The measured bytes already are the whole KV blocks NIXL moved: spread them over
+            # the prompt's tokens, with no further rounding up to blocks.
+            block_tokens=1,
         )
         expected = d["prefill_s"] + d["decode_ttft_s"]
     sim = simulate(config, one)
