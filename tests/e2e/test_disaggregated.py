@@ -261,9 +261,9 @@ def test_router_kv_byte_meter_matches_the_bytes_on_the_wire(deployment: Deployme
     """``prfaas_router_kv_bytes_total`` (what ``InterDCLink.status.measuredGbps`` is computed
     from) agrees within 10% with what dc-a's end of the link sent (``tc -s qdisc``).
 
-    Prompts are fresh token ids of an arbitrary length inside the 14th block (1700 tokens at
+    Prompts are fresh token ids of an arbitrary length inside the 14th block (1674 tokens at
     128-token blocks): NIXL ships whole blocks, 14 of them, and so does the router's meter (the
-    routing policy counts ``ceil(l / block)`` blocks); a meter counting tokens would be 92/1792
+    routing policy counts ``ceil(l / block)`` blocks); a meter counting tokens would be 118/1792
     short on top of the headers and miss the 10%. What separates the two numbers is then
     headers only (TCP/IP ≈ 4.5% at MTU 1500, UCX, the prefill's small HTTP answer). (Not a
     block-aligned length: vLLM CPU's decode worker was seen to die of SIGILL at 1664 tokens.)
@@ -275,7 +275,7 @@ def test_router_kv_byte_meter_matches_the_bytes_on_the_wire(deployment: Deployme
     assert net is not None and link is not None
     rng = random.Random(14)
     block = runtime.layout.block_size
-    length = 13 * block + 36
+    length = 13 * block + 10
     assert length % block  # a partial last block
     wire_before = net.sent_bytes(net.prefill)
     meter_before = metric(router, "prfaas_router_kv_bytes_total", link=link.name)
