@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp.web
 import jsonpatch
@@ -357,3 +357,37 @@ async def world() -> AsyncIterator[World]:
             yield w
         finally:
             await w.kill_operator()
+
+
+class AnswersQueries(Protocol):
+    """A fake Prometheus: ``answer(promql)`` gives (labels, value) pairs; ``url`` is set here."""
+
+    url: str
+
+    def answer(self, expr: str) -> list[tuple[dict[str, str], float]]: ...
+
+
+@contextlib.asynccontextmanager
+async def serve_fake_prometheus(fake: AnswersQueries) -> AsyncIterator[None]:
+    """Serve ``fake`` as Prometheus' instant-query API on a free loopback port."""
+
+    async def query(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        result = [
+            {"metric": labels, "value": [0, str(v)]}
+            for labels, v in fake.answer(request.query["query"])
+        ]
+        return aiohttp.web.json_response(
+            {"status": "success", "data": {"resultType": "vector", "result": result}}
+        )
+
+    app = aiohttp.web.Application()
+    app.router.add_get("/api/v1/query", query)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    fake.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        await runner.cleanup()

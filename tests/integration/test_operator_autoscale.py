@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest_asyncio
-from aiohttp import web
 from prfaas.operator.autoscaling.loop import Autoscaler
 from prfaas.operator.autoscaling.settings import AutoscaleSettings
 from prfaas.operator.metrics import OperatorMetrics
 
-from .conftest import World, case_study
+from .conftest import World, case_study, serve_fake_prometheus
 
 QUERY_WINDOW_S = 60.0
 DECLARED_MEAN = 27485.7  # uncached mean of the case study's input distribution (factor 1)
@@ -55,26 +54,8 @@ class FakePrometheus:
 async def prometheus() -> AsyncIterator[FakePrometheus]:
     fake = FakePrometheus()
 
-    async def query(request: web.Request) -> web.Response:
-        result = [
-            {"metric": labels, "value": [0, str(v)]}
-            for labels, v in fake.answer(request.query["query"])
-        ]
-        return web.json_response(
-            {"status": "success", "data": {"resultType": "vector", "result": result}}
-        )
-
-    app = web.Application()
-    app.router.add_get("/api/v1/query", query)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    fake.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-    try:
+    async with serve_fake_prometheus(fake):
         yield fake
-    finally:
-        await runner.cleanup()
 
 
 def _settings(window_s: float) -> AutoscaleSettings:

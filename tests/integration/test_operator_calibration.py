@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiohttp import web
 from prfaas.operator.api import models as api
 from prfaas.operator.autoscaling.calibration import plan_predictor
 from prfaas.operator.autoscaling.settings import AutoscaleSettings
 
-from .conftest import World, case_study
+from .conftest import World, case_study, serve_fake_prometheus
 
 WINDOW_S = 60.0
 DECLARED_MEAN = 27485.7
@@ -73,26 +72,8 @@ def _predicted_itl() -> float:
 async def prometheus() -> AsyncIterator[VllmPrometheus]:
     fake = VllmPrometheus(_predicted_itl())
 
-    async def query(request: web.Request) -> web.Response:
-        result = [
-            {"metric": labels, "value": [0, str(v)]}
-            for labels, v in fake.answer(request.query["query"])
-        ]
-        return web.json_response(
-            {"status": "success", "data": {"resultType": "vector", "result": result}}
-        )
-
-    app = web.Application()
-    app.router.add_get("/api/v1/query", query)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    fake.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-    try:
+    async with serve_fake_prometheus(fake):
         yield fake
-    finally:
-        await runner.cleanup()
 
 
 def _status(world: World) -> dict[str, Any]:
