@@ -22,7 +22,7 @@ them separately; the issue asks for jointly).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -130,9 +130,27 @@ class SimResult:
     events: int = 0
     preemptions: int = 0
     """Decode sequences preempted (recompute) because the KV cache ran out."""
+    clusters: tuple[str, ...] = ()
+    """Decode clusters of a multi-cluster run, in order (empty: one cluster)."""
+    cluster: npt.NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    """Per request: the index in ``clusters`` of the decode cluster it arrived at (empty with
+    one cluster)."""
 
     def __len__(self) -> int:
         return len(self.arrival_s)
+
+    def of_cluster(self, name: str) -> SimResult:
+        """The requests of decode cluster ``name`` (per-request columns only; the series,
+        which are per link and per pool, stay whole)."""
+        if name not in self.clusters:
+            raise KeyError(f"no decode cluster {name!r} in this run; it has {list(self.clusters)}")
+        keep = self.cluster == self.clusters.index(name)
+        columns = {
+            f.name: getattr(self, f.name)[keep]
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), np.ndarray)
+        }
+        return replace(self, name=f"{self.name}/{name}", **columns)
 
     @property
     def ttft(self) -> Floats:

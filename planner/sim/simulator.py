@@ -64,6 +64,7 @@ from prfaas.planner.sim.links import LinkSpec, SharedLink
 from prfaas.planner.sim.metrics import SimResult, StepSeries
 
 __all__ = [
+    "DecodeCluster",
     "DecodePool",
     "EventKind",
     "PrefillPool",
@@ -144,13 +145,37 @@ class RoutingSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class SimConfig:
-    """A serving configuration: prefill pools, at most one decode pool, links, routing.
+class DecodeCluster:
+    """One decode cluster of a multi-cluster run: its router (own ``t`` and threshold loop),
+    decode pool, PD-P pools, and the PrfaaS pools it offloads to, each over a named link into
+    its datacenter. Its router sees only its own pools; a PrfaaS pool named by several
+    clusters is one set of instances (one queue each), so their load is shared."""
 
-    Prefill pools in the decode pool's datacenter are *local* (PD-P); the others are *remote*
-    (PrfaaS) and each needs a link from its datacenter to the decode datacenter. Without a
-    decode pool a request ends at its prefill (prefill-only runs, e.g. for goodput search);
-    without prefill pools requests enter decode directly.
+    name: str
+    decode: DecodePool
+    share: float
+    """Its part of the arrivals (normalised over the clusters): the plan's ``Λ_d``."""
+    local: tuple[str, ...] = ()
+    """Names of its PD-P pools in ``SimConfig.prefill`` (none: every request goes remote)."""
+    remotes: tuple[tuple[str, str], ...] = ()
+    """``(prefill pool, link)`` pairs its router may offload to (none: it never offloads)."""
+    routing: RoutingSpec = field(default_factory=RoutingSpec)
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """A serving configuration: prefill pools, one decode pool or several decode clusters,
+    links, routing.
+
+    One cluster (``decode``): prefill pools in the decode pool's datacenter are *local*
+    (PD-P); the others are *remote* (PrfaaS) and each needs a link from its datacenter to the
+    decode datacenter. Without a decode pool a request ends at its prefill (prefill-only runs,
+    e.g. for goodput search); without prefill pools requests enter decode directly.
+
+    Several clusters (``clusters``, ``decode`` None, ``routing`` unused): each
+    ``DecodeCluster`` names its local pools and its remote (pool, link) pairs; a pool local to
+    no cluster is a shared PrfaaS pool. Each arrival goes to one cluster, drawn with the
+    clusters' shares from the run's seed.
     """
 
     name: str
@@ -164,6 +189,8 @@ class SimConfig:
     """The engines' prefix-cache block (tokens): the unit of ``cache_blocks``. Prefixes are
     matched in the stream's chain blocks (``RequestStream.chains``); a capacity is converted to
     those, rounded down (at least one block)."""
+    clusters: tuple[DecodeCluster, ...] = ()
+    """Several decode clusters (empty: ``decode`` is the one)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,9 +214,9 @@ class _Prefiller(Target):
 @dataclass(slots=True)
 class _Pool:
     name: str
+    datacenter: str
     remote: bool
-    link: int
-    """Index of the link to the decode datacenter (-1: local)."""
+    """A PrfaaS pool: its KV crosses the link its request was routed over."""
     instances: list[_Prefiller]
     kv_Bps: float = 0.0
     """Local pools: bytes/s of KV to decode (0: instant)."""
@@ -254,13 +281,31 @@ class _LinkState(Link):
     and the shared link that carries the bytes."""
 
     link: SharedLink
+    """The link carrying the bytes (shared by every router that offloads over it)."""
+    wire: int
+    """Index of ``link`` in ``Simulation._wires``."""
+    index: int
+    """Index of this state in ``Simulation._links``."""
     offered_t: array = field(default_factory=lambda: array("d"))
     offered_b: array = field(default_factory=lambda: array("d"))
     thr_t: array = field(default_factory=lambda: array("d"))
     thr_v: array = field(default_factory=lambda: array("d"))
 
 
+@dataclass(slots=True)
+class _Router:
+    """One decode cluster's router: its decision object and its views of the links."""
+
+    name: str
+    core: RoutingCore[Any, _LinkState]
+    links: list[_LinkState]
+
+
 ProgressFn = Callable[[int], None]
+DECODE_QUEUE = "decode (all clusters)"
+"""Key of the decode pools' combined queue in a multi-cluster result's ``queues``."""
+_SPLIT_STREAM = 0x5B11
+"""Second seed word of the draw that splits arrivals among decode clusters."""
 
 
 class Simulation:
@@ -278,6 +323,7 @@ class Simulation:
         self.stream = stream
         self.now = 0.0
         self.rng = random.Random(seed)
+        self._seed = seed
         self._heap: list[tuple[float, int, int, Any, Any]] = []
         self._seq = count()
         self._events = 0
@@ -292,6 +338,8 @@ class Simulation:
         """KV bytes each remote request moves (the routing core's count)."""
         self._dec_of: list[int] = [-1] * n
         """Decode instance chosen for each request (-1: none)."""
+        self._via: list[int] = [-1] * n
+        """Router link state (index into ``_links``) a remote request's KV is metered on."""
         nan = math.nan
         self._uncached = [0] * n
         self._remote = [False] * n
@@ -315,42 +363,45 @@ class Simulation:
     # ---- setup -------------------------------------------------------------------------------
 
     def _build(self, config: SimConfig) -> None:
-        names = [p.name for p in config.prefill] + ([config.decode.name] if config.decode else [])
+        clusters = config.clusters
+        if clusters and config.decode is not None:
+            raise SimulatorError(
+                "give the decode pool as SimConfig.decode (one cluster) or the decode clusters "
+                "as SimConfig.clusters (several), not both"
+            )
+        dec_pools = [c.decode for c in clusters] or ([config.decode] if config.decode else [])
+        names = [p.name for p in config.prefill] + [d.name for d in dec_pools]
         if len(set(names)) != len(names):
             raise SimulatorError(f"pool names must be unique (they key the results): {names}")
-        dec = config.decode
-        home = dec.datacenter if dec is not None else None
+        cnames = [c.name for c in clusters]
+        if len(set(cnames)) != len(cnames):
+            raise SimulatorError(f"decode cluster names must be unique: {cnames}")
+        home = config.decode.datacenter if config.decode is not None else None
         links_by_from: dict[str, int] = {}
-        self._links: list[_LinkState] = []
-        r = config.routing
+        wire_of: dict[str, int] = {}
+        self._wires: list[SharedLink] = []
         for spec in config.links:
-            if home is not None and spec.to_dc != home:
-                continue
-            if spec.from_dc in links_by_from:
-                raise SimulatorError(
-                    f"two links from {spec.from_dc!r} to {spec.to_dc!r}; give one per pair"
-                )
-            link = SharedLink(spec)
-            planned = r.threshold_tokens
-            ctrl = ThresholdController(
-                planned=planned,
-                capacity_bps=link.capacity_bps,
-                headroom=r.headroom,
-                raise_factor=r.raise_factor,
-                decay_factor=r.decay_factor,
-                low_water=r.low_water,
-                interval_s=r.controller_interval_s,
-                kv_bytes_per_token=config.kv_bytes_per_token,
-                kv_fixed_bytes=config.kv_fixed_bytes,
-                window_s=r.derive_window_s,
-            )
-            state = _LinkState(
-                meter=EgressMeter(window_s=r.meter_window_s), controller=ctrl, link=link
-            )
-            state.thr_t.append(0.0)
-            state.thr_v.append(ctrl.threshold)
-            links_by_from[spec.from_dc] = len(self._links)
-            self._links.append(state)
+            if not clusters:
+                if home is not None and spec.to_dc != home:
+                    continue
+                if spec.from_dc in links_by_from:
+                    raise SimulatorError(
+                        f"two links from {spec.from_dc!r} to {spec.to_dc!r}; give one per pair"
+                    )
+                links_by_from[spec.from_dc] = len(self._wires)
+            if spec.name in wire_of:
+                raise SimulatorError(f"two links named {spec.name!r}; link names must be unique")
+            wire_of[spec.name] = len(self._wires)
+            self._wires.append(SharedLink(spec))
+        local_of: dict[str, str] = {}
+        for c in clusters:
+            for name in c.local:
+                if name in local_of:
+                    raise SimulatorError(
+                        f"prefill pool {name!r} is local to both {local_of[name]!r} and "
+                        f"{c.name!r}; a PD-P pool belongs to one decode cluster"
+                    )
+                local_of[name] = c.name
         self._pools: list[_Pool] = []
         self._instances: list[_Prefiller] = []
         for pi, pool in enumerate(config.prefill):
@@ -358,15 +409,15 @@ class Simulation:
                 raise SimulatorError(
                     f"prefill pool {pool.name!r} needs instances >= 1 and pipeline_stages >= 1"
                 )
-            remote = home is not None and pool.datacenter != home
-            link_idx = -1
-            if remote:
-                if pool.datacenter not in links_by_from:
+            if clusters:
+                remote = pool.name not in local_of
+            else:
+                remote = home is not None and pool.datacenter != home
+                if remote and pool.datacenter not in links_by_from:
                     raise SimulatorError(
                         f"prefill pool {pool.name!r} is in {pool.datacenter!r} but no link "
                         f"goes from there to the decode datacenter {home!r}; add an InterDCLink"
                     )
-                link_idx = links_by_from[pool.datacenter]
             insts = []
             for _ in range(pool.instances):
                 inst = _Prefiller(
@@ -383,19 +434,21 @@ class Simulation:
                 raise SimulatorError(
                     f"prefill pool {pool.name!r} needs kv_gbps >= 0 (0: instant local KV)"
                 )
-            self._pools.append(_Pool(pool.name, remote, link_idx, insts, pool.kv_gbps * 1e9 / 8))
+            self._pools.append(
+                _Pool(pool.name, pool.datacenter, remote, insts, pool.kv_gbps * 1e9 / 8)
+            )
         self._decoders: list[_Decoder] = []
-        if dec is not None:
+        for dec in dec_pools:
             if dec.instances < 1 or dec.max_batch < 1 or dec.kv_capacity_tokens < 0:
                 raise SimulatorError(
                     f"decode pool {dec.name!r} needs instances >= 1, max_batch >= 1 and "
                     "kv_capacity_tokens >= 0 (0: unlimited)"
                 )
             cap = float(dec.kv_capacity_tokens) if dec.kv_capacity_tokens > 0 else math.inf
-            self._decoders = [
+            self._decoders += [
                 _Decoder(
                     cache=PrefixCache(self._chain_capacity(dec.cache_blocks)),
-                    index=i,
+                    index=len(self._decoders) + i,
                     latency=dec.latency,
                     max_batch=dec.max_batch,
                     kv_cap=cap,
@@ -405,34 +458,45 @@ class Simulation:
         self._dec_t = array("d", [0.0])
         self._dec_v = array("d", [0.0])
         self._dec_waiting = 0
-        self._adaptive = config.routing.adaptive
-        self._observe = config.routing.distribution_aware
-        self._caching = any(p.cache_blocks > 0 for p in config.prefill) or (
-            dec is not None and dec.cache_blocks > 0
+        self._caching = any(p.cache_blocks > 0 for p in config.prefill) or any(
+            d.cache_blocks > 0 for d in dec_pools
         )
-        self._core: RoutingCore[Any, _LinkState] = RoutingCore(
-            block_size=self.stream.block_chains.block_tokens,
-            kv_block_tokens=config.block_tokens,
-            kv_bytes_per_token=config.kv_bytes_per_token,
-            kv_fixed_bytes=config.kv_fixed_bytes,
-            decode=list(self._decoders),
-            local_prefill=[i for i in self._instances if not self._pools[i.pool].remote],
-            remote=[
+        self._links: list[_LinkState] = []
+        self._routers: list[_Router] = []
+        if clusters:
+            self._build_clusters(clusters, wire_of)
+        else:
+            states = [self._link_state(wi, config.routing) for wi in range(len(self._wires))]
+            behind = [
                 (
-                    state,
+                    st,
                     [
-                        inst
-                        for inst in self._instances
-                        if self._pools[inst.pool].link == li and self._pools[inst.pool].remote
+                        i
+                        for i in self._instances
+                        if self._pools[i.pool].remote
+                        and self._pools[i.pool].datacenter == st.link.spec.from_dc
                     ],
                 )
-                for li, state in enumerate(self._links)
-            ],
-            adaptive=config.routing.adaptive,
-            observe=config.routing.distribution_aware,
-            decode_prefills=False,
-            always_available=True,
-        )
+                for st in states
+            ]
+            local = [i for i in self._instances if not self._pools[i.pool].remote]
+            core = self._make_core(config.routing, self._decoders, local, behind)
+            self._routers.append(_Router(config.name, core, states))
+        self._core = self._routers[0].core
+        """The (first) router's decision object."""
+        self._cluster_of: list[int] = [0] * self._n
+        """Decode cluster (index into ``config.clusters``) each request arrives at."""
+        if clusters:
+            shares = np.array([c.share for c in clusters], dtype=np.float64)
+            if not (np.all(np.isfinite(shares)) and np.all(shares >= 0) and shares.sum() > 0):
+                raise SimulatorError(
+                    f"decode cluster shares must be finite, >= 0 and not all 0: {shares.tolist()}"
+                )
+            # Independent thinning of the arrival stream: each cluster's arrivals keep the
+            # stream's process (Poisson stays Poisson), drawn from the seed alone.
+            rng = np.random.default_rng([self._seed, _SPLIT_STREAM])
+            pick = rng.choice(len(clusters), size=self._n, p=shares / shares.sum())
+            self._cluster_of = pick.tolist()
         self._handlers: list[Callable[[Any, Any], None]] = [
             self._on_arrival,
             self._on_prefill_done,
@@ -443,6 +507,103 @@ class Simulation:
             self._on_decode_step,
             self._on_local_kv,
         ]
+
+    def _build_clusters(self, clusters: tuple[DecodeCluster, ...], wire_of: dict[str, int]) -> None:
+        """One router per decode cluster over its decoders, its PD-P pools and the remote pools
+        its plan offloads to (each behind the named link into its datacenter)."""
+        by_name = {p.name: p for p in self._pools}
+        start = 0
+        for c in clusters:
+            decs = self._decoders[start : start + c.decode.instances]
+            start += c.decode.instances
+            local: list[_Prefiller] = []
+            for name in c.local:
+                pool = by_name.get(name)
+                if pool is None:
+                    raise SimulatorError(
+                        f"decode cluster {c.name!r} names local prefill pool {name!r}, which "
+                        f"SimConfig.prefill does not have (pools: {sorted(by_name)})"
+                    )
+                local += pool.instances
+            remote: dict[int, tuple[_LinkState, list[_Prefiller]]] = {}
+            for name, link in c.remotes:
+                pool = by_name.get(name)
+                if pool is None or not pool.remote:
+                    raise SimulatorError(
+                        f"decode cluster {c.name!r} offloads to {name!r}, which is "
+                        + ("not a prefill pool" if pool is None else "a PD-P pool")
+                        + "; remotes name PrfaaS pools (not local to any decode cluster)"
+                    )
+                wi = wire_of.get(link, -1)
+                if wi < 0:
+                    raise SimulatorError(
+                        f"decode cluster {c.name!r} offloads over link {link!r}, which "
+                        f"SimConfig.links does not have (links: {sorted(wire_of)})"
+                    )
+                spec = self._wires[wi].spec
+                if spec.to_dc != c.decode.datacenter or spec.from_dc != pool.datacenter:
+                    raise SimulatorError(
+                        f"link {link!r} goes {spec.from_dc!r} → {spec.to_dc!r}, but decode "
+                        f"cluster {c.name!r} needs {pool.datacenter!r} (pool {name!r}) → "
+                        f"{c.decode.datacenter!r}; name the link that ends in its datacenter"
+                    )
+                if wi not in remote:
+                    remote[wi] = (self._link_state(wi, c.routing), [])
+                insts = remote[wi][1]
+                insts += [i for i in pool.instances if i not in insts]
+            states = [st for st, _ in remote.values()]
+            core = self._make_core(c.routing, decs, local, list(remote.values()))
+            self._routers.append(_Router(c.name, core, states))
+
+    def _link_state(self, wire: int, r: RoutingSpec) -> _LinkState:
+        """A router's view of link ``wire``: its own egress meter and threshold loop."""
+        link = self._wires[wire]
+        config = self.config
+        ctrl = ThresholdController(
+            planned=r.threshold_tokens,
+            capacity_bps=link.capacity_bps,
+            headroom=r.headroom,
+            raise_factor=r.raise_factor,
+            decay_factor=r.decay_factor,
+            low_water=r.low_water,
+            interval_s=r.controller_interval_s,
+            kv_bytes_per_token=config.kv_bytes_per_token,
+            kv_fixed_bytes=config.kv_fixed_bytes,
+            window_s=r.derive_window_s,
+        )
+        state = _LinkState(
+            meter=EgressMeter(window_s=r.meter_window_s),
+            controller=ctrl,
+            link=link,
+            wire=wire,
+            index=len(self._links),
+        )
+        state.thr_t.append(0.0)
+        state.thr_v.append(ctrl.threshold)
+        self._links.append(state)
+        return state
+
+    def _make_core(
+        self,
+        r: RoutingSpec,
+        decoders: list[_Decoder],
+        local: list[_Prefiller],
+        remote: list[tuple[_LinkState, list[_Prefiller]]],
+    ) -> RoutingCore[Any, _LinkState]:
+        config = self.config
+        return RoutingCore(
+            block_size=self.stream.block_chains.block_tokens,
+            kv_block_tokens=config.block_tokens,
+            kv_bytes_per_token=config.kv_bytes_per_token,
+            kv_fixed_bytes=config.kv_fixed_bytes,
+            decode=list(decoders),
+            local_prefill=local,
+            remote=list(remote),
+            adaptive=r.adaptive,
+            observe=r.distribution_aware,
+            decode_prefills=False,
+            always_available=True,
+        )
 
     def _push(self, when: float, kind: EventKind, a: Any, b: Any = None) -> None:
         heapq.heappush(self._heap, (when, next(self._seq), kind, a, b))
@@ -455,8 +616,8 @@ class Simulation:
             raise SimulatorError("a Simulation runs once; build a new one for another run")
         if self._n:
             self._push(self._arrival[0], EventKind.ARRIVAL, 0)
-        for li, state in enumerate(self._links):
-            for when, gbps in state.link.spec.schedule:
+        for li, link in enumerate(self._wires):
+            for when, gbps in link.spec.schedule:
                 self._push(when, EventKind.LINK_CAPACITY, li, gbps)
         heap = self._heap
         handlers = self._handlers
@@ -516,8 +677,9 @@ class Simulation:
         """Route ``r`` and queue it; the prefill instance it queued at (-1: sent to decode)."""
         now = self.now
         length = self._input[r]
-        d = self._core.decide(self._hashes(r) or (), length, now)
-        for state in self._links:
+        router = self._routers[self._cluster_of[r]]
+        d = router.core.decide(self._hashes(r) or (), length, now)
+        for state in router.links:
             thr = state.controller.threshold
             if thr != state.thr_v[-1]:
                 state.thr_t.append(now)
@@ -540,6 +702,7 @@ class Simulation:
             link.offered_b.append(d.kv_bytes)
             self._kv[r] = d.kv_bytes
             self._remote[r] = True
+            self._via[r] = link.index
         uncached = max(1, length - d.prefill_cached_tokens)
         self._uncached[r] = uncached
         self._queued[r] = now
@@ -611,13 +774,14 @@ class Simulation:
                 self._finished_at_first_token(r)
             return
         if pool.remote:
-            state = self._links[pool.link]
-            rtt = state.link.spec.rtt_s
+            links, via = self._links, self._via
             for r in batch:
+                wire = links[via[r]].wire
+                rtt = self._wires[wire].spec.rtt_s
                 if rtt > 0.0:
-                    self._push(now + rtt, EventKind.TRANSFER_START, r, pool.link)
+                    self._push(now + rtt, EventKind.TRANSFER_START, r, wire)
                 else:
-                    self._on_transfer_start(r, pool.link)
+                    self._on_transfer_start(r, wire)
         elif pool.kv_Bps > 0.0:
             per_token, fixed = self.config.kv_bytes_per_token, self.config.kv_fixed_bytes
             nbytes = sum(per_token * self._input[r] + fixed for r in batch)
@@ -653,35 +817,39 @@ class Simulation:
 
     # ---- links -------------------------------------------------------------------------------
 
+    # Events carry the index of the link (``_wires``); each router has its own state for it.
+
     def _schedule_link(self, li: int) -> None:
-        link = self._links[li].link
+        link = self._wires[li]
         when = link.next_completion()
         if when < math.inf:
             self._push(when, EventKind.LINK_DONE, li, link.version)
 
     def _on_transfer_start(self, r: int, li: int) -> None:
-        link = self._links[li].link
+        link = self._wires[li]
         link.add(self.now, r, self._kv[r])
         self._schedule_link(li)
 
     def _on_link_done(self, li: int, version: int) -> None:
-        state = self._links[li]
-        link = state.link
+        link = self._wires[li]
         if version != link.version:
             return
+        links, via = self._links, self._via
         for r in link.finish(self.now):
-            state.delivered(self._kv[r])
+            links[via[r]].delivered(self._kv[r])
             self._deliver(r)
         self._schedule_link(li)
 
     def _on_link_capacity(self, li: int, gbps: float) -> None:
-        state = self._links[li]
-        state.link.set_capacity(self.now, gbps)
-        before = state.controller.threshold
-        state.controller.set_capacity(gbps * 1e9)
-        if state.controller.threshold != before:
-            state.thr_t.append(self.now)
-            state.thr_v.append(state.controller.threshold)
+        self._wires[li].set_capacity(self.now, gbps)
+        for state in self._links:
+            if state.wire != li:
+                continue
+            before = state.controller.threshold
+            state.controller.set_capacity(gbps * 1e9)
+            if state.controller.threshold != before:
+                state.thr_t.append(self.now)
+                state.thr_v.append(state.controller.threshold)
         self._schedule_link(li)
 
     # ---- decode ------------------------------------------------------------------------------
@@ -817,15 +985,32 @@ class Simulation:
     def _result(self) -> SimResult:
         s = self.stream
         f = np.asarray
-        links = {st.link.spec.name: StepSeries.of(*st.link.egress_series()) for st in self._links}
+        links = {w.spec.name: StepSeries.of(*w.egress_series()) for w in self._wires}
         capacity = {}
-        for st in self._links:
-            spec = st.link.spec
+        offered = {}
+        for wi, w in enumerate(self._wires):
+            spec = w.spec
             sched = ((0.0, spec.capacity_gbps), *spec.schedule)
             capacity[spec.name] = StepSeries.of([t for t, _ in sched], [g * 1e9 for _, g in sched])
+            states = [st for st in self._links if st.wire == wi]
+            none = np.zeros(0)
+            at = np.concatenate([none, *(f(st.offered_t, dtype=np.float64) for st in states)])
+            nbytes = np.concatenate([none, *(f(st.offered_b, dtype=np.float64) for st in states)])
+            order = np.argsort(at, kind="stable")
+            offered[spec.name] = (at[order], nbytes[order])
+        multi = bool(self.config.clusters)
+        thresholds = {
+            (f"{router.name}/{st.link.spec.name}" if multi else st.link.spec.name): StepSeries.of(
+                st.thr_t, st.thr_v
+            )
+            for router in self._routers
+            for st in router.links
+        }
         queues = {p.name: StepSeries.of(p.series_t, p.series_v) for p in self._pools}
         if self.config.decode is not None:
             queues[self.config.decode.name] = StepSeries.of(self._dec_t, self._dec_v)
+        elif multi:
+            queues[DECODE_QUEUE] = StepSeries.of(self._dec_t, self._dec_v)
         return SimResult(
             name=self.config.name,
             arrival_s=s.arrival_s,
@@ -842,14 +1027,13 @@ class Simulation:
             finish_s=f(self._finish, dtype=np.float64),
             links=links,
             link_capacity=capacity,
-            offered={
-                st.link.spec.name: (f(st.offered_t, dtype=np.float64), f(st.offered_b))
-                for st in self._links
-            },
-            thresholds={st.link.spec.name: StepSeries.of(st.thr_t, st.thr_v) for st in self._links},
+            offered=offered,
+            thresholds=thresholds,
             queues=queues,
             events=self._events,
             preemptions=self._preemptions,
+            clusters=tuple(c.name for c in self.config.clusters),
+            cluster=f(self._cluster_of if multi else [], dtype=np.int32),
         )
 
 
