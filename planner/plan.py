@@ -43,13 +43,17 @@ Shape (version 1), as ``prfaas plan crds/samples/case-study.yaml -o json`` print
          "maxNumSeqs": 64, "maxNumBatchedTokens": 8192,    # the vLLM flags (engine_images/vllm/
          "gpuMemoryUtilization": 0.9, "kvCacheTokens": 3000000}],   # launch.py), also simulated
       "links": [{"name": "dc-a-to-dc-b", "from": "dc-a", "to": "dc-b", "capacityGbps": 100,
-                 "headroom": 0.8, "egressGbps": 12.74}],   # predicted KV egress at Lambda_max
+                 "headroom": 0.8, "egressGbps": 12.74,     # predicted KV egress at Lambda_max
+                 "predictedEgressGbps": null}],   # simulated, at predicted.rateRps
       "routers": [{"decodeCluster": "pd-h20", "thresholdTokens": 19232.6,   # this router's t;
                                                                              # null: all local
                    "kvBytesPerToken": 17280.0, "kvFixedBytes": 180690944.0,
-                   "remotes": [{"prefillCluster": "prfaas-h200", "link": "dc-a-to-dc-b"}]}],
+                   "remotes": [{"prefillCluster": "prfaas-h200", "link": "dc-a-to-dc-b"}],
+                   "rateRps": 3.337,            # Λ_d: this cluster's part of throughputRps
+                   "predicted": null}],         # several decode clusters: simulated, its own
       "predicted": {"ttftP90S": 3.5, "tpotP90S": 0.04, "attainment": 0.95,
-                    "rateRps": 2.0, "goodputRps": 3.0},   # null until simulated
+                    "rateRps": 2.0, "goodputRps": 3.0,    # null until simulated
+                    "offloadFraction": 0.5},
       "baselines": [{"name": "homogeneous-pd", "throughputRps": 2.026, "ratio": 1.65,
                      "gpus": 96, "note": "...", "predicted": null}],
                      # names: homogeneous-pd, naive-heterogeneous, homogeneous-pd-equal-cost;
@@ -171,6 +175,8 @@ class LinkPlan:
     capacity_gbps: float
     headroom: float
     egress_gbps: float = 0.0
+    predicted_egress_gbps: float | None = None
+    """Simulated mean egress at ``Predicted.rate_rps`` (``None``: not simulated)."""
 
 
 @dataclass(slots=True)
@@ -188,6 +194,11 @@ class RouterPlan:
     kv_bytes_per_token: float
     kv_fixed_bytes: float = 0.0
     remotes: list[RemotePrefill] = field(default_factory=list)
+    rate_rps: float | None = None
+    """``Λ_d``: the part of the plan's ``throughputRps`` this decode cluster serves (the
+    simulator splits arrivals among clusters by it). ``None``: not planned (older plans)."""
+    predicted: Predicted | None = None
+    """Simulated latencies of this cluster's requests (several decode clusters only)."""
 
 
 @dataclass(slots=True)
@@ -201,6 +212,8 @@ class Predicted:
     """Arrival rate the latencies above were simulated at (the same for plan and baselines)."""
     goodput_rps: float | None = None
     """Highest simulated rate meeting the SLO attainment target (``None``: not searched)."""
+    offload_fraction: float | None = None
+    """Share of the simulated requests prefilled remotely."""
 
 
 @dataclass(slots=True)
@@ -290,6 +303,9 @@ class Plan:
                     "remotes": [
                         RemotePrefill(**_from_json(RemotePrefill, x)) for x in r.get("remotes", [])
                     ],
+                    "predicted": Predicted(**_from_json(Predicted, r["predicted"]))
+                    if r.get("predicted")
+                    else None,
                 }
             )
             for r in data.get("routers", [])

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from prfaas.planner.errors import CatalogError, Infeasible, PlannerError, ProfileError
@@ -465,6 +465,8 @@ class _Outcome:
     egress_gbps: dict[str, float]
     remotes: dict[str, list[RemotePrefill]]
     notes: list[str]
+    rates: dict[str, float] = field(default_factory=dict)
+    """Per decode cluster: the ``Λ_d`` its router serves (they sum to ``rate``)."""
 
 
 def _global_outcome(problem: Problem, solver: Solver, ev: Evaluation) -> _Outcome:
@@ -487,6 +489,10 @@ def _global_outcome(problem: Problem, solver: Solver, ev: Evaluation) -> _Outcom
         for name, on in ev.offloading.items()
         if sp.p > 0 and not on
     ]
+    rates = {
+        n: min(s.capacity, ev.served.get(n, 0.0) / sp.p) if n in offloading else s.capacity
+        for n, s in ev.local.items()
+    }
     return _Outcome(
         ev.rate,
         dict(ev.local),
@@ -499,6 +505,7 @@ def _global_outcome(problem: Problem, solver: Solver, ev: Evaluation) -> _Outcom
         egress,
         remotes,
         notes,
+        rates,
     )
 
 
@@ -562,6 +569,7 @@ def _multi_outcome(problem: Problem, solver: Solver, ev: Evaluation) -> _Outcome
         {k: v * 8 / 1e9 for k, v in res.routing.link_bytes.items()},
         remotes,
         notes,
+        {n: c.rate for n, c in res.clusters.items()},
     )
 
 
@@ -635,6 +643,7 @@ def _assemble(
             float(m.kv_bytes_per_token),
             float(m.fixed_state_bytes),
             out_.remotes[c.name] if out_.thresholds[c.name] is not None else [],
+            out_.rates.get(c.name),
         )
         for c in problem.decode_clusters
     ]
@@ -771,6 +780,9 @@ def _size_for_target(out: Plan, target: float) -> None:
     if p > 0 and "prfaas" in st:
         bounds.append(st["prfaas"] / p)
     out.throughput_rps = min(bounds)
+    for router in out.routers:
+        if router.rate_rps is not None:
+            router.rate_rps *= out.throughput_rps / full
     for link in out.links:
         link.egress_gbps *= target / full
     out.notes.append(

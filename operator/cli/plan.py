@@ -93,10 +93,14 @@ def render_table(console: Console, name: str, plan: Plan, rate_basis: str = "") 
     console.print(summary)
     if plan.links:
         links = Table(title="Inter-DC links", title_justify="left")
+        simulated_egress = any(lk.predicted_egress_gbps is not None for lk in plan.links)
         for col in ("link", "from → to", "capacity Gbps", "headroom", "egress Gbps", "used"):
             links.add_column(col)
+        if simulated_egress:
+            links.add_column("simulated Gbps")
         for lk in plan.links:
             used = lk.egress_gbps / lk.capacity_gbps if lk.capacity_gbps else 0.0
+            sim = lk.predicted_egress_gbps
             links.add_row(
                 lk.name,
                 f"{lk.from_} → {lk.to}",
@@ -104,6 +108,7 @@ def render_table(console: Console, name: str, plan: Plan, rate_basis: str = "") 
                 f"{lk.headroom:g}",
                 f"{lk.egress_gbps:.2f}",
                 f"{used:.1%}",
+                *([] if not simulated_egress else ["—" if sim is None else f"{sim:.2f}"]),
             )
         console.print(links)
     if plan.baselines:
@@ -154,6 +159,27 @@ def render_table(console: Console, name: str, plan: Plan, rate_basis: str = "") 
                 f"simulated {who} at {_num(pr.rate_rps)} req/s: P90 TTFT {pr.ttft_p90_s:.2f}s, "
                 f"P90 TPOT {pr.tpot_p90_s * 1e3:.1f}ms, SLO attainment {pr.attainment or 0:.1%}"
             )
+    per_cluster = [r for r in plan.routers if r.predicted is not None]
+    if per_cluster:
+        table = Table(title="Simulated per decode cluster", title_justify="left")
+        for col in ("decode cluster", "planned Λ_d", "rate", "offloaded", "t", "TTFT P90"):
+            table.add_column(col, justify="left" if col == "decode cluster" else "right")
+        table.add_column("TPOT P90", justify="right")
+        table.add_column("attainment", justify="right")
+        for r in per_cluster:
+            pr = r.predicted
+            assert pr is not None
+            table.add_row(
+                r.decode_cluster,
+                _num(r.rate_rps),
+                _num(pr.rate_rps),
+                "-" if pr.offload_fraction is None else f"{pr.offload_fraction:.1%}",
+                _tokens(r.threshold_tokens),
+                "-" if pr.ttft_p90_s is None else f"{pr.ttft_p90_s:.2f}s",
+                "-" if pr.tpot_p90_s is None else f"{pr.tpot_p90_s * 1e3:.1f}ms",
+                "-" if pr.attainment is None else f"{pr.attainment:.1%}",
+            )
+        console.print(table)
     for note in plan.notes:
         console.print(f"[dim]• {escape(note)}[/]")
 

@@ -105,9 +105,90 @@ def summary_rows(runs: list[ScenarioRun], problem: Problem) -> list[dict[str, An
                 },
                 "events": res.events,
                 "preemptions": res.preemptions,
+                "clusters": _cluster_rows(r, problem),
             }
         )
     return rows
+
+
+def _cluster_rows(run: ScenarioRun, problem: Problem) -> list[dict[str, Any]]:
+    """Several decode clusters: one row each, with its planned ``t`` and share of the rate."""
+    planned = {c.name: c for c in run.scenario.config.clusters}
+    total = sum(c.share for c in planned.values()) or 1.0
+    rows = run.result.cluster_summaries(problem.slo.ttft_s, problem.slo.tpot_s)
+    for row in rows:
+        c = planned[row["name"]]
+        t = c.routing.threshold_tokens
+        row["plannedT"] = math.inf if t is None else t
+        row["plannedRateRps"] = run.rate * c.share / total
+        row["links"] = [link for _, link in c.remotes]
+    return rows
+
+
+def _cluster_table(console: Console, run: ScenarioRun, row: dict[str, Any]) -> None:
+    """Per decode cluster of one configuration, then per used link, then the totals."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"{row['name']}: per decode cluster (t: planned / median while running)",
+        title_justify="left",
+    )
+    for col in ("decode cluster", "rate (req/s)", "offloaded", "t", "TTFT P90", "TPOT P90"):
+        table.add_column(col, justify="left" if col == "decode cluster" else "right")
+    table.add_column("attainment", justify="right")
+    for c in row["clusters"]:
+        t = f"{_tokens(c['plannedT'])} / {_tokens(c['thresholdP50'])}"
+        table.add_row(
+            c["name"],
+            _fmt(c["rateRps"], "n"),
+            _fmt(c["offloadFraction"], "%"),
+            t,
+            _fmt(c["ttftP90S"]),
+            _fmt(c["tpotP90S"]),
+            _fmt(c["attainment"], "%"),
+        )
+    table.add_row(
+        "[bold]all[/]",
+        _fmt(row["requests"] / max(_span(run), 1e-12), "n"),
+        _fmt(row["offloadFraction"], "%"),
+        "",
+        _fmt(row["ttftP90S"]),
+        _fmt(row["tpotP90S"]),
+        _fmt(row["attainment"], "%"),
+    )
+    console.print(table)
+    res = run.result
+    used = [name for name, (t, _) in res.offered.items() if len(t)]
+    if not used:
+        return
+    links = Table(title=f"{row['name']}: link egress", title_justify="left")
+    for col in ("link", "capacity Gbps", "egress Gbps", "used"):
+        links.add_column(col, justify="left" if col == "link" else "right")
+    total_cap = total_egress = 0.0
+    for name in used:
+        cap = float(res.link_capacity[name].v[0]) / 1e9
+        egress = res.mean_egress_bps(name) / 1e9
+        total_cap += cap
+        total_egress += egress
+        links.add_row(name, f"{cap:g}", f"{egress:.2f}", _fmt(egress / cap if cap else 0.0, "%"))
+    links.add_row(
+        f"[bold]{len(used)} links[/]",
+        f"{total_cap:g}",
+        f"{total_egress:.2f}",
+        _fmt(total_egress / total_cap if total_cap else 0.0, "%"),
+    )
+    console.print(links)
+
+
+def _span(run: ScenarioRun) -> float:
+    a = run.result.arrival_s
+    return float(a[-1] - a[0]) if len(a) > 1 else 0.0
+
+
+def _tokens(x: float) -> str:
+    if not math.isfinite(x):
+        return "∞"
+    return f"{x / 1000:.1f}K" if x >= 1000 else f"{x:.0f}"
 
 
 _METRICS: tuple[tuple[str, str, str, bool], ...] = (
@@ -128,7 +209,21 @@ _METRICS: tuple[tuple[str, str, str, bool], ...] = (
 )
 
 
-def _table(console: Console, name: str, problem: Problem, rows: list[dict[str, Any]]) -> None:
+def _egress(gbps: dict[str, float]) -> str:
+    """Mean egress per link; with more than a few links, the sum and how many carried KV."""
+    if len(gbps) <= 4:
+        return ", ".join(f"{v:.2f}" for v in gbps.values()) or "—"
+    busy = sum(v > 0 for v in gbps.values())
+    return f"{sum(gbps.values()):.2f} over {busy} links"
+
+
+def _table(
+    console: Console,
+    name: str,
+    problem: Problem,
+    rows: list[dict[str, Any]],
+    runs: list[ScenarioRun],
+) -> None:
     from rich.table import Table
 
     rate = rows[0]["rateRps"]
@@ -152,9 +247,12 @@ def _table(console: Console, name: str, problem: Problem, rows: list[dict[str, A
         if key in {"plannedRps", "offloadFraction"}:
             changes = ["" for _ in rows[1:]]
         table.add_row(label, *cells, *changes)
-    egress = [", ".join(f"{v:.2f}" for v in r["egressGbps"].values()) or "—" for r in rows]
+    egress = [_egress(r["egressGbps"]) for r in rows]
     table.add_row("link egress mean (Gbps)", *egress, *["" for _ in rows[1:]])
     console.print(table)
+    for run, row in zip(runs, rows, strict=True):
+        if row["clusters"]:
+            _cluster_table(console, run, row)
     windowed = [r["name"] for r in rows if r["goodputRps"] is not None and r["goodputWindowS"]]
     if windowed:
         console.print(
@@ -449,7 +547,7 @@ def run(
             {"servingPlan": problem.name, "configurations": rows, "plan": plan.to_dict()}
         )
         if output is SimOutput.table:
-            _table(console, problem.name, problem, rows)
+            _table(console, problem.name, problem, rows, runs)
         if plot is not None:
             out = plot if len(problems) == 1 else plot.with_stem(f"{plot.stem}-{problem.name}")
             plot_runs(runs, out, problem.name, problem.slo.ttft_s)

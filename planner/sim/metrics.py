@@ -201,6 +201,33 @@ class SimResult:
         stop = self.end_s if end is None else end
         return time_average(self.links[link], start, stop)
 
+    def cluster_summaries(self, ttft_s: float, tpot_s: float) -> list[dict[str, Any]]:
+        """One row per decode cluster (empty with one cluster): its arrival rate over the
+        run's arrival span, offloaded share, P90 TTFT/TPOT, joint SLO attainment and the
+        median of its routers' ``t`` over time."""
+        if not self.clusters:
+            return []
+        span = float(self.arrival_s[-1] - self.arrival_s[0]) if len(self) > 1 else 0.0
+        rows = []
+        for name in self.clusters:
+            part = self.of_cluster(name)
+            n = len(part)
+            ts = [s.v for k, s in self.thresholds.items() if k.startswith(f"{name}/") and len(s.v)]
+            t = float(np.median(np.concatenate(ts))) if ts else float("inf")
+            rows.append(
+                {
+                    "name": name,
+                    "requests": n,
+                    "rateRps": n / span if span > 0 else float("nan"),
+                    "offloadFraction": part.offload_fraction,
+                    "thresholdP50": t,
+                    "ttftP90S": float(np.percentile(part.ttft, 90)) if n else float("nan"),
+                    "tpotP90S": float(np.percentile(part.tpot, 90)) if n else float("nan"),
+                    "attainment": part.attainment(ttft_s, tpot_s),
+                }
+            )
+        return rows
+
     def summary(self, ttft_s: float | None = None, tpot_s: float | None = None) -> dict[str, Any]:
         """Plain numbers for tables and JSON."""
         out: dict[str, Any] = {

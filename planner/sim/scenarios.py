@@ -7,6 +7,11 @@ length routing). ``predict`` simulates them at one common rate and fills ``Plan.
 each ``Baseline.predicted``; ``simulated_goodput`` is the hook for
 ``PlannerSettings.goodput`` (DistServe's simulated Algorithm 1 instead of the M/D/1 forms).
 
+With several decode clusters the plan is one configuration: a router per cluster with its
+``RouterPlan`` threshold and remotes, arrivals split by the planned ``Λ_d``
+(``RouterPlan.rate_rps``; by decode GPUs for plans without it), PrfaaS pools and links shared;
+``fill_predicted`` then also fills each router's ``predicted`` and each link's simulated egress.
+
 Modelling choices, all stated so they can be argued with:
 
 * latency models come from ``estimator.latency_model`` for each cluster's GPU and TP×PP, as the
@@ -32,7 +37,7 @@ from prfaas.planner.latency.catalog import GpuSpec
 from prfaas.planner.latency.estimator import latency_model
 from prfaas.planner.latency.model import InstanceLatency
 from prfaas.planner.parallelism import decode_batch
-from prfaas.planner.plan import Plan, Predicted
+from prfaas.planner.plan import ClusterPlan, Plan, Predicted
 from prfaas.planner.problem import (
     Candidate,
     ClusterInput,
@@ -53,6 +58,7 @@ from prfaas.planner.sim.goodput import SloTarget, config_goodput
 from prfaas.planner.sim.links import CapacitySchedule, LinkSpec
 from prfaas.planner.sim.metrics import SimResult
 from prfaas.planner.sim.simulator import (
+    DecodeCluster,
     DecodePool,
     PrefillPool,
     ProgressFn,
@@ -170,30 +176,19 @@ def _config(
 ) -> SimConfig:
     """The configuration a plan describes (``all_remote_decode``: the naive layout)."""
     decoders = [c for c in plan.clusters if c.role == "decode" and c.instances > 0]
-    if len(decoders) != 1:
-        raise SimulatorError(
-            f"the simulator models one decode cluster per run; plan {plan.model} has "
-            f"{len(decoders)} — simulate each decode cluster's ServingPlan separately"
+    if not decoders:
+        raise SimulatorError(f"plan {plan.model} has no decode instances; nothing to simulate")
+    if len(decoders) > 1:
+        return _multi_config(
+            name,
+            problem,
+            plan,
+            adaptive=adaptive,
+            schedule=schedule,
+            naive=all_remote_decode,
         )
     d = decoders[0]
-    dec_in = _cluster(problem, d.name)
-    dec_lat = _latency(problem, dec_in, d.tensor_parallel, d.pipeline_parallel, "decode")
-    batch = d.max_num_seqs or _decode_batch(
-        problem, dec_in.gpu, d.tensor_parallel, d.pipeline_parallel, dec_lat
-    )
-    n_dec = d.instances
-    if all_remote_decode:
-        n_dec = dec_in.count // d.gpus_per_instance
-    # The plan's engine numbers are vLLM's flags; PP decode keeps one micro-batch per stage.
-    decode = DecodePool(
-        f"{d.name}/decode",
-        d.datacenter,
-        n_dec * d.pipeline_parallel,
-        dec_lat,
-        max_batch=batch,
-        kv_capacity_tokens=(d.kv_cache_tokens or 0) // d.pipeline_parallel,
-    )
-    budget = problem.max_num_batched_tokens
+    decode = _decode_pool(problem, d, all_remote_decode)
     pools: list[PrefillPool] = []
     for c in plan.clusters:
         if c.role != "prefill":
@@ -207,36 +202,9 @@ def _config(
             n = inp.count // c.gpus_per_instance
         if n < 1:
             continue
-        lat = _latency(problem, inp, c.tensor_parallel, c.pipeline_parallel, "prefill")
-        blocks = _cache_blocks(problem, inp.gpu, c.gpus_per_instance)
-        pools.append(
-            PrefillPool(
-                f"{c.name}/prefill",
-                c.datacenter,
-                n,
-                lat,
-                token_budget=c.max_num_batched_tokens or budget,
-                pipeline_stages=c.pipeline_parallel,
-                cache_blocks=blocks,
-                kv_gbps=local_kv_gbps(inp, c.gpus_per_instance, d.gpus_per_instance)
-                if local
-                else 0.0,
-            )
-        )
+        pools.append(_prefill_pool(problem, c, n, d if local else None))
     if not any(p.datacenter == d.datacenter for p in pools) and not all_remote_decode:
-        # Colocated PD (a pool too small to split): decode instances also prefill. Modelled
-        # as prefill instances of the decode shape beside them (optimistic: no time sharing).
-        blocks = _cache_blocks(problem, dec_in.gpu, d.gpus_per_instance)
-        pools.append(
-            PrefillPool(
-                f"{d.name}/colocated-prefill",
-                d.datacenter,
-                d.instances,
-                dec_lat,
-                token_budget=budget,
-                cache_blocks=blocks,
-            )
-        )
+        pools.append(_colocated(problem, d))
     m = problem.model
     return SimConfig(
         name,
@@ -249,6 +217,168 @@ def _config(
         kv_bytes_per_token=float(m.kv_bytes_per_token),
         kv_fixed_bytes=float(m.fixed_state_bytes),
         block_tokens=problem.block_tokens,
+    )
+
+
+def _decode_pool(problem: Problem, d: ClusterPlan, all_remote_decode: bool) -> DecodePool:
+    """A decode cluster's PD-D instances (``all_remote_decode``: every GPU of it decodes)."""
+    dec_in = _cluster(problem, d.name)
+    dec_lat = _latency(problem, dec_in, d.tensor_parallel, d.pipeline_parallel, "decode")
+    batch = d.max_num_seqs or _decode_batch(
+        problem, dec_in.gpu, d.tensor_parallel, d.pipeline_parallel, dec_lat
+    )
+    n_dec = d.instances
+    if all_remote_decode:
+        n_dec = dec_in.count // d.gpus_per_instance
+    # The plan's engine numbers are vLLM's flags; PP decode keeps one micro-batch per stage.
+    return DecodePool(
+        f"{d.name}/decode",
+        d.datacenter,
+        n_dec * d.pipeline_parallel,
+        dec_lat,
+        max_batch=batch,
+        kv_capacity_tokens=(d.kv_cache_tokens or 0) // d.pipeline_parallel,
+    )
+
+
+def _prefill_pool(
+    problem: Problem, c: ClusterPlan, n: int, decode: ClusterPlan | None
+) -> PrefillPool:
+    """``n`` instances of prefill row ``c``; ``decode``: the PD-D row a PD-P pool feeds."""
+    inp = _cluster(problem, c.name)
+    lat = _latency(problem, inp, c.tensor_parallel, c.pipeline_parallel, "prefill")
+    return PrefillPool(
+        f"{c.name}/prefill",
+        c.datacenter,
+        n,
+        lat,
+        token_budget=c.max_num_batched_tokens or problem.max_num_batched_tokens,
+        pipeline_stages=c.pipeline_parallel,
+        cache_blocks=_cache_blocks(problem, inp.gpu, c.gpus_per_instance),
+        kv_gbps=local_kv_gbps(inp, c.gpus_per_instance, decode.gpus_per_instance)
+        if decode is not None
+        else 0.0,
+    )
+
+
+def _colocated(problem: Problem, d: ClusterPlan) -> PrefillPool:
+    """Colocated PD (a pool too small to split): decode instances also prefill. Modelled as
+    prefill instances of the decode shape beside them (optimistic: no time sharing)."""
+    dec_in = _cluster(problem, d.name)
+    dec_lat = _latency(problem, dec_in, d.tensor_parallel, d.pipeline_parallel, "decode")
+    return PrefillPool(
+        f"{d.name}/colocated-prefill",
+        d.datacenter,
+        d.instances,
+        dec_lat,
+        token_budget=problem.max_num_batched_tokens,
+        cache_blocks=_cache_blocks(problem, dec_in.gpu, d.gpus_per_instance),
+    )
+
+
+def _multi_config(
+    name: str,
+    problem: Problem,
+    plan: Plan,
+    *,
+    adaptive: bool,
+    schedule: CapacitySchedule,
+    naive: bool = False,
+) -> SimConfig:
+    """Several decode clusters: each router with its own ``t`` and the remotes the plan gives
+    it (``RouterPlan``), arrivals split by the planned ``Λ_d``; PrfaaS pools and links shared.
+    ``naive``: every GPU of a decode cluster decodes and every prompt goes remote, over any
+    direct link into its datacenter. A remote reached only through another datacenter
+    (transit) is refused: the simulator carries KV over one link."""
+    routers = {r.decode_cluster: r for r in plan.routers}
+    decoders = [c for c in plan.clusters if c.role == "decode" and c.instances > 0]
+    missing = [d.name for d in decoders if d.name not in routers]
+    if missing:
+        raise SimulatorError(f"plan {plan.model} has no router for decode cluster(s) {missing}")
+    prfaas_rows = [
+        c
+        for c in plan.clusters
+        if c.role == "prefill" and _cluster(problem, c.name).kind != "decode"
+    ]
+    offloading = any(routers[d.name].threshold_tokens is not None for d in decoders)
+    pools: list[PrefillPool] = []
+    for c in prfaas_rows:
+        n = c.instances
+        if naive or (n == 0 and offloading):
+            n = _cluster(problem, c.name).count // c.gpus_per_instance
+        if n >= 1:
+            pools.append(_prefill_pool(problem, c, n, None))
+    remote_dc = {p.name: p.datacenter for p in pools}
+    links = {lk.name: lk for lk in problem.links}
+    by_gpus = all(routers[d.name].rate_rps is None for d in decoders)
+    clusters: list[DecodeCluster] = []
+    for d in decoders:
+        router = routers[d.name]
+        local: list[PrefillPool] = []
+        if not naive:
+            local = [
+                _prefill_pool(problem, c, c.instances, d)
+                for c in plan.clusters
+                if c.role == "prefill" and c.name == d.name and c.instances > 0
+            ] or [_colocated(problem, d)]
+        pools += local
+        if naive:
+            remotes = [
+                (pool, lk.name)
+                for pool, dc in remote_dc.items()
+                for lk in problem.links
+                if lk.from_ == dc and lk.to == d.datacenter
+            ]
+            threshold: float | None = 0.0
+        else:
+            remotes = []
+            for rp in router.remotes if router.threshold_tokens is not None else []:
+                pool = f"{rp.prefill_cluster}/prefill"
+                lk = links.get(rp.link)
+                if pool not in remote_dc:
+                    continue
+                if lk is None or lk.to != d.datacenter:
+                    raise SimulatorError(
+                        f"{d.name} offloads to {rp.prefill_cluster} through "
+                        f"{'another datacenter' if lk is not None else 'no named link'} "
+                        f"({rp.link!r}); the simulator carries KV over one direct link — add a "
+                        f"link from {remote_dc[pool]!r} to {d.datacenter!r}"
+                    )
+                remotes.append((pool, rp.link))
+            threshold = router.threshold_tokens
+        share = float(d.gpus) if by_gpus else max(router.rate_rps or 0.0, 0.0)
+        clusters.append(
+            DecodeCluster(
+                d.name,
+                _decode_pool(problem, d, naive),
+                share,
+                local=tuple(p.name for p in local),
+                remotes=tuple(remotes),
+                routing=RoutingSpec(
+                    threshold_tokens=threshold,
+                    headroom=problem.offload.headroom,
+                    adaptive=adaptive,
+                ),
+            )
+        )
+    if naive and any(not c.remotes for c in clusters):
+        bare = [c.name for c in clusters if not c.remotes]
+        raise SimulatorError(
+            f"naive heterogeneous needs a direct link into every decode cluster; {bare} have none"
+        )
+    m = problem.model
+    return SimConfig(
+        name,
+        tuple(pools),
+        None,
+        links=tuple(
+            LinkSpec(lk.name, lk.from_, lk.to, lk.bandwidth_gbps, lk.rtt_ms / 1e3, schedule)
+            for lk in problem.links
+        ),
+        kv_bytes_per_token=float(m.kv_bytes_per_token),
+        kv_fixed_bytes=float(m.fixed_state_bytes),
+        block_tokens=problem.block_tokens,
+        clusters=tuple(clusters),
     )
 
 
@@ -285,16 +415,22 @@ def scenarios(problem: Problem, plan: Plan, *, schedule: CapacitySchedule = ()) 
             cfg = _config(HOMOGENEOUS, sub, sub_plan, threshold=None, adaptive=False, schedule=())
             out.append(Scenario(HOMOGENEOUS, cfg, by_name[HOMOGENEOUS].throughput_rps))
     if NAIVE in by_name and problem.prefill_clusters:
-        cfg = _config(
-            NAIVE,
-            problem,
-            plan,
-            threshold=0.0,
-            adaptive=False,
-            schedule=schedule,
-            all_remote_decode=True,
-        )
-        out.append(Scenario(NAIVE, cfg, by_name[NAIVE].throughput_rps))
+        try:
+            cfg = _config(
+                NAIVE,
+                problem,
+                plan,
+                threshold=0.0,
+                adaptive=False,
+                schedule=schedule,
+                all_remote_decode=True,
+            )
+        except SimulatorError:
+            if len(problem.decode_clusters) == 1:
+                raise
+            # Several clusters, one without a direct link: the naive layout cannot serve it.
+        else:
+            out.append(Scenario(NAIVE, cfg, by_name[NAIVE].throughput_rps))
     return out
 
 
@@ -395,6 +531,7 @@ def _predicted(run: ScenarioRun, problem: Problem) -> Predicted:
         attainment=r.attainment(problem.slo.ttft_s, problem.slo.tpot_s),
         rate_rps=run.rate,
         goodput_rps=run.goodput_rps,
+        offload_fraction=r.offload_fraction,
     )
 
 
@@ -424,7 +561,24 @@ def fill_predicted(plan: Plan, runs: list[ScenarioRun], problem: Problem) -> Pla
     """Write simulated P90 TTFT/TPOT, attainment (and goodput, if searched) into ``plan``."""
     by_name = {run.scenario.name: run for run in runs}
     if PRFAAS in by_name:
-        plan.predicted = _predicted(by_name[PRFAAS], problem)
+        ours = by_name[PRFAAS]
+        plan.predicted = _predicted(ours, problem)
+        res = ours.result
+        slo = problem.slo
+        rows = {row["name"]: row for row in res.cluster_summaries(slo.ttft_s, slo.tpot_s)}
+        for router in plan.routers:
+            row = rows.get(router.decode_cluster)
+            if row is not None:
+                router.predicted = Predicted(
+                    ttft_p90_s=row["ttftP90S"],
+                    tpot_p90_s=row["tpotP90S"],
+                    attainment=row["attainment"],
+                    rate_rps=row["rateRps"],
+                    offload_fraction=row["offloadFraction"],
+                )
+        for link in plan.links:
+            if link.name in res.links:
+                link.predicted_egress_gbps = res.mean_egress_bps(link.name) / 1e9
     for b in plan.baselines:
         if b.name in by_name:
             b.predicted = _predicted(by_name[b.name], problem)

@@ -10,6 +10,12 @@ What is modelled (DESIGN.md §5, papers.md §1.5-1.6, §2.2):
   router's code, fed the same way (each request's block chain and length at its arrival;
   ``finished`` when its prefill ends and when its last token goes out; ``delivered`` when its
   KV has crossed the link). The decode instance is chosen with the request, at arrival.
+* **Several decode clusters** (``SimConfig.clusters``): one routing core per cluster over its
+  own decode and PD-P instances, its own ``t`` and threshold loops, and the PrfaaS pools its
+  plan names; a PrfaaS pool is one set of instances (queues, in-flight counts, caches) for
+  every router, a link one ``SharedLink`` however many routers send over it (each router
+  meters its own sends, as the real routers do). Each arrival belongs to one cluster, drawn
+  from the seed with the clusters' shares. Decoders sit in one list, so decode is unchanged.
 * **Prefill**: per-instance FCFS queue; a batch takes queued prompts while their uncached
   tokens fit ``token_budget`` (at least one). ``pipeline_stages = k`` models inter-op (PP)
   parallelism: a batch takes the latency model's full time ``D`` but the instance accepts the

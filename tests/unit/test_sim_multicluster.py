@@ -3,17 +3,25 @@ PrfaaS pools and links, each request served by the cluster it arrived at."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from prfaas.operator.api.manifests import load_manifests
+from prfaas.operator.api.translate import problems_from_manifests
+from prfaas.operator.cli.app import app
 from prfaas.planner.distributions import LogNormal
 from prfaas.planner.latency.model import DistServeForm
+from prfaas.planner.plan import Plan
+from prfaas.planner.problem import Problem
 from prfaas.planner.sim.arrivals import FixedLengths, RequestStream, synthetic_stream
 from prfaas.planner.sim.errors import SimulatorError
 from prfaas.planner.sim.links import LinkSpec
+from prfaas.planner.sim.scenarios import predict, scenarios
 from prfaas.planner.sim.simulator import (
     DecodeCluster,
     DecodePool,
@@ -23,6 +31,8 @@ from prfaas.planner.sim.simulator import (
     Simulation,
     simulate,
 )
+from prfaas.planner.solver import plan
+from typer.testing import CliRunner
 
 FAST = DistServeForm(0.05, 2e-5, 1e-11, 0.0, 0.0, 0.0)
 SLOW = DistServeForm(0.1, 5e-5, 2.5e-11, 0.0, 0.0, 0.0)
@@ -248,3 +258,110 @@ def test_a_pd_p_pool_belongs_to_one_cluster() -> None:
     west = replace(cfg.clusters[1], local=("west-p", "east-p"))
     with pytest.raises(SimulatorError, match="local to both"):
         Simulation(replace(cfg, clusters=(cfg.clusters[0], west, cfg.clusters[2])), _stream(10))
+
+
+# ---- from a plan: scenarios, predictions, the CLI --------------------------------------------
+
+CASE_STUDY = Path(__file__).resolve().parents[2] / "crds" / "samples" / "case-study.yaml"
+MORE = """---
+apiVersion: prfaas.io/v1alpha1
+kind: DecodeCluster
+metadata: {name: pd-h20-c}
+spec: {datacenter: dc-c, accelerator: {type: H20, count: 32, perNode: 8}}
+---
+apiVersion: prfaas.io/v1alpha1
+kind: DecodeCluster
+metadata: {name: pd-h20-d}
+spec: {datacenter: dc-d, accelerator: {type: H20, count: 32, perNode: 8}}
+---
+apiVersion: prfaas.io/v1alpha1
+kind: InterDCLink
+metadata: {name: dc-a-to-dc-c}
+spec: {from: dc-a, to: dc-c, bandwidthGbps: 10, rttMs: 20}
+"""
+
+
+@pytest.fixture(scope="module")
+def three_clusters(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The case study plus two smaller H20 clusters: dc-c behind a thin link, dc-d with none."""
+    text = CASE_STUDY.read_text(encoding="utf-8").replace(
+        "decode: [pd-h20]", "decode: [pd-h20, pd-h20-c, pd-h20-d]"
+    )
+    path = tmp_path_factory.mktemp("multi") / "three.yaml"
+    path.write_text(text + MORE, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def planned(three_clusters: Path) -> tuple[Problem, Plan]:
+    (problem,) = problems_from_manifests(load_manifests(three_clusters).resources)
+    return problem, plan(problem)
+
+
+def test_a_plan_with_several_decode_clusters_becomes_one_config(
+    planned: tuple[Problem, Plan],
+) -> None:
+    problem, pl = planned
+    routers = {r.decode_cluster: r for r in pl.routers}
+    assert routers["pd-h20-d"].threshold_tokens is None  # no link: all local
+    assert routers["pd-h20"].threshold_tokens is not None
+    assert sum(r.rate_rps or 0.0 for r in pl.routers) == pytest.approx(pl.throughput_rps)
+    (ours, *_) = scenarios(problem, pl)
+    cfg = ours.config
+    assert cfg.decode is None
+    clusters = {c.name: c for c in cfg.clusters}
+    assert set(clusters) == set(routers)
+    for name, c in clusters.items():
+        assert c.routing.threshold_tokens == routers[name].threshold_tokens
+        assert c.share == routers[name].rate_rps
+        assert c.remotes == tuple(
+            ("prfaas-h200/prefill", rp.link) for rp in routers[name].remotes
+        )
+        assert c.local == (f"{name}/prefill",)
+    assert clusters["pd-h20-d"].remotes == ()
+    assert {link for c in cfg.clusters for _, link in c.remotes} == {
+        "dc-a-to-dc-b",
+        "dc-a-to-dc-c",
+    }
+
+
+def test_predict_fills_each_router_and_link(planned: tuple[Problem, Plan]) -> None:
+    problem, pl = planned
+    runs = predict(problem, pl, requests=1500)
+    res = runs[0].result
+    assert set(res.clusters) == {r.decode_cluster for r in pl.routers}
+    for r in pl.routers:
+        pr = r.predicted
+        assert pr is not None and pr.offload_fraction is not None and pr.ttft_p90_s is not None
+        part = res.of_cluster(r.decode_cluster)
+        assert pr.offload_fraction == part.offload_fraction
+        assert pr.ttft_p90_s == pytest.approx(float(np.percentile(part.ttft, 90)))
+        if r.threshold_tokens is None:
+            assert pr.offload_fraction == 0.0
+    egress = {lk.name: lk.predicted_egress_gbps for lk in pl.links}
+    assert egress["dc-a-to-dc-b"] and egress["dc-a-to-dc-c"]
+    assert egress["dc-a-to-dc-c"] < 10.0
+    back = Plan.from_dict(pl.to_dict())
+    assert back.routers[0].predicted == pl.routers[0].predicted
+
+
+def test_simulate_prints_a_row_per_decode_cluster_and_link(three_clusters: Path) -> None:
+    argv = ["simulate", str(three_clusters), "-n", "1200", "--no-goodput"]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "per decode cluster" in out and "link egress" in out
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 6}
+    assert {"pd-h20", "pd-h20-c", "pd-h20-d", "all"} <= set(rows)
+    assert "0.0%" in rows["pd-h20-d"] and "∞ / ∞" in rows["pd-h20-d"]
+    data = json.loads(CliRunner().invoke(app, [*argv, "-o", "json"]).output)
+    ours = data["configurations"][0]
+    assert [c["name"] for c in ours["clusters"]] == ["pd-h20", "pd-h20-c", "pd-h20-d"]
+    assert sum(c["requests"] for c in ours["clusters"]) == ours["requests"] == 1200
+
+
+def test_plan_simulate_prints_each_cluster(three_clusters: Path) -> None:
+    result = CliRunner().invoke(app, ["plan", str(three_clusters), "--simulate", "600"])
+    assert result.exit_code == 0, result.output
+    assert "Simulated per decode cluster" in result.output
+    assert "simulated Gbps" in result.output
