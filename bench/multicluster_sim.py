@@ -17,14 +17,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from prfaas.planner.sim.arrivals import synthetic_stream
 from prfaas.planner.sim.scenarios import PRFAAS, scenarios
 from prfaas.planner.sim.simulator import simulate
 from prfaas.planner.solver import plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from planner import generated  # noqa: E402  (bench/planner.py: the generated problem)
-
-from prfaas.planner.sim.arrivals import synthetic_stream  # noqa: E402
+from planner import generated  # bench/planner.py: the generated problem
 
 TARGET_S = 30.0
 
