@@ -12,6 +12,10 @@ rules, chosen once for both:
   instances; among those links the least utilised (estimated egress / budget) wins, ties to the
   first configured. ``decode_prefills=False`` (a simulator without local prefill instances,
   where decode prefilling itself is not modelled) sends every request remote.
+* **Aggregated instances** (chunked prefill: no local prefill pool, ``decode_prefills``): the
+  decode instance is the local target — it prefills a local request itself (``prefill``
+  ``None``; ``prefill_cached_tokens`` is the prefix it holds) and decodes it; for a remote
+  request it is the decode target, as a PD-D instance.
 * **Instance pick** (deterministic, no randomness): among available instances the longest held
   prefix wins, unless that instance has more than ``affinity_max_imbalance`` requests in flight
   above the least loaded (its prefix then counts as 0, and its cache is not looked up); ties go
@@ -261,4 +265,6 @@ class RoutingCore(Generic[T, L]):
                     min(n, blocks * bs),
                 )
         prefill, blocks = self.pick(self.local_prefill, hashes, now, matched)
+        if prefill is None and self.decode_prefills:
+            blocks = decode_blocks  # decode (an aggregated instance) prefills: its own prefix
         return Decision("local", n, uncached, decode, prefill, None, 0.0, min(n, blocks * bs))

@@ -37,6 +37,18 @@ What is modelled (DESIGN.md §5, papers.md §1.5-1.6, §2.2):
   requests, not with the number of output tokens. (The step time is taken as affine in context
   within one such epoch, from the model at its first two steps: exact for DistServe's form, the
   usual case for roofline models that stay memory-bound.)
+* **Aggregated pools** (``DecodePool.aggregated``: chunked prefill, vLLM's default scheduler):
+  the instance prefills its local requests itself. Each step holds the running decodes first,
+  then fills the rest of ``token_budget`` (``max_num_batched_tokens``) with chunks of the
+  waiting prompts in arrival order, under ``max_num_seqs`` (a prompt being prefilled holds a
+  sequence slot) and the KV capacity (its prefilled tokens hold KV beside the decodes'), with
+  the same preemption. The step time is ``latency.mixed.mixed_step_seconds`` (decode step plus
+  each chunk's own work). A local request's first token comes out of the step that finishes its
+  last chunk (TTFT = arrival → that step's end), and it decodes on in the same batch: ``o``
+  output tokens take that step and ``o − 1`` decode steps. Remote-prefilled requests arrive
+  with their KV and join the decodes as in a PD-D pool (admitted before waiting prompts start).
+  Steps with chunks are simulated one by one; with no chunk pending (or none that fits) the
+  closed-form epochs above run, cut at the next step boundary when a prompt arrives.
 * **Tokens and TTFT** as on vLLM's NIXL P/D path: prefill runs with ``max_tokens=1`` and its
   token is dropped; the decode instance loads the prompt's KV, and its first step (the last
   prompt position) emits token 1, the first byte the client sees. So a request of ``o`` output
@@ -60,6 +72,7 @@ from itertools import count
 from typing import Any
 
 import numpy as np
+from prfaas.planner.latency.mixed import Chunk, mixed_step_seconds
 from prfaas.planner.latency.model import LatencyModel
 from prfaas.planner.routing.policy import Link, RoutingCore, Target
 from prfaas.planner.routing.prefix import PrefixCache
@@ -127,6 +140,12 @@ class DecodePool:
     cache_blocks: int = 0
     """Prefix-cache capacity per instance in blocks (a remote request's KV transfer skips the
     prefix decode holds); 0 disables the cache."""
+    aggregated: bool = False
+    """An aggregated (chunked-prefill) pool: its instances also prefill the local requests, in
+    mixed steps; the configuration then has no local prefill pool."""
+    token_budget: int = 0
+    """Aggregated pools: ``max_num_batched_tokens``, the tokens of one step (decodes first,
+    then prefill chunks); 0: unlimited."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +277,17 @@ class _Decoder(Target):
     delta: float = 0.0
     version: int = 0
     pending: int = 0
-    """Steps of the current epoch after which the scheduled event fires (0: none)."""
+    """Steps of the current epoch after which the scheduled event fires (0: none, idle)."""
+    budget: float = 0.0
+    """Aggregated instances: tokens per step (inf: unlimited); 0: a PD-D instance."""
+    prompts: deque[int] = field(default_factory=deque)
+    """Aggregated: local requests waiting for or in chunked prefill, in arrival order (at most
+    the first is partly prefilled: a later prompt gets a chunk only when the one before it
+    finishes in the same step)."""
+    prompt_kv: int = 0
+    """Aggregated: prompt tokens prefilled so far by the partly prefilled first prompt."""
+    chunks: list[tuple[int, int]] = field(default_factory=list)
+    """Aggregated: (request, tokens) of the chunks in the step in flight."""
 
     def step_end(self, n: int) -> float:
         return self.t0 + n * self.s0 + self.delta * n * (n - 1) * 0.5
@@ -364,6 +393,8 @@ class Simulation:
         self._join = [0] * n
         """Decoder step count when the request last joined its batch."""
         self._preemptions = 0
+        self._prefilled = [0] * n
+        """Aggregated pools: uncached prompt tokens prefilled so far in chunks."""
         self._build(config)
 
     # ---- setup -------------------------------------------------------------------------------
@@ -451,6 +482,13 @@ class Simulation:
                     "kv_capacity_tokens >= 0 (0: unlimited)"
                 )
             cap = float(dec.kv_capacity_tokens) if dec.kv_capacity_tokens > 0 else math.inf
+            if dec.token_budget < 0:
+                raise SimulatorError(
+                    f"decode pool {dec.name!r} needs token_budget >= 0 (0: unlimited)"
+                )
+            budget = 0.0
+            if dec.aggregated:
+                budget = float(dec.token_budget) if dec.token_budget > 0 else math.inf
             self._decoders += [
                 _Decoder(
                     cache=PrefixCache(self._chain_capacity(dec.cache_blocks)),
@@ -458,6 +496,7 @@ class Simulation:
                     latency=dec.latency,
                     max_batch=dec.max_batch,
                     kv_cap=cap,
+                    budget=budget,
                 )
                 for i in range(dec.instances)
             ]
@@ -597,6 +636,13 @@ class Simulation:
         remote: list[tuple[_LinkState, list[_Prefiller]]],
     ) -> RoutingCore[Any, _LinkState]:
         config = self.config
+        aggregated = [d for d in decoders if d.budget > 0.0]
+        if aggregated and local:
+            raise SimulatorError(
+                f"{len(aggregated)} decode instance(s) are aggregated (they prefill their local "
+                f"requests themselves) beside {len(local)} local prefill instance(s); drop the "
+                "local prefill pools of an aggregated decode pool"
+            )
         return RoutingCore(
             block_size=self.stream.block_chains.block_tokens,
             kv_block_tokens=config.block_tokens,
@@ -607,7 +653,7 @@ class Simulation:
             remote=list(remote),
             adaptive=r.adaptive,
             observe=r.distribution_aware,
-            decode_prefills=False,
+            decode_prefills=bool(aggregated),
             always_available=True,
         )
 
@@ -695,6 +741,9 @@ class Simulation:
             dec.started()
             self._dec_of[r] = dec.index
         inst: _Prefiller | None = d.prefill
+        if inst is None and dec is not None and dec.budget > 0.0:
+            self._queue_prompt(dec, r, d.prefill_cached_tokens)  # aggregated: it prefills r
+            return -1
         if inst is None:  # no prefill pool: requests enter decode directly
             self._remote[r] = False
             self._queued[r] = self._pstart[r] = self._pend[r] = now
@@ -871,12 +920,8 @@ class Simulation:
         d = self._decoders[di]
         d.waiting.append(r)
         self._decode_waiting(1)
-        if not d.members:
-            if not d.starting:  # idle: start once everything arriving at this instant is in
-                d.starting = True
-                d.version += 1
-                d.pending = 0
-                self._push(now, EventKind.DECODE_STEP, di, d.version)
+        if d.pending == 0:
+            self._wake(d)
             return
         if len(d.waiting) == 1 and len(d.members) < d.max_batch:
             nxt = d.steps_done_by(now) + 1
@@ -885,13 +930,122 @@ class Simulation:
                 d.version += 1
                 self._push(d.step_end(nxt), EventKind.DECODE_STEP, di, d.version)
 
+    def _wake(self, d: _Decoder) -> None:
+        """Start an idle instance once everything arriving at this instant is in."""
+        if not d.starting:
+            d.starting = True
+            d.version += 1
+            d.pending = 0
+            self._push(self.now, EventKind.DECODE_STEP, d.index, d.version)
+
     def _fits(self, d: _Decoder, r: int, steps: int) -> bool:
-        """Whether ``r``'s KV fits beside the members' next step at absolute step ``steps``."""
+        """Whether ``r``'s KV fits beside the members' next step at absolute step ``steps``
+        (and a partly prefilled prompt's KV, on an aggregated instance)."""
         b = len(d.members)
         if b == 0:
             return True  # a lone sequence always runs (vLLM rejects what can never fit)
-        need = d.base_ctx + b * (steps + 1) + self._input[r] + self._gen0[r] + 1
+        need = d.base_ctx + b * (steps + 1) + d.prompt_kv + self._input[r] + self._gen0[r] + 1
         return need <= d.kv_cap
+
+    # ---- aggregated (chunked-prefill) instances ----------------------------------------------
+
+    def _queue_prompt(self, d: _Decoder, r: int, cached: int) -> None:
+        """Local request ``r`` waits for chunked prefill on aggregated instance ``d``."""
+        now = self.now
+        self._remote[r] = False
+        self._uncached[r] = max(1, self._input[r] - cached)
+        self._queued[r] = now
+        d.prompts.append(r)
+        self._decode_waiting(1)
+        if d.pending == 0:
+            self._wake(d)
+        elif len(d.prompts) == 1 and len(d.members) < min(d.budget, d.max_batch):
+            nxt = d.steps_done_by(now) + 1  # a closed-form epoch: cut it at the next step
+            if nxt < d.pending:
+                d.pending = nxt
+                d.version += 1
+                self._push(d.step_end(nxt), EventKind.DECODE_STEP, d.index, d.version)
+
+    def _mixed_step(self, d: _Decoder) -> bool:
+        """Start one step of the running decodes plus prompt chunks up to the budget; False
+        when no chunk fits (budget, ``max_num_seqs`` or KV taken by the decodes)."""
+        b = len(d.members)
+        left = d.budget - b
+        if left <= 0:
+            return False
+        ctx = d.base_ctx + b * d.steps
+        slots = d.max_batch - b - (1 if d.prompt_kv else 0)
+        room = d.kv_cap - ctx - b - d.prompt_kv
+        done, unc = self._prefilled, self._uncached
+        chunks = d.chunks
+        work: list[Chunk] = []
+        for r in d.prompts:
+            have = done[r]
+            if have == 0 and slots <= 0:
+                break
+            c = min(unc[r] - have, left)
+            if b or chunks:  # a lone sequence always runs
+                c = min(c, room)
+            if c <= 0:
+                break
+            chunks.append((r, int(c)))
+            work.append(Chunk(c, have))
+            left -= c
+            room -= c
+            if have == 0:
+                slots -= 1
+            if left <= 0:
+                break
+        if not chunks:
+            return False
+        seconds = mixed_step_seconds(d.latency, b, ctx, work)
+        if not seconds > 0.0:
+            raise SimulatorError(
+                f"mixed-step latency model returned {seconds} s for {b} decodes and "
+                f"{len(chunks)} chunks; it must be > 0"
+            )
+        d.t0 = self.now + d.extra
+        d.extra = 0.0
+        d.s0 = seconds
+        d.delta = 0.0
+        started = 0
+        for r, _ in chunks:
+            if done[r] == 0:
+                self._pstart[r] = d.t0
+                started += 1
+        if started:
+            self._decode_waiting(-started)
+        if d.fresh:
+            for r in d.fresh:
+                self._first[r] = d.t0 + seconds
+            d.fresh.clear()
+        d.pending = 1
+        self._push(d.t0 + seconds, EventKind.DECODE_STEP, d.index, d.version)
+        return True
+
+    def _chunks_done(self, d: _Decoder) -> None:
+        """The step in flight ended: its chunks are prefilled; a prompt whose last chunk it
+        carried emits its first token now and decodes on in the batch."""
+        now = self.now
+        done, unc, out = self._prefilled, self._uncached, self._output
+        for r, c in d.chunks:
+            done[r] += c
+            if done[r] < unc[r]:
+                continue
+            d.prompts.popleft()  # prompts finish in queue order
+            self._pend[r] = self._first[r] = self._ready[r] = self._dstart[r] = now
+            if out[r] <= 1:
+                self._finish[r] = now
+                self._decode_done(r)
+                self._count_done()
+                continue
+            self._gen0[r] = 1
+            self._join[r] = d.steps
+            contrib = self._input[r] + 1 - d.steps
+            d.base_ctx += contrib
+            heapq.heappush(d.members, (d.steps + out[r] - 1, r, contrib))
+        d.chunks.clear()
+        d.prompt_kv = done[d.prompts[0]] if d.prompts else 0
 
     def _decode_waiting(self, change: int) -> None:
         self._dec_waiting += change
@@ -933,6 +1087,8 @@ class Simulation:
     def _start_epoch(self, di: int) -> None:
         d = self._decoders[di]
         d.version += 1
+        if d.prompts and self._mixed_step(d):
+            return
         b = len(d.members)
         if b == 0:
             d.pending = 0
@@ -956,7 +1112,7 @@ class Simulation:
         n = d.members[0][0] - d.steps
         if b > 1 and d.kv_cap < math.inf:
             # Steps until the members' KV outgrows the cache: base + b·(steps + n) <= cap.
-            room = int((d.kv_cap - d.base_ctx) // b) - d.steps
+            room = int((d.kv_cap - d.base_ctx - d.prompt_kv) // b) - d.steps
             n = min(n, max(room, 1))
         d.pending = n
         self._push(d.step_end(n), EventKind.DECODE_STEP, di, d.version)
@@ -975,11 +1131,15 @@ class Simulation:
             self._finish[r] = now
             self._decode_done(r)
             self._count_done()
-        while len(members) > 1 and d.base_ctx + len(members) * (d.steps + 1) > d.kv_cap:
+        if d.chunks:
+            self._chunks_done(d)
+        held = d.prompt_kv
+        while len(members) > 1 and d.base_ctx + len(members) * (d.steps + 1) + held > d.kv_cap:
             self._preempt_newest(d)
         admitted = 0
         waiting = d.waiting
-        while waiting and len(members) < d.max_batch and self._fits(d, waiting[0], d.steps):
+        cap = d.max_batch - (1 if held else 0)
+        while waiting and len(members) < cap and self._fits(d, waiting[0], d.steps):
             self._admit(d, waiting.popleft())
             admitted += 1
         if admitted:

@@ -29,6 +29,7 @@ KV_PER_TOKEN = 4_000.0
 KV_FIXED = 1e5
 PREFILL = DistServeForm(0.02, 2e-5, 1e-10, 0.0, 0.0, 0.0)
 DECODE = DistServeForm(0.0, 0.0, 0.0, 0.004, 1e-9, 1e-4)
+AGGREGATED = DistServeForm(0.02, 2e-5, 1e-10, 0.004, 1e-9, 1e-4)  # prefills and decodes
 # (name, datacenter, instances) of each prefill pool; the first is local (PD-P).
 POOLS = (("pd-p", "local", 2), ("far-a", "dc-a", 2), ("far-b", "dc-b", 3))
 LINKS = {"dc-a": ("a-local", "0:0.3,8:0.05,16:1.0"), "dc-b": ("b-local", "0:0.2,12:0.02,20:0.4")}
@@ -91,6 +92,13 @@ class Case:
     planned_t: int
     cache_blocks: int
     """Per instance, in the chains' blocks (the router's unit)."""
+    aggregated: bool = False
+    """The local pool is aggregated (chunked prefill): no PD-P; the decode instances prefill
+    local requests themselves and decode the remote ones."""
+
+    @property
+    def pools(self) -> tuple[tuple[str, str, int], ...]:
+        return POOLS[1:] if self.aggregated else POOLS
 
     @property
     def block(self) -> int:
@@ -102,9 +110,18 @@ def _sim_config(case: Case) -> SimConfig:
         "replay",
         tuple(
             PrefillPool(name, dc, k, PREFILL, cache_blocks=case.cache_blocks)
-            for name, dc, k in POOLS
+            for name, dc, k in case.pools
         ),
-        DecodePool("pd-d", "local", DECODERS, DECODE, max_batch=4, cache_blocks=case.cache_blocks),
+        DecodePool(
+            "pd-d",
+            "local",
+            DECODERS,
+            AGGREGATED if case.aggregated else DECODE,
+            max_batch=4,
+            cache_blocks=case.cache_blocks,
+            aggregated=case.aggregated,
+            token_budget=512,
+        ),
         links=tuple(
             LinkSpec(name, dc, "local", 0.3, rtt_s=0.002, schedule=parse_schedule(sched))
             for dc, (name, sched) in LINKS.items()
@@ -118,7 +135,7 @@ def _sim_config(case: Case) -> SimConfig:
 
 def _router_config(case: Case, capacity: dict[str, float]) -> RouterConfig:
     datacenters: dict[str, dict[str, list[str]]] = {"local": {"decode": []}}
-    for name, dc, k in POOLS:
+    for name, dc, k in case.pools:
         datacenters.setdefault(dc, {})["prefill"] = [f"http://{name}-{i}" for i in range(k)]
     datacenters["local"]["decode"] = [f"http://pd-d-{i}" for i in range(DECODERS)]
     return RouterConfig.model_validate(
@@ -183,10 +200,12 @@ def _tokens(stream: RequestStream, r: int) -> list[int]:
     return toks + [-(r + 1) * 1_000_000 - k for k in range(n - len(toks))]
 
 
-@pytest.fixture(params=["prefix_id", "mooncake"])
+@pytest.fixture(params=["prefix_id", "mooncake", "aggregated"])
 def case(request: pytest.FixtureRequest, tmp_path: Path) -> Case:
     if request.param == "prefix_id":
         return Case(_stream(), planned_t=300, cache_blocks=96)
+    if request.param == "aggregated":
+        return Case(_stream(), planned_t=300, cache_blocks=96, aggregated=True)
     return Case(_mooncake_stream(tmp_path), planned_t=1500, cache_blocks=12)
 
 
@@ -197,7 +216,7 @@ def test_router_and_simulator_decide_identically(case: Case) -> None:
     capacity = {dc: float(sched.split(",")[0].split(":")[1]) for dc, (_, sched) in LINKS.items()}
     policy = RoutingPolicy(_router_config(case, capacity))
     urls = {}  # simulator instance → router URL
-    for pool_idx, (name, _, k) in enumerate(POOLS):
+    for pool_idx, (name, _, k) in enumerate(case.pools):
         insts = [i for i in sim._instances if i.pool == pool_idx]
         assert len(insts) == k
         urls.update({id(inst): f"http://{name}-{j}" for j, inst in enumerate(insts)})
@@ -218,8 +237,12 @@ def test_router_and_simulator_decide_identically(case: Case) -> None:
             decisions.append(got)
             assert got.route == want.route, r
             assert got.decode.url == urls[id(want.decode)], r
-            assert got.prefill is not None and want.prefill is not None
-            assert got.prefill.url == urls[id(want.prefill)], r
+            if case.aggregated and want.route == "local":
+                # The aggregated instance prefills it itself (the router's decode-prefills path).
+                assert got.prefill is None and want.prefill is None, r
+            else:
+                assert got.prefill is not None and want.prefill is not None
+                assert got.prefill.url == urls[id(want.prefill)], r
             assert got.uncached_tokens == want.uncached_tokens, r
             assert got.kv_bytes == want.kv_bytes, r
             if want.link is None:
@@ -235,7 +258,8 @@ def test_router_and_simulator_decide_identically(case: Case) -> None:
             if got.link is not None:
                 got.link.send(now, got.kv_bytes, got.uncached_tokens)
             got.decode.started()
-            got.prefill.started()
+            if got.prefill is not None:
+                got.prefill.started()
         elif kind == "prefill_done":
             for r in entry[1]:
                 d = decisions[r]

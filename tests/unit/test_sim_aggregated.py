@@ -1,0 +1,225 @@
+"""Aggregated (chunked-prefill) pools in the simulator: decodes first, then prompt chunks up to
+the token budget, each step timed by the mixed-step model (``latency.mixed``)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from prfaas.planner.distributions import LogNormal
+from prfaas.planner.latency.mixed import Chunk, mixed_step_seconds
+from prfaas.planner.latency.model import DistServeForm
+from prfaas.planner.sim.arrivals import FixedLengths, RequestStream, synthetic_stream
+from prfaas.planner.sim.links import LinkSpec
+from prfaas.planner.sim.simulator import DecodePool, PrefillPool, RoutingSpec, SimConfig, simulate
+
+# Prefill a + b·l + c·l², decode d + e·context + f·batch (DistServe's form).
+LAT = DistServeForm(0.01, 4e-5, 2e-9, 0.008, 3e-8, 2e-4)
+
+
+def _lengths(median: float, sigma: float) -> LogNormal:
+    return LogNormal(math.log(median), sigma, 1.0, 64.0 * median)
+
+
+def _aggregated(
+    budget: int,
+    *,
+    lat: DistServeForm = LAT,
+    instances: int = 1,
+    max_batch: int = 256,
+    kv: int = 0,
+    datacenter: str = "dc",
+) -> DecodePool:
+    return DecodePool(
+        "agg",
+        datacenter,
+        instances,
+        lat,
+        max_batch=max_batch,
+        kv_capacity_tokens=kv,
+        aggregated=True,
+        token_budget=budget,
+    )
+
+
+def _only(pool: DecodePool) -> SimConfig:
+    return SimConfig("aggregated", (), pool)
+
+
+def _reference(
+    stream: RequestStream, budget: float, max_batch: int, lat: DistServeForm = LAT
+) -> tuple[np.ndarray, np.ndarray]:
+    """One aggregated instance, one loop iteration per engine step (the slow, obvious way):
+    decodes first, then the queued prompts in arrival order as chunks while the budget and
+    ``max_num_seqs`` allow; a prompt's last chunk emits its first token and it decodes on.
+    Returns (first token, finish)."""
+    arrivals = stream.arrival_s.tolist()
+    ins = stream.input_tokens.tolist()
+    outs = stream.output_tokens.tolist()
+    n = len(arrivals)
+    first, finish = np.full(n, np.nan), np.full(n, np.nan)
+    done, generated = [0] * n, [0] * n
+    prompts: list[int] = []
+    members: dict[int, int] = {}  # request -> context
+    now, nxt = 0.0, 0
+    while nxt < n or prompts or members:
+        while nxt < n and arrivals[nxt] <= now:
+            prompts.append(nxt)
+            nxt += 1
+        if not prompts and not members:
+            now = arrivals[nxt]
+            continue
+        b = len(members)
+        left = budget - b
+        slots = max_batch - b - (1 if prompts and done[prompts[0]] else 0)
+        chunks: list[tuple[int, int]] = []
+        for r in prompts:
+            if left <= 0 or (done[r] == 0 and slots <= 0):
+                break
+            c = int(min(ins[r] - done[r], left))
+            chunks.append((r, c))
+            left -= c
+            slots -= 1 if done[r] == 0 else 0
+        now += mixed_step_seconds(
+            lat, b, sum(members.values()), [Chunk(c, done[r]) for r, c in chunks]
+        )
+        for r in list(members):
+            members[r] += 1
+            generated[r] += 1
+            if generated[r] == outs[r]:
+                finish[r] = now
+                del members[r]
+        for r, c in chunks:
+            done[r] += c
+            if done[r] == ins[r]:
+                prompts.remove(r)
+                first[r] = now
+                generated[r] = 1
+                if outs[r] == 1:
+                    finish[r] = now
+                else:
+                    members[r] = ins[r] + 1
+    return first, finish
+
+
+@pytest.mark.parametrize(("budget", "max_batch"), [(512, 256), (2048, 12), (0, 256)])
+def test_event_engine_equals_a_step_by_step_reference(budget: int, max_batch: int) -> None:
+    """Closed-form decode epochs, cut where a prompt arrives, and one-by-one mixed steps give
+    exactly the times of a plain per-step loop (budget 0: unlimited)."""
+    stream = synthetic_stream(400, 6.0, _lengths(900, 0.8), _lengths(60, 0.7), seed=3)
+    res = simulate(_only(_aggregated(budget, max_batch=max_batch)), stream)
+    first, finish = _reference(stream, budget or math.inf, max_batch)
+    np.testing.assert_allclose(res.first_token_s, first, rtol=1e-9)
+    np.testing.assert_allclose(res.finish_s, finish, rtol=1e-9)
+    # Local requests: the first token is the end of the step that finishes the last chunk.
+    np.testing.assert_array_equal(res.first_token_s, res.prefill_end_s)
+    assert not res.remote.any()
+
+
+def test_unlimited_budget_without_decodes_is_todays_prefill() -> None:
+    """One-token outputs (nothing decodes), no budget and no sequence cap: every step takes all
+    queued prompts, as today's prefill instance batches its queue; with no per-batch intercept
+    a batch's time is the sum of its prompts' times, so the two runs agree request by request."""
+    lat = DistServeForm(0.0, 5e-5, 3e-9, 0.01, 0.0, 0.0)
+    stream = synthetic_stream(3000, 9.0, _lengths(1500, 0.9), FixedLengths(1), seed=7)
+    today = SimConfig("prefill", (PrefillPool("p", "dc", 1, lat, token_budget=10**9),), None)
+    agg = simulate(_only(_aggregated(0, lat=lat, max_batch=10**6)), stream)
+    ref = simulate(today, stream)
+    assert ref.ttft.mean() > 1.5 * lat.prefill_seconds([1500])  # queueing happened
+    np.testing.assert_allclose(agg.ttft, ref.ttft, rtol=1e-9)
+
+
+@pytest.mark.parametrize("rate", [2.0, 5.0])
+def test_chunked_prompts_queue_as_md1(rate: float) -> None:
+    """Uniform prompts, one-token outputs, a prefill linear in the tokens: a prompt's chunks
+    add up to its whole prefill time D, whatever the budget, so the instance is an M/D/1
+    queue: mean TTFT = D + λD²/(2(1 − λD)) (Pollaczek-Khinchine)."""
+    d = 0.1
+    lat = DistServeForm(0.0, d / 512, 0.0, 0.01, 0.0, 0.0)
+    means = []
+    for seed in (1, 2):
+        stream = synthetic_stream(20_000, rate, FixedLengths(512), FixedLengths(1), seed=seed)
+        means.append(simulate(_only(_aggregated(128, lat=lat)), stream).ttft.mean())
+    expected = d + rate * d * d / (2 * (1 - rate * d))
+    assert float(np.mean(means)) == pytest.approx(expected, rel=0.02)
+
+
+def test_a_lone_prompt_takes_its_whole_prefill_in_chunks() -> None:
+    """At low load a prompt meets no one: its TTFT is the sum of its chunk steps, which the
+    mixed-step model makes exactly today's prefill time P([L]) for any budget."""
+    arrivals = np.arange(5) * 10.0
+    stream = RequestStream(arrivals, np.full(5, 3000), np.full(5, 1), np.full(5, -1))
+    for budget in (256, 1000, 3000, 0):
+        res = simulate(_only(_aggregated(budget)), stream)
+        np.testing.assert_allclose(res.ttft, LAT.prefill_seconds([3000]), rtol=1e-12)
+
+
+def test_every_request_finishes_once_and_in_order() -> None:
+    """Conservation with offload, KV pressure and several instances: every request finishes,
+    after its first token, after its arrival; local ones prefilled here, remote ones arriving
+    with their KV; each remote request's KV crossed the link."""
+    stream = synthetic_stream(1500, 9.0, _lengths(2500, 1.0), _lengths(120, 0.8), seed=11)
+    config = SimConfig(
+        "agg+offload",
+        (PrefillPool("far", "dc-a", 2, LAT),),
+        _aggregated(1024, instances=2, max_batch=48, kv=60_000, datacenter="dc-b"),
+        links=(LinkSpec("a-b", "dc-a", "dc-b", 100.0, 0.01),),
+        routing=RoutingSpec(threshold_tokens=4000.0, adaptive=False),
+        kv_bytes_per_token=1e4,
+    )
+    res = simulate(config, stream)
+    assert np.isfinite(res.finish_s).all()
+    assert (res.first_token_s >= res.arrival_s).all()
+    assert (res.finish_s >= res.first_token_s).all()
+    remote = res.remote
+    assert 0 < remote.sum() < len(stream)
+    assert (stream.input_tokens[remote] > 4000).all()
+    assert (stream.input_tokens[~remote] <= 4000).all()
+    # Local: prefilled here, in chunks (first token = last chunk's step end).
+    local = ~remote
+    np.testing.assert_array_equal(res.first_token_s[local], res.prefill_end_s[local])
+    assert (res.prefill_start_s[local] >= res.prefill_queued_s[local]).all()
+    # Remote: first token from a decode step after the KV arrived.
+    assert (res.first_token_s[remote] > res.kv_ready_s[remote]).all()
+    assert res.preemptions > 0  # the KV capacity bound
+    sent = res.offered["a-b"][1].sum()
+    blocks = -(-stream.input_tokens[remote] // config.block_tokens)  # whole KV blocks
+    assert sent == pytest.approx(1e4 * config.block_tokens * blocks.sum(), rel=1e-9)
+
+
+def test_prefill_chunks_slow_the_decodes() -> None:
+    """TPOT is the mean step a decode lives through: more prefill work per step (longer prompts
+    at the same rate) makes the steps, and TPOT, longer; the same requests prefilled remotely
+    (arriving with their KV) leave the steps to the decodes."""
+    tpot = {}
+    for prompt in (250, 1000, 4000):
+        stream = synthetic_stream(1500, 4.0, FixedLengths(prompt), FixedLengths(200), seed=5)
+        res = simulate(_only(_aggregated(2048)), stream)
+        tpot[prompt] = float(np.median(res.tpot))
+    assert tpot[250] < tpot[1000] < tpot[4000]
+    one_decode = LAT.decode_step_seconds(1, 4000)
+    assert tpot[4000] > 1.5 * one_decode
+    stream = synthetic_stream(1500, 4.0, FixedLengths(4000), FixedLengths(200), seed=5)
+    offload = SimConfig(
+        "all-remote",
+        (PrefillPool("far", "dc-a", 4, LAT),),
+        _aggregated(2048, datacenter="dc-b"),
+        links=(LinkSpec("a-b", "dc-a", "dc-b", 400.0, 0.0),),
+        routing=RoutingSpec(threshold_tokens=0.0, adaptive=False),
+        kv_bytes_per_token=100.0,
+    )
+    res = simulate(offload, stream)
+    assert res.remote.all()
+    assert float(np.median(res.tpot)) < 0.8 * tpot[4000]
+
+
+def test_bad_aggregated_configurations_are_refused() -> None:
+    from prfaas.planner.sim.errors import SimulatorError
+
+    stream = synthetic_stream(10, 1.0, FixedLengths(100), FixedLengths(2), seed=1)
+    with pytest.raises(SimulatorError, match="token_budget"):
+        simulate(_only(_aggregated(-1)), stream)
+    both = SimConfig("both", (PrefillPool("p", "dc", 1, LAT),), _aggregated(512))
+    with pytest.raises(SimulatorError, match="aggregated"):
+        simulate(both, stream)
