@@ -388,6 +388,12 @@ def _simulate_one(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     found = scenarios(problem, plan, schedule=parse_schedule(schedule) if schedule else ())
+    naive = "naive-heterogeneous"
+    if any(b.name == naive for b in plan.baselines) and all(s.name != naive for s in found):
+        err.print(
+            f"[yellow]! {problem.name}: {naive} is not simulated: a decode cluster has no "
+            "direct link from a prefill cluster, and that layout prefills every prompt remotely[/]"
+        )
     stream = None
     if trace is not None:
         stream = load_trace(trace)

@@ -14,8 +14,11 @@ What is modelled (DESIGN.md §5, papers.md §1.5-1.6, §2.2):
   own decode and PD-P instances, its own ``t`` and threshold loops, and the PrfaaS pools its
   plan names; a PrfaaS pool is one set of instances (queues, in-flight counts, caches) for
   every router, a link one ``SharedLink`` however many routers send over it (each router
-  meters its own sends, as the real routers do). Each arrival belongs to one cluster, drawn
-  from the seed with the clusters' shares. Decoders sit in one list, so decode is unchanged.
+  meters its own sends, as the real routers do). Routers here see each other's requests in
+  a shared instance's in-flight count (and one pick rotation); real routers count only their
+  own, so the simulated balance across a shared pool is the better-informed one. Each
+  arrival belongs to one cluster, drawn from the seed with the clusters' shares. Decoders
+  sit in one list, so decode is unchanged.
 * **Prefill**: per-instance FCFS queue; a batch takes queued prompts while their uncached
   tokens fit ``token_budget`` (at least one). ``pipeline_stages = k`` models inter-op (PP)
   parallelism: a batch takes the latency model's full time ``D`` but the instance accepts the
@@ -508,6 +511,9 @@ class Simulation:
         )
         self._links: list[_LinkState] = []
         self._routers: list[_Router] = []
+        self._picks = count()
+        """One pick sequence for every router: "least recently picked" of a shared PrfaaS
+        instance then means by any router, as its shared in-flight count does."""
         if clusters:
             self._build_clusters(clusters, wire_of)
         else:
@@ -655,6 +661,7 @@ class Simulation:
             observe=r.distribution_aware,
             decode_prefills=bool(aggregated),
             always_available=True,
+            _picks=self._picks,
         )
 
     def _push(self, when: float, kind: EventKind, a: Any, b: Any = None) -> None:

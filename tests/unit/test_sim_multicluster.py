@@ -354,7 +354,9 @@ def test_simulate_prints_a_row_per_decode_cluster_and_link(three_clusters: Path)
     rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 6}
     assert {"pd-h20", "pd-h20-c", "pd-h20-d", "all"} <= set(rows)
     assert "0.0%" in rows["pd-h20-d"] and "∞ / ∞" in rows["pd-h20-d"]
-    data = json.loads(CliRunner().invoke(app, [*argv, "-o", "json"]).output)
+    # pd-h20-d has no link: the all-remote layout cannot serve it, and the output says so.
+    assert "naive-heterogeneous is not simulated" in out
+    data = json.loads(CliRunner().invoke(app, [*argv, "-o", "json"]).stdout)
     ours = data["configurations"][0]
     assert [c["name"] for c in ours["clusters"]] == ["pd-h20", "pd-h20-c", "pd-h20-d"]
     assert sum(c["requests"] for c in ours["clusters"]) == ours["requests"] == 1200
