@@ -7,7 +7,11 @@ what saturates first unless said so). Printed, never asserted:
 
 * latency p50 / p99 of one request at a time through each router, and the same two calls made
   by the client directly; "added" is router − direct;
-* max requests/s with ``--concurrency`` connections in a closed loop for ``--seconds``.
+* max requests/s with ``--concurrency`` connections in a closed loop for ``--seconds``;
+* requests per CPU-second of the router (its CPU time in that loop, all threads, from
+  ``/proc/PID/task/*/schedstat``): its requests/s per core, which other work on the machine
+  barely moves (it slows the router's wall clock, not what each request costs). The ratio of
+  the two routers' req/CPU-s is the like-for-like throughput comparison on a busy machine.
 
     python bench/router.py                 # both routers
     python bench/router.py --only prfaas   # without vllm-router (pip install 'prfaas[bench]')
@@ -29,6 +33,7 @@ import asyncio
 import contextlib
 import ctypes
 import json
+import math
 import os
 import shutil
 import signal
@@ -258,9 +263,23 @@ async def _router_latencies(port: int, body: Callable[[], bytes], n: int) -> lis
         c.close()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of ``pid`` so far (ns precision; 0.0 where there is no
+    ``/proc``, which the caller reports as unknown)."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):  # a thread that just ended
+                total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+    except OSError:
+        return 0.0
+    return total / 1e9
+
+
 async def _throughput(
-    port: int, body: Callable[[], bytes], concurrency: int, seconds: float
-) -> tuple[float, int]:
+    port: int, body: Callable[[], bytes], concurrency: int, seconds: float, pid: int
+) -> tuple[float, float, int]:
+    """(requests/s, requests per CPU-second of process ``pid``, errors)."""
     done = errors = 0
     stop_at = 0.0
 
@@ -282,10 +301,12 @@ async def _throughput(
     stop_at = time.perf_counter() + 1.0  # warm-up
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     done = errors = 0
+    cpu0 = _cpu_seconds(pid)
     t0 = time.perf_counter()
     stop_at = t0 + seconds
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done / (time.perf_counter() - t0), errors
+    wall, cpu = time.perf_counter() - t0, _cpu_seconds(pid) - cpu0
+    return done / wall, (done / cpu if cpu > 0 else math.nan), errors
 
 
 # ---------------------------------------------------------------------- processes
@@ -353,6 +374,8 @@ class Result:
     p50_ms: float
     p99_ms: float
     rps: float
+    rps_per_cpu: float
+    """Requests per CPU-second of the router (NaN: unknown)."""
     errors: int
 
 
@@ -381,6 +404,7 @@ def _prfaas_argv(tmp: Path, port: int, ports: tuple[int, int]) -> list[str]:
     path.write_text(dump_router_config(cfg))
     return [
         sys.executable,
+        "-P",  # not the repository root first on sys.path: its prfaas/ holds only __init__
         "-m",
         "prfaas",
         "router",
@@ -434,10 +458,12 @@ async def _measure(
     try:
         await _wait_ready(port, proc, "/health", 60, log)
         lat = await _router_latencies(port, body, args.requests)
-        rps, errors = await _throughput(port, body, args.concurrency, args.seconds)
+        rps, per_cpu, errors = await _throughput(
+            port, body, args.concurrency, args.seconds, proc.pid
+        )
     finally:
         _stop(proc)
-    return Result(name, _pct(lat, 50), _pct(lat, 99), rps, errors)
+    return Result(name, _pct(lat, 50), _pct(lat, 99), rps, per_cpu, errors)
 
 
 def _median(results: list[Result]) -> Result:
@@ -446,6 +472,7 @@ def _median(results: list[Result]) -> Result:
         statistics.median(r.p50_ms for r in results),
         statistics.median(r.p99_ms for r in results),
         statistics.median(r.rps for r in results),
+        statistics.median(r.rps_per_cpu for r in results),
         sum(r.errors for r in results),
     )
 
@@ -485,7 +512,8 @@ async def _bench(args: argparse.Namespace) -> None:
                 rounds[name].append(r)
                 print(
                     f"  round {k + 1} {name}: p50 {r.p50_ms:.3f} ms  p99 {r.p99_ms:.3f} ms  "
-                    f"{r.rps:.0f} req/s{f' ({r.errors} errors)' if r.errors else ''}",
+                    f"{r.rps:.0f} req/s  {r.rps_per_cpu:.0f} req/CPU-s"
+                    f"{f' ({r.errors} errors)' if r.errors else ''}",
                     flush=True,
                 )
     finally:
@@ -500,7 +528,8 @@ async def _bench(args: argparse.Namespace) -> None:
     for r in by.values():
         print(
             f"{r.name}: p50 {r.p50_ms:.3f} ms (+{r.p50_ms - d50:.3f} added)  "
-            f"p99 {r.p99_ms:.3f} ms (+{r.p99_ms - d99:.3f} added)  max {r.rps:.0f} req/s"
+            f"p99 {r.p99_ms:.3f} ms (+{r.p99_ms - d99:.3f} added)  max {r.rps:.0f} req/s  "
+            f"{r.rps_per_cpu:.0f} req/CPU-s"
             f"{f' ({r.errors} errors)' if r.errors else ''}"
         )
     if "prfaas-router" in by and "vllm-router" in by:
@@ -509,7 +538,8 @@ async def _bench(args: argparse.Namespace) -> None:
         r99 = (ours.p99_ms - d99) / max(peer_r.p99_ms - d99, 1e-9)
         print(
             f"ratio prfaas/vllm-router: added p50 {r50:.2f}x  added p99 {r99:.2f}x  "
-            f"max req/s {ours.rps / max(peer_r.rps, 1e-9):.2f}x"
+            f"max req/s {ours.rps / max(peer_r.rps, 1e-9):.2f}x  "
+            f"req/CPU-s {ours.rps_per_cpu / max(peer_r.rps_per_cpu, 1e-9):.2f}x"
         )
     print(
         f"(router on CPU {ROUTER_CPU}; fakes + load generator on CPU {HELPER_CPU}; "

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from prfaas.engine.router.config import RouterConfig
 from prfaas.engine.router.errors import (
@@ -51,6 +50,7 @@ from prfaas.engine.router.request import (
     prefill_body,
 )
 from prfaas.engine.router.tokenizer import PromptTokenizer, load_tokenizer, max_token_bytes
+from prfaas.engine.router.upstream import EngineConnectionError, UpstreamPool, UpstreamResponse
 from prometheus_client import Gauge
 
 __all__ = ["ROUTE_HEADER", "UNCACHED_HEADER", "Relay", "RouterCore"]
@@ -61,6 +61,8 @@ ROUTE_HEADER = "X-PrfaaS-Route"
 """Response header: ``local``, ``remote`` or ``fallback`` — the path this request took."""
 UNCACHED_HEADER = "X-PrfaaS-Uncached-Tokens"
 """Response header: prompt tokens no local prefix cache held (what ``t`` was compared with)."""
+
+_API_PATH_BYTES: dict[ApiKind, bytes] = {k: v.encode() for k, v in API_PATHS.items()}
 
 _INLINE_TOKENIZE_CHARS = 16384
 """Longer prompts (characters; chat: bytes of the messages as JSON) are tokenised in a worker
@@ -80,6 +82,12 @@ def _chat_chars(messages: list[Any]) -> int:
                 if isinstance(text, str):
                     n += len(text)
     return n
+
+
+def _request_id_header(rid: str) -> bytes:
+    """The ``X-Request-Id`` header line both legs carry (the client's id may be any text the
+    HTTP parser let through; line breaks never are)."""
+    return b"X-Request-Id: " + rid.encode("utf-8", "surrogateescape") + b"\r\n"
 
 
 # ---------------------------------------------------------------------- bookkeeping
@@ -140,7 +148,7 @@ def _outcome(exc: BaseException) -> str:
 
 # ---------------------------------------------------------------------- the router
 class RouterCore:
-    """The routing core: one per router process; owns the HTTP client session and the policy.
+    """The routing core: one per router process; owns the engines' connections and the policy.
 
     Use ``await router.start()`` before ``handle`` and ``await router.close()`` after;
     ``clock`` (monotonic seconds) and ``tokenizer`` may be injected by tests.
@@ -162,7 +170,7 @@ class RouterCore:
         self._tokenizer_injected = tokenizer is not None
         self.in_flight = 0
         """Client requests admitted and not finished (``admit``/``release``)."""
-        self._session: aiohttp.ClientSession | None = None
+        self._upstream: UpstreamPool | None = None
         self._link_gauges: dict[str, tuple[Gauge, ...]] = {}
         """Per link name: its threshold, KV-in-flight, up and egress gauge children (looking
         them up by label costs more than setting them, on every remote request)."""
@@ -172,22 +180,20 @@ class RouterCore:
     async def start(self) -> None:
         if self.tokenizer is None:
             self.tokenizer = await self._load_tokenizer(self.config.tokenizer)
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
-            )
+        if self._upstream is None:
+            self._upstream = UpstreamPool(keepalive_s=60.0)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._upstream is not None:
+            await self._upstream.close()
+            self._upstream = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def upstream(self) -> UpstreamPool:
+        """The keep-alive connections to the engines (both legs and the health probes)."""
+        if self._upstream is None:
             raise RuntimeError("RouterCore.start() was not awaited before serving requests")
-        return self._session
+        return self._upstream
 
     async def reconfigure(self, config: RouterConfig) -> None:
         """Adopt a new router file (endpoints, t, links…); caches and loops carry over."""
@@ -197,8 +203,14 @@ class RouterCore:
         self.policy.reconfigure(config)
         m = self.metrics
         for gauge in (
-            m.threshold, m.kv_in_flight, m.link_up, m.egress, m.instance_up,
-            m.planned_threshold, m.capacity, m.headroom,
+            m.threshold,
+            m.kv_in_flight,
+            m.link_up,
+            m.egress,
+            m.instance_up,
+            m.planned_threshold,
+            m.capacity,
+            m.headroom,
         ):
             gauge.clear()  # links and instances may have been renamed or removed
         self._link_gauges = {}
@@ -253,15 +265,21 @@ class RouterCore:
         connections and 5xx answers count as failures; a probe that times out counts as
         nothing, so a busy engine is not taken out of service for being slow."""
         h = self.config.health
-        timeout = aiohttp.ClientTimeout(total=h.timeout_s)
+        path = h.path.encode()
 
         async def one(inst: Instance) -> None:
             try:
-                async with self.session.get(inst.url + h.path, timeout=timeout) as resp:
-                    ok = resp.status < 500
+                resp = await self.upstream.request(
+                    b"GET", inst.url, path, connect_s=h.timeout_s, total_s=h.timeout_s
+                )
+                try:
+                    await resp.read()
+                finally:
+                    resp.release()
+                ok = resp.status < 500
             except TimeoutError:
                 return  # slow, not dead (a busy engine on a small host): no verdict
-            except aiohttp.ClientError:
+            except OSError:
                 ok = False
             if ok:
                 if inst.down_by_probe:
@@ -494,24 +512,29 @@ class RouterCore:
         self, inst: Instance, req: ParsedRequest, d: Decision, rid: str
     ) -> dict[str, Any]:
         t = self.config.timeouts
-        timeout = aiohttp.ClientTimeout(total=t.prefill_s, connect=t.connect_s)
         payload = dump_json(prefill_body(req.body), plain=req.plain_json)
         inst.started()
         try:
-            async with self.session.post(
-                inst.url + API_PATHS[req.kind],
-                data=payload,
-                timeout=timeout,
-                headers={"Content-Type": "application/json", "X-Request-Id": rid},
-            ) as resp:
+            resp = await self.upstream.request(
+                b"POST",
+                inst.url,
+                _API_PATH_BYTES[req.kind],
+                payload,
+                headers=_request_id_header(rid),
+                connect_s=t.connect_s,
+                total_s=t.prefill_s,
+            )
+            try:
                 data = await resp.read()
-                status = resp.status
+            finally:
+                resp.release()
+            status = resp.status
         except TimeoutError as exc:
             self.record_failure(inst)
             raise UpstreamTimeoutError(
                 f"prefill on {inst.url} did not answer within {t.prefill_s:g} s"
             ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             own = _own_resource_error(exc)
             if own is not None:
                 raise own from exc
@@ -552,14 +575,11 @@ class RouterCore:
     # ------------------------------------------------------------------ decode leg
     async def _open_decode(
         self, req: ParsedRequest, d: Decision, kv: dict[str, Any] | None, rid: str
-    ) -> tuple[aiohttp.ClientResponse, Instance]:
+    ) -> tuple[UpstreamResponse, Instance]:
         """POST to decode and wait for its status line; tries other decode instances on failure."""
         t = self.config.timeouts
-        timeout = aiohttp.ClientTimeout(
-            total=t.decode_s, connect=t.connect_s, sock_read=t.first_byte_s
-        )
         payload = dump_json(decode_body(req.body, kv), plain=req.plain_json)
-        headers = {"Content-Type": "application/json", "X-Request-Id": rid}
+        headers = _request_id_header(rid)
         inst: Instance | None = d.decode
         tried: set[int] = set()
         last = "no decode instance was healthy"
@@ -567,13 +587,17 @@ class RouterCore:
             tried.add(id(inst))
             inst.started()
             try:
-                resp = await self.session.post(
-                    inst.url + API_PATHS[req.kind],
-                    data=payload,
+                resp = await self.upstream.request(
+                    b"POST",
+                    inst.url,
+                    _API_PATH_BYTES[req.kind],
+                    payload,
                     headers=headers,
-                    timeout=timeout,
+                    connect_s=t.connect_s,
+                    total_s=t.decode_s,
+                    read_s=t.first_byte_s,
                 )
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            except (TimeoutError, OSError) as exc:
                 inst.finished()
                 own = _own_resource_error(exc)
                 if own is not None:
@@ -619,7 +643,7 @@ class Relay:
     request_id: str
     path: str
     t0: float
-    resp: aiohttp.ClientResponse
+    resp: UpstreamResponse
     decode: Instance
     hashes: list[int]
     ticket: _Ticket
@@ -648,11 +672,11 @@ class Relay:
                 out = web.Response(
                     body=data,
                     status=resp.status,
-                    headers=self.headers(resp.headers.get("Content-Type", "application/json")),
+                    headers=self.headers(resp.headers.get("content-type", "application/json")),
                 )
                 outcome = "ok"
             return out
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, EngineConnectionError) as exc:
             router.record_failure(self.decode)
             raise UpstreamError(f"decode on {self.decode.url} broke off: {exc!r}") from exc
         except (asyncio.CancelledError, ConnectionResetError):
@@ -676,7 +700,7 @@ class Relay:
         out = web.StreamResponse(
             status=resp.status,
             headers={
-                **self.headers(resp.headers.get("Content-Type", "text/event-stream")),
+                **self.headers(resp.headers.get("content-type", "text/event-stream")),
                 "Cache-Control": "no-cache",
             },
         )
@@ -684,7 +708,7 @@ class Relay:
         first = last = 0.0
         events = 0
         try:
-            async for chunk in resp.content.iter_any():
+            async for chunk in resp.chunks():
                 now = router.clock()
                 if events == 0:
                     first = now
@@ -695,7 +719,7 @@ class Relay:
                 await out.write(chunk)
         except ConnectionResetError:  # the client went away; closing resp aborts decode
             return out, "cancelled"
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, EngineConnectionError) as exc:
             # Headers are out: tell the client in-band, then end the stream.
             router.record_failure(self.decode)
             err = UpstreamError(f"decode on {self.decode.url} broke off: {exc!r}")

@@ -113,7 +113,7 @@ def test_the_router_extra_and_the_base_leave_out_the_heavy_libraries() -> None:
     extras = project["optional-dependencies"]
     router_install = _names(project["dependencies"]) | _names(extras["router"])
     assert router_install.isdisjoint(NOT_IN_ROUTER)
-    assert {"aiohttp", "orjson", "tokenizers", "jinja2"} <= router_install
+    assert {"aiohttp", "httptools", "uvloop", "orjson", "tokenizers", "jinja2"} <= router_install
     assert "matplotlib" in _names(extras["plot"])
     assert {"kopf", "kubernetes"} <= _names(extras["operator"])
     assert {"scipy", "networkx"} <= _names(extras["planner"])

@@ -19,6 +19,7 @@ MODULES = [
     "prfaas.engine.router.proxy",
     "prfaas.engine.router.request",
     "prfaas.engine.router.tokenizer",
+    "prfaas.engine.router.upstream",
 ]
 
 

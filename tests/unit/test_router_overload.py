@@ -135,12 +135,12 @@ async def test_a_body_that_trickles_in_gets_408() -> None:
 async def test_the_routers_own_resource_errors_never_open_an_engine_circuit(code: int) -> None:
     async with _rig() as (svc, _, _, http):
         router = svc.router
-        real_post = router.session.post
+        real_post = router.upstream.request
 
         def failing_post(*args: Any, **kw: Any) -> Any:
-            raise aiohttp.ClientOSError(code, "out of resources")
+            raise OSError(code, "out of resources")
 
-        router.session.post = failing_post  # type: ignore[method-assign]
+        router.upstream.request = failing_post  # type: ignore[method-assign]
         try:
             for prompt in ("hi", LONG, "hi"):
                 async with http.post(svc.url + "/v1/completions", json={"prompt": prompt}) as r:
@@ -148,7 +148,7 @@ async def test_the_routers_own_resource_errors_never_open_an_engine_circuit(code
                     assert r.headers["Retry-After"] == "1"
                     assert "the router is out of" in (await r.json())["error"]["message"]
         finally:
-            router.session.post = real_post  # type: ignore[method-assign]
+            router.upstream.request = real_post  # type: ignore[method-assign]
         now = router.clock()
         assert all(i.circuit.allows(now) for i in router.policy.instances.values())
         assert all(ln.circuit.allows(now) for ln in router.policy.links.values())
