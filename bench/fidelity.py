@@ -91,6 +91,8 @@ PREFILL = [
     "vllm:time_to_first_token_seconds_count",
     "vllm:request_prefill_time_seconds_sum",
     "vllm:request_prefill_time_seconds_count",
+    "vllm:request_queue_time_seconds_count",
+    "vllm:e2e_request_latency_seconds_count",
 ]
 DECODE = ["vllm:inter_token_latency_seconds_sum", "vllm:inter_token_latency_seconds_count"]
 
@@ -159,7 +161,10 @@ def _row(head: dict[str, Any], samples_s: list[float]) -> dict[str, Any]:
 
 
 def profile_json(
-    arch: dict[str, Any], prefill: list[dict[str, Any]], decode: list[dict[str, Any]]
+    arch: dict[str, Any],
+    prefill: list[dict[str, Any]],
+    decode: list[dict[str, Any]],
+    data_plane: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     import platform
 
@@ -198,6 +203,281 @@ def profile_json(
         },
         "prefill": prefill,
         "decode": decode,
+        **({"dataPlane": data_plane} if data_plane is not None else {}),
+    }
+
+
+# -- where the time goes (idle, tiny requests, per path) ---------------------------------------
+
+ENGINE = [
+    "vllm:time_to_first_token_seconds_sum",
+    "vllm:time_to_first_token_seconds_count",
+    "vllm:e2e_request_latency_seconds_sum",
+    "vllm:request_queue_time_seconds_sum",
+    "vllm:request_prefill_time_seconds_sum",
+    "vllm:nixl_xfer_time_seconds_sum",
+    "vllm:nixl_xfer_time_seconds_count",
+]
+ROUTER = ["prfaas_router_ttft_seconds_sum", "prfaas_router_ttft_seconds_count"]
+
+
+async def _stream_ttft(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any]
+) -> tuple[float, dict[str, str]]:
+    """Client-side seconds to the first streamed token (or to the whole answer when not
+    streamed) and the response headers."""
+    start = time.perf_counter()
+    async with client.stream("POST", url + "/v1/completions", json=body) as r:
+        r.raise_for_status()
+        if not body.get("stream"):
+            await r.aread()
+            return time.perf_counter() - start, dict(r.headers)
+        first = None
+        async for line in r.aiter_lines():
+            if first is None and line.startswith("data: ") and line != "data: [DONE]":
+                first = time.perf_counter() - start
+        if first is None:
+            raise RuntimeError(f"{url}: no token streamed")
+        return first, dict(r.headers)
+
+
+def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before[k] for k in after}
+
+
+async def breakdown(
+    router: str,
+    prefill_url: str,
+    decode_url: str,
+    model: str,
+    reps: int,
+    local_tokens: int,
+    remote_tokens: int,
+) -> dict[str, dict[str, float]]:
+    """Medians (seconds) of each leg at idle, one request at a time."""
+    from prfaas.engine.router.request import prefill_body
+
+    rng = random.Random(11)
+    rows: dict[str, list[dict[str, float]]] = {}
+
+    def add(name: str, **vals: float) -> None:
+        rows.setdefault(name, []).append(vals)
+
+    async with httpx.AsyncClient(timeout=120) as client:
+
+        async def scrape_all() -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+            return (
+                await _scrape(client, prefill_url, ENGINE),
+                await _scrape(client, decode_url, ENGINE),
+                await _scrape(client, router, ROUTER),
+            )
+
+        def body(n: int, out: int, stream: bool) -> dict[str, Any]:
+            return {
+                "model": model,
+                "prompt": _prompt(rng, n),
+                "max_tokens": out,
+                "temperature": 0,
+                "ignore_eos": True,
+                "stream": stream,
+            }
+
+        for _ in range(2):  # warm-up: both paths
+            await _stream_ttft(client, router, body(local_tokens, 2, True))
+            await _stream_ttft(client, router, body(remote_tokens, 2, True))
+        for _ in range(reps):
+            # (a) straight to the dc-b engine: its API server's own cost around its TTFT
+            b0 = await scrape_all()
+            t, _ = await _stream_ttft(client, decode_url, body(local_tokens, 2, True))
+            d = _delta((await scrape_all())[1], b0[1])
+            add(
+                "direct-decode",
+                client=t,
+                engine_ttft=d[ENGINE[0]],
+                queue=d[ENGINE[3]],
+                prefill=d[ENGINE[4]],
+            )
+            await asyncio.sleep(0.3)
+            # (b) the prefill leg alone, as the router sends it, to dc-a
+            b0 = await scrape_all()
+            t, _ = await _stream_ttft(
+                client, prefill_url, prefill_body(body(remote_tokens, 2, True))
+            )
+            d = _delta((await scrape_all())[0], b0[0])
+            add(
+                "direct-prefill-leg",
+                client=t,
+                engine_ttft=d[ENGINE[0]],
+                e2e=d[ENGINE[2]],
+                queue=d[ENGINE[3]],
+                prefill=d[ENGINE[4]],
+            )
+            await asyncio.sleep(0.3)
+            # (c) the router, local path
+            b0 = await scrape_all()
+            t, h = await _stream_ttft(client, router, body(local_tokens, 2, True))
+            a = await scrape_all()
+            dd, dr = _delta(a[1], b0[1]), _delta(a[2], b0[2])
+            add(
+                "router-" + h.get("x-prfaas-route", "?"),
+                client=t,
+                router_ttft=dr[ROUTER[0]],
+                engine_ttft=dd[ENGINE[0]],
+                queue=dd[ENGINE[3]],
+                prefill=dd[ENGINE[4]],
+            )
+            await asyncio.sleep(0.3)
+            # (d) the router, remote path
+            b0 = await scrape_all()
+            t, h = await _stream_ttft(client, router, body(remote_tokens, 2, True))
+            a = await scrape_all()
+            dp, dd, dr = _delta(a[0], b0[0]), _delta(a[1], b0[1]), _delta(a[2], b0[2])
+            add(
+                "router-" + h.get("x-prfaas-route", "?"),
+                client=t,
+                router_ttft=dr[ROUTER[0]],
+                prefill_engine_ttft=dp[ENGINE[0]],
+                prefill_e2e=dp[ENGINE[2]],
+                decode_engine_ttft=dd[ENGINE[0]],
+                decode_queue=dd[ENGINE[3]],
+                decode_prefill=dd[ENGINE[4]],
+                nixl_xfer=dd[ENGINE[5]] + dp[ENGINE[5]],
+                nixl_count=dd[ENGINE[6]] + dp[ENGINE[6]],
+            )
+            await asyncio.sleep(0.3)
+    return {
+        name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in rows.items()
+    }
+
+
+LOAD = [
+    *ENGINE,
+    "vllm:inter_token_latency_seconds_sum",
+    "vllm:inter_token_latency_seconds_count",
+    "vllm:request_decode_time_seconds_sum",
+    "vllm:request_decode_time_seconds_count",
+    "vllm:request_prefill_time_seconds_count",
+]
+
+
+async def _scrape_legs(pf: str, pd: str, router: str) -> dict[str, dict[str, float]]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        return {
+            "prefill": await _scrape(client, pf, LOAD),
+            "decode": await _scrape(client, pd, LOAD),
+            "router": await _scrape(
+                client,
+                router,
+                [*ROUTER, "prfaas_router_tpot_seconds_sum", "prfaas_router_tpot_seconds_count"],
+            ),
+        }
+
+
+def _cpu_seconds(root: int) -> dict[str, float]:
+    """User+system CPU seconds of every process under ``root`` (by command), and this one's."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    info: dict[int, tuple[str, float]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        rest = stat[stat.rindex(")") + 2 :].split()
+        parent[int(d.name)] = int(rest[1])
+        info[int(d.name)] = (cmd, (int(rest[11]) + int(rest[12])) / tick)
+    out: dict[str, float] = {}
+    for pid, (cmd, cpu) in info.items():
+        p = pid
+        while p in parent and p != root and p > 1:
+            p = parent[p]
+        if p != root:
+            continue
+        if "prfaas router" in cmd:
+            key = "router"
+        elif "vllm" in cmd or "VLLM" in cmd or "EngineCore" in cmd:
+            port = re.search(r"--port (\d+)", cmd)
+            key = f"vllm:{port.group(1) if port else pid}"
+        else:
+            key = "other:" + cmd[:40]
+        out[key] = out.get(key, 0.0) + cpu
+    t = os.times()
+    out["bench"] = t.user + t.system
+    return out
+
+
+def _print_load_phase(
+    rows: list[tuple[float, float, str]],
+    cpu0: dict[str, float],
+    cpu1: dict[str, float],
+    wall: float,
+    eng0: dict[str, dict[str, float]],
+    eng1: dict[str, dict[str, float]],
+) -> None:
+    print(f"  load average {os.getloadavg()}")
+    print(
+        "  CPU share of one core: "
+        + ", ".join(f"{k}={(cpu1.get(k, 0.0) - cpu0.get(k, 0.0)) / wall:.2f}" for k in sorted(cpu1))
+    )
+    for path in sorted({r[2] for r in rows}):
+        sel = [r for r in rows if r[2] == path]
+        print(
+            f"  {path}: n={len(sel)} TTFT P50 {statistics.median(r[0] for r in sel) * 1e3:.1f} ms"
+            f" TPOT P50 {statistics.median(r[1] for r in sel) * 1e3:.1f} ms"
+        )
+    for leg in ("prefill", "decode", "router"):
+        d = _delta(eng1[leg], eng0[leg])
+        cells = []
+        for k, v in d.items():
+            if k.endswith("_sum"):
+                base = k[:-4]
+                cnt = d.get(base + "_count", 0.0)
+                if cnt:
+                    cells.append(f"{base.split(':')[-1]}={v / cnt * 1e3:.1f}ms/{cnt:g}")
+        print(f"  {leg}: " + " ".join(cells))
+
+
+def data_plane(
+    legs: dict[str, dict[str, float]],
+    decode: list[dict[str, Any]],
+    docs: list[dict[str, Any]],
+    remote_tokens: int,
+) -> dict[str, Any]:
+    """The profile's ``dataPlane`` (``planner.latency.measured.DataPlane``) from the idle legs:
+    per path, the client's TTFT through the router minus what the simulator already models
+    for that request. Local: minus the PD engine's own TTFT (the profile's prefill row).
+    Remote: minus the prefill engine's own TTFT, the link as the simulator models it (RTT +
+    whole KV blocks / bandwidth) and one decode step at batch 1 (the profile's decode row)."""
+    local, remote = legs["router-local"], legs["router-remote"]
+    link = next(d for d in docs if d["kind"] == "InterDCLink")["spec"]
+    sp = next(d for d in docs if d["kind"] == "ServingPlan")["spec"]
+    a = sp["model"]["architecture"]
+    per_token = 2 * a["layers"] * a["kvHeads"] * a["headDim"] * a["dtypeBytes"]
+    block = sp["engine"]["blockSize"]
+    kv_bytes = -(-remote_tokens // block) * block * per_token
+    link_s = link["rttMs"] / 1e3 + kv_bytes * 8 / (link["bandwidthGbps"] * 1e9)
+    step_s = statistics.median(r["median_ms"] for r in decode if r["batch"] == 1) / 1e3
+    local_s = local["client"] - local["engine_ttft"]
+    remote_s = remote["client"] - remote["prefill_engine_ttft"] - link_s - step_s
+    return {
+        "localMs": round(max(local_s, 0.0) * 1e3, 3),
+        "remoteMs": round(max(remote_s, 0.0) * 1e3, 3),
+        "cores": os.cpu_count() or 0,
+        "loadAverage": [round(x, 2) for x in os.getloadavg()],
+        "method": (
+            "bench/fidelity.py: medians of tiny streamed requests one at a time at idle through "
+            "the router (local path prompt of the --dp-local tokens, remote path --dp-remote "
+            "tokens), each minus the engine-side time the simulator models for it, read from "
+            "the engines' own vllm:time_to_first_token_seconds for the same request (remote "
+            "also minus RTT + KV bytes / link bandwidth and one batch-1 decode step)"
+        ),
+        "legs": {
+            name: {k: round(v * 1e3, 3) if "count" not in k else v for k, v in vals.items()}
+            for name, vals in legs.items()
+        },
     }
 
 
@@ -206,7 +486,7 @@ def profile_json(
 
 async def _one(
     client: httpx.AsyncClient, url: str, model: str, prompt: list[int], out: int
-) -> tuple[float, float] | None:
+) -> tuple[float, float, str] | None:
     body = {
         "model": model,
         "prompt": prompt,
@@ -231,16 +511,18 @@ async def _one(
             first = first or now
             last = now
             chunks += 1
+        route = r.headers.get("x-prfaas-route", "?")
     if first is None or last is None:
         return None
     tpot = (last - first) / (chunks - 1) if chunks > 1 else 0.0
-    return first - start, tpot
+    return first - start, tpot, route
 
 
 async def drive(
     url: str, model: str, rate: float, duration: float, lengths: list[int], out: int, seed: int
-) -> list[tuple[float, float]]:
-    """Poisson arrivals at ``rate`` for ``duration`` seconds; (TTFT, TPOT) of each request."""
+) -> list[tuple[float, float, str]]:
+    """Poisson arrivals at ``rate`` for ``duration`` seconds; (TTFT, TPOT, path) of each
+    request."""
     rng = random.Random(seed)
     tasks = []
     async with httpx.AsyncClient(timeout=600) as client:
@@ -332,13 +614,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rates", default="0.5,1.0", help="Poisson rates, req/s.")
     ap.add_argument("--duration", type=float, default=60.0, help="Seconds of load per rate.")
-    ap.add_argument("--reps", type=int, default=3, help="Repetitions per profile point.")
+    ap.add_argument("--reps", type=int, default=5, help="Repetitions per profile point.")
     ap.add_argument("--tokens", default="16,64,128,256,512,1024,1536")
     ap.add_argument("--batches", default="1,2,4,8")
     ap.add_argument("--contexts", default="64,256,1024")
     ap.add_argument("--simulate", type=int, default=4000, help="Requests per prediction.")
     ap.add_argument("--port", type=int, default=18700)
     ap.add_argument("--profile-out", type=Path, default=PROFILE_OUT)
+    ap.add_argument(
+        "--breakdown-only", action="store_true", help="Only the data-plane legs at idle."
+    )
+    ap.add_argument("--dp-reps", type=int, default=9, help="Requests per data-plane leg.")
+    ap.add_argument("--dp-local", type=int, default=64, help="Prompt tokens, local path.")
+    ap.add_argument("--dp-remote", type=int, default=300, help="Prompt tokens, remote path.")
     args = ap.parse_args()
 
     docs = [d for d in yaml.safe_load_all(SAMPLE.read_text()) if d]
@@ -356,11 +644,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="prfaas-fidelity-") as tmp:
         workdir = Path(tmp)
         proc = _start_up(args.port, workdir)
-        measured: dict[float, list[tuple[float, float]]] = {}
+        measured: dict[float, list[tuple[float, float, str]]] = {}
         try:
             engines = _engines(workdir)
             print("engines:", json.dumps(engines))
             pd = next(iter(engines.get("dc-b/decode") or []))
+            pf = next(iter(engines.get("dc-a/prefill") or []))
+            router = f"http://127.0.0.1:{args.port}"
+            print("data plane at idle (tiny requests, one at a time) ...")
+            legs = asyncio.run(
+                breakdown(router, pf, pd, model, args.dp_reps, args.dp_local, args.dp_remote)
+            )
+            for name, vals in legs.items():
+                print(
+                    f"  {name:<20} "
+                    + " ".join(
+                        f"{k}={v:g}" if "count" in k else f"{k}={v * 1e3:.2f}ms"
+                        for k, v in vals.items()
+                    )
+                )
+            if args.breakdown_only:
+                return
             print(f"profiling {pd} ...")
             pre, dec = asyncio.run(
                 profile_engine(
@@ -372,16 +676,29 @@ def main() -> None:
                     args.reps,
                 )
             )
-            profile = profile_json(arch, pre, dec)
+            dp = data_plane(legs, dec, docs, args.dp_remote)
+            print(f"  dataPlane: {json.dumps({k: v for k, v in dp.items() if k != 'legs'})}")
+            profile = profile_json(arch, pre, dec, dp)
             args.profile_out.parent.mkdir(parents=True, exist_ok=True)
             args.profile_out.write_text(json.dumps(profile, indent=1) + "\n")
             print(f"wrote {args.profile_out}")
             router = f"http://127.0.0.1:{args.port}"
             for i, rate in enumerate(float(r) for r in args.rates.split(",")):
                 print(f"load: Poisson {rate:g} req/s for {args.duration:g} s ...")
+                cpu0, wall0, eng0 = (
+                    _cpu_seconds(proc.pid),
+                    time.monotonic(),
+                    asyncio.run(_scrape_legs(pf, pd, router)),
+                )
                 measured[rate] = asyncio.run(
                     drive(router, model, rate, args.duration, lengths[i * 500 :], out_tokens, i)
                 )
+                cpu1, wall1, eng1 = (
+                    _cpu_seconds(proc.pid),
+                    time.monotonic(),
+                    asyncio.run(_scrape_legs(pf, pd, router)),
+                )
+                _print_load_phase(measured[rate], cpu0, cpu1, wall1 - wall0, eng0, eng1)
         finally:
             _stop(proc)
 
@@ -389,14 +706,18 @@ def main() -> None:
     for d in previous:
         if d["kind"] == "ServingPlan":
             d["spec"]["model"].pop("measuredProfile", None)
+    without_dp = {k: v for k, v in profile.items() if k != "dataPlane"}
     with_profile = copy.deepcopy(previous)
-    for d in with_profile:
-        if d["kind"] == "ServingPlan":
-            d["spec"]["model"]["measuredProfile"] = {"inline": profile}
+    with_dp = copy.deepcopy(previous)
+    for mine, prof in ((with_profile, without_dp), (with_dp, profile)):
+        for d in mine:
+            if d["kind"] == "ServingPlan":
+                d["spec"]["model"]["measuredProfile"] = {"inline": prof}
 
     print()
+    print(f"load average at the end: {os.getloadavg()}")
     print(
-        f"{'rate':>5} {'model':<9} {'source':<9} {'n':>4}  "
+        f"{'rate':>5} {'model':<10} {'source':<9} {'n':>4}  "
         f"{'TTFT P50 meas/pred':>22} {'ratio':>6}  {'TTFT P90 meas/pred':>22} {'ratio':>6}  "
         f"{'TPOT P50 meas/pred':>22} {'ratio':>6}  {'TPOT P90 meas/pred':>22} {'ratio':>6}"
     )
@@ -409,13 +730,14 @@ def main() -> None:
             float(np.percentile(tpot, 50)),
             float(np.percentile(tpot, 90)),
         )
-        for label, d in (("previous", previous), ("measured", with_profile)):
+        variants = (("previous", previous), ("measured", with_profile), ("+dataplane", with_dp))
+        for label, d in variants:
             pred, source, _ = predictions(d, rate, args.simulate)
             cells = "  ".join(
                 f"{m * 1e3:9.1f}/{p * 1e3:9.1f} ms {m / p:6.2f}"
                 for m, p in zip(meas, pred, strict=True)
             )
-            print(f"{rate:5.2f} {label:<9} {source:<9} {len(rows):4d}  {cells}")
+            print(f"{rate:5.2f} {label:<10} {source:<9} {len(rows):4d}  {cells}")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,8 @@ Shape (version 1), as ``prfaas plan crds/samples/case-study.yaml -o json`` print
                      # names: homogeneous-pd, naive-heterogeneous, homogeneous-pd-equal-cost;
                      # ratio = this plan's throughputRps / the baseline's
       "notes": ["..."],                 # provenance of every input and latency model
+      "dataPlaneS": {"local": 0.01, "remote": 0.12},   # measured per-request data-plane cost
+                                        #   per path (profile's dataPlane); {} when none
       "shapes": [{"decodeCluster": "pd-h20", "shape": "disaggregated+offload",
                   "instances": 5, "gpus": 96, "goodputRps": 3.34, "goodputPerGpu": 0.0348,
                   "tokenBudget": null,          # aggregated: the chosen max_num_batched_tokens
@@ -277,6 +279,9 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     shapes: list[ShapeOption] = field(default_factory=list)
     """Aggregated vs disaggregated, with and without offload, per decode cluster (#18)."""
+    data_plane_s: dict[str, float] = field(default_factory=dict)
+    """``{"local": s, "remote": s}``: the measured per-request data-plane cost of each path
+    (``latency.measured.DataPlane``) the simulator adds to TTFT; empty when none was measured."""
 
     def instances(self, cluster: str, role: Role) -> int:
         """Planned instances of ``role`` in ``cluster`` (0 when the plan has none)."""
@@ -324,5 +329,6 @@ class Plan:
             for b in data.get("baselines", [])
         ]
         kw["stages"] = dict(data.get("stages", {}))
+        kw["data_plane_s"] = {str(k): float(v) for k, v in (data.get("dataPlaneS") or {}).items()}
         kw["shapes"] = [ShapeOption(**_from_json(ShapeOption, x)) for x in data.get("shapes", [])]
         return cls(**kw)

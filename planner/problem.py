@@ -13,6 +13,7 @@ from typing import Literal
 
 from prfaas.planner.distributions import LengthDistribution
 from prfaas.planner.latency.catalog import GpuSpec, ModelArch
+from prfaas.planner.latency.measured import DataPlane
 from prfaas.planner.latency.model import InstanceLatency
 from prfaas.planner.latency.profiles import ProfileData
 from prfaas.planner.latency.roofline import RooflineSettings
@@ -189,6 +190,11 @@ class Problem:
     latency_corrections: tuple[tuple[str, str, str, float], ...] = ()
     """``(cluster, role, phase, factor)``: observed/predicted step time learned from the engines'
     own latency while running; ``factor ×`` that phase of that role's latency model."""
+
+    data_plane: DataPlane | None = None
+    """Per-request data-plane cost per path (router hop, API servers, NIXL set-up), from the
+    measured profile's ``dataPlane``; the simulator adds it to each request's client-visible
+    times. ``None``: the engines' own timings are the whole latency."""
 
     def correction(self, cluster: str, role: str, phase: str) -> float:
         """The correction factor of one (cluster, role, phase); 1 when none was learned."""

@@ -690,6 +690,9 @@ def _assemble(
         routers=routers,
         notes=notes,
     )
+    if problem.data_plane is not None:
+        dp = problem.data_plane
+        out.data_plane_s = {"local": dp.local_s, "remote": dp.remote_s}
     out.baselines = _baselines(problem, solver, out_.rate, ctx)
     out.shapes = compare_shapes(problem, solver, shapes.pd_decode, out_.thresholds)
     out.notes += _shape_notes(out.shapes)

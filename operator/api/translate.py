@@ -16,7 +16,7 @@ from prfaas.operator.api import models as api
 from prfaas.planner.distributions import Empirical, Fixed, LengthDistribution, LogNormal
 from prfaas.planner.errors import CatalogError, PlannerError, ProfileError
 from prfaas.planner.latency.catalog import ModelArch, gpu_spec, model_arch, with_memory
-from prfaas.planner.latency.measured import measured_profile
+from prfaas.planner.latency.measured import DataPlane, measured_data_plane, measured_profile
 from prfaas.planner.latency.profiles import ProfileData
 from prfaas.planner.problem import (
     ClusterInput,
@@ -123,6 +123,17 @@ def _measured(ref: api.MeasuredProfileRef, model: ModelArch, where: str) -> Prof
         raise TranslateError(str(exc)) from exc
 
 
+def spec_data_plane(spec: api.ModelSpec, where: str) -> DataPlane | None:
+    """The measured profile's per-request data-plane cost per path, if it has one."""
+    ref = spec.measured_profile
+    if ref is None or ref.inline is None:
+        return None
+    try:
+        return measured_data_plane(ref.inline, f"{where} spec.model.measuredProfile.inline")
+    except ProfileError as exc:
+        raise TranslateError(str(exc)) from exc
+
+
 def spec_profiles(spec: api.ModelSpec, model: ModelArch, where: str) -> tuple[ProfileData, ...]:
     """The profiles a ServingPlan gives: its measured one (inline) first, then the published."""
     profiles = tuple(
@@ -208,6 +219,14 @@ def problem_from_resources(
         f"{p.origin}"
         for p in profiles
     )
+    data_plane = spec_data_plane(spec.model, where)
+    if data_plane is not None:
+        notes.append(
+            f"data plane per request (measured profile's dataPlane, {data_plane.origin}): "
+            f"local path {data_plane.local_s * 1e3:.1f} ms, remote path "
+            f"{data_plane.remote_s * 1e3:.1f} ms beyond the engines' own timings; the "
+            "simulator adds it to each request's TTFT"
+        )
     w = spec.workload
     workload = WorkloadInput(
         distribution(w.input_length),
@@ -243,6 +262,7 @@ def problem_from_resources(
         settings=settings or PlannerSettings(),
         notes=tuple(notes),
         latency_corrections=tuple(corrections),
+        data_plane=data_plane,
     )
 
 

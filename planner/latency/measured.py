@@ -9,7 +9,12 @@ A profile is one JSON object in the shape of ``shared/profiles/h200-layer-bf16.j
      "model": {"layers": 32, "hidden": 4096, "heads": 32, "kvHeads": 8, "headDim": 128,
                "ffn": 14336, "vocab": 128256},          # the whole model, not the TP shard
      "prefill": [{"tokens": 1024, "median_ms": 0.77, ...}],
-     "decode":  [{"batch": 32, "context": 4096, "median_ms": 0.2, "graph_median_ms": 0.15}]}
+     "decode":  [{"batch": 32, "context": 4096, "median_ms": 0.2, "graph_median_ms": 0.15}],
+     "dataPlane": {"localMs": 9.5, "remoteMs": 120.0, "cores": 2, ...}}   # optional
+
+``dataPlane`` (optional, ``scope: instance`` profiles of a running deployment, written by
+``bench/fidelity.py``): what one request costs on each path *outside* the engine steps the rows
+time, measured with tiny requests one at a time at idle (``DataPlane``).
 
 ``scope: layer`` rows time ONE TP-sharded transformer layer (torch, random weights); a whole
 step is ``layers ×`` that plus what a layer lacks — the LM head, the TP all-reduce and the host's
@@ -21,6 +26,7 @@ CUDA-graph median where there is one (engines replay decode from graphs).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prfaas.planner.errors import ProfileError
@@ -28,7 +34,13 @@ from prfaas.planner.latency.catalog import ModelArch, gpu_spec
 from prfaas.planner.latency.profiles import ProfileData
 from prfaas.planner.latency.roofline import RooflineSettings, collective_seconds
 
-__all__ = ["PROFILE_FORMAT", "measured_profile", "profile_shape_problems"]
+__all__ = [
+    "PROFILE_FORMAT",
+    "DataPlane",
+    "measured_data_plane",
+    "measured_profile",
+    "profile_shape_problems",
+]
 
 PROFILE_FORMAT = "prfaas-profile/1"
 
@@ -141,3 +153,70 @@ def measured_profile(
         tuple(decode),
         source="measured",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class DataPlane:
+    """Per-request seconds the data plane adds to the times a client sees, on each path.
+
+    The profile's rows are the engine's own timings (its TTFT histogram starts when its API
+    server has parsed the request and ends when the step's output reaches it; its steps).
+    A client's request also crosses, and no engine histogram sees:
+
+    * ``local_s`` — the router (HTTP parse, tokenise, decide, open the engine leg, relay the
+      first chunk) and the engine's API server around the engine's own TTFT (HTTP, JSON,
+      SSE framing): the local path is one leg.
+    * ``remote_s`` — the same router costs, plus the prefill leg's whole HTTP round trip (its API
+      server on both ends, the non-streamed answer with ``kv_transfer_params``), then the decode
+      leg's API server, and NIXL's per-request work on the decode engine (handshake/metadata,
+      posting the read, waiting a step for the notification): everything on the remote path
+      beyond the prefill engine's own TTFT and the decode engine's first step, which the rows
+      already model, and beyond the link's RTT and bytes/bandwidth, which the simulator adds.
+
+    They are latency, not engine occupancy: the work runs in other processes (router, API
+    servers, NIXL threads), so the simulator adds them to each request's client-visible times
+    (first token and finish: TPOT is unchanged) and not to the engines' busy time. Measured, not
+    fitted: medians of tiny requests at idle, minus the engine-side parts read from the
+    engines' own histograms for the same requests (``bench/fidelity.py``).
+    """
+
+    local_s: float
+    remote_s: float
+    cores: int = 0
+    """Host cores the deployment ran on when this was measured (0: not recorded); on a host
+    that also runs the router and the load, these costs grow with the CPU contention."""
+    origin: str = ""
+
+    def seconds(self, remote: bool) -> float:
+        """The cost of one request on the remote (``True``) or the local path."""
+        return self.remote_s if remote else self.local_s
+
+
+def measured_data_plane(data: Mapping[str, Any], where: str = "profile") -> DataPlane | None:
+    """The profile's ``dataPlane`` (``None`` when it has none). Raises ``ProfileError`` naming
+    the field when it is malformed."""
+    if not isinstance(data, Mapping):
+        raise ProfileError(f"{where}: a profile is a JSON object, got {type(data).__name__}")
+    dp = data.get("dataPlane")
+    if dp is None:
+        return None
+    w = f"{where}.dataPlane"
+    if not isinstance(dp, Mapping):
+        raise ProfileError(f"{w}: an object with localMs and remoteMs, got {type(dp).__name__}")
+    values = []
+    for key in ("localMs", "remoteMs"):
+        if key not in dp:
+            raise ProfileError(
+                f"{w}: missing field {key!r} (bench/fidelity.py measures both paths)"
+            )
+        v = dp[key]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0:
+            raise ProfileError(f"{w}.{key}: must be a number of milliseconds >= 0, got {v!r}")
+        values.append(float(v) / 1e3)
+    cores = dp.get("cores", 0)
+    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 0:
+        raise ProfileError(f"{w}.cores: must be a whole number of cores >= 0, got {cores!r}")
+    origin = f"measured on {data.get('device', 'this host')}"
+    if data.get("measuredAt"):
+        origin += f" at {data['measuredAt']}"
+    return DataPlane(values[0], values[1], cores, origin)

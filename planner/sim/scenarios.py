@@ -217,6 +217,11 @@ def _config(
         kv_bytes_per_token=float(m.kv_bytes_per_token),
         kv_fixed_bytes=float(m.fixed_state_bytes),
         block_tokens=problem.block_tokens,
+        data_plane_s=(
+            (problem.data_plane.local_s, problem.data_plane.remote_s)
+            if problem.data_plane is not None
+            else (0.0, 0.0)
+        ),
     )
 
 

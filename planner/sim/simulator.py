@@ -219,6 +219,10 @@ class SimConfig:
     those, rounded down (at least one block)."""
     clusters: tuple[DecodeCluster, ...] = ()
     """Several decode clusters (empty: ``decode`` is the one)."""
+    data_plane_s: tuple[float, float] = (0.0, 0.0)
+    """Seconds (local path, remote path) the data plane adds to each request's first token and
+    finish as the client sees them (``latency.measured.DataPlane``: router, API servers, NIXL
+    set-up). That work runs outside the engines, so it delays the client, not the engines."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -1184,6 +1188,8 @@ class Simulation:
             queues[self.config.decode.name] = StepSeries.of(self._dec_t, self._dec_v)
         elif multi:
             queues[DECODE_QUEUE] = StepSeries.of(self._dec_t, self._dec_v)
+        local_s, remote_s = self.config.data_plane_s
+        shift = np.where(f(self._remote, dtype=np.bool_), remote_s, local_s)
         return SimResult(
             name=self.config.name,
             arrival_s=s.arrival_s,
@@ -1195,9 +1201,9 @@ class Simulation:
             prefill_start_s=f(self._pstart, dtype=np.float64),
             prefill_end_s=f(self._pend, dtype=np.float64),
             decode_start_s=f(self._dstart, dtype=np.float64),
-            first_token_s=f(self._first, dtype=np.float64),
+            first_token_s=f(self._first, dtype=np.float64) + shift,
             kv_ready_s=f(self._ready, dtype=np.float64),
-            finish_s=f(self._finish, dtype=np.float64),
+            finish_s=f(self._finish, dtype=np.float64) + shift,
             links=links,
             link_capacity=capacity,
             offered=offered,
