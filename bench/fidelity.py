@@ -2,21 +2,34 @@
 engines and the router), a profile of the engine read from its own timings, then Poisson load.
 
 1. Starts ``prfaas up`` on the sample and waits for its endpoint.
-2. Profiles the dc-b engine (the one that prefills short prompts and decodes everything) through
+2. The data plane at idle (``breakdown``): tiny streamed requests one at a time, straight to the
+   dc-b engine, the prefill leg alone to dc-a (as the router sends it), and through the router
+   on the local and the remote path, each beside the engines' own TTFT, queue, prefill and NIXL
+   histograms for the same request: where a request's time goes outside the engine steps.
+   ``data_plane`` turns the two router paths into the profile's ``dataPlane`` (per path, the
+   client's TTFT minus what the simulator already models: ``planner.latency.measured.
+   DataPlane``).
+3. Profiles the dc-b engine (the one that prefills short prompts and decodes everything) through
    its own ``/metrics``: prefill over prompt lengths (``vllm:time_to_first_token_seconds`` of one
    request alone, ``max_tokens`` 1, prompts of random token ids so no prefix cache helps: the
    whole step as the engine sees it, API server and scheduling included; the narrower
    ``vllm:request_prefill_time_seconds`` is kept beside it as ``prefill_phase_median_ms``),
    decode over (batch, context) (``vllm:inter_token_latency_seconds`` over a batch of concurrent
    requests); medians of ``--reps``. Writes the profile JSON (``scope: instance``,
-   ``--profile-out``).
-3. Drives Poisson arrivals at each ``--rates`` for ``--duration`` seconds through the router,
+   ``--profile-out``) with its ``dataPlane``.
+4. Drives Poisson arrivals at each ``--rates`` for ``--duration`` seconds through the router,
    prompt lengths drawn from the sample's input distribution, outputs of its fixed length;
-   measures TTFT (first streamed token) and TPOT ((last − first) / (tokens − 1)) per request.
-4. Prints measured P50/P90 TTFT and TPOT beside what ``prfaas plan --simulate`` predicts for the
-   same plan at the same rate (``planner.sim.scenarios.predict``), as ratios measured/predicted,
-   once with the sample's previous latency model (no measured profile: ``roofline`` on "CPU")
-   and once with the measured profile.
+   measures TTFT (first streamed token) and TPOT ((last − first) / (tokens − 1)) per request and
+   per path, the engines' and the router's histograms over the phase, and every process's cores
+   used and cores waited for (runnable, not running: ``/proc/PID/task/*/schedstat``), which
+   says whether the host's cores, not the engines, set the pace.
+5. Prints measured P50/P90 TTFT and TPOT beside what ``prfaas plan --simulate`` predicts for the
+   same plan at the same rate (``planner.sim.scenarios.predict``), as ratios measured/predicted:
+   with the sample's previous latency model (no measured profile: ``roofline`` on "CPU"), with
+   the measured profile alone, and with the measured profile and its data plane.
+
+The host is shared (load average printed): the engines' step times move with what else runs on
+their cores, so compare a run's rows with each other, not with another run's.
 
 Run it alone (it starts engines)::
 
@@ -207,6 +220,17 @@ def profile_json(
     }
 
 
+def write_sample(profile: dict[str, Any], sample: Path = SAMPLE) -> None:
+    """Put ``profile`` under the sample's ``measuredProfile.inline`` (the lines between
+    ``inline:`` and the next key of ``spec``), keeping the file's comments."""
+    lines = sample.read_text().splitlines(keepends=True)
+    start = next(i for i, ln in enumerate(lines) if ln.rstrip() == "      inline:")
+    end = next(i for i in range(start + 1, len(lines)) if re.match(r"^  \S", lines[i]))
+    body = yaml.safe_dump(profile, sort_keys=False, width=100, allow_unicode=True)
+    block = "".join("        " + ln + "\n" for ln in body.splitlines())
+    sample.write_text("".join(lines[: start + 1]) + block + "".join(lines[end:]))
+
+
 # -- where the time goes (idle, tiny requests, per path) ---------------------------------------
 
 ENGINE = [
@@ -373,55 +397,75 @@ async def _scrape_legs(pf: str, pd: str, router: str) -> dict[str, dict[str, flo
         }
 
 
-def _cpu_seconds(root: int) -> dict[str, float]:
-    """User+system CPU seconds of every process under ``root`` (by command), and this one's."""
-    tick = os.sysconf("SC_CLK_TCK")
+def _cpu_seconds(root: int, engines: dict[int, str]) -> dict[str, tuple[float, float]]:
+    """``(on-CPU, waiting for a CPU)`` seconds of every process under ``root`` and of this one,
+    summed over their threads (``/proc/PID/task/*/schedstat``), keyed by what they are: the
+    engine (from its API server's ``--port`` in ``engines``) and the process (API server,
+    EngineCore, Worker), the router, the bench. Waiting is runnable but not running: the
+    contention for the host's cores."""
     parent: dict[int, int] = {}
-    info: dict[int, tuple[str, float]] = {}
+    cmds: dict[int, str] = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
             stat = (d / "stat").read_text()
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmds[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, UnicodeDecodeError):
+            continue
+        parent[int(d.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+
+    def owner(pid: int) -> str | None:
+        p = pid
+        while p > 1:
+            port = re.search(r"api_server.* --port (\d+)", cmds.get(p, ""))
+            if port and int(port.group(1)) in engines:
+                return engines[int(port.group(1))]
+            if p == root:
+                return "router" if "prfaas router" in cmds.get(pid, "") else "up"
+            p = parent.get(p, 0)
+        return None
+
+    out: dict[str, tuple[float, float]] = {}
+    for pid in [*cmds, os.getpid()]:
+        who = "bench" if pid == os.getpid() else owner(pid)
+        if who is None:
+            continue
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            run = wait = 0
+            for t in Path(f"/proc/{pid}/task").iterdir():
+                a, b, _ = (t / "schedstat").read_text().split()
+                run, wait = run + int(a), wait + int(b)
         except OSError:
             continue
-        rest = stat[stat.rindex(")") + 2 :].split()
-        parent[int(d.name)] = int(rest[1])
-        info[int(d.name)] = (cmd, (int(rest[11]) + int(rest[12])) / tick)
-    out: dict[str, float] = {}
-    for pid, (cmd, cpu) in info.items():
-        p = pid
-        while p in parent and p != root and p > 1:
-            p = parent[p]
-        if p != root:
-            continue
-        if "prfaas router" in cmd:
-            key = "router"
-        elif "vllm" in cmd or "VLLM" in cmd or "EngineCore" in cmd:
-            port = re.search(r"--port (\d+)", cmd)
-            key = f"vllm:{port.group(1) if port else pid}"
-        else:
-            key = "other:" + cmd[:40]
-        out[key] = out.get(key, 0.0) + cpu
-    t = os.times()
-    out["bench"] = t.user + t.system
+        key = who if who in ("bench", "router", "up") else f"{who} {comm.removeprefix('VLLM::')}"
+        r0, w0 = out.get(key, (0.0, 0.0))
+        out[key] = (r0 + run / 1e9, w0 + wait / 1e9)
     return out
+
+
+def _print_cpu(
+    cpu0: dict[str, tuple[float, float]], cpu1: dict[str, tuple[float, float]], wall: float
+) -> None:
+    print(f"  load average {os.getloadavg()}; per process, cores used / cores waited for:")
+    cells = []
+    for k in sorted(cpu1):
+        r0, w0 = cpu0.get(k, (0.0, 0.0))
+        r1, w1 = cpu1[k]
+        cells.append(f"{k}={(r1 - r0) / wall:.2f}/{(w1 - w0) / wall:.2f}")
+    print("    " + ", ".join(cells))
 
 
 def _print_load_phase(
     rows: list[tuple[float, float, str]],
-    cpu0: dict[str, float],
-    cpu1: dict[str, float],
+    cpu0: dict[str, tuple[float, float]],
+    cpu1: dict[str, tuple[float, float]],
     wall: float,
     eng0: dict[str, dict[str, float]],
     eng1: dict[str, dict[str, float]],
 ) -> None:
-    print(f"  load average {os.getloadavg()}")
-    print(
-        "  CPU share of one core: "
-        + ", ".join(f"{k}={(cpu1.get(k, 0.0) - cpu0.get(k, 0.0)) / wall:.2f}" for k in sorted(cpu1))
-    )
+    _print_cpu(cpu0, cpu1, wall)
     for path in sorted({r[2] for r in rows}):
         sel = [r for r in rows if r[2] == path]
         print(
@@ -624,6 +668,11 @@ def main() -> None:
     ap.add_argument(
         "--breakdown-only", action="store_true", help="Only the data-plane legs at idle."
     )
+    ap.add_argument(
+        "--write-sample",
+        action="store_true",
+        help="Also inline the new profile into crds/samples/local.yaml.",
+    )
     ap.add_argument("--dp-reps", type=int, default=9, help="Requests per data-plane leg.")
     ap.add_argument("--dp-local", type=int, default=64, help="Prompt tokens, local path.")
     ap.add_argument("--dp-remote", type=int, default=300, help="Prompt tokens, remote path.")
@@ -665,7 +714,9 @@ def main() -> None:
                 )
             if args.breakdown_only:
                 return
+            ports = {int(pd.rsplit(":", 1)[1]): "dc-b", int(pf.rsplit(":", 1)[1]): "dc-a"}
             print(f"profiling {pd} ...")
+            cpu0, wall0 = _cpu_seconds(proc.pid, ports), time.monotonic()
             pre, dec = asyncio.run(
                 profile_engine(
                     pd,
@@ -676,17 +727,21 @@ def main() -> None:
                     args.reps,
                 )
             )
+            _print_cpu(cpu0, _cpu_seconds(proc.pid, ports), time.monotonic() - wall0)
             dp = data_plane(legs, dec, docs, args.dp_remote)
             print(f"  dataPlane: {json.dumps({k: v for k, v in dp.items() if k != 'legs'})}")
             profile = profile_json(arch, pre, dec, dp)
             args.profile_out.parent.mkdir(parents=True, exist_ok=True)
             args.profile_out.write_text(json.dumps(profile, indent=1) + "\n")
             print(f"wrote {args.profile_out}")
+            if args.write_sample:
+                write_sample(profile)
+                print(f"inlined it into {SAMPLE}")
             router = f"http://127.0.0.1:{args.port}"
             for i, rate in enumerate(float(r) for r in args.rates.split(",")):
                 print(f"load: Poisson {rate:g} req/s for {args.duration:g} s ...")
                 cpu0, wall0, eng0 = (
-                    _cpu_seconds(proc.pid),
+                    _cpu_seconds(proc.pid, ports),
                     time.monotonic(),
                     asyncio.run(_scrape_legs(pf, pd, router)),
                 )
@@ -694,7 +749,7 @@ def main() -> None:
                     drive(router, model, rate, args.duration, lengths[i * 500 :], out_tokens, i)
                 )
                 cpu1, wall1, eng1 = (
-                    _cpu_seconds(proc.pid),
+                    _cpu_seconds(proc.pid, ports),
                     time.monotonic(),
                     asyncio.run(_scrape_legs(pf, pd, router)),
                 )
