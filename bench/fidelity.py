@@ -589,9 +589,9 @@ async def drive(
 
 def predictions(
     docs: list[dict[str, Any]], rate: float, requests: int
-) -> tuple[tuple[float, float, float, float], str, str]:
+) -> tuple[tuple[float, float, float, float], str, dict[str, float]]:
     """(P50 TTFT, P90 TTFT, P50 TPOT, P90 TPOT) that ``prfaas plan --simulate`` predicts at
-    ``rate`` for these manifests, and the latency sources it used."""
+    ``rate`` for these manifests, the latency sources it used, and P50 TTFT per path."""
     from prfaas.operator.api.manifests import parse_manifests
     from prfaas.operator.api.translate import problems_from_manifests
     from prfaas.planner.sim.scenarios import PRFAAS, predict
@@ -610,7 +610,13 @@ def predictions(
         float(np.percentile(tpot, 50)),
         float(np.percentile(tpot, 90)),
     )
-    return q, ",".join(sorted({c.latency_source for c in p.clusters})), p.bottleneck
+    remote = run.result.remote
+    paths = {
+        name: float(np.percentile(ttft[mask], 50))
+        for name, mask in (("local", ~remote), ("remote", remote))
+        if mask.any()
+    }
+    return q, ",".join(sorted({c.latency_source for c in p.clusters})), paths
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -786,13 +792,21 @@ def main() -> None:
             float(np.percentile(tpot, 90)),
         )
         variants = (("previous", previous), ("measured", with_profile), ("+dataplane", with_dp))
+        by_path = ""
         for label, d in variants:
-            pred, source, _ = predictions(d, rate, args.simulate)
+            pred, source, paths = predictions(d, rate, args.simulate)
             cells = "  ".join(
                 f"{m * 1e3:9.1f}/{p * 1e3:9.1f} ms {m / p:6.2f}"
                 for m, p in zip(meas, pred, strict=True)
             )
             print(f"{rate:5.2f} {label:<10} {source:<9} {len(rows):4d}  {cells}")
+            by_path = ", ".join(
+                f"{path} {statistics.median(r[0] for r in rows if r[2] == path) * 1e3:.1f}/"
+                f"{paths[path] * 1e3:.1f} ms"
+                for path in sorted(paths)
+                if any(r[2] == path for r in rows)
+            )
+        print(f"      TTFT P50 per path, measured/+dataplane: {by_path}")
 
 
 if __name__ == "__main__":
