@@ -217,11 +217,7 @@ def _config(
         kv_bytes_per_token=float(m.kv_bytes_per_token),
         kv_fixed_bytes=float(m.fixed_state_bytes),
         block_tokens=problem.block_tokens,
-        data_plane_s=(
-            (problem.data_plane.local_s, problem.data_plane.remote_s)
-            if problem.data_plane is not None
-            else (0.0, 0.0)
-        ),
+        data_plane_s=_data_plane(problem),
     )
 
 
@@ -384,7 +380,14 @@ def _multi_config(
         kv_fixed_bytes=float(m.fixed_state_bytes),
         block_tokens=problem.block_tokens,
         clusters=tuple(clusters),
+        data_plane_s=_data_plane(problem),
     )
+
+
+def _data_plane(problem: Problem) -> tuple[float, float]:
+    """(local, remote) seconds of the measured data plane per request (0 without one)."""
+    dp = problem.data_plane
+    return (0.0, 0.0) if dp is None else (dp.local_s, dp.remote_s)
 
 
 def _homogeneous_problem(problem: Problem) -> Problem:
