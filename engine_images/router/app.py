@@ -27,7 +27,14 @@ from prfaas.engine.router.metrics import CONTENT_TYPE_LATEST
 from prfaas.engine.router.proxy import RouterCore
 from prfaas.engine.router.request import MAX_BODY_BYTES, ApiKind, body_limit, new_request_id
 
-__all__ = ["ROUTER_KEY", "build_app", "error_middleware", "read_body"]
+__all__ = [
+    "ROUTER_KEY",
+    "build_app",
+    "error_headers",
+    "error_middleware",
+    "read_body",
+    "unexpected_error",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +76,25 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> RouterError:
     return err
 
 
+def error_headers(exc: RouterError, rid: str | None, method: str, path: str) -> dict[str, str]:
+    """Headers of the answer to ``exc`` (``X-Request-Id``, ``Retry-After``); a 5xx is logged
+    as one WARNING line. Shared by this middleware and the completions fast lane."""
+    headers = {"X-Request-Id": rid} if rid is not None else {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    if exc.status >= 500:
+        log.warning("%s %s -> %d: %s", method, path, exc.status, exc.message)
+    return headers
+
+
+def unexpected_error(method: str, path: str, exc: Exception) -> RouterError:
+    """A bug as a 500 ``RouterError``: one WARNING line names it, the traceback is at DEBUG."""
+    log.debug("%s %s failed", method, path, exc_info=exc)
+    return RouterError(
+        f"the router failed on {method} {path}: {type(exc).__name__}: {exc}; see the router's log"
+    )
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one place where errors become HTTP answers, all OpenAI error JSON: ``RouterError``,
@@ -91,17 +117,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise asyncio.CancelledError from None
         except Exception as unexpected:
             # A bug: the 500's one WARNING line below names it; the traceback is at DEBUG.
-            log.debug("%s %s failed", request.method, request.path, exc_info=True)
-            raise RouterError(
-                f"the router failed on {request.method} {request.path}: "
-                f"{type(unexpected).__name__}: {unexpected}; see the router's log"
-            ) from unexpected
+            raise unexpected_error(request.method, request.path, unexpected) from unexpected
     except RouterError as exc:
-        headers = {"X-Request-Id": request[_RID_KEY]} if _RID_KEY in request else {}
-        if exc.retry_after_s is not None:
-            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
-        if exc.status >= 500:
-            log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
+        rid = request.get(_RID_KEY)
+        headers = error_headers(exc, rid, request.method, request.path)
         if isinstance(exc, UpstreamRejectedError) and exc.body:
             return web.Response(
                 body=exc.body,
@@ -120,8 +139,11 @@ async def _proxy(request: web.Request, kind: ApiKind) -> web.StreamResponse:
     try:
         cfg = router.config
         try:
-            async with asyncio.timeout(cfg.admission.body_timeout_s):
+            if request.content.is_eof():  # the whole body came with the head: nothing to wait for
                 raw = await read_body(request, body_limit(cfg.max_model_len))
+            else:
+                async with asyncio.timeout(cfg.admission.body_timeout_s):
+                    raw = await read_body(request, body_limit(cfg.max_model_len))
         except TimeoutError as exc:
             raise BadRequestError(
                 f"the request body did not arrive within {cfg.admission.body_timeout_s:g} s",

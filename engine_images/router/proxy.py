@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prfaas.engine.router.config import RouterConfig
@@ -53,7 +53,7 @@ from prfaas.engine.router.tokenizer import PromptTokenizer, load_tokenizer, max_
 from prfaas.engine.router.upstream import EngineConnectionError, UpstreamPool, UpstreamResponse
 from prometheus_client import Gauge
 
-__all__ = ["ROUTE_HEADER", "UNCACHED_HEADER", "Relay", "RouterCore"]
+__all__ = ["ROUTE_HEADER", "UNCACHED_HEADER", "ClientSink", "Relay", "RouterCore"]
 
 log = logging.getLogger(__name__)
 
@@ -659,23 +659,28 @@ class Relay:
         }
 
     async def respond(self, request: web.Request) -> web.StreamResponse:
+        """Answer through aiohttp (``router_app``'s routes)."""
+        sink = _AiohttpSink(request)
+        await self.send(sink)
+        assert sink.response is not None
+        return sink.response
+
+    async def send(self, sink: ClientSink) -> None:
+        """Write the decode answer to the client through ``sink`` and account for it."""
         router, resp = self.router, self.resp
         outcome = "error"
         try:
             if self.req.stream and resp.content_type == "text/event-stream":
-                out, outcome = await self._stream(request)
+                outcome = await self._stream(sink)
             else:
                 data = await resp.read()
                 now = router.clock()
                 router.metrics.ttft.observe(now - self.t0)
                 self.ticket.deliver(now, shipped=True)
-                out = web.Response(
-                    body=data,
-                    status=resp.status,
-                    headers=self.headers(resp.headers.get("content-type", "application/json")),
+                sink.whole(
+                    resp.status, self.headers(resp.content_type_header or "application/json"), data
                 )
                 outcome = "ok"
-            return out
         except (TimeoutError, EngineConnectionError) as exc:
             router.record_failure(self.decode)
             raise UpstreamError(f"decode on {self.decode.url} broke off: {exc!r}") from exc
@@ -695,16 +700,11 @@ class Relay:
             if self.path != "local":  # link gauges moved (the tick loop refreshes them too)
                 router.update_gauges()
 
-    async def _stream(self, request: web.Request) -> tuple[web.StreamResponse, str]:
+    async def _stream(self, sink: ClientSink) -> str:
         router, resp = self.router, self.resp
-        out = web.StreamResponse(
-            status=resp.status,
-            headers={
-                **self.headers(resp.headers.get("content-type", "text/event-stream")),
-                "Cache-Control": "no-cache",
-            },
-        )
-        await out.prepare(request)
+        headers = self.headers(resp.content_type_header or "text/event-stream")
+        headers["Cache-Control"] = "no-cache"
+        await sink.open(resp.status, headers)
         first = last = 0.0
         events = 0
         try:
@@ -716,17 +716,59 @@ class Relay:
                     self.ticket.deliver(now, shipped=True)
                 events += chunk.count(b"data:") - chunk.count(b"data: [DONE]")
                 last = now
-                await out.write(chunk)
+                await sink.write(chunk)
         except ConnectionResetError:  # the client went away; closing resp aborts decode
-            return out, "cancelled"
+            return "cancelled"
         except (TimeoutError, EngineConnectionError) as exc:
             # Headers are out: tell the client in-band, then end the stream.
             router.record_failure(self.decode)
             err = UpstreamError(f"decode on {self.decode.url} broke off: {exc!r}")
-            await out.write(b"data: " + json.dumps(err.to_json()).encode() + b"\n\n")
-            await out.write_eof()
-            return out, "error"
+            await sink.write(b"data: " + json.dumps(err.to_json()).encode() + b"\n\n")
+            await sink.end()
+            return "error"
         if events > 1:
             router.metrics.tpot.observe((last - first) / (events - 1))
-        await out.write_eof()
-        return out, "ok"
+        await sink.end()
+        return "ok"
+
+
+class ClientSink(Protocol):
+    """Where a ``Relay`` writes the answer: aiohttp's response objects, or the completions
+    fast lane's connection. ``write`` raises ``ConnectionResetError`` once the client left."""
+
+    def whole(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        """The whole answer at once (not streamed)."""
+        ...
+
+    async def open(self, status: int, headers: dict[str, str]) -> None:
+        """Start a streamed answer (chunked)."""
+        ...
+
+    async def write(self, chunk: bytes) -> None: ...
+
+    async def end(self) -> None:
+        """End the streamed answer."""
+        ...
+
+
+class _AiohttpSink:
+    __slots__ = ("request", "response")
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response: web.StreamResponse | None = None
+
+    def whole(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.response = web.Response(body=body, status=status, headers=headers)
+
+    async def open(self, status: int, headers: dict[str, str]) -> None:
+        self.response = web.StreamResponse(status=status, headers=headers)
+        await self.response.prepare(self.request)
+
+    async def write(self, chunk: bytes) -> None:
+        assert self.response is not None
+        await self.response.write(chunk)
+
+    async def end(self) -> None:
+        assert self.response is not None
+        await self.response.write_eof()

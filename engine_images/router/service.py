@@ -60,6 +60,7 @@ from prfaas.engine.router.app import build_app
 from prfaas.engine.router.config import RouterConfig, RouterConfigError, load_router_config
 from prfaas.engine.router.discovery import EndpointWatcher, PoolKey, apply_discovery
 from prfaas.engine.router.errors import ConfigError
+from prfaas.engine.router.fastlane import FastLaneFactory
 from prfaas.engine.router.proxy import RouterCore
 from prfaas.engine.router.serving import AsyncService, serve_app
 from prfaas.engine.router.tokenizer import PromptTokenizer
@@ -126,6 +127,7 @@ class RouterService(AsyncService):
             self.port,
             header_timeout_s=admission.header_timeout_s,
             cancel_on_disconnect=True,
+            wrap=lambda aiohttp_protocol: FastLaneFactory(self.router, aiohttp_protocol),
         )
         if self.port == 0:
             self.port = bound

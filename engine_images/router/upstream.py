@@ -82,10 +82,11 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
         self._deadline = self._read_s = 0.0
+        self._parser = httptools.HttpResponseParser(self)
         self._reset()
 
     def _reset(self) -> None:
-        self._parser = httptools.HttpResponseParser(self)
+        """Ready for the next answer on this connection (llhttp parses them in sequence)."""
         self.status = 0
         self.header_list: list[tuple[bytes, bytes]] = []
         self.headers_done = self.complete = self.keep_alive = self.streaming = False
@@ -204,21 +205,28 @@ class _Connection(asyncio.Protocol):
 class UpstreamResponse:
     """An engine's answer whose status line and headers arrived; the body follows."""
 
-    __slots__ = ("_conn", "_done", "headers", "status")
+    __slots__ = ("_conn", "_done", "_header_list", "content_type_header", "status")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
         self._done = False
         self.status = conn.status
-        self.headers = {
-            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in conn.header_list
-        }
+        self._header_list = conn.header_list
+        self.content_type_header = ""
+        """The ``Content-Type`` header as sent, ``""`` when absent."""
+        for name, value in self._header_list:
+            if len(name) == 12 and name.lower() == b"content-type":
+                self.content_type_header = value.decode("latin-1")
+
+    @property
+    def headers(self) -> dict[str, str]:
         """Header names lower-cased (the last value of a repeated header)."""
+        return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self._header_list}
 
     @property
     def content_type(self) -> str:
         """The media type without parameters (``text/event-stream``), ``""`` when absent."""
-        return self.headers.get("content-type", "").partition(";")[0].strip().lower()
+        return self.content_type_header.partition(";")[0].strip().lower()
 
     async def read(self) -> bytes:
         """The whole body (raises like ``UpstreamPool.request``)."""

@@ -14,6 +14,7 @@ MODULES = [
     "prfaas.engine.router.config",
     "prfaas.engine.router.errors",
     "prfaas.engine.router.fakes",
+    "prfaas.engine.router.fastlane",
     "prfaas.engine.router.metrics",
     "prfaas.engine.router.policy",
     "prfaas.engine.router.proxy",
