@@ -6,7 +6,9 @@ Routes: ``POST /v1/completions``, ``POST /v1/chat/completions`` (streaming or no
 (liveness), ``GET /metrics``, ``GET /status``
 (routing state as JSON). Answers carry ``X-Request-Id``, ``X-PrfaaS-Route`` and
 ``X-PrfaaS-Uncached-Tokens``. Every error, an unknown path or a wrong method included, is
-OpenAI error JSON (``{"error": {"message", "type", "param", "code"}}``).
+OpenAI error JSON (``{"error": {"message", "type", "param", "code"}}``). Plain completions
+requests are served before they reach aiohttp, by ``router_fastlane``, with the same answers
+(``error_headers``, ``unexpected_error``); these routes serve the rest.
 """
 
 from __future__ import annotations

@@ -187,3 +187,21 @@ async def test_a_client_that_leaves_mid_stream_stops_the_decode() -> None:
                 "prfaas_router_requests_total", {"path": "local", "outcome": "cancelled"}
             )
             assert value == 1.0
+
+
+def test_the_hand_off_works_on_uvloop_the_routers_loop() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> tuple[int, int, int]:
+        async with _rig() as (svc, _):
+            reader, writer = await asyncio.open_connection("127.0.0.1", svc.port)
+            writer.write(_post({"prompt": "lane", "max_tokens": 1}))
+            lane = await _answer(reader)
+            writer.write(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+            live = await _answer(reader)
+            writer.write(_post({"prompt": "aiohttp", "max_tokens": 1}))
+            after = await _answer(reader)
+            writer.close()
+            return lane[0], live[0], after[0]
+
+    assert uvloop.run(scenario()) == (200, 200, 200)
