@@ -20,9 +20,13 @@ monotone), starting from a one-decode step. The rate is feasible when ``τ`` sta
 the TPOT SLO (every decode lives through such steps: TPOT = mean step,
 ``mixed.tpot_seconds``), ``d`` within ``max_num_seqs`` and the KV capacity, and a local
 prompt's chunked TTFT (``⌈L/c⌉`` steps) within the TTFT SLO.
-The largest feasible ``λ`` is found by bisection; the token budget
-(``max_num_batched_tokens``) is then ``d + c`` at that rate, rounded up to whole KV blocks, so
-the step the SLO was checked on is the largest the engine will schedule.
+The token budget (``max_num_batched_tokens``) is what keeps TPOT within the SLO when the
+steps are full: ``n = ⌈d⌉`` decodes plus ``k`` chunk tokens, a full step averaging
+``S(n, n·ctx) + (k/L)·P([L])`` over a prompt's chunks, so ``k`` is the largest with that
+within the TPOT SLO and the budget is ``n + k`` rounded *down* to whole KV blocks. A rate is
+feasible only if that budget also carries the prefill demand (``c ≤ budget − n``; else the
+prompt queue grows without bound). The largest feasible ``λ`` is found by bisection, like
+``Λ_max`` a saturation rate; a burst of prompts then lengthens TTFT (queueing), not TPOT.
 """
 
 from __future__ import annotations
@@ -31,14 +35,20 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from prfaas.planner.distributions import Split
+from prfaas.planner.distributions import LengthDistribution, Split
 from prfaas.planner.latency.mixed import chunk_plan, chunk_seconds, mixed_step_seconds
 from prfaas.planner.latency.model import LatencyModel
 from prfaas.planner.plan import ShapeOption
 from prfaas.planner.problem import Candidate, Problem
 from prfaas.planner.throughput import Solver
 
-__all__ = ["KV_BLOCK_TOKENS", "AggregatedPoint", "aggregated_instance", "compare_shapes"]
+__all__ = [
+    "KV_BLOCK_TOKENS",
+    "AggregatedPoint",
+    "aggregated_instance",
+    "compare_shapes",
+    "mean_prefill_seconds",
+]
 
 KV_BLOCK_TOKENS = 16
 """vLLM's default KV block size: the smallest sensible token budget and its rounding unit."""
@@ -66,6 +76,7 @@ class _State:
     chunk_tokens: float
     ttft_s: float
     limit: str  # "" when feasible
+    budget: int = 0
 
 
 def _steady(
@@ -79,8 +90,9 @@ def _steady(
     ttft_s: float,
     kv_tokens: float,
     max_seqs: int,
+    block: int,
+    per_prompt: float,
 ) -> _State:
-    per_prompt = sum(chunk_seconds(lat, c) for c in chunk_plan(prompt, max(prompt, 1.0)))
     tau = mixed_step_seconds(lat, 1, context)  # a loaded instance always has a step to run
     for _ in range(200):
         d = rate * output * tau
@@ -99,10 +111,18 @@ def _steady(
         return _State(tau, d, c, math.inf, "max-num-seqs")
     if d * (context + output / 2.0) > kv_tokens:
         return _State(tau, d, c, math.inf, "kv")
+    # Decodes in flight are Poisson-like around d (M/G/∞): size the step for its P90.
+    n = max(1, math.ceil(d + 1.2816 * math.sqrt(d)))
+    room = 0.0  # prompt tokens a full step may carry beside the n decodes
+    if per_prompt > 0:
+        room = (tpot_s - lat.decode_step_seconds(n, n * context)) * prompt / per_prompt
+    budget = max(math.ceil(n / block), math.floor((n + room) / block)) * block
+    if c > budget - n:
+        return _State(tau, d, c, math.inf, "tpot", budget)
     ttft = math.ceil(prompt / c) * tau if c > 0 else 0.0
     if ttft > ttft_s:
-        return _State(tau, d, c, ttft, "ttft")
-    return _State(tau, d, c, ttft, "")
+        return _State(tau, d, c, ttft, "ttft", budget)
+    return _State(tau, d, c, ttft, "", budget)
 
 
 def aggregated_instance(
@@ -116,19 +136,36 @@ def aggregated_instance(
     max_seqs: int,
     local_share: float = 1.0,
     block: int = KV_BLOCK_TOKENS,
+    prefill_s: float | None = None,
 ) -> AggregatedPoint:
     """The highest rate one aggregated instance sustains (module docstring).
 
     ``prompt``: mean uncached length of the prompts prefilled here; ``local_share``: the
     fraction of requests prefilled here (``1 - p`` with offload); ``context``: mean KV context
-    of a decoding sequence; ``kv_tokens``: the instance's KV capacity.
+    of a decoding sequence; ``kv_tokens``: the instance's KV capacity; ``prefill_s``: the mean
+    prefill time of those prompts (``mean_prefill_seconds``; default ``P([prompt])``, exact
+    for one length).
     """
     if output <= 0:
         raise ValueError(f"output must be > 0 tokens (got {output})")
+    per_prompt = prefill_s
+    if per_prompt is None:
+        per_prompt = sum(chunk_seconds(lat, c) for c in chunk_plan(prompt, max(prompt, 1.0)))
 
     def at(rate: float) -> _State:
         return _steady(
-            lat, rate, prompt, local_share, output, context, tpot_s, ttft_s, kv_tokens, max_seqs
+            lat,
+            rate,
+            prompt,
+            local_share,
+            output,
+            context,
+            tpot_s,
+            ttft_s,
+            kv_tokens,
+            max_seqs,
+            block,
+            per_prompt,
         )
 
     lo, hi = 0.0, 1.0
@@ -143,11 +180,23 @@ def aggregated_instance(
         else:
             lo = mid
     best, above = at(lo), at(hi)
-    tokens = best.decodes + best.chunk_tokens
-    budget = max(block, math.ceil(tokens / block) * block)
+    budget = best.budget or block
     return AggregatedPoint(
         lo, budget, best.step_s, best.decodes, best.ttft_s, above.limit or "tpot"
     )
+
+
+def mean_prefill_seconds(
+    lat: LatencyModel, dist: LengthDistribution, upper: float = math.inf, points: int = 32
+) -> float:
+    """Mean prefill time ``E[P([L]) | L ≤ upper]`` on a quantile grid of ``dist``: prefill is
+    convex in the length, so the time at the mean length would understate the chunk work a
+    step carries (and the budget that keeps TPOT would come out too large)."""
+    top = dist.cdf(upper) if math.isfinite(upper) else 1.0
+    if top <= 0:
+        return 0.0
+    qs = ((i + 0.5) / points * top for i in range(points))
+    return sum(lat.prefill_seconds((max(dist.quantile(q), 1.0),)) for q in qs) / points
 
 
 def _prfaas_gpus_per_rps(problem: Problem, solver: Solver, l_long: float) -> float:
@@ -264,7 +313,11 @@ def compare_shapes(
         kv_tokens = cand.kv_capacity_bytes / max(m.kv_bytes_per_token, 1)
 
         def agg(
-            share: float, prompt: float, cand: Candidate = cand, kv_tokens: float = kv_tokens
+            share: float,
+            prompt: float,
+            upper: float = math.inf,
+            cand: Candidate = cand,
+            kv_tokens: float = kv_tokens,
         ) -> AggregatedPoint:
             return aggregated_instance(
                 cand.latency,
@@ -276,6 +329,8 @@ def compare_shapes(
                 kv_tokens,
                 problem.max_batch_size,
                 local_share=share,
+                block=problem.block_tokens,
+                prefill_s=mean_prefill_seconds(cand.latency, w.uncached, upper),
             )
 
         whole = agg(1.0, w.uncached.mean)
@@ -297,7 +352,9 @@ def compare_shapes(
         def local_rate(
             sp: Split, n: int = n, points: dict[float, AggregatedPoint] = points
         ) -> float:
-            pt = agg(1.0 - sp.p, sp.l_short) if sp.l_short > 0 else agg(1e-9, 1.0)
+            pt = (
+                agg(1.0 - sp.p, sp.l_short, sp.threshold) if sp.l_short > 0 else agg(1e-9, 1.0, 1.0)
+            )
             points[sp.threshold] = pt
             return n * pt.rate_rps
 

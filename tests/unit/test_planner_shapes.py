@@ -13,7 +13,8 @@ from prfaas.operator.api.translate import problems_from_manifests
 from prfaas.planner.latency.catalog import GPUS, MODELS
 from prfaas.planner.latency.estimator import latency_model
 from prfaas.planner.plan import Plan
-from prfaas.planner.shapes import KV_BLOCK_TOKENS, aggregated_instance
+from prfaas.planner.distributions import Fixed, LogNormal
+from prfaas.planner.shapes import KV_BLOCK_TOKENS, aggregated_instance, mean_prefill_seconds
 from prfaas.planner.solver import plan
 
 SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "case-study.yaml"
@@ -44,6 +45,23 @@ def test_rate_meets_the_tpot_slo_with_the_mixed_step() -> None:
             assert pt.token_budget >= max(KV_BLOCK_TOKENS, pt.decode_batch)
             # Just above the rate something binds.
             assert pt.limit in {"tpot", "ttft", "kv", "max-num-seqs"}
+
+
+def test_mean_prefill_is_the_mean_over_lengths_not_the_time_at_the_mean() -> None:
+    assert mean_prefill_seconds(LLAMA, Fixed(3000)) == pytest.approx(
+        LLAMA.prefill_seconds([3000]), rel=1e-12
+    )
+    spread = LogNormal(math.log(3000) - 0.5, 1.0, 1.0, 1e6)
+    # Prefill is convex in the length: spread lengths cost more than the mean length.
+    assert mean_prefill_seconds(LLAMA, spread) > LLAMA.prefill_seconds([spread.mean])
+    # Only the prompts kept local (below t) count.
+    assert mean_prefill_seconds(LLAMA, spread, 2000) < LLAMA.prefill_seconds([2000])
+    # More expensive prompts per token leave room for fewer chunk tokens in a step.
+    base = _agg(4000, 0.03)
+    dear = aggregated_instance(
+        LLAMA, 4000, 300, 4150, 0.03, 10.0, 4e5, 256, prefill_s=2 * LLAMA.prefill_seconds([4000])
+    )
+    assert dear.token_budget < base.token_budget and dear.rate_rps < base.rate_rps
 
 
 def test_rate_grows_with_looser_tpot_and_shorter_prompts() -> None:

@@ -8,8 +8,11 @@ import math
 import numpy as np
 import pytest
 from prfaas.planner.distributions import LogNormal
+from prfaas.planner.latency.catalog import GPUS, MODELS
+from prfaas.planner.latency.estimator import latency_model
 from prfaas.planner.latency.mixed import Chunk, mixed_step_seconds
-from prfaas.planner.latency.model import DistServeForm
+from prfaas.planner.latency.model import DistServeForm, LatencyModel
+from prfaas.planner.shapes import aggregated_instance, mean_prefill_seconds
 from prfaas.planner.sim.arrivals import FixedLengths, RequestStream, synthetic_stream
 from prfaas.planner.sim.links import LinkSpec
 from prfaas.planner.sim.simulator import DecodePool, PrefillPool, RoutingSpec, SimConfig, simulate
@@ -25,7 +28,7 @@ def _lengths(median: float, sigma: float) -> LogNormal:
 def _aggregated(
     budget: int,
     *,
-    lat: DistServeForm = LAT,
+    lat: LatencyModel = LAT,
     instances: int = 1,
     max_batch: int = 256,
     kv: int = 0,
@@ -212,6 +215,36 @@ def test_prefill_chunks_slow_the_decodes() -> None:
     res = simulate(offload, stream)
     assert res.remote.all()
     assert float(np.median(res.tpot)) < 0.8 * tpot[4000]
+
+
+@pytest.mark.parametrize(("prompt", "tpot_slo"), [(4000, 0.03), (2000, 0.015), (1000, 0.02)])
+def test_the_planned_budget_keeps_tpot_p90_within_the_slo_at_the_planned_rate(
+    prompt: int, tpot_slo: float
+) -> None:
+    """``planner.shapes`` sizes one llama-3-8b H200 instance (log-normal prompts, 300 output
+    tokens); simulated at its planned rate with its token budget, TPOT P90 stays within the
+    SLO. Twice that budget at the same rate does not: the budget is what holds TPOT."""
+    lat = latency_model(MODELS["llama-3-8b"], GPUS["H200"], 1, 1)
+    lengths = LogNormal(math.log(prompt) - 0.18, 0.6, 1.0, 64.0 * prompt)
+    pt = aggregated_instance(
+        lat,
+        lengths.mean,
+        300,
+        lengths.mean + 150,
+        tpot_slo,
+        30.0,
+        4e5,
+        256,
+        prefill_s=mean_prefill_seconds(lat, lengths),
+    )
+    assert pt.limit == "tpot"
+    stream = synthetic_stream(3000, pt.rate_rps, lengths, FixedLengths(300), seed=1)
+    p90 = {}
+    for budget in (pt.token_budget, 2 * pt.token_budget):
+        pool = _aggregated(budget, lat=lat, kv=400_000)
+        p90[budget] = float(np.percentile(simulate(_only(pool), stream).tpot, 90))
+    assert p90[pt.token_budget] <= tpot_slo
+    assert p90[2 * pt.token_budget] > tpot_slo
 
 
 def test_bad_aggregated_configurations_are_refused() -> None:
