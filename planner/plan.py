@@ -63,6 +63,7 @@ Shape (version 1), as ``prfaas plan crds/samples/case-study.yaml -o json`` print
                                         #   per path (profile's dataPlane); {} when none
       "shapes": [{"decodeCluster": "pd-h20", "shape": "disaggregated+offload",
                   "instances": 5, "gpus": 96, "goodputRps": 3.34, "goodputPerGpu": 0.0348,
+                  "costPerHour": 281.0, "goodputPerCost": 0.0119,   # req/s per USD/h
                   "tokenBudget": null,          # aggregated: the chosen max_num_batched_tokens
                   "thresholdTokens": 19232.6, "deployable": true, "chosen": true,
                   "limit": ""}]                 # one row per (decode cluster, shape) compared
@@ -254,6 +255,11 @@ class ShapeOption:
     """The shape this plan deploys for the cluster."""
     limit: str = ""
     """What caps the rate (aggregated: ``tpot``, ``ttft``, ``kv``, ``max-num-seqs``)."""
+    cost_per_hour: float = 0.0
+    """USD per hour of ``gpus`` at the catalog's prices (an assumption); 0: a price missing."""
+    goodput_per_cost: float = 0.0
+    """``goodputRps`` per USD/h (0 without prices); options are ranked by it where every one
+    has a price, else by ``goodputPerGpu`` (``planner.shapes.best_option``)."""
 
 
 @dataclass(slots=True)

@@ -32,7 +32,7 @@ prompt queue grows without bound). The largest feasible ``λ`` is found by bisec
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from prfaas.planner.distributions import LengthDistribution, Split
@@ -46,8 +46,10 @@ __all__ = [
     "KV_BLOCK_TOKENS",
     "AggregatedPoint",
     "aggregated_instance",
+    "best_option",
     "compare_shapes",
     "mean_prefill_seconds",
+    "per_unit",
 ]
 
 KV_BLOCK_TOKENS = 16
@@ -210,6 +212,46 @@ def _per_gpu(rate: float, gpus: float) -> float:
     return rate / gpus if gpus > 0 else 0.0
 
 
+def _prfaas_price(problem: Problem) -> float:
+    """USD per PrfaaS GPU-hour: the prefill clusters' catalog prices, weighted by GPU count
+    (0 when any is missing)."""
+    clusters = problem.prefill_clusters
+    gpus = sum(c.count for c in clusters)
+    if not clusters or gpus <= 0 or any(c.gpu.price_per_hour <= 0 for c in clusters):
+        return 0.0
+    return sum(c.gpu.price_per_hour * c.count for c in clusters) / gpus
+
+
+def _costed(
+    option: ShapeOption, local_gpus: float, local_price: float, extra: float, prfaas_price: float
+) -> ShapeOption:
+    """``option`` with its cost per hour and goodput per cost (left 0 without prices)."""
+    if local_price <= 0 or (extra > 0 and prfaas_price <= 0):
+        return option
+    cost = local_gpus * local_price + extra * prfaas_price
+    option.cost_per_hour = cost
+    option.goodput_per_cost = option.goodput_rps / cost if cost > 0 else 0.0
+    return option
+
+
+def per_unit(option: ShapeOption) -> str:
+    """An option's goodput per GPU, and per USD/h where priced (for notes and reasons)."""
+    text = f"{option.goodput_per_gpu:.4g} req/s per GPU"
+    if option.cost_per_hour > 0:
+        text += f", {option.goodput_per_cost:.4g} per USD/h"
+    return text
+
+
+def best_option(options: Sequence[ShapeOption]) -> ShapeOption:
+    """The option with the most goodput per cost where every option has a price, else per
+    GPU (ties: the earlier option)."""
+    if not options:
+        raise ValueError("no shape options to choose from")
+    if all(o.cost_per_hour > 0 for o in options):
+        return max(options, key=lambda o: o.goodput_per_cost)
+    return max(options, key=lambda o: o.goodput_per_gpu)
+
+
 def _offloaded(
     problem: Problem, solver: Solver, name: str, t: float, local_rate: Callable[[Split], float]
 ) -> tuple[float, float, Split]:
@@ -231,11 +273,11 @@ def _best_t(
     problem: Problem,
     solver: Solver,
     name: str,
-    local_gpus: int,
     local_rate: Callable[[Split], float],
+    value: Callable[[float, float], float],
 ) -> tuple[float, float, Split] | None:
-    """The threshold on a quantile grid with the highest goodput per GPU (``None``: nothing
-    can be offloaded)."""
+    """The threshold on a quantile grid with the highest ``value(rate, PrfaaS GPUs)``
+    (goodput per cost or per GPU; ``None``: nothing can be offloaded)."""
     if not solver.prefill or problem.offload.mode == "off":
         return None
     best: tuple[float, float, Split] | None = None
@@ -245,9 +287,7 @@ def _best_t(
         )
         if sp.p <= 0 or rate <= 0:
             continue
-        if best is None or _per_gpu(rate, local_gpus + extra) > _per_gpu(
-            best[0], local_gpus + best[1]
-        ):
+        if best is None or value(rate, extra) > value(best[0], best[1]):
             best = (rate, extra, sp)
     return best
 
@@ -271,21 +311,29 @@ def compare_shapes(
     context = w.input_length.mean + out_len / 2.0
     m = problem.model
     options: list[ShapeOption] = []
+    prfaas_price = _prfaas_price(problem)
     all_local = solver.evaluate(math.inf)
     for pool in solver.local:
         name = pool.name
         cluster = next(c for c in problem.decode_clusters if c.name == name)
         split = all_local.local[name]
         pd_gpus = split.n_p * pool.prefill_gpus + split.n_d * pool.decode_gpus
+        price = cluster.gpu.price_per_hour
         rows: list[ShapeOption] = [
-            ShapeOption(
-                name,
-                "disaggregated",
-                split.n_p + split.n_d,
+            _costed(
+                ShapeOption(
+                    name,
+                    "disaggregated",
+                    split.n_p + split.n_d,
+                    pd_gpus,
+                    split.capacity,
+                    _per_gpu(split.capacity, pd_gpus),
+                    chosen=thresholds.get(name) is None,
+                ),
                 pd_gpus,
-                split.capacity,
-                _per_gpu(split.capacity, pd_gpus),
-                chosen=thresholds.get(name) is None,
+                price,
+                0.0,
+                prfaas_price,
             )
         ]
         t_plan = thresholds.get(name)
@@ -297,15 +345,21 @@ def compare_shapes(
             extra = sp_plan.p * rate * _prfaas_gpus_per_rps(problem, solver, sp_plan.l_long)
             used = loc.n_p * pool.prefill_gpus + loc.n_d * pool.decode_gpus
             rows.append(
-                ShapeOption(
-                    name,
-                    "disaggregated+offload",
-                    loc.n_p + loc.n_d,
-                    round(used + extra),
-                    rate,
-                    _per_gpu(rate, used + extra),
-                    threshold_tokens=t_plan,
-                    chosen=True,
+                _costed(
+                    ShapeOption(
+                        name,
+                        "disaggregated+offload",
+                        loc.n_p + loc.n_d,
+                        round(used + extra),
+                        rate,
+                        _per_gpu(rate, used + extra),
+                        threshold_tokens=t_plan,
+                        chosen=True,
+                    ),
+                    used,
+                    price,
+                    extra,
+                    prfaas_price,
                 )
             )
         cand = decode[name]
@@ -335,16 +389,22 @@ def compare_shapes(
 
         whole = agg(1.0, w.uncached.mean)
         rows.append(
-            ShapeOption(
-                name,
-                "aggregated",
-                n,
+            _costed(
+                ShapeOption(
+                    name,
+                    "aggregated",
+                    n,
+                    n * cand.gpus,
+                    n * whole.rate_rps,
+                    _per_gpu(n * whole.rate_rps, n * cand.gpus),
+                    token_budget=whole.token_budget,
+                    deployable=False,
+                    limit=whole.limit,
+                ),
                 n * cand.gpus,
-                n * whole.rate_rps,
-                _per_gpu(n * whole.rate_rps, n * cand.gpus),
-                token_budget=whole.token_budget,
-                deployable=False,
-                limit=whole.limit,
+                price,
+                0.0,
+                prfaas_price,
             )
         )
         points: dict[float, AggregatedPoint] = {}
@@ -358,22 +418,36 @@ def compare_shapes(
             points[sp.threshold] = pt
             return n * pt.rate_rps
 
-        best = _best_t(problem, solver, name, n * cand.gpus, local_rate)
+        def value(
+            rate: float, extra: float, gpus: int = n * cand.gpus, price: float = price
+        ) -> float:
+            """Goodput per cost where priced, else per GPU (as ``best_option`` ranks)."""
+            if price > 0 and prfaas_price > 0:
+                return rate / (gpus * price + extra * prfaas_price)
+            return _per_gpu(rate, gpus + extra)
+
+        best = _best_t(problem, solver, name, local_rate, value)
         if best is not None:
             rate, extra, sp = best
             pt = points[sp.threshold]
             rows.append(
-                ShapeOption(
-                    name,
-                    "aggregated+offload",
-                    n,
-                    round(n * cand.gpus + extra),
-                    rate,
-                    _per_gpu(rate, n * cand.gpus + extra),
-                    token_budget=pt.token_budget,
-                    threshold_tokens=sp.threshold,
-                    deployable=False,
-                    limit=pt.limit,
+                _costed(
+                    ShapeOption(
+                        name,
+                        "aggregated+offload",
+                        n,
+                        round(n * cand.gpus + extra),
+                        rate,
+                        _per_gpu(rate, n * cand.gpus + extra),
+                        token_budget=pt.token_budget,
+                        threshold_tokens=sp.threshold,
+                        deployable=False,
+                        limit=pt.limit,
+                    ),
+                    n * cand.gpus,
+                    price,
+                    extra,
+                    prfaas_price,
                 )
             )
         options += rows

@@ -48,7 +48,7 @@ from prfaas.planner.plan import (
     ShapeOption,
 )
 from prfaas.planner.problem import Candidate, ClusterInput, Problem, RoleLoad
-from prfaas.planner.shapes import compare_shapes
+from prfaas.planner.shapes import best_option, compare_shapes, per_unit
 from prfaas.planner.throughput import Evaluation, LocalPool, LocalSplit, PrfaasPool, Solver
 from prfaas.planner.topology import build_network
 
@@ -709,12 +709,12 @@ def _shape_notes(options: list[ShapeOption]) -> list[str]:
     for name in dict.fromkeys(o.decode_cluster for o in options):
         rows = [o for o in options if o.decode_cluster == name]
         chosen = next((o for o in rows if o.chosen), None)
-        best = max(rows, key=lambda o: o.goodput_per_gpu)
+        best = best_option(rows)
         if chosen is not None and best is not chosen and not best.deployable:
             notes.append(
-                f"{name}: {best.shape} would serve {best.goodput_per_gpu:.4g} req/s per GPU "
-                f"(token budget {best.token_budget}) vs {chosen.goodput_per_gpu:.4g} for the "
-                f"deployed {chosen.shape}; advisory only — the operator cannot deploy "
+                f"{name}: {best.shape} would serve {per_unit(best)} (token budget "
+                f"{best.token_budget}) vs {per_unit(chosen)} for the deployed "
+                f"{chosen.shape}; advisory only — the operator cannot deploy "
                 "aggregated (chunked-prefill) pools yet, so auto chooses among deployable shapes"
             )
     return notes
@@ -728,17 +728,16 @@ def _aggregated_pinned(options: list[ShapeOption]) -> str:
         + (
             f"no rate meets the SLO ({o.limit} binds)"
             if o.goodput_rps <= 0
-            else f"{o.goodput_rps:.3g} req/s, {o.goodput_per_gpu:.4g} per GPU, token budget "
-            f"{o.token_budget}"
+            else f"{o.goodput_rps:.3g} req/s, {per_unit(o)}, token budget {o.token_budget}"
         )
         for o in agg
     )
-    best = max((o for o in options if o.deployable), key=lambda o: o.goodput_per_gpu)
+    best = best_option([o for o in options if o.deployable])
     return (
         "spec.shape: aggregated cannot be deployed: the operator does not build aggregated "
         f"(chunked-prefill) pools yet (planned: {why}); best feasible alternative: "
         f"{best.shape} on {best.decode_cluster} at {best.goodput_rps:.3g} req/s "
-        f"({best.goodput_per_gpu:.4g} per GPU) — set shape: auto or disaggregated"
+        f"({per_unit(best)}) — set shape: auto or disaggregated"
     )
 
 

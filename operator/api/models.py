@@ -609,6 +609,19 @@ class EngineSpec(_Model):
     block_size: PositiveInt = 16
     env: dict[str, str] = Field(default_factory=dict)
 
+    def max_model_len_arg(self) -> int | None:
+        """``--max-model-len`` as ``extraArgs`` set it (``None``: not set there)."""
+        args = self.extra_args
+        for i, arg in enumerate(args):
+            value = None
+            if arg.startswith("--max-model-len="):
+                value = arg.split("=", 1)[1]
+            elif arg == "--max-model-len" and i + 1 < len(args):
+                value = args[i + 1]
+            if value is not None and value.isdigit() and int(value) > 0:
+                return int(value)
+        return None
+
     @model_validator(mode="after")
     def _budget_holds_a_block(self) -> EngineSpec:
         if self.max_num_batched_tokens < self.block_size:
@@ -684,6 +697,34 @@ class ServingPlanSpec(_Model):
         "the planner optimises the threshold and the other roles around them, and neither "
         "target sizing nor autoscaling changes them.",
     )
+
+    def model_length(self) -> tuple[int, str] | None:
+        """The context the engines serve and where it comes from: ``--max-model-len`` in
+        ``engine.extraArgs``, else the model's ``maxContext`` (``None``: an unknown catalog
+        name, refused where the model is resolved)."""
+        arg = self.engine.max_model_len_arg()
+        if arg is not None:
+            return arg, "--max-model-len in engine.extraArgs"
+        if self.model.architecture is not None:
+            return self.model.architecture.max_context, "model.architecture.maxContext"
+        from prfaas.planner.latency.catalog import MODELS
+
+        arch = MODELS.get(self.model.catalog or "")
+        if arch is None:
+            return None
+        return arch.max_context, f"the {arch.name} catalog model's maxContext"
+
+    @model_validator(mode="after")
+    def _budget_within_the_model_length(self) -> ServingPlanSpec:
+        found = self.model_length()
+        budget = self.engine.max_num_batched_tokens
+        if found is not None and budget > found[0]:
+            limit, where = found
+            raise ValueError(
+                f"engine.maxNumBatchedTokens ({budget}) is larger than the model length "
+                f"({limit} tokens, {where}); set engine.maxNumBatchedTokens to at most {limit}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _pins_name_clusters_once(self) -> ServingPlanSpec:

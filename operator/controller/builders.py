@@ -522,16 +522,8 @@ def max_model_len(spec: api.ServingPlanSpec) -> int:
     """The context the engines serve: ``--max-model-len`` from ``engine.extraArgs`` when set
     there, else the model's ``maxContext``. The router refuses longer requests up front, and
     bounds request bodies by it, so it must always know it."""
-    args = list(spec.engine.extra_args)
-    for i, arg in enumerate(args):
-        value = None
-        if arg.startswith("--max-model-len="):
-            value = arg.split("=", 1)[1]
-        elif arg == "--max-model-len" and i + 1 < len(args):
-            value = args[i + 1]
-        if value is not None and value.isdigit() and int(value) > 0:
-            return int(value)
-    return model_from_spec(spec.model).max_context
+    arg = spec.engine.max_model_len_arg()
+    return arg if arg is not None else model_from_spec(spec.model).max_context
 
 
 def _router_name(inputs: PlanInputs, target: ClusterTarget) -> str:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from prfaas.operator.api.manifests import load_manifests
 from prfaas.operator.api.translate import problems_from_manifests
+from prfaas.planner.distributions import Fixed, LogNormal
 from prfaas.planner.latency.catalog import GPUS, MODELS
 from prfaas.planner.latency.estimator import latency_model
 from prfaas.planner.plan import Plan
-from prfaas.planner.distributions import Fixed, LogNormal
 from prfaas.planner.shapes import KV_BLOCK_TOKENS, aggregated_instance, mean_prefill_seconds
 from prfaas.planner.solver import plan
 
@@ -168,3 +168,108 @@ def test_shape_and_token_budget_validation() -> None:
                 "shape": "split",
             }
         )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where"),
+    [
+        (  # an inline architecture: its maxContext
+            "    maxNumBatchedTokens: 2048\n",
+            "    maxNumBatchedTokens: 4096\n",
+            "model.architecture.maxContext",
+        ),
+        (  # --max-model-len given to the engines wins over maxContext
+            "    maxBatchSize: 8\n",
+            "    maxBatchSize: 8\n    extraArgs: [--max-model-len, '1024']\n",
+            "--max-model-len in engine.extraArgs",
+        ),
+    ],
+)
+def test_a_token_budget_above_the_model_length_is_refused(
+    tmp_path: Path, old: str, new: str, where: str
+) -> None:
+    """``prfaas validate`` names the field, the limit, where the limit comes from, and the fix
+    (the local sample: maxContext 2048, maxNumBatchedTokens 2048)."""
+    from prfaas.operator.cli.app import app
+    from typer.testing import CliRunner
+
+    local = SAMPLE.parent / "local.yaml"
+    text = local.read_text(encoding="utf-8")
+    assert text.count(old) == 1
+    edited = tmp_path / "local.yaml"
+    edited.write_text(text.replace(old, new), encoding="utf-8")
+    ok = CliRunner().invoke(app, ["validate", str(local)])
+    assert ok.exit_code == 0, ok.output
+    bad = CliRunner().invoke(app, ["validate", str(edited)])
+    assert bad.exit_code == 2, bad.output
+    out = " ".join(bad.output.split())
+    assert "engine.maxNumBatchedTokens" in out and "larger than the model length" in out
+    assert where in out and "set engine.maxNumBatchedTokens to at most" in out
+
+
+def test_a_catalog_models_context_bounds_the_budget() -> None:
+    from prfaas.operator.api.models import ServingPlanSpec
+    from pydantic import ValidationError
+
+    spec = {
+        "model": {"servedName": "m", "catalog": "llama-3-8b"},
+        "workload": {
+            "inputLength": {"type": "fixed", "value": 100},
+            "outputLength": {"type": "fixed", "value": 10},
+        },
+        "clusters": {"decode": ["d"]},
+    }
+    limit = MODELS["llama-3-8b"].max_context
+    ok = ServingPlanSpec.model_validate({**spec, "engine": {"maxNumBatchedTokens": limit}})
+    assert ok.model_length() == (limit, "the llama-3-8b catalog model's maxContext")
+    with pytest.raises(ValidationError, match=f"at most {limit}"):
+        ServingPlanSpec.model_validate({**spec, "engine": {"maxNumBatchedTokens": limit + 1}})
+
+
+def test_options_carry_their_cost_and_rank_by_goodput_per_cost(case_study: Plan) -> None:
+    """Catalog prices (H20 at half an H200) give every row a cost: the local GPUs plus the
+    PrfaaS GPUs its offload keeps busy; ``best_option`` ranks by goodput per cost when every
+    option is priced, else per GPU."""
+    from prfaas.planner.plan import ShapeOption
+    from prfaas.planner.shapes import best_option
+
+    h20, h200 = GPUS["H20"].price_per_hour, GPUS["H200"].price_per_hour
+    rows = {o.shape: o for o in case_study.shapes}
+    split = rows["disaggregated"]
+    assert split.cost_per_hour == pytest.approx(split.gpus * h20)
+    for o in case_study.shapes:
+        assert o.cost_per_hour > 0
+        assert o.goodput_per_cost == pytest.approx(o.goodput_rps / o.cost_per_hour)
+    # Offload adds PrfaaS GPUs at the H200 price: dearer per GPU than the H20 it replaces.
+    off = rows["disaggregated+offload"]
+    assert off.cost_per_hour > off.gpus * h20
+    assert off.cost_per_hour < off.gpus * h200
+    # Per cost and per GPU can disagree: a pool of cheap GPUs serving less per GPU wins on cost.
+    cheap = ShapeOption("d", "aggregated", 10, 10, 5.0, 0.5, cost_per_hour=10.0)
+    dear = ShapeOption("d", "disaggregated", 10, 10, 6.0, 0.6, cost_per_hour=20.0)
+    for o in (cheap, dear):
+        o.goodput_per_cost = o.goodput_rps / o.cost_per_hour
+    assert best_option([dear, cheap]) is cheap
+    dear.cost_per_hour = 0.0  # a price missing: rank per GPU
+    assert best_option([dear, cheap]) is dear
+
+
+def test_a_dear_prfaas_gpu_makes_aggregated_offload_offload_less() -> None:
+    """The aggregated+offload threshold is chosen by goodput per cost: priced ten times higher,
+    PrfaaS GPUs take fewer prompts (a higher ``t``) than at catalog prices."""
+    (problem,) = problems_from_manifests(load_manifests(SAMPLE).resources)
+    dear = replace(
+        problem,
+        clusters=tuple(
+            replace(c, gpu=replace(c.gpu, price_per_hour=10 * c.gpu.price_per_hour))
+            if c.kind == "prefill"
+            else c
+            for c in problem.clusters
+        ),
+    )
+    t = {}
+    for name, p in (("catalog", problem), ("dear", dear)):
+        row = next(o for o in plan(p).shapes if o.shape == "aggregated+offload")
+        assert row.threshold_tokens is not None
+        t[name] = row.threshold_tokens
+    assert t["dear"] > t["catalog"]
