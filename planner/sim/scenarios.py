@@ -3,7 +3,8 @@
 ``scenarios(problem, plan)`` builds the plan's configuration (``prfaas-pd``) and its baselines
 (``homogeneous-pd``: the same GPU count of the decode type as one PD cluster, planned by
 ``plan()`` itself; ``naive-heterogeneous``: every prefill remote, every local GPU decodes, no
-length routing). ``predict`` simulates them at one common rate and fills ``Plan.predicted`` and
+length routing), and the plan's aggregated shape where it ranks best (``aggregated`` or
+``aggregated+offload``: ``aggregated_scenarios``). ``predict`` simulates them at one common rate and fills ``Plan.predicted`` and
 each ``Baseline.predicted``; ``simulated_goodput`` is the hook for
 ``PlannerSettings.goodput`` (DistServe's simulated Algorithm 1 instead of the M/D/1 forms).
 
@@ -37,7 +38,7 @@ from prfaas.planner.latency.catalog import GpuSpec
 from prfaas.planner.latency.estimator import latency_model
 from prfaas.planner.latency.model import InstanceLatency
 from prfaas.planner.parallelism import decode_batch
-from prfaas.planner.plan import ClusterPlan, Plan, Predicted
+from prfaas.planner.plan import ClusterPlan, Plan, Predicted, ShapeOption
 from prfaas.planner.problem import (
     Candidate,
     ClusterInput,
@@ -69,8 +70,10 @@ from prfaas.planner.sim.simulator import (
 from prfaas.planner.solver import role_load
 
 __all__ = [
+    "AGGREGATED_SHAPES",
     "Scenario",
     "ScenarioRun",
+    "aggregated_scenarios",
     "common_rate",
     "fill_predicted",
     "local_kv_gbps",
@@ -439,7 +442,7 @@ def scenarios(problem: Problem, plan: Plan, *, schedule: CapacitySchedule = ()) 
             # Several clusters, one without a direct link: the naive layout cannot serve it.
         else:
             out.append(Scenario(NAIVE, cfg, by_name[NAIVE].throughput_rps))
-    return out
+    return out + aggregated_scenarios(problem, plan, schedule=schedule)
 
 
 def common_rate(problem: Problem, found: list[Scenario], load: float = 0.8) -> float:
@@ -632,3 +635,68 @@ def simulated_goodput(
         return c.pp * one if math.isfinite(one) else 0.0
 
     return fn
+
+
+AGGREGATED_SHAPES = ("aggregated", "aggregated+offload")
+"""The ``Plan.shapes`` rows ``aggregated_scenarios`` turns into configurations."""
+
+
+def aggregated_scenarios(
+    problem: Problem, plan: Plan, *, schedule: CapacitySchedule = (), every: bool = False
+) -> list[Scenario]:
+    """The plan's aggregated shape rows (``planner.shapes``) as configurations, named by their
+    shape: every GPU of the decode cluster an aggregated (chunked-prefill) instance of its PD-D
+    shape with the row's token budget (``DecodePool.aggregated``), and with offload the PrfaaS
+    pools behind the links into its datacenter above the row's ``t``. By default only a row
+    that ranks best for its cluster (``shapes.best_option``: what ``auto`` would deploy if the
+    operator could); ``every``: each aggregated row that serves a rate. One decode cluster
+    per plan (several: none yet)."""
+    from prfaas.planner.shapes import best_option
+
+    decoders = [c for c in plan.clusters if c.role == "decode" and c.instances > 0]
+    if len(decoders) != 1:
+        return []
+    d = decoders[0]
+    rows = [o for o in plan.shapes if o.decode_cluster == d.name]
+    if not rows:
+        return []
+    best = best_option(rows)
+    return [
+        Scenario(o.shape, _aggregated_config(problem, plan, d, o, schedule), o.goodput_rps)
+        for o in rows
+        if o.shape in AGGREGATED_SHAPES and o.goodput_rps > 0 and (every or o is best)
+    ]
+
+
+def _aggregated_config(
+    problem: Problem, plan: Plan, d: ClusterPlan, row: ShapeOption, schedule: CapacitySchedule
+) -> SimConfig:
+    """One aggregated shape row of decode cluster ``d`` as a configuration."""
+    pool = replace(
+        _decode_pool(problem, d, False),
+        name=f"{d.name}/aggregated",
+        instances=row.instances * d.pipeline_parallel,
+        aggregated=True,
+        token_budget=row.token_budget or 0,
+    )
+    offload = row.threshold_tokens is not None
+    remote = [
+        _prefill_pool(
+            problem, c, c.instances or _cluster(problem, c.name).count // c.gpus_per_instance, None
+        )
+        for c in plan.clusters
+        if offload and c.role == "prefill" and _cluster(problem, c.name).kind != "decode"
+    ]
+    m = problem.model
+    return SimConfig(
+        row.shape,
+        tuple(p for p in remote if p.instances > 0),
+        pool,
+        links=_links(problem, d.datacenter, schedule) if offload else (),
+        routing=RoutingSpec(
+            threshold_tokens=row.threshold_tokens, headroom=problem.offload.headroom
+        ),
+        kv_bytes_per_token=float(m.kv_bytes_per_token),
+        kv_fixed_bytes=float(m.fixed_state_bytes),
+        block_tokens=problem.block_tokens,
+    )

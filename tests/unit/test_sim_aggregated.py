@@ -4,19 +4,28 @@ the token budget, each step timed by the mixed-step model (``latency.mixed``).""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
+from prfaas.operator.api.manifests import load_manifests
+from prfaas.operator.api.translate import problems_from_manifests
 from prfaas.planner.distributions import LogNormal
 from prfaas.planner.latency.catalog import GPUS, MODELS
 from prfaas.planner.latency.estimator import latency_model
 from prfaas.planner.latency.mixed import Chunk, mixed_step_seconds
 from prfaas.planner.latency.model import DistServeForm, LatencyModel
-from prfaas.planner.shapes import aggregated_instance, mean_prefill_seconds
+from prfaas.planner.plan import Plan
+from prfaas.planner.problem import Problem
+from prfaas.planner.shapes import aggregated_instance, best_option, mean_prefill_seconds
 from prfaas.planner.sim.arrivals import FixedLengths, RequestStream, synthetic_stream
 from prfaas.planner.sim.links import LinkSpec
+from prfaas.planner.sim.scenarios import aggregated_scenarios, run_scenarios, scenarios
 from prfaas.planner.sim.simulator import DecodePool, PrefillPool, RoutingSpec, SimConfig, simulate
+from prfaas.planner.solver import plan
 
+SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "case-study.yaml"
 # Prefill a + b·l + c·l², decode d + e·context + f·batch (DistServe's form).
 LAT = DistServeForm(0.01, 4e-5, 2e-9, 0.008, 3e-8, 2e-4)
 
@@ -256,3 +265,60 @@ def test_bad_aggregated_configurations_are_refused() -> None:
     both = SimConfig("both", (PrefillPool("p", "dc", 1, LAT),), _aggregated(512))
     with pytest.raises(SimulatorError, match="aggregated"):
         simulate(both, stream)
+
+
+@pytest.fixture(scope="module")
+def case_study() -> tuple[Problem, Plan]:
+    (problem,) = problems_from_manifests(load_manifests(SAMPLE).resources)
+    return problem, plan(problem)
+
+
+def test_scenarios_add_the_aggregated_shape_where_it_ranks_best(
+    case_study: tuple[Problem, Plan],
+) -> None:
+    """``prfaas simulate`` / ``plan --simulate`` simulate an aggregated pool where the plan's
+    shape comparison ranks it best (goodput per cost), beside the deployed split."""
+    problem, case = case_study
+    assert [s.name for s in scenarios(problem, case)] == [
+        "prfaas-pd",
+        "homogeneous-pd",
+        "naive-heterogeneous",
+    ]  # the split with offload ranks best here
+    w = problem.workload
+    assert isinstance(w.input_length, LogNormal)
+    long = replace(
+        problem,
+        workload=replace(
+            w,
+            input_length=replace(w.input_length, mu=math.log(64_000) - 0.5),
+            uncached_length=None,
+        ),
+        slo=replace(problem.slo, tpot_s=0.07),
+    )
+    long_plan = plan(long)
+    assert best_option(long_plan.shapes).shape == "aggregated+offload"
+    found = {s.name: s for s in scenarios(long, long_plan)}
+    row = next(o for o in long_plan.shapes if o.shape == "aggregated+offload")
+    agg = found["aggregated+offload"]
+    assert agg.planned_rps == row.goodput_rps
+    assert agg.config.decode is not None and agg.config.decode.aggregated
+    assert agg.config.decode.token_budget == row.token_budget
+
+
+def test_the_aggregated_offload_scenario_runs_as_planned(case_study: tuple[Problem, Plan]) -> None:
+    """The case study's aggregated+offload row as a configuration: 8 H20 aggregated instances
+    with the row's budget, PrfaaS above its ``t``. At 0.8 × its planned rate, long prompts go
+    remote, short ones are chunk-prefilled locally, and TPOT P90 stays within the SLO."""
+    problem, case = case_study
+    (sc,) = aggregated_scenarios(problem, case, every=True)  # "aggregated" serves no rate
+    row = next(o for o in case.shapes if o.shape == "aggregated+offload")
+    dec = sc.config.decode
+    assert sc.name == "aggregated+offload" and dec is not None
+    assert (dec.instances, dec.token_budget) == (row.instances, row.token_budget)
+    assert [p.datacenter for p in sc.config.prefill] == ["dc-a"]
+    (run,) = run_scenarios(problem, [sc], requests=300, rate=0.8 * sc.planned_rps, seed=1)
+    res = run.result
+    assert 0.2 < res.remote.mean() < 0.8
+    local = ~res.remote
+    np.testing.assert_array_equal(res.first_token_s[local], res.prefill_end_s[local])
+    assert float(np.percentile(res.tpot, 90)) <= problem.slo.tpot_s
