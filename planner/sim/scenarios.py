@@ -4,8 +4,9 @@
 (``homogeneous-pd``: the same GPU count of the decode type as one PD cluster, planned by
 ``plan()`` itself; ``naive-heterogeneous``: every prefill remote, every local GPU decodes, no
 length routing), and the plan's aggregated shape where it ranks best (``aggregated`` or
-``aggregated+offload``: ``aggregated_scenarios``). ``predict`` simulates them at one common rate and fills ``Plan.predicted`` and
-each ``Baseline.predicted``; ``simulated_goodput`` is the hook for
+``aggregated+offload``: ``aggregated_scenarios``). ``predict`` simulates them at one common
+rate and fills ``Plan.predicted`` and each ``Baseline.predicted``; ``simulated_goodput`` is the
+hook for
 ``PlannerSettings.goodput`` (DistServe's simulated Algorithm 1 instead of the M/D/1 forms).
 
 With several decode clusters the plan is one configuration: a router per cluster with its

@@ -149,6 +149,26 @@ def test_pinned_shapes(case_study: Plan) -> None:
     assert "aggregated+offload" in pinned.reason  # what aggregated would have given
 
 
+def test_a_pinned_shape_that_cannot_meet_the_slo_is_infeasible_with_the_best_alternative() -> None:
+    """Without offload the case study's aggregated pool meets no rate within the SLOs (its
+    long prompts' chunked TTFT binds): pinned, the plan is infeasible saying so, and names the
+    best feasible alternative with its numbers."""
+    (problem,) = problems_from_manifests(load_manifests(SAMPLE).resources)
+    local_only = replace(problem, offload=replace(problem.offload, mode="off"))
+    rows = {o.shape: o for o in plan(local_only).shapes}
+    assert set(rows) == {"disaggregated", "aggregated"}
+    assert rows["aggregated"].goodput_rps == 0.0 and rows["aggregated"].limit == "ttft"
+    pinned = plan(replace(local_only, shape="aggregated"))
+    assert not pinned.feasible
+    assert "pd-h20 aggregated: no rate meets the SLO (ttft binds)" in pinned.reason
+    split = rows["disaggregated"]
+    assert (
+        f"best feasible alternative: disaggregated on pd-h20 at {split.goodput_rps:.3g} req/s"
+        in pinned.reason
+    )
+    assert "per USD/h" in pinned.reason
+
+
 def test_shape_and_token_budget_validation() -> None:
     from prfaas.operator.api.models import EngineSpec, ServingPlanSpec
     from pydantic import ValidationError
