@@ -7,18 +7,21 @@ on H100 (8 H100 PrfaaS in dc-a, 16 H100 local in dc-b, 100 Gbit/s between).
 Each cell plans the problem (``prfaas.planner.solver.plan``) and prints the goodput per GPU
 (req/s/GPU, analytic: the planner's SLO rates, not simulated) of ``disaggregated`` (D),
 ``disaggregated+offload`` (D+o), ``aggregated`` (A) and ``aggregated+offload`` (A+o), and
-which is best; ``*`` marks a cell whose best shape differs from the cell on its left (looser
-TPOT SLO) — the crossover. Prompt mixes are lognormal (sigma 1) with the mean given; outputs
-as in the sample (case study: 1024) or 256 (llama). A shape the plan did not evaluate (no
-offload possible at that point) prints ``-``. Asserts nothing.
+which is best by goodput per cost (catalog prices, ``planner.shapes.best_option``; ``!`` where
+per GPU would pick another); ``*`` marks a cell whose best shape differs from the cell on its
+left (looser TPOT SLO) — the crossover. Prompt mixes are lognormal (sigma 1) with the mean
+given; outputs as in the sample (case study: 1024) or 256 (llama). A shape the plan did not
+evaluate (no offload possible at that point) prints ``-``. Asserts nothing.
 
-The aggregated numbers use the *mean* mixed step as TPOT (``planner.shapes``); the P90 TPOT
-spikes of steps carrying long chunks are the simulator's to add (issue #18 item 3), so these
-aggregated numbers are optimistic for long prompts.
+The aggregated budget keeps a full step (P90 decode batch + chunks) within the TPOT SLO
+(``planner.shapes``). ``--simulate N`` also simulates, per cell, the deployed shape (the plan's
+``prfaas-pd``) and each aggregated row (``aggregated_scenarios``) with N requests at 0.8 × its
+own planned rate and prints the SLO attainment of each (slow: minutes).
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +30,9 @@ from prfaas.operator.api.manifests import load_manifests
 from prfaas.operator.api.translate import problems_from_manifests
 from prfaas.planner.distributions import Fixed, LogNormal
 from prfaas.planner.latency.catalog import GPUS, MODELS
+from prfaas.planner.plan import Plan
 from prfaas.planner.problem import ClusterInput, LinkInput, Problem, SloInput, WorkloadInput
+from prfaas.planner.shapes import best_option
 from prfaas.planner.solver import plan
 
 SAMPLE = Path(__file__).resolve().parents[1] / "crds" / "samples" / "case-study.yaml"
@@ -72,9 +77,26 @@ def with_mix(problem: Problem, mean: float, tpot_s: float) -> Problem:
     )
 
 
-def sweep(problem: Problem, means: list[float], tpots_ms: list[float]) -> None:
+def simulated(problem: Problem, p: Plan, requests: int) -> dict[str, float]:
+    """SLO attainment of the deployed shape and each aggregated row, each simulated at 0.8 ×
+    its own planned rate."""
+    from prfaas.planner.sim.scenarios import aggregated_scenarios, run_scenarios, scenarios
+
+    chosen = next(o.shape for o in p.shapes if o.chosen)
+    found = [s for s in scenarios(problem, p) if s.name == "prfaas-pd"]
+    found += aggregated_scenarios(problem, p, every=True)
+    out = {}
+    for sc in found:
+        (run,) = run_scenarios(problem, [sc], requests=requests, rate=0.8 * sc.planned_rps)
+        label = SHORT[chosen] if sc.name == "prfaas-pd" else SHORT[sc.name]
+        out[label] = run.result.attainment(problem.slo.ttft_s, problem.slo.tpot_s)
+    return out
+
+
+def sweep(problem: Problem, means: list[float], tpots_ms: list[float], requests: int = 0) -> None:
     print(f"\n== {problem.name} ({problem.model.name}); rows: mean prompt; columns: TPOT SLO")
     print(f"{'mean prompt':>11} | " + " | ".join(f"TPOT {t:>4g} ms{'':>30}" for t in tpots_ms))
+    sims: list[str] = []
     for mean in means:
         cells, last = [], None
         for tpot in tpots_ms:
@@ -84,21 +106,34 @@ def sweep(problem: Problem, means: list[float], tpots_ms: list[float]) -> None:
                 last = None
                 continue
             per = {SHORT[o.shape]: o.goodput_per_gpu for o in p.shapes}
-            best = max(per, key=lambda k: per[k])
+            best = SHORT[best_option(p.shapes).shape]
             mark = "*" if last is not None and best != last else " "
+            cost = "!" if best != max(per, key=lambda k: per[k]) else " "
             last = best
             text = " ".join(
                 f"{k}={per[k]:.4f}" if k in per else f"{k}={'-':<6}"
                 for k in ("D", "D+o", "A", "A+o")
             )
-            cells.append(f"{text} {mark}{best:<3}")
+            cells.append(f"{text} {mark}{best:<3}{cost}")
+            if requests:
+                att = simulated(with_mix(problem, mean, tpot / 1e3), p, requests)
+                sims.append(
+                    f"{mean:>8,.0f} tokens, TPOT {tpot:g} ms: "
+                    + " ".join(f"{k}={v:.2f}" for k, v in att.items())
+                )
         print(f"{mean:>11,.0f} | " + " | ".join(cells))
+    if sims:
+        print("simulated SLO attainment, each shape at 0.8 × its planned rate:")
+        print("\n".join(sims))
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--simulate", type=int, default=0, metavar="N", help="requests per run")
+    n = ap.parse_args().simulate
     tpots = [15, 25, 40, 70, 120]
-    sweep(case_study(), [2_000, 8_000, 27_000, 64_000], tpots)
-    sweep(llama(), [250, 1_000, 4_000, 16_000], [10, 15, 25, 50, 100])
+    sweep(case_study(), [2_000, 8_000, 27_000, 64_000], tpots, n)
+    sweep(llama(), [250, 1_000, 4_000, 16_000], [10, 15, 25, 50, 100], n)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@
 length routing), and the plan's aggregated shape where it ranks best (``aggregated`` or
 ``aggregated+offload``: ``aggregated_scenarios``). ``predict`` simulates them at one common
 rate and fills ``Plan.predicted`` and each ``Baseline.predicted``; ``simulated_goodput`` is the
-hook for
-``PlannerSettings.goodput`` (DistServe's simulated Algorithm 1 instead of the M/D/1 forms).
+hook for ``PlannerSettings.goodput`` (DistServe's simulated Algorithm 1 instead of the M/D/1
+forms).
 
 With several decode clusters the plan is one configuration: a router per cluster with its
 ``RouterPlan`` threshold and remotes, arrivals split by the planned ``Λ_d``
