@@ -18,11 +18,14 @@ later chunk, which the TPOT percentile (the simulator's job) sees and this mean 
 ``τ`` is the smallest fixed point of that map, found by iterating upwards (the map is
 monotone), starting from a one-decode step. The rate is feasible when ``τ`` stays within
 the TPOT SLO (every decode lives through such steps: TPOT = mean step,
-``mixed.tpot_seconds``), ``d`` within ``max_num_seqs`` and the KV capacity, and a local
-prompt's chunked TTFT (``⌈L/c⌉`` steps) within the TTFT SLO.
+``mixed.tpot_seconds``), ``d`` within ``max_num_seqs``, the P90 decode batch ``n`` (below)
+and one prompt within the KV capacity, and a local prompt's chunked TTFT (``⌈L/c⌉`` steps)
+within the TTFT SLO.
 The token budget (``max_num_batched_tokens``) is what keeps TPOT within the SLO when the
-steps are full: ``n = ⌈d⌉`` decodes plus ``k`` chunk tokens, a full step averaging
-``S(n, n·ctx) + (k/L)·P([L])`` over a prompt's chunks, so ``k`` is the largest with that
+steps are full: ``n = ⌈d + 1.28·√d⌉`` decodes (the P90 of a Poisson-like count around ``d``)
+plus ``k`` chunk tokens, a full step averaging ``S(n, n·ctx) + (k/L)·P([L])`` over a prompt's
+chunks (``P([L])``: the mean prefill over the lengths, ``mean_prefill_seconds``, since prefill
+is convex in the length), so ``k`` is the largest with that
 within the TPOT SLO and the budget is ``n + k`` rounded *down* to whole KV blocks. A rate is
 feasible only if that budget also carries the prefill demand (``c ≤ budget − n``; else the
 prompt queue grows without bound). The largest feasible ``λ`` is found by bisection, like
@@ -111,10 +114,11 @@ def _steady(
     d, c = rate * output * tau, rate * local_share * prompt * tau
     if d > max_seqs:
         return _State(tau, d, c, math.inf, "max-num-seqs")
-    if d * (context + output / 2.0) > kv_tokens:
-        return _State(tau, d, c, math.inf, "kv")
-    # Decodes in flight are Poisson-like around d (M/G/∞): size the step for its P90.
+    # Decodes in flight are Poisson-like around d (M/G/∞): size the step and the KV for their
+    # P90, beside one partly prefilled prompt.
     n = max(1, math.ceil(d + 1.2816 * math.sqrt(d)))
+    if n * (context + output / 2.0) + local_share * prompt > kv_tokens:
+        return _State(tau, d, c, math.inf, "kv")
     room = 0.0  # prompt tokens a full step may carry beside the n decodes
     if per_prompt > 0:
         room = (tpot_s - lat.decode_step_seconds(n, n * context)) * prompt / per_prompt
