@@ -18,6 +18,13 @@ own prefill phase ``P(lengths)`` and decode phase ``S(batch, context)``::
   chunks add up to exactly ``P([L])``: its per-prompt fixed part (the fitted intercept) is
   charged once, on its first chunk.
 
+A step always runs one forward pass: its fixed part (weights read, launch) is in ``S(d, ·)``
+or in a first chunk's ``P([c])``. A step with no decodes and only later chunks would carry it
+nowhere (with a memory-bound roofline, ``P([p + c]) − P([p])`` is 0 for small chunks), so it
+takes at least a one-sequence decode step ``S(1, 0)``::
+
+    step(0, 0, later chunks only) = max(Σ_i W(c_i, p_i), S(1, 0))
+
 So the linear work is on ``d + Σc_i`` tokens and attention is per sequence, each over its own
 context. Limits (tested): no chunks gives today's decode step; no decodes and one whole prompt
 gives today's prefill time ``P([L])``; the step never gets shorter when a decode, a context
@@ -71,8 +78,13 @@ def mixed_step_seconds(
     total) and these prefill ``chunks`` (the model in the module docstring)."""
     if decodes < 0 or decode_context < 0:
         raise ValueError(f"decodes ({decodes}) and decode_context ({decode_context}) must be >= 0")
-    decode = lat.decode_step_seconds(decodes, decode_context) if decodes > 0 else 0.0
-    return decode + sum(chunk_seconds(lat, c) for c in chunks)
+    work = sum(chunk_seconds(lat, c) for c in chunks)
+    if decodes > 0:
+        return lat.decode_step_seconds(decodes, decode_context) + work
+    live = [c for c in chunks if c.tokens > 0]
+    if live and all(c.prefix > 0 for c in live):  # no one pays the pass's fixed part
+        return max(work, lat.decode_step_seconds(1, 0.0))
+    return work
 
 
 def chunk_seconds(lat: LatencyModel, chunk: Chunk) -> float:

@@ -116,3 +116,18 @@ def test_bad_chunks_are_refused() -> None:
     assert chunk_plan(0, 100) == []
     assert [c.tokens for c in chunk_plan(250, 100)] == [100, 100, 50]
     assert [c.prefix for c in chunk_plan(250, 100)] == [0, 100, 200]
+
+
+@pytest.mark.parametrize("name", sorted(LATS))
+def test_a_step_of_later_chunks_alone_still_runs_one_forward_pass(name: str) -> None:
+    """No decodes and no first chunk: the step still reads the weights once, so it takes at
+    least a one-sequence decode step, even where the chunk's own work is ~0 (memory-bound)."""
+    lat = LATS[name]
+    floor = lat.decode_step_seconds(1, 0.0)
+    assert mixed_step_seconds(lat, 0, 0.0, (Chunk(16, 16),)) >= floor
+    big = Chunk(4096, 8192)
+    assert mixed_step_seconds(lat, 0, 0.0, (big,)) == max(
+        mixed_step_seconds(lat, 1, 0.0, (big,)) - floor, floor
+    )
+    # A first chunk carries the fixed part itself: no floor.
+    assert mixed_step_seconds(lat, 0, 0.0, (Chunk(16),)) == lat.prefill_seconds([16])
