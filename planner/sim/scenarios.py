@@ -700,4 +700,5 @@ def _aggregated_config(
         kv_bytes_per_token=float(m.kv_bytes_per_token),
         kv_fixed_bytes=float(m.fixed_state_bytes),
         block_tokens=problem.block_tokens,
+        data_plane_s=_data_plane(problem),
     )
