@@ -120,7 +120,8 @@ def render_table(console: Console, name: str, plan: Plan, rate_basis: str = "") 
         console.print(base)
     if plan.shapes:
         shapes = Table(
-            title="Shapes per decode cluster (✓ deployed; † advisory: not deployable yet)",
+            title="Shapes per decode cluster (✓ deployed; † advisory: not deployable yet; "
+            "ranked per USD/h at catalog prices, else per GPU)",
             title_justify="left",
         )
         for col in (
@@ -132,6 +133,7 @@ def render_table(console: Console, name: str, plan: Plan, rate_basis: str = "") 
             "t",
             "goodput (req/s)",
             "per GPU",
+            "per USD/h",
             "limit",
         ):
             shapes.add_column(col)
@@ -146,6 +148,7 @@ def render_table(console: Console, name: str, plan: Plan, rate_basis: str = "") 
                 _tokens(o.threshold_tokens),
                 f"{o.goodput_rps:.3f}",
                 f"{o.goodput_per_gpu:.4f}",
+                f"{o.goodput_per_cost:.5f}" if o.cost_per_hour > 0 else "-",
                 o.limit or "-",
             )
         console.print(shapes)

@@ -133,7 +133,14 @@ def test_plan_prints_the_shape_table(case_study: Plan) -> None:
     render_table(console, "case-study", case_study)
     text = console.export_text()
     assert "Shapes per decode cluster" in text
-    for word in ("aggregated+offload †", "disaggregated+offload ✓", "token budget", "per GPU"):
+    for word in (
+        "aggregated+offload †",
+        "disaggregated+offload ✓",
+        "token budget",
+        "per GPU",
+        "per USD/h",
+        f"{case_study.shapes[0].goodput_per_cost:.5f}",
+    ):
         assert word in text
 
 
