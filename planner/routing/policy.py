@@ -33,7 +33,8 @@ rules, chosen once for both:
   and the KV still in flight drained over one meter window. **Dispatch bookkeeping**:
   ``Link.send`` when a remote prefill is dispatched, ``Link.delivered`` once decode holds the
   KV; ``Target.started`` / ``finished`` around each leg.
-* **Lookups**: ``PrefixCache.match`` (which marks the held blocks recently used) on every
+* **Lookups**: the instance cache's ``match`` (``PrefixCache`` in the router,
+  ``DensePrefixCache`` in the simulator; it marks the held blocks recently used) on every
   instance looked at, once per decision: a memo is shared by the decode pick, the uncached
   length and the local prefill pick.
 """
@@ -42,11 +43,11 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
-from prfaas.planner.routing.prefix import PrefixCache
+from prfaas.planner.routing.prefix import BlockCache
 from prfaas.planner.routing.threshold import DEFAULTS, EgressMeter, ThresholdController
 
 __all__ = ["Decision", "Link", "Route", "RoutingCore", "Target", "choose_route"]
@@ -65,7 +66,7 @@ def choose_route(uncached_tokens: int, threshold: float, *, remote_usable: bool)
 class Target:
     """One engine instance as routing sees it: what it holds and how many requests it has."""
 
-    cache: PrefixCache
+    cache: BlockCache
     in_flight: int = 0
     last_pick: int = -1
     """Sequence number of the last pick (``-1``: never picked)."""
@@ -179,7 +180,7 @@ class RoutingCore(Generic[T, L]):
     def pick(
         self,
         instances: Sequence[T],
-        hashes: Sequence[Hashable],
+        hashes: Sized,
         now: float,
         matched: dict[T, int] | None = None,
     ) -> tuple[T | None, int]:
@@ -190,31 +191,30 @@ class RoutingCore(Generic[T, L]):
         healthy = instances if self.always_available else [i for i in instances if i.available(now)]
         if not healthy:
             return None, 0
-        if not hashes:  # nothing to match: fewest in flight, then least recently picked
+        if not len(hashes):  # nothing to match: fewest in flight, then least recently picked
             best = min(healthy, key=_load_order)
             best.last_pick = next(self._picks)
             return best, 0
-        least = min(i.in_flight for i in healthy)
-        limit = least + self.affinity_max_imbalance
-        best = healthy[0]
-        best_key: tuple[int, int, int] = (-1, 0, 0)
+        limit = min([i.in_flight for i in healthy]) + self.affinity_max_imbalance
         best_blocks = 0
+        top: list[T] = []  # the instances holding the longest prefix, in pool order
         for inst in healthy:
-            blocks = 0
-            if inst.in_flight <= limit:
-                if matched is None:
-                    blocks = inst.cache.match(hashes)
-                elif inst in matched:
-                    blocks = matched[inst]
-                else:
-                    blocks = matched[inst] = inst.cache.match(hashes)
-            key = (blocks, -inst.in_flight, -inst.last_pick)
-            if key > best_key:
-                best, best_key, best_blocks = inst, key, blocks
+            if inst.in_flight > limit:
+                continue  # too loaded for affinity: its prefix counts as 0, not looked up
+            if matched is None:
+                blocks = inst.cache.match(hashes)
+            else:
+                got = matched.get(inst)
+                blocks = matched[inst] = inst.cache.match(hashes) if got is None else got
+            if blocks > best_blocks:
+                best_blocks, top = blocks, [inst]
+            elif blocks and blocks == best_blocks:
+                top.append(inst)
+        best = min(top if best_blocks else healthy, key=_load_order)
         best.last_pick = next(self._picks)
         return best, best_blocks
 
-    def decide(self, hashes: Sequence[Hashable], prompt_tokens: int, now: float) -> Decision[T, L]:
+    def decide(self, hashes: Sized, prompt_tokens: int, now: float) -> Decision[T, L]:
         """Route one prompt of ``prompt_tokens`` tokens whose block chain is ``hashes``."""
         bs = self.block_size
         n = prompt_tokens
@@ -223,8 +223,8 @@ class RoutingCore(Generic[T, L]):
         if decode is None and self.decode:
             return Decision("local", n, n, None, None)  # no decode available: the caller refuses
         local_cached = 0
-        for inst in (self.local_prefill or self.decode) if hashes else ():
-            if inst.available(now):
+        for inst in (self.local_prefill or self.decode) if len(hashes) else ():
+            if self.always_available or inst.available(now):
                 blocks = matched.get(inst)
                 if blocks is None:
                     blocks = matched[inst] = inst.cache.match(hashes)

@@ -78,7 +78,7 @@ import numpy as np
 from prfaas.planner.latency.mixed import Chunk, mixed_step_seconds
 from prfaas.planner.latency.model import LatencyModel
 from prfaas.planner.routing.policy import Link, RoutingCore, Target
-from prfaas.planner.routing.prefix import PrefixCache
+from prfaas.planner.routing.prefix import DenseChain, DensePrefixCache
 from prfaas.planner.routing.threshold import DEFAULTS, EgressMeter, ThresholdController
 from prfaas.planner.sim.arrivals import RequestStream
 from prfaas.planner.sim.errors import SimulatorError
@@ -394,6 +394,10 @@ class Simulation:
         self._finish = [nan] * n
         chains = stream.block_chains
         self._chain_ids = chains.ids
+        """Dense block ids (``Chains.dense``) once a cache needs them (``_cache``)."""
+        self._n_ids = -1
+        self._chain_first: list[int] = []
+        """Each chain's first dense id (the cache's quick miss test)."""
         self._chain_off: list[int] = chains.offsets.tolist()
         self._gen0 = [0] * n
         """Tokens generated before the current decode admission (> 0 after a preemption)."""
@@ -465,7 +469,7 @@ class Simulation:
             insts = []
             for _ in range(pool.instances):
                 inst = _Prefiller(
-                    cache=PrefixCache(self._chain_capacity(pool.cache_blocks)),
+                    cache=self._cache(pool.cache_blocks),
                     index=len(self._instances),
                     pool=pi,
                     latency=pool.latency,
@@ -498,7 +502,7 @@ class Simulation:
                 budget = float(dec.token_budget) if dec.token_budget > 0 else math.inf
             self._decoders += [
                 _Decoder(
-                    cache=PrefixCache(self._chain_capacity(dec.cache_blocks)),
+                    cache=self._cache(dec.cache_blocks),
                     index=len(self._decoders) + i,
                     latency=dec.latency,
                     max_batch=dec.max_batch,
@@ -708,14 +712,25 @@ class Simulation:
         tokens = engine_blocks * self.config.block_tokens
         return max(1, tokens // self.stream.block_chains.block_tokens)
 
-    def _hashes(self, r: int) -> list[int] | None:
+    def _cache(self, engine_blocks: int) -> DensePrefixCache:
+        """A prefix cache of ``engine_blocks`` engine blocks over the stream's dense ids."""
+        capacity = self._chain_capacity(engine_blocks)
+        if capacity > 0 and self._n_ids < 0:
+            chains = self.stream.block_chains
+            self._chain_ids, self._n_ids = chains.dense()
+            if len(chains.ids):
+                starts = np.minimum(chains.offsets[:-1], len(chains.ids) - 1)
+                self._chain_first = self._chain_ids[starts].tolist()
+        return DensePrefixCache(capacity, max(self._n_ids, 0))
+
+    def _hashes(self, r: int) -> DenseChain | None:
         """Request ``r``'s block chain (``None``: empty, or no cache anywhere)."""
-        if not self._caching:
+        if not self._caching or self._n_ids < 0:
             return None
         a, b = self._chain_off[r], self._chain_off[r + 1]
         if a == b:
             return None
-        return self._chain_ids[a:b].tolist()
+        return DenseChain(self._chain_ids[a:b], self._chain_first[r])
 
     def _on_arrival(self, r: int, _: Any) -> None:
         """Route ``r`` and every later request arriving at the same instant, then start the
@@ -741,7 +756,8 @@ class Simulation:
         now = self.now
         length = self._input[r]
         router = self._routers[self._cluster_of[r]]
-        d = router.core.decide(self._hashes(r) or (), length, now)
+        hashes = self._hashes(r)
+        d = router.core.decide(() if hashes is None else hashes, length, now)
         for state in router.links:
             thr = state.controller.threshold
             if thr != state.thr_v[-1]:
@@ -829,7 +845,7 @@ class Simulation:
             inst.finished()
             if inst.cache.capacity_blocks > 0:
                 hashes = self._hashes(r)
-                if hashes:
+                if hashes is not None:
                     inst.cache.insert(hashes)
         if inst.stages == 1:
             inst.busy = False
@@ -873,7 +889,7 @@ class Simulation:
         d.finished()
         if d.cache.capacity_blocks > 0:
             hashes = self._hashes(r)
-            if hashes:
+            if hashes is not None:
                 d.cache.insert(hashes)
 
     def _count_done(self) -> None:
