@@ -12,7 +12,8 @@ plan, so that a dozen of them on a 2-core host reproduce a cluster's queueing:
   every member one token — as vLLM's NIXL P/D decode, whose first step after the KV arrived
   emits the client's first token, so ``o`` output tokens take ``o`` steps;
 * **KV**: a prefill answer for a remote decode registers the request's KV bytes
-  (``kv_bytes_per_token × prompt + kv_fixed_bytes``) with the engine's KV server; the decode
+  (whole KV blocks: ``RoutingCore.kv_bytes``, as the router counts them) with the engine's
+  KV server; the decode
   engine pulls exactly that many bytes over TCP from ``remote_host:remote_port`` (across the
   shaped inter-DC link when the prefill runs in the other namespace) and joins its batch only
   when the last byte arrived.
@@ -39,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from prfaas.planner.latency.model import LatencyModel
-from prfaas.planner.routing import PrefixCache, block_hashes
+from prfaas.planner.routing import PrefixCache, RoutingCore, block_hashes
 
 __all__ = [
     "DecodeBatcher",
@@ -120,7 +121,14 @@ class EmulatedTiming:
         return self.scale.wall_s(self.latency.decode_step_seconds(batch, context))
 
     def kv_planned_bytes(self, tokens: int) -> float:
-        return self.kv_bytes_per_token * tokens + self.kv_fixed_bytes
+        """KV of a ``tokens``-token prompt in whole ``block_tokens`` KV blocks (the last one
+        partial), as NIXL moves it and the router counts it: ``RoutingCore.kv_bytes``."""
+        core: RoutingCore[Any, Any] = RoutingCore(
+            kv_block_tokens=self.block_tokens,
+            kv_bytes_per_token=self.kv_bytes_per_token,
+            kv_fixed_bytes=self.kv_fixed_bytes,
+        )
+        return core.kv_bytes(tokens)
 
     def kv_wire_bytes(self, tokens: int) -> int:
         """Bytes a decode pulls for a request of ``tokens`` prompt tokens."""

@@ -20,7 +20,7 @@ from prfaas.engine.router.emulation import (
 from prfaas.engine.router.fakes import FakeEngine
 from prfaas.engine.router.request import decode_body, prefill_body
 from prfaas.planner.latency.model import DistServeForm
-from prfaas.planner.routing import block_hashes
+from prfaas.planner.routing import RoutingCore, block_hashes
 
 LAT = DistServeForm(0.01, 1e-5, 1e-9, 0.02, 1e-6, 0.001)
 SCALE = Scale(time_scale=20.0, byte_scale=1e-3)
@@ -52,10 +52,20 @@ def test_scale_round_trips_and_shapes_links() -> None:
         Scale(time_scale=0.0)
 
 
-def test_kv_bytes_are_the_requests_size_scaled() -> None:
-    t = timing()
-    assert t.kv_planned_bytes(3000) == pytest.approx(1000.0 * 3000 + 2e6)
-    assert t.kv_wire_bytes(3000) == round((1000.0 * 3000 + 2e6) * 1e-3)
+def test_kv_bytes_are_the_requests_whole_blocks_scaled() -> None:
+    t = timing(block_tokens=16)
+    # 3000 tokens are 187 full 16-token blocks and a partial one: NIXL moves 188 whole blocks.
+    whole = 1000.0 * 188 * 16 + 2e6
+    assert t.kv_planned_bytes(3000) == pytest.approx(whole)
+    assert t.kv_planned_bytes(3008) == pytest.approx(whole)  # exactly 188 blocks
+    assert t.kv_planned_bytes(3009) == pytest.approx(whole + 1000.0 * 16)
+    assert t.kv_wire_bytes(3000) == round(whole * 1e-3)
+    # The router's own count for the same prompt (its engines hash at their KV block).
+    core: RoutingCore[Any, Any] = RoutingCore(
+        kv_block_tokens=16, kv_bytes_per_token=1000.0, kv_fixed_bytes=2e6
+    )
+    for n in (1, 15, 16, 17, 3000, 4097):
+        assert t.kv_planned_bytes(n) == core.kv_bytes(n)
     assert t.prefill_wall_s([3000]) == pytest.approx(LAT.prefill_seconds([3000]) / 20.0)
 
 
