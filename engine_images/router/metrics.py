@@ -62,6 +62,8 @@ class RouterMetrics:
     """Per link: transfers under way and when the current busy period began."""
     _request_counters: dict[tuple[str, str], Counter] = field(default_factory=dict, init=False)
     """``requests`` children by (path, outcome): a label lookup costs more than the increment."""
+    _link_counters: dict[str, tuple[Counter, Counter]] = field(default_factory=dict, init=False)
+    """``kv_shipped`` and ``kv_transfer_seconds`` children by link, for the same reason."""
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -185,11 +187,17 @@ class RouterMetrics:
         active, since = self._busy.get(link, (0, now))
         if active <= 0:
             return
+        children = self._link_counters.get(link)
+        if children is None:
+            children = self._link_counters[link] = (
+                self.kv_shipped.labels(link),
+                self.kv_transfer_seconds.labels(link),
+            )
         if shipped_bytes > 0:
-            self.kv_shipped.labels(link).inc(shipped_bytes)
+            children[0].inc(shipped_bytes)
         if active == 1:
             del self._busy[link]
-            self.kv_transfer_seconds.labels(link).inc(max(0.0, now - since))
+            children[1].inc(max(0.0, now - since))
         else:
             self._busy[link] = (active - 1, since)
 

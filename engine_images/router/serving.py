@@ -48,7 +48,6 @@ class _WrappedSite(web.TCPSite):
         self._server = await asyncio.get_running_loop().create_server(
             self._factory, self._host, self._port, backlog=self._backlog
         )
-        self._bound_port = int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         await super().stop()
