@@ -660,42 +660,17 @@ def _engines(workdir: Path) -> dict[str, list[str]]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rates", default="0.5,1.0", help="Poisson rates, req/s.")
-    ap.add_argument("--duration", type=float, default=60.0, help="Seconds of load per rate.")
-    ap.add_argument("--reps", type=int, default=5, help="Repetitions per profile point.")
-    ap.add_argument("--tokens", default="16,64,128,256,512,1024,1536")
-    ap.add_argument("--batches", default="1,2,4,8")
-    ap.add_argument("--contexts", default="64,256,1024")
-    ap.add_argument("--simulate", type=int, default=4000, help="Requests per prediction.")
-    ap.add_argument("--port", type=int, default=18700)
-    ap.add_argument("--profile-out", type=Path, default=PROFILE_OUT)
-    ap.add_argument(
-        "--breakdown-only", action="store_true", help="Only the data-plane legs at idle."
-    )
-    ap.add_argument(
-        "--write-sample",
-        action="store_true",
-        help="Also inline the new profile into crds/samples/local.yaml.",
-    )
-    ap.add_argument("--dp-reps", type=int, default=9, help="Requests per data-plane leg.")
-    ap.add_argument("--dp-local", type=int, default=64, help="Prompt tokens, local path.")
-    ap.add_argument("--dp-remote", type=int, default=300, help="Prompt tokens, remote path.")
-    args = ap.parse_args()
-
-    docs = [d for d in yaml.safe_load_all(SAMPLE.read_text()) if d]
-    sp = next(d for d in docs if d["kind"] == "ServingPlan")
-    arch = sp["spec"]["model"]["architecture"]
-    model = sp["spec"]["model"]["servedName"]
-    wl = sp["spec"]["workload"]
-    out_tokens = int(wl["outputLength"]["value"])
-    ln = wl["inputLength"]
-    rng = np.random.default_rng(0)
-    lengths = [
-        int(min(max(x, ln["min"]), ln["max"])) for x in rng.lognormal(ln["mu"], ln["sigma"], 4000)
-    ]
-
+def run_engines(
+    args: argparse.Namespace,
+    docs: list[dict[str, Any]],
+    arch: dict[str, Any],
+    model: str,
+    out_tokens: int,
+    lengths: list[int],
+) -> tuple[dict[str, Any] | None, dict[float, list[tuple[float, float, str]]]]:
+    """Start ``prfaas up``, measure the data plane, profile, drive the load, stop; the profile
+    (``None`` after ``--breakdown-only``) and each rate's (TTFT, TPOT, path) rows."""
+    profile: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="prfaas-fidelity-") as tmp:
         workdir = Path(tmp)
         proc = _start_up(args.port, workdir)
@@ -719,7 +694,7 @@ def main() -> None:
                     )
                 )
             if args.breakdown_only:
-                return
+                return None, measured
             ports = {int(pd.rsplit(":", 1)[1]): "dc-b", int(pf.rsplit(":", 1)[1]): "dc-a"}
             print(f"profiling {pd} ...")
             cpu0, wall0 = _cpu_seconds(proc.pid, ports), time.monotonic()
@@ -743,7 +718,6 @@ def main() -> None:
             if args.write_sample:
                 write_sample(profile)
                 print(f"inlined it into {SAMPLE}")
-            router = f"http://127.0.0.1:{args.port}"
             for i, rate in enumerate(float(r) for r in args.rates.split(",")):
                 print(f"load: Poisson {rate:g} req/s for {args.duration:g} s ...")
                 cpu0, wall0, eng0 = (
@@ -762,6 +736,77 @@ def main() -> None:
                 _print_load_phase(measured[rate], cpu0, cpu1, wall1 - wall0, eng0, eng1)
         finally:
             _stop(proc)
+
+    return profile, measured
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rates", default="0.5,1.0", help="Poisson rates, req/s.")
+    ap.add_argument("--duration", type=float, default=60.0, help="Seconds of load per rate.")
+    ap.add_argument("--reps", type=int, default=5, help="Repetitions per profile point.")
+    ap.add_argument("--tokens", default="16,64,128,256,512,1024,1536")
+    ap.add_argument("--batches", default="1,2,4,8")
+    ap.add_argument("--contexts", default="64,256,1024")
+    ap.add_argument("--simulate", type=int, default=4000, help="Requests per prediction.")
+    ap.add_argument("--port", type=int, default=18700)
+    ap.add_argument("--profile-out", type=Path, default=PROFILE_OUT)
+    ap.add_argument(
+        "--breakdown-only", action="store_true", help="Only the data-plane legs at idle."
+    )
+    ap.add_argument(
+        "--write-sample",
+        action="store_true",
+        help="Also inline the new profile into crds/samples/local.yaml.",
+    )
+    ap.add_argument(
+        "--save",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "prfaas-fidelity-measured.json",
+        help="Where to keep the profile and the measured rows.",
+    )
+    ap.add_argument(
+        "--from",
+        dest="from_file",
+        type=Path,
+        default=None,
+        help="Predict again from a --save file (no engines).",
+    )
+    ap.add_argument("--dp-reps", type=int, default=9, help="Requests per data-plane leg.")
+    ap.add_argument("--dp-local", type=int, default=64, help="Prompt tokens, local path.")
+    ap.add_argument("--dp-remote", type=int, default=300, help="Prompt tokens, remote path.")
+    args = ap.parse_args()
+
+    docs = [d for d in yaml.safe_load_all(SAMPLE.read_text()) if d]
+    sp = next(d for d in docs if d["kind"] == "ServingPlan")
+    arch = sp["spec"]["model"]["architecture"]
+    model = sp["spec"]["model"]["servedName"]
+    wl = sp["spec"]["workload"]
+    out_tokens = int(wl["outputLength"]["value"])
+    ln = wl["inputLength"]
+    rng = np.random.default_rng(0)
+    lengths = [
+        int(min(max(x, ln["min"]), ln["max"])) for x in rng.lognormal(ln["mu"], ln["sigma"], 4000)
+    ]
+
+    if args.from_file is not None:
+        saved = json.loads(args.from_file.read_text())
+        profile = saved["profile"]
+        measured = {
+            float(rate): [(float(a), float(b), str(c)) for a, b, c in rows]
+            for rate, rows in saved["measured"].items()
+        }
+        print(f"measurements from {args.from_file} (taken {profile.get('measuredAt', '?')})")
+        if args.write_sample:
+            args.profile_out.write_text(json.dumps(profile, indent=1) + "\n")
+            write_sample(profile)
+            print(f"wrote {args.profile_out} and inlined it into {SAMPLE}")
+    else:
+        profile, measured = run_engines(args, docs, arch, model, out_tokens, lengths)
+        if profile is None:
+            return
+        args.save.write_text(json.dumps({"profile": profile, "measured": measured}) + "\n")
+        print(f"measurements saved to {args.save} (--from {args.save} predicts again)")
 
     previous = copy.deepcopy(docs)
     for d in previous:
