@@ -279,7 +279,7 @@ async def breakdown(
     remote_tokens: int,
 ) -> dict[str, dict[str, float]]:
     """Medians (seconds) of each leg at idle, one request at a time."""
-    from prfaas.engine.router.request import prefill_body
+    from prfaas.engine.router.request import decode_body, prefill_body
 
     rng = random.Random(11)
     rows: dict[str, list[dict[str, float]]] = {}
@@ -322,11 +322,16 @@ async def breakdown(
                 prefill=d[ENGINE[4]],
             )
             await asyncio.sleep(0.3)
-            # (b) the prefill leg alone, as the router sends it, to dc-a
+            # (b) the two legs of the remote path without the router: the prefill leg to dc-a as
+            # the router sends it, then the decode leg with its kv_transfer_params to dc-b (which
+            # pulls the KV: a prefill whose KV is never pulled keeps the producer's step loop
+            # polling until vLLM's abort timeout)
+            req = body(remote_tokens, 2, True)
             b0 = await scrape_all()
-            t, _ = await _stream_ttft(
-                client, prefill_url, prefill_body(body(remote_tokens, 2, True))
-            )
+            start = time.perf_counter()
+            r = await client.post(prefill_url + "/v1/completions", json=prefill_body(req))
+            r.raise_for_status()
+            t = time.perf_counter() - start
             d = _delta((await scrape_all())[0], b0[0])
             add(
                 "direct-prefill-leg",
@@ -335,6 +340,18 @@ async def breakdown(
                 e2e=d[ENGINE[2]],
                 queue=d[ENGINE[3]],
                 prefill=d[ENGINE[4]],
+            )
+            b0 = await scrape_all()
+            params = r.json().get("kv_transfer_params")
+            t, _ = await _stream_ttft(client, decode_url, decode_body(req, params))
+            d = _delta((await scrape_all())[1], b0[1])
+            add(
+                "direct-decode-leg",
+                client=t,
+                engine_ttft=d[ENGINE[0]],
+                queue=d[ENGINE[3]],
+                prefill=d[ENGINE[4]],
+                nixl_xfer=d[ENGINE[5]],
             )
             await asyncio.sleep(0.3)
             # (c) the router, local path

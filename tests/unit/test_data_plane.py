@@ -125,3 +125,12 @@ def test_predict_uses_the_profiles_data_plane() -> None:
     b, _ = p50_ttft(without)
     assert 0.02 - 1e-9 <= a - b <= 0.15 + 1e-9
     assert remote.any()
+
+
+def test_the_local_sample_carries_its_measured_data_plane() -> None:
+    """``crds/samples/local.yaml``'s profile (bench/fidelity.py) has both paths' cost, and
+    ``prfaas plan`` reports them: the remote path, with its second leg and NIXL, costs more."""
+    docs = [d for d in yaml.safe_load_all(SAMPLE.read_text()) if d]
+    p = plan(_problem(docs))
+    assert set(p.data_plane_s) == {"local", "remote"}
+    assert 0 < p.data_plane_s["local"] < p.data_plane_s["remote"]
