@@ -72,6 +72,7 @@ from prfaas.planner.solver import role_load
 
 __all__ = [
     "AGGREGATED_SHAPES",
+    "AGGREGATED_WHERE_BEST",
     "Scenario",
     "ScenarioRun",
     "aggregated_scenarios",
@@ -650,12 +651,14 @@ def aggregated_scenarios(
     shape with the row's token budget (``DecodePool.aggregated``), and with offload the PrfaaS
     pools behind the links into its datacenter above the row's ``t``. By default only a row
     that ranks best for its cluster (``shapes.best_option``: what ``auto`` would deploy if the
-    operator could); ``every``: each aggregated row that serves a rate. One decode cluster
-    per plan (several: none yet)."""
+    operator could); ``every``: each aggregated row that serves a rate. Several decode clusters:
+    one configuration, ``aggregated-where-best`` (``_aggregated_multi``)."""
     from prfaas.planner.shapes import best_option
 
     decoders = [c for c in plan.clusters if c.role == "decode" and c.instances > 0]
-    if len(decoders) != 1:
+    if len(decoders) > 1:
+        return _aggregated_multi(problem, plan, decoders, schedule)
+    if not decoders:
         return []
     d = decoders[0]
     rows = [o for o in plan.shapes if o.decode_cluster == d.name]
@@ -673,13 +676,7 @@ def _aggregated_config(
     problem: Problem, plan: Plan, d: ClusterPlan, row: ShapeOption, schedule: CapacitySchedule
 ) -> SimConfig:
     """One aggregated shape row of decode cluster ``d`` as a configuration."""
-    pool = replace(
-        _decode_pool(problem, d, False),
-        name=f"{d.name}/aggregated",
-        instances=row.instances * d.pipeline_parallel,
-        aggregated=True,
-        token_budget=row.token_budget or 0,
-    )
+    pool = _aggregated_pool(problem, d, row)
     offload = row.threshold_tokens is not None
     remote = [
         _prefill_pool(
@@ -702,3 +699,69 @@ def _aggregated_config(
         block_tokens=problem.block_tokens,
         data_plane_s=_data_plane(problem),
     )
+
+
+def _aggregated_pool(problem: Problem, d: ClusterPlan, row: ShapeOption) -> DecodePool:
+    """Every GPU of decode cluster ``d`` as aggregated instances of its PD-D shape."""
+    return replace(
+        _decode_pool(problem, d, False),
+        name=f"{d.name}/aggregated",
+        instances=row.instances * d.pipeline_parallel,
+        aggregated=True,
+        token_budget=row.token_budget or 0,
+    )
+
+
+AGGREGATED_WHERE_BEST = "aggregated-where-best"
+
+
+def _aggregated_multi(
+    problem: Problem, plan: Plan, decoders: list[ClusterPlan], schedule: CapacitySchedule
+) -> list[Scenario]:
+    """The plan's multi-cluster configuration with each decode cluster whose aggregated row
+    ranks best served by that aggregated pool instead: no PD-P, the row's ``t`` over the
+    remotes the plan gives its router (none: it stays local). Empty where no row ranks best."""
+    from prfaas.planner.shapes import best_option
+
+    picks: dict[str, tuple[ClusterPlan, ShapeOption]] = {}
+    for d in decoders:
+        rows = [o for o in plan.shapes if o.decode_cluster == d.name]
+        best = best_option(rows) if rows else None
+        if best is not None and best.shape in AGGREGATED_SHAPES and best.goodput_rps > 0:
+            picks[d.name] = (d, best)
+    if not picks:
+        return []
+    base = _config(
+        AGGREGATED_WHERE_BEST,
+        problem,
+        plan,
+        threshold=plan.threshold_tokens,
+        adaptive=True,
+        schedule=schedule,
+    )
+    dropped: set[str] = set()
+    clusters = []
+    for c in base.clusters:
+        if c.name not in picks:
+            clusters.append(c)
+            continue
+        d, row = picks[c.name]
+        dropped.update(c.local)
+        offload = row.threshold_tokens is not None and bool(c.remotes)
+        clusters.append(
+            replace(
+                c,
+                decode=_aggregated_pool(problem, d, row),
+                local=(),
+                remotes=c.remotes if offload else (),
+                routing=replace(
+                    c.routing, threshold_tokens=row.threshold_tokens if offload else None
+                ),
+            )
+        )
+    config = replace(
+        base,
+        prefill=tuple(p for p in base.prefill if p.name not in dropped),
+        clusters=tuple(clusters),
+    )
+    return [Scenario(AGGREGATED_WHERE_BEST, config, plan.throughput_rps)]

@@ -17,7 +17,7 @@ from prfaas.planner.latency.estimator import latency_model
 from prfaas.planner.latency.mixed import Chunk, mixed_step_seconds
 from prfaas.planner.latency.model import DistServeForm, LatencyModel
 from prfaas.planner.plan import Plan
-from prfaas.planner.problem import Problem
+from prfaas.planner.problem import LinkInput, Problem
 from prfaas.planner.shapes import aggregated_instance, best_option, mean_prefill_seconds
 from prfaas.planner.sim.arrivals import FixedLengths, RequestStream, synthetic_stream
 from prfaas.planner.sim.links import LinkSpec
@@ -322,3 +322,43 @@ def test_the_aggregated_offload_scenario_runs_as_planned(case_study: tuple[Probl
     local = ~res.remote
     np.testing.assert_array_equal(res.first_token_s[local], res.prefill_end_s[local])
     assert float(np.percentile(res.tpot, 90)) <= problem.slo.tpot_s
+
+
+def test_several_decode_clusters_switch_to_aggregated_where_it_ranks_best(
+    case_study: tuple[Problem, Plan],
+) -> None:
+    """Two decode clusters (the case study's and a 32-GPU one in dc-c) with 64k-token prompts
+    at a 70 ms TPOT SLO: aggregated+offload ranks best for both, so the multi-cluster scenario
+    serves each by its aggregated pool (its budget, its row's ``t`` over the remotes the plan
+    gives its router, no PD-P) and its local prompts are chunk-prefilled there."""
+    problem, _ = case_study
+    w = problem.workload
+    assert isinstance(w.input_length, LogNormal)
+    base = next(c for c in problem.clusters if c.kind == "decode")
+    two = replace(
+        problem,
+        clusters=(*problem.clusters, replace(base, name="pd-h20-c", datacenter="dc-c", count=32)),
+        links=(*problem.links, LinkInput("a-to-c", "dc-a", "dc-c", 100.0, 1.0)),
+        workload=replace(
+            w,
+            input_length=replace(w.input_length, mu=math.log(64_000) - 0.5),
+            uncached_length=None,
+        ),
+        slo=replace(problem.slo, tpot_s=0.07),
+    )
+    planned = plan(two)
+    (sc,) = aggregated_scenarios(two, planned)
+    assert sc.name == "aggregated-where-best"
+    assert [s.name for s in scenarios(two, planned)][-1] == "aggregated-where-best"
+    rows = {(o.decode_cluster, o.shape): o for o in planned.shapes}
+    for c in sc.config.clusters:
+        row = rows[(c.name, "aggregated+offload")]
+        assert c.decode.aggregated and c.decode.token_budget == row.token_budget
+        assert c.local == () and c.remotes and c.routing.threshold_tokens == row.threshold_tokens
+    assert all(p.datacenter == "dc-a" for p in sc.config.prefill)  # no PD-P left
+    (run,) = run_scenarios(two, [sc], requests=300, rate=0.5 * sc.planned_rps, seed=1)
+    res = run.result
+    assert 0 < res.remote.mean() < 1
+    local = ~res.remote
+    np.testing.assert_array_equal(res.first_token_s[local], res.prefill_end_s[local])
+    assert float(np.percentile(res.tpot, 90)) <= two.slo.tpot_s
