@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from prfaas.planner.sim.scenarios import ScenarioRun
     from rich.console import Console
 
-__all__ = ["SimOutput", "plot_figure", "plot_runs", "run", "summary_rows"]
+__all__ = ["SimOutput", "online_report", "plot_figure", "plot_runs", "run", "summary_rows"]
 
 EXIT_FAILED = 1
 PROGRESS_FROM = 50_000
@@ -381,6 +381,8 @@ def _simulate_one(
     goodput_requests: int,
     arrival: tuple[str, float],
     err: Console,
+    replan_interval_s: float = 0.0,
+    switch_delay_s: float = 0.0,
 ) -> list[ScenarioRun]:
     from prfaas.planner.sim.links import parse_schedule
     from prfaas.planner.sim.scenarios import common_rate, run_scenarios, scenarios
@@ -431,6 +433,8 @@ def _simulate_one(
             progress=progress,
             arrival=kind,
             cv=arrival[1],
+            replan_interval_s=replan_interval_s,
+            switch_delay_s=switch_delay_s,
         )
 
     if total < PROGRESS_FROM:
@@ -489,6 +493,22 @@ def run(
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write a PNG: TTFT CDFs, egress and t.")
     ] = None,
+    replan_interval: Annotated[
+        str | None,
+        typer.Option(
+            "--replan-interval",
+            help='Re-plan PrfaaS-PD online every DURATION (e.g. "60s", the autoscaler\'s '
+            "period) from each link's measured bandwidth, changing PD-P/PD-D roles with drain.",
+        ),
+    ] = None,
+    switch_delay: Annotated[
+        str,
+        typer.Option(
+            "--switch-delay",
+            help="With --replan-interval: a drained instance joins its new role after DURATION "
+            '("0s" for kv_both engines; a Deployment roll would be the model-load time).',
+        ),
+    ] = "0s",
     output: Annotated[SimOutput, typer.Option("--output", "-o")] = SimOutput.table,
 ) -> None:
     """Simulate the plan of every ServingPlan in FILE against homogeneous PD and naive
@@ -501,6 +521,7 @@ def run(
 
     if rate is not None and rate_scale is not None:
         raise typer.BadParameter("give --rate or --rate-scale, not both")
+    replan_s, delay_s = _online_options(replan_interval, switch_delay)
     err = Console(stderr=True, soft_wrap=True, highlight=False)
     if plot is not None and not _have_matplotlib():
         # Before minutes of simulation, not after.
@@ -544,6 +565,8 @@ def run(
                 goodput_requests=goodput_requests if goodput else 0,
                 arrival=arrivals.get(problem.name, ("poisson", 1.0)),
                 err=err,
+                replan_interval_s=replan_s,
+                switch_delay_s=delay_s,
             )
         except PlannerError as exc:
             err.print(f"[red]✗ {problem.name}: {exc}[/]")
@@ -551,11 +574,15 @@ def run(
             continue
         rows = summary_rows(runs, problem)
         fill_predicted(plan, runs, problem)
-        results.append(
-            {"servingPlan": problem.name, "configurations": rows, "plan": plan.to_dict()}
-        )
+        entry = {"servingPlan": problem.name, "configurations": rows, "plan": plan.to_dict()}
+        report = online_report(runs, problem, bandwidth_schedule)
+        if report is not None:
+            entry["online"] = report
+        results.append(entry)
         if output is SimOutput.table:
             _table(console, problem.name, problem, rows, runs)
+            if report is not None:
+                _online_table(console, report)
         if plot is not None:
             out = plot if len(problems) == 1 else plot.with_stem(f"{plot.stem}-{problem.name}")
             plot_runs(runs, out, problem.name, problem.slo.ttft_s)
@@ -565,6 +592,119 @@ def run(
         typer.echo(json.dumps(_clean(data), indent=2))
     if failed:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _online_options(interval: str | None, delay: str) -> tuple[float, float]:
+    """``--replan-interval`` and ``--switch-delay`` in seconds (0: no online re-plan)."""
+    from prfaas.operator.api.models import duration_seconds
+
+    if interval is None:
+        return 0.0, 0.0
+    try:
+        every = duration_seconds(interval)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--replan-interval") from exc
+    if delay.strip() in {"0", "0s", "0ms"}:
+        return every, 0.0
+    try:
+        return every, duration_seconds(delay)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--switch-delay") from exc
+
+
+def online_report(
+    runs: list[ScenarioRun], problem: Problem, schedule: str | None
+) -> dict[str, Any] | None:
+    """The online re-plan's role changes and, where a link's schedule drops and comes back,
+    P90 TTFT before/during/after the drop and the recovery per configuration (None: no run
+    re-planned online)."""
+    from prfaas.planner.sim.links import parse_schedule
+    from prfaas.planner.sim.online import outage_window, phase_p90, recovery_s, settled_s
+
+    online = next((r.online for r in runs if r.online is not None), None)
+    if online is None:
+        return None
+    out: dict[str, Any] = {
+        "replans": len(online.replans),
+        "roleChanges": [
+            {
+                "cluster": c.cluster,
+                "instance": c.instance,
+                "to": c.to,
+                "askedS": c.asked_s,
+                "drainedS": c.drained_s,
+                "joinedS": c.joined_s,
+                "cancelledS": c.cancelled_s,
+            }
+            for c in online.changes
+        ],
+    }
+    nominal = problem.links[0].bandwidth_gbps if problem.links else 0.0
+    window = outage_window(parse_schedule(schedule), nominal) if schedule else None
+    if window is not None:
+        drop, up = window
+        slo = problem.slo.ttft_s
+        out["outage"] = {"dropS": drop, "returnS": up, "ttftSloS": slo}
+        out["outage"]["rolesSettledS"] = settled_s(online, drop, up)
+        out["outage"]["configurations"] = [
+            {
+                "name": r.scenario.name + (" (online re-plan)" if r.online is not None else ""),
+                "p90TtftS": dict(
+                    zip(("before", "during", "after"), phase_p90(r.result, drop, up), strict=True)
+                ),
+                "recoveryS": recovery_s(r.result, slo, drop, up),
+            }
+            for r in runs
+        ]
+    return out
+
+
+def _online_table(console: Console, report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    changes = report["roleChanges"]
+    console.print(
+        f"online re-plan: {report['replans']} re-plans, {len(changes)} role change(s)"
+        + (":" if changes else "")
+    )
+    for c in changes:
+        frm = "decode" if c["to"] == "prefill" else "prefill"
+        how = (
+            f"cancelled at {c['cancelledS']:,.1f} s"
+            if math.isfinite(c["cancelledS"])
+            else f"drained at {c['drainedS']:,.1f} s, serving as {c['to']} from "
+            f"{c['joinedS']:,.1f} s"
+        )
+        console.print(
+            f"  {c['askedS']:>9,.1f} s  {c['cluster']} instance {c['instance']}: {frm} → "
+            f"{c['to']}, {how}"
+        )
+    outage = report.get("outage")
+    if outage is None:
+        return
+    up = outage["returnS"]
+    table = Table(
+        title=f"link drop at {outage['dropS']:g} s, back at {up:g} s: P90 TTFT (SLO "
+        f"{outage['ttftSloS']:g} s); roles follow the re-plan "
+        f"{outage['rolesSettledS']:.0f} s after the drop",
+        title_justify="left",
+    )
+    for col in ("configuration", "before", "during", "after", "recovery"):
+        table.add_column(col, justify="left" if col == "configuration" else "right")
+    for row in outage["configurations"]:
+        p = row["p90TtftS"]
+        rec = row["recoveryS"]
+        table.add_row(
+            row["name"],
+            *(_fmt(p[k]) for k in ("before", "during", "after")),
+            "never" if math.isinf(rec) else f"{rec:.0f} s",
+        )
+    console.print(table)
+    console.print(
+        "recovery: seconds after the drop (in 60 s steps, at least 600 s before the link "
+        "returns) from which the requests arriving until it returns meet the TTFT SLO at P90 "
+        "(0: they never stopped; never: not found)"
+    )
 
 
 def _have_matplotlib() -> bool:

@@ -59,6 +59,7 @@ from prfaas.planner.sim.errors import SimulatorError
 from prfaas.planner.sim.goodput import SloTarget, config_goodput
 from prfaas.planner.sim.links import CapacitySchedule, LinkSpec
 from prfaas.planner.sim.metrics import SimResult
+from prfaas.planner.sim.online import OnlineResult, OnlineSpec, simulate_online, solver_replan
 from prfaas.planner.sim.simulator import (
     DecodeCluster,
     DecodePool,
@@ -111,6 +112,9 @@ class ScenarioRun:
     goodput_window_s: float = 0.0
     """Every goodput probe spanned at least this long (the main run's window, when a link
     follows a bandwidth schedule); 0: ``goodput_requests`` per probe, whatever they span."""
+    online: OnlineResult | None = None
+    """PrfaaS-PD run with the online re-plan loop (``replan_interval_s``): its re-plans and
+    role changes (``result`` is its ``result``)."""
 
 
 def _latency(
@@ -492,11 +496,16 @@ def run_scenarios(
     progress: Callable[[str, int], None] | None = None,
     arrival: ArrivalKind = "poisson",
     cv: float = 1.0,
+    replan_interval_s: float = 0.0,
+    switch_delay_s: float = 0.0,
 ) -> list[ScenarioRun]:
     """Simulate every scenario over the same requests at ``rate`` (sampled from the workload
     with ``arrival``/``cv`` unless ``stream`` is given); optionally search goodput with
     ``goodput_requests`` requests per probe (more where a link follows a bandwidth schedule:
-    each probe then spans the same window as the run, ``ScenarioRun.goodput_window_s``)."""
+    each probe then spans the same window as the run, ``ScenarioRun.goodput_window_s``).
+    ``replan_interval_s`` > 0: PrfaaS-PD runs with the online re-plan loop
+    (``sim.online``: the solver on the measured links, role changes with drain); its goodput
+    probes do not."""
     base = stream if stream is not None else _stream(problem, requests, rate, seed, arrival, cv)
     slo = SloTarget(problem.slo.ttft_s, problem.slo.tpot_s, problem.slo.attainment)
     runs = []
@@ -509,7 +518,13 @@ def run_scenarios(
             ) -> None:
                 report(name, done)
 
-        res = simulate(sc.config, base, seed=seed, progress=cb)
+        online = None
+        if replan_interval_s > 0 and sc.name == PRFAAS:
+            spec = OnlineSpec(solver_replan(problem), replan_interval_s, switch_delay_s)
+            online = simulate_online(sc.config, base, spec, seed=seed, progress=cb)
+            res = online.result
+        else:
+            res = simulate(sc.config, base, seed=seed, progress=cb)
         good = None
         # A schedule changes capacity at fixed times: every probe must span the window the run
         # above reports on, or the goodput would describe a link that never dropped.
@@ -532,7 +547,7 @@ def run_scenarios(
                 cv=cv,
                 cover_s=window,
             ).rate
-        runs.append(ScenarioRun(sc, rate, res, good, window if good is not None else 0.0))
+        runs.append(ScenarioRun(sc, rate, res, good, window if good is not None else 0.0, online))
     return runs
 
 

@@ -106,6 +106,9 @@ class EventKind(IntEnum):
     LINK_CAPACITY = 5
     DECODE_STEP = 6
     LOCAL_KV = 7
+    CONTROL = 8
+    """A callback at a time (``Simulation.at``): the online re-plan loop's ticks and role
+    changes (``prfaas.planner.sim.online``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +244,17 @@ class _Prefiller(Target):
     stages: int
     queue: deque[int] = field(default_factory=deque)
     busy: bool = False
+    leaving: bool = False
+    """Draining for a role change: routing skips it; ``drained`` runs when it holds nothing."""
+    drained: Callable[[Target], None] | None = None
+
+    def available(self, now: float) -> bool:
+        return not self.leaving
+
+    def finished(self) -> None:
+        self.in_flight -= 1
+        if self.leaving and self.in_flight == 0 and self.drained is not None:
+            self.drained(self)
 
 
 @dataclass(slots=True)
@@ -295,6 +309,17 @@ class _Decoder(Target):
     """Aggregated: prompt tokens prefilled so far by the partly prefilled first prompt."""
     chunks: list[tuple[int, int]] = field(default_factory=list)
     """Aggregated: (request, tokens) of the chunks in the step in flight."""
+    leaving: bool = False
+    """Draining for a role change: routing skips it; ``drained`` runs when it holds nothing."""
+    drained: Callable[[Target], None] | None = None
+
+    def available(self, now: float) -> bool:
+        return not self.leaving
+
+    def finished(self) -> None:
+        self.in_flight -= 1
+        if self.leaving and self.in_flight == 0 and self.drained is not None:
+            self.drained(self)
 
     def step_end(self, n: int) -> float:
         return self.t0 + n * self.s0 + self.delta * n * (n - 1) * 0.5
@@ -565,6 +590,7 @@ class Simulation:
             self._on_link_capacity,
             self._on_decode_step,
             self._on_local_kv,
+            self._on_control,
         ]
 
     def _build_clusters(self, clusters: tuple[DecodeCluster, ...], wire_of: dict[str, int]) -> None:
@@ -674,6 +700,13 @@ class Simulation:
 
     def _push(self, when: float, kind: EventKind, a: Any, b: Any = None) -> None:
         heapq.heappush(self._heap, (when, next(self._seq), kind, a, b))
+
+    def at(self, when: float, fn: Callable[[Any], None], arg: Any = None) -> None:
+        """Call ``fn(arg)`` at simulated time ``when`` (a ``CONTROL`` event)."""
+        self._push(when, EventKind.CONTROL, fn, arg)
+
+    def _on_control(self, fn: Callable[[Any], None], arg: Any) -> None:
+        fn(arg)
 
     # ---- loop --------------------------------------------------------------------------------
 
