@@ -38,7 +38,6 @@ from typing import Any, Literal
 import numpy as np
 from prfaas.planner.problem import Problem
 from prfaas.planner.routing.policy import Target
-from prfaas.planner.routing.prefix import PrefixCache
 from prfaas.planner.sim.arrivals import RequestStream
 from prfaas.planner.sim.errors import SimulatorError
 from prfaas.planner.sim.links import CapacitySchedule, SharedLink
@@ -355,7 +354,7 @@ class OnlineLoop:
     def _new_prefiller(self, c: _Cluster) -> _Prefiller:
         sim, pool = self.sim, c.prefill
         inst = _Prefiller(
-            cache=PrefixCache(sim._chain_capacity(pool.cache_blocks)),
+            cache=sim._cache(pool.cache_blocks),
             index=len(sim._instances),
             pool=c.pool_index,
             latency=pool.latency,
@@ -370,7 +369,7 @@ class OnlineLoop:
     def _new_decoder(self, c: _Cluster) -> _Decoder:
         sim, dec = self.sim, c.decode
         d = _Decoder(
-            cache=PrefixCache(sim._chain_capacity(dec.cache_blocks)),
+            cache=sim._cache(dec.cache_blocks),
             index=len(sim._decoders),
             latency=dec.latency,
             max_batch=dec.max_batch,
