@@ -22,7 +22,11 @@ and flags they are one pool of ``kv_both`` engines, so the split changes by reas
   other pool. No request is moved or dropped. The KV of a drained prefill instance's last
   batch still leaves it at the pool's local KV bandwidth (milliseconds); that is not waited for.
 * **Which instances move**: those with the fewest requests in flight (quickest to drain); a
-  re-plan that reverses a pending change cancels it (the instance stops leaving).
+  re-plan that reverses a pending change cancels it (the instance stops leaving). Each role
+  keeps at least one instance. Only a decode cluster with one PD-P pool beside a PD-D pool
+  (not aggregated) changes roles; the others keep theirs (the scenarios build one PD-P pool
+  of the plan's PD-P row, whose accelerator and TP×PP the plan gives the PD-D row too in the
+  case study; a plan whose rows differ would need a Deployment roll, ``switch_delay_s``).
 
 ``simulate_online`` runs a ``SimConfig`` with the loop; ``solver_replan`` is the operator's
 re-plan as a callback. The loop changes membership only; a run without it is unchanged.
@@ -234,14 +238,14 @@ class OnlineLoop:
             local = tuple(p.name for i, p in enumerate(config.prefill) if not sim._pools[i].remote)
             specs = [(config.name, local, config.decode)]
         out = []
+        refused = []
         for router, (name, local, dec) in zip(sim._routers, specs, strict=True):
             if len(local) != 1 or dec.aggregated:
-                raise SimulatorError(
-                    f"decode cluster {name!r}: role changes need one PD-P pool beside a PD-D "
-                    f"pool (it has {len(local)} local prefill pool(s)"
-                    + (", an aggregated decode pool" if dec.aggregated else "")
-                    + "); re-plan without online role changes"
+                refused.append(
+                    f"{name!r} has {len(local)} local prefill pool(s)"
+                    + (" and an aggregated decode pool" if dec.aggregated else "")
                 )
+                continue
             pi, pool = pools[local[0]]
             c = _Cluster(name, router, pool, pi, dec)
             n = 0
@@ -252,6 +256,12 @@ class OnlineLoop:
                 c.slots.append(_Slot(n, "decode", "decode", decoder=dinst))
                 n += 1
             out.append(c)
+        if not out:
+            raise SimulatorError(
+                "role changes need a decode cluster with one PD-P pool beside its PD-D pool ("
+                + "; ".join(refused)
+                + "); simulate without the online re-plan"
+            )
         return out
 
     # ---- ticks -------------------------------------------------------------------------------

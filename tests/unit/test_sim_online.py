@@ -3,6 +3,7 @@ README's outage (case study, 100 → 5 Gbps at 3000 s for 3000 s) P90 TTFT recov
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from prfaas.operator.api.manifests import read_manifests
 from prfaas.operator.api.translate import problems_from_manifests
+from prfaas.operator.cli.app import app
 from prfaas.planner.problem import Problem
 from prfaas.planner.sim.arrivals import RequestStream, synthetic_stream
 from prfaas.planner.sim.errors import SimulatorError
@@ -31,6 +33,7 @@ from prfaas.planner.sim.online import (
 from prfaas.planner.sim.scenarios import scenarios
 from prfaas.planner.sim.simulator import SimConfig, Simulation, simulate
 from prfaas.planner.solver import plan
+from typer.testing import CliRunner
 
 SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "case-study.yaml"
 DOWN, UP, LOW = 3000.0, 6000.0, 5.0
@@ -235,3 +238,26 @@ def test_outage_p90_recovers_with_replan_and_not_without(
     starts, p90 = windowed_p90(online, 60.0)
     assert starts[1] - starts[0] == 60.0 and len(starts) == len(p90)
     assert _p90(online, 0.0, DOWN) <= slo and _p90(online, UP + 120.0, 9000.0) <= slo
+
+
+def test_cli_simulate_replans_online_and_reports_the_outage() -> None:
+    runner = CliRunner()
+    args = ["simulate", str(SAMPLE), "-n", "4000", "--no-goodput", "--seed", "1"]
+    args += ["--bandwidth-schedule", "0:100,600:5,1800:100", "--replan-interval", "1m"]
+    result = runner.invoke(app, [*args, "-o", "json"])
+    assert result.exit_code == 0, result.output
+    online = json.loads(result.stdout[result.stdout.index("{") :])["online"]
+    changes = online["roleChanges"]
+    assert [c["to"] for c in changes if c["askedS"] < 1800] == ["prefill", "prefill"]
+    assert all(c["askedS"] == 660.0 for c in changes if c["askedS"] < 1800)
+    assert any(c["to"] == "decode" and c["askedS"] == 1860.0 for c in changes)
+    outage = online["outage"]
+    assert (outage["dropS"], outage["returnS"]) == (600.0, 1800.0)
+    assert 60.0 < outage["rolesSettledS"] < 180.0
+    rows = {r["name"]: r["p90TtftS"]["during"] for r in outage["configurations"]}
+    assert rows["prfaas-pd (online re-plan)"] < rows["naive-heterogeneous"]
+    table = runner.invoke(app, args)
+    assert table.exit_code == 0, table.output
+    assert "online re-plan:" in table.stdout and "decode → prefill" in table.stdout
+    bad = runner.invoke(app, [*args[:-1], "60"])
+    assert bad.exit_code != 0 and "replan-interval" in bad.output
