@@ -61,6 +61,10 @@ Shape (version 1), as ``prfaas plan crds/samples/case-study.yaml -o json`` print
       "notes": ["..."],                 # provenance of every input and latency model
       "dataPlaneS": {"local": 0.01, "remote": 0.12},   # measured per-request data-plane cost
                                         #   per path (profile's dataPlane); {} when none
+      "convertible": [{"decodeCluster": "pd-h20", "datacenter": "dc-b",   # roles one pool of
+                       "prefill": 2, "decode": 3}],   # kv_both engines serves; the counts are
+                                                      # the initial role assignment (derived from
+                                                      # clusters, see ``ConvertiblePool``)
       "shapes": [{"decodeCluster": "pd-h20", "shape": "disaggregated+offload",
                   "instances": 5, "gpus": 96, "goodputRps": 3.34, "goodputPerGpu": 0.0348,
                   "costPerHour": 281.0, "goodputPerCost": 0.0119,   # req/s per USD/h
@@ -80,6 +84,7 @@ __all__ = [
     "PLAN_VERSION",
     "Baseline",
     "ClusterPlan",
+    "ConvertiblePool",
     "LinkPlan",
     "Plan",
     "Predicted",
@@ -166,6 +171,51 @@ class ClusterPlan:
     @property
     def gpus(self) -> int:
         return self.instances * self.gpus_per_instance
+
+
+def _flags(cp: ClusterPlan) -> tuple[object, ...]:
+    return (
+        cp.accelerator,
+        cp.tensor_parallel,
+        cp.pipeline_parallel,
+        cp.max_num_batched_tokens,
+        cp.gpu_memory_utilization,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertiblePool:
+    """A decode cluster whose prefill (PD-P) and decode (PD-D) instances are interchangeable:
+    same accelerator, TP, PP and engine flags (``maxNumBatchedTokens``,
+    ``gpuMemoryUtilization``; ``maxNumSeqs`` too where the prefill row sizes it, the pool runs
+    the decode row's). They run as ONE pool of ``kv_both`` engines, and which of them prefill is
+    a routing decision (the router's role assignment), changed without a restart. ``prefill`` and
+    ``decode`` are the plan's instance counts: the initial assignment."""
+
+    decode_cluster: str
+    datacenter: str
+    prefill: int
+    decode: int
+
+    @property
+    def instances(self) -> int:
+        return self.prefill + self.decode
+
+    @staticmethod
+    def of(clusters: list[ClusterPlan]) -> list[ConvertiblePool]:
+        """The convertible pools among ``clusters`` (a decode cluster with both rows)."""
+        rows: dict[str, dict[str, ClusterPlan]] = {}
+        for cp in clusters:
+            rows.setdefault(cp.name, {})[cp.role] = cp
+        out = []
+        for name, by_role in rows.items():
+            p, d = by_role.get("prefill"), by_role.get("decode")
+            if p is None or d is None or p.instances <= 0 or d.instances <= 0:
+                continue
+            seqs_agree = p.max_num_seqs is None or p.max_num_seqs == d.max_num_seqs
+            if _flags(p) == _flags(d) and seqs_agree and p.datacenter == d.datacenter:
+                out.append(ConvertiblePool(name, d.datacenter, p.instances, d.instances))
+        return out
 
 
 @dataclass(slots=True)
@@ -293,9 +343,20 @@ class Plan:
         """Planned instances of ``role`` in ``cluster`` (0 when the plan has none)."""
         return sum(c.instances for c in self.clusters if c.name == cluster and c.role == role)
 
+    def convertible(self) -> list[ConvertiblePool]:
+        """Decode clusters whose prefill and decode instances form one pool of ``kv_both``
+        engines (``ConvertiblePool``); derived from ``clusters``, so a re-plan that changes the
+        split changes the initial assignment, never the pool."""
+        return ConvertiblePool.of(self.clusters)
+
+    def convertible_pool(self, cluster: str) -> ConvertiblePool | None:
+        """The convertible pool of decode cluster ``cluster``, or ``None``."""
+        return next((p for p in self.convertible() if p.decode_cluster == cluster), None)
+
     def to_dict(self) -> dict[str, Any]:
-        """The stable JSON form (see the module docstring)."""
-        return {"version": PLAN_VERSION, **_dump(self)}
+        """The stable JSON form (see the module docstring); ``convertible`` is derived (and
+        ignored by ``from_dict``)."""
+        return {"version": PLAN_VERSION, **_dump(self), "convertible": _dump(self.convertible())}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:

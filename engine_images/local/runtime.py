@@ -2,7 +2,12 @@
 
 ``build_layout`` turns a plan (``local_plan.local_plan`` of the manifests) into a
 ``LocalLayout``: one vLLM CPU engine per planned (cluster, role), the tiny generated model, the
-router's file. ``LocalRuntime`` starts it: engines first (each in its own process group, bound
+router's file. A convertible pool (``Plan.convertible``: a decode cluster whose prefill and
+decode instances are interchangeable) runs as ``kv_both`` engines (``<cluster>-both-<i>``) with
+the plan's counts as the initial role assignment; ``LocalRuntime.assign`` changes roles live (it
+rewrites the router's file, which the router re-reads) and ``LocalRuntime.remove`` takes an
+engine out the way Kubernetes does: out of the router first, then ``drain``, then stopped.
+``LocalRuntime`` starts it: engines first (each in its own process group, bound
 to its own core with ``VLLM_CPU_OMP_THREADS_BIND``, ``--enforce-eager``, a small KV space, the
 compatibility shim on ``PYTHONPATH``), then the router in front of the decode datacenter once
 every engine answers ``/health``.
@@ -35,7 +40,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -57,7 +62,7 @@ from prfaas.engine.vllm.launch import (
     vllm_argv,
     vllm_env,
 )
-from prfaas.planner.plan import LinkPlan, Plan
+from prfaas.planner.plan import LinkPlan, Plan, Role
 
 __all__ = [
     "LocalEngine",
@@ -68,7 +73,10 @@ __all__ = [
     "monolithic_layout",
 ]
 
-_ENGINE_PORT_BASE = {"prefill": 8100, "decode": 8200, "monolithic": 8300}
+_ENGINE_PORT_BASE = {"prefill": 8100, "decode": 8200, "monolithic": 8300, "both": 8400}
+_DRAIN_SETTLE_S = 2.0
+"""``remove`` waits this long before polling the engine: the router re-reads its file every
+second, so by then no new request goes to the engine."""
 _SIDE_CHANNEL_BASE = 5600
 
 
@@ -106,6 +114,8 @@ class LocalLayout:
     router_url: str
     router_net: DatacenterNet | None = None
     link: LinkPlan | None = None
+    assignment: dict[str, Role] = field(default_factory=dict)
+    """Initial role of each ``kv_both`` engine (by name): the plan's counts, in engine order."""
 
     def engine(self, role: EngineRole) -> LocalEngine:
         """The first engine with ``role``."""
@@ -113,6 +123,15 @@ class LocalLayout:
             if e.role == role:
                 return e
         raise LocalRuntimeError(f"the layout has no {role} engine")
+
+    def named(self, name: str) -> LocalEngine:
+        """The engine called ``name`` (``LocalRuntimeError`` naming the choices otherwise)."""
+        for e in self.engines:
+            if e.name == name:
+                return e
+        raise LocalRuntimeError(
+            f"no engine {name!r} in the layout (have {[e.name for e in self.engines]})"
+        )
 
 
 def build_layout(
@@ -135,13 +154,24 @@ def build_layout(
     cores = cores or os.cpu_count() or 1
     ports = dict(engine_ports or {})
     engines: list[LocalEngine] = []
+    assignment: dict[str, Role] = {}
+    convertible = {p.decode_cluster: p for p in plan.convertible()}
     n = 0
     for cluster in plan.clusters:
-        for i in range(cluster.instances):
-            name = f"{cluster.name}-{cluster.role}-{i}"
+        pool = convertible.get(cluster.name)
+        role: EngineRole = cluster.role
+        count = cluster.instances
+        if pool is not None:  # one pool of kv_both engines, built once (at the decode row)
+            if cluster.role == "prefill":
+                continue
+            role, count = "both", pool.instances
+        for i in range(count):
+            name = f"{cluster.name}-{role}-{i}"
+            if pool is not None:
+                assignment[name] = "prefill" if i < pool.prefill else "decode"
             dc_net = _dc_net(net, cluster.datacenter)
             port = ports.get(name) or (
-                _ENGINE_PORT_BASE[cluster.role] + i if dc_net is not None else free_port()
+                _ENGINE_PORT_BASE[role] + i if dc_net is not None else free_port()
             )
             if dc_net is not None:
                 host, sc_host, device = "0.0.0.0", dc_net.link_address, dc_net.link_device
@@ -151,7 +181,7 @@ def build_layout(
                 host, sc_host, device = "127.0.0.1", "127.0.0.1", "lo"
                 url = router_url = f"http://127.0.0.1:{port}"
             launch = EngineLaunch(
-                role=cluster.role,
+                role=role,
                 model=str(model_dir),
                 served_name=plan.model,
                 host=host,
@@ -159,7 +189,7 @@ def build_layout(
                 device="cpu",
                 side_channel_host=sc_host,
                 side_channel_port=_SIDE_CHANNEL_BASE + 1 + n if dc_net is None
-                else _SIDE_CHANNEL_BASE,
+                else _SIDE_CHANNEL_BASE + i,  # unique within a namespace (kv_both pools)
                 net_device=device,
                 block_size=block_size,
                 max_model_len=max_model_len,
@@ -198,6 +228,7 @@ def build_layout(
         router_url=router_url,
         router_net=router_net,
         link=plan.links[0] if plan.links else None,
+        assignment=assignment,
     )
 
 
@@ -250,10 +281,15 @@ class LocalRuntime:
     start_seconds: dict[str, float] = field(default_factory=dict)
     """Seconds from spawn to healthy, per process name."""
     keep_workdir: bool = False
+    roles: dict[str, Role] = field(default_factory=dict)
+    """The role each ``kv_both`` engine serves now (``assign``); starts as the layout's."""
+    removed: set[str] = field(default_factory=set)
+    """Engines taken out by ``remove``."""
     _stopped: bool = False
     _temporary: bool = False
 
     def __post_init__(self) -> None:
+        self.roles = {**self.layout.assignment, **self.roles}
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="prfaas-up-"))
             self._temporary = True
@@ -296,6 +332,7 @@ class LocalRuntime:
                 wait_healthy(engine.url, [proc], timeout_s=timeout_s)
                 self.start_seconds[engine.name] = time.monotonic() - t0
             self.check_kv_layout()
+            self.warm_up()
             if with_router:
                 self.start_router(timeout_s=60.0)
         except BaseException:
@@ -345,6 +382,24 @@ class LocalRuntime:
                 )
         return seen
 
+    def warm_up(self) -> None:
+        """One plain one-token completion per engine before the router serves. On vLLM CPU
+        0.32 an engine whose first request is a KV pull (decode of a remote prefill) lost its
+        worker to SIGILL (exit -4) in 2 of 2 tries, with kv_consumer and kv_both alike; after
+        one local step it never did (reference/vllm-cpu-pd.md)."""
+        import httpx
+
+        for engine in self.layout.engines:
+            body = {"model": self.layout.served_name, "prompt": "warm up", "max_tokens": 1}
+            try:
+                reply = httpx.post(engine.url + "/v1/completions", json=body, timeout=120.0)
+                reply.raise_for_status()
+            except httpx.HTTPError as exc:
+                raise LocalRuntimeError(
+                    f"{engine.name} failed its warm-up completion: {exc} "
+                    f"(log: {self.processes[engine.name].log_path})"
+                ) from exc
+
     def start_engine(self, engine: LocalEngine) -> ManagedProcess:
         """Spawn one engine (in its namespace, if any); does not wait."""
         argv = vllm_argv(engine.launch, python=sys.executable)
@@ -360,9 +415,14 @@ class LocalRuntime:
 
         layout = self.layout
         endpoints: dict[str, dict[Literal["prefill", "decode"], list[str]]] = {}
+        assignment: dict[str, Literal["prefill", "decode"]] = {}
         for e in layout.engines:
+            if e.name in self.removed:
+                continue
             if e.role == "prefill" or e.role == "decode":
                 endpoints.setdefault(e.cluster, {}).setdefault(e.role, []).append(e.router_url)
+            elif e.role == "both":
+                assignment[e.router_url] = self.roles[e.name]
         plan = layout.plan
         if capacity_gbps is not None:
             plan = Plan.from_dict(plan.to_dict())
@@ -371,6 +431,7 @@ class LocalRuntime:
         cfg = router_config_from_plan(
             plan, endpoints, model=layout.served_name, tokenizer=str(layout.model_dir),
             max_model_len=layout.max_model_len, block_size=layout.block_size,
+            assignment=assignment or None,
         )
         path = self.router_config_path
         tmp = path.with_suffix(".tmp")
@@ -403,6 +464,47 @@ class LocalRuntime:
             raise LocalRuntimeError("set_link_gbps needs the namespaces (prfaas up --netns)")
         self.net.shape(gbps * 1e9)
         self.write_router_config(capacity_gbps=gbps)
+
+    def assign(self, roles: Mapping[str, Role]) -> Path:
+        """Give ``kv_both`` engines (by name) new roles, live: the router re-reads its file
+        within a second; each engine leaves its old role, finishes what it holds there, then
+        serves the new one (the router's drain, ``prfaas.engine.router.policy``). No restart."""
+        for name, role in roles.items():
+            if name not in self.roles or name in self.removed:
+                raise LocalRuntimeError(
+                    f"{name!r} is not a kv_both engine of this layout "
+                    f"(have {sorted(set(self.roles) - self.removed)})"
+                )
+            if role not in ("prefill", "decode"):
+                raise LocalRuntimeError(f"role of {name!r}: got {role!r}; use prefill or decode")
+        previous = dict(self.roles)
+        self.roles.update(roles)
+        try:
+            return self.write_router_config()
+        except Exception:
+            self.roles = previous
+            raise
+
+    def remove(self, name: str, *, max_wait_s: float = 120.0) -> str:
+        """Take engine ``name`` out without losing a request, as the operator does on
+        Kubernetes: out of the router's file first (no new request reaches it), then
+        ``prfaas.engine.vllm.drain`` until the engine holds nothing (at most ``max_wait_s``),
+        then stop it. Returns the drain's outcome (``idle``, ``no-engine`` or ``bound``)."""
+        from prfaas.engine.vllm.drain import drain
+
+        engine = self.layout.named(name)
+        self.removed.add(name)
+        try:
+            self.write_router_config()
+        except Exception:
+            self.removed.discard(name)
+            raise
+        outcome = drain(
+            engine.url + "/metrics", max_wait_s=max_wait_s, settle_s=_DRAIN_SETTLE_S,
+            log=lambda msg: None,
+        )
+        self.processes[name].stop(timeout_s=20.0)
+        return outcome
 
     def adopt(self, proc: ManagedProcess) -> None:
         """Stop ``proc`` with everything else (e.g. the Prometheus of ``prfaas up
@@ -450,7 +552,8 @@ class LocalRuntime:
             "modelDir": str(self.layout.model_dir),
             "workdir": str(self.folder),
             "engines": [
-                {"name": e.name, "role": e.role, "datacenter": e.datacenter, "url": e.url,
+                {"name": e.name, "role": self.roles.get(e.name, e.role),
+                 "kvBoth": e.role == "both", "datacenter": e.datacenter, "url": e.url,
                  "core": e.launch.cpu_threads_bind,
                  "namespace": e.net.namespace if e.net else None}
                 for e in self.layout.engines

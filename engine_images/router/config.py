@@ -12,6 +12,10 @@ One router runs in front of each decode cluster. Its file (YAML or JSON, camelCa
     datacenters:
       dc-b: {prefill: [], decode: ["http://10.0.1.5:8000"]}   # no local PD-P: decode prefills
       dc-a: {prefill: ["http://10.0.0.7:8000"], decode: []}
+      # or, a convertible pool (kv_both engines, ``Plan.convertible``): the role of each
+      # engine now. Rewriting it changes roles live (the router re-reads the file); a role
+      # change drains the old role first (``policy``: leaving → joining → serving).
+      # dc-b: {convertible: {"http://10.0.1.5:8000": decode, "http://10.0.1.6:8000": prefill}}
     links:                            # one per remote datacenter that may prefill for us
       dc-a: {name: dc-a-to-dc-b, capacityGbps: 1.0, headroom: 0.8}
 
@@ -58,6 +62,7 @@ __all__ = [
     "DiscoverySettings",
     "HealthSettings",
     "LinkSettings",
+    "PoolRole",
     "RouterConfig",
     "RouterConfigError",
     "Timeouts",
@@ -65,6 +70,7 @@ __all__ = [
     "dump_router_config",
     "load_router_config",
     "parse_router_config",
+    "role_assignment",
     "router_config_from_plan",
 ]
 
@@ -98,6 +104,20 @@ class DatacenterEndpoints(_Model):
     Empty locally: short prompts go straight to a decode instance, which prefills itself."""
     decode: list[str] = Field(default_factory=list)
     """Decode instances (only the local datacenter's are used)."""
+    convertible: dict[str, PoolRole] = Field(default_factory=dict)
+    """``kv_both`` instances (URL → the role it serves now): each request's
+    ``kv_transfer_params`` say which part it plays, so this map is a routing decision, changed
+    without a restart (a role change drains the old role first)."""
+
+    @model_validator(mode="after")
+    def _check_once(self) -> DatacenterEndpoints:
+        both = sorted(set(self.convertible) & (set(self.prefill) | set(self.decode)))
+        if both:
+            raise ValueError(
+                f"{both} are listed under convertible and under prefill/decode: a kv_both "
+                "engine's role is its convertible entry only; remove it from the lists"
+            )
+        return self
 
 
 class LinkSettings(_Model):
@@ -183,11 +203,25 @@ class DiscoveredPool(_Model):
 
     datacenter: str = Field(min_length=1)
     """The key under ``datacenters`` (the local datacenter, or a local PrfaaS cluster's key)."""
-    role: PoolRole
+    role: PoolRole | Literal["convertible"]
+    """``convertible``: ``kv_both`` engines; the router gives ``prefill`` of them role prefill
+    and the rest decode (``discovery.assign_roles``: stable, least-busy engines move)."""
+    prefill: int | None = Field(default=None, ge=0)
+    """Convertible pools only: how many of the pool's engines prefill now (the split the
+    planner or the autoscaler chose). Rewriting it changes roles live."""
     service: str = Field(min_length=1)
     """The engines' (headless) Service; its slices carry ``kubernetes.io/service-name``."""
     port: int = Field(default=8000, gt=0, lt=65536)
     """The engines' port, used when a slice does not name it."""
+
+    @model_validator(mode="after")
+    def _check_prefill(self) -> DiscoveredPool:
+        if (self.role == "convertible") != (self.prefill is not None):
+            raise ValueError(
+                f"discovery pool {self.service!r}: prefill (how many engines prefill) is set for "
+                "role convertible, and only for it"
+            )
+        return self
 
 
 class DiscoverySettings(_Model):
@@ -280,7 +314,11 @@ class RouterConfig(_Model):
 
 
 def _plain(cfg: RouterConfig) -> dict[str, Any]:
-    return cfg.model_dump(by_alias=True, mode="json")
+    data = cfg.model_dump(by_alias=True, mode="json")
+    for eps in data.get("datacenters", {}).values():
+        if not eps.get("convertible"):  # files without a convertible pool stay as before
+            eps.pop("convertible", None)
+    return data
 
 
 def dump_router_config(cfg: RouterConfig, *, fmt: Literal["yaml", "json"] = "yaml") -> str:
@@ -317,9 +355,13 @@ def load_router_config(path: str | Path) -> RouterConfig:
 
 def admission_from_plan(plan: Plan, decode_cluster: str, decode_batch: int) -> AdmissionSettings:
     """The in-flight bound of the router in front of ``decode_cluster``: twice its decode seats
-    (``instances × decode_batch``: as many again may be prefilling), and a ``Retry-After`` of
+    (``instances × decode_batch``: as many again may be prefilling; a convertible pool counts
+    all its engines), and a ``Retry-After`` of
     the time the plan's throughput takes to serve that many (Little's law), 1–60 s."""
-    instances = sum(
+    pool = plan.convertible_pool(decode_cluster)
+    # A convertible pool: every engine may be given role decode, and the bound must not move
+    # with the split (a new split is a reload, not a new router).
+    instances = pool.instances if pool is not None else sum(
         c.instances for c in plan.clusters if c.name == decode_cluster and c.role == "decode"
     )
     bound = max(1, 2 * instances * decode_batch)
@@ -328,6 +370,17 @@ def admission_from_plan(plan: Plan, decode_cluster: str, decode_batch: int) -> A
     return AdmissionSettings(
         max_in_flight=bound, retry_after_s=float(min(60, max(1, math.ceil(drain))))
     )
+
+
+def role_assignment(urls: Sequence[str], prefill: int) -> dict[str, PoolRole]:
+    """The initial role assignment of a convertible pool's engines (in their order): the first
+    ``prefill`` of them prefill, the rest decode (``ConvertiblePool`` counts)."""
+    if not 0 <= prefill < len(urls):
+        raise RouterConfigError(
+            f"a convertible pool of {len(urls)} engines cannot have {prefill} in role prefill "
+            "(at least one must decode)"
+        )
+    return {url: ("prefill" if i < prefill else "decode") for i, url in enumerate(urls)}
 
 
 def router_config_from_plan(
@@ -340,6 +393,7 @@ def router_config_from_plan(
     max_model_len: int | None = None,
     block_size: int = 16,
     decode_batch: int | None = None,
+    assignment: Mapping[str, PoolRole] | None = None,
     **settings: Any,
 ) -> RouterConfig:
     """The router config for the router in front of ``decode_cluster`` (default: the plan's first).
@@ -350,8 +404,11 @@ def router_config_from_plan(
     URLs, ``prfaas up`` its loopback/netns addresses. Datacenters come from ``plan.clusters``;
     ``t``, KV bytes and the remote prefill clusters from the plan's ``RouterPlan``; capacity and
     headroom from its ``LinkPlan``. ``decode_batch`` (a decode instance's max batch) sizes the
-    in-flight bound from the plan's decode instances (``admission_from_plan``). Extra keyword
-    ``settings`` (``timeouts=Timeouts(...)``,
+    in-flight bound from the plan's decode instances (``admission_from_plan``). Where the plan
+    runs the decode cluster as a convertible pool of ``kv_both`` engines (``Plan.convertible``)
+    at known URLs, ``assignment`` maps each to its role now (``role_assignment`` makes the
+    plan's initial one); they go under ``convertible`` instead of ``prefill``/``decode``.
+    Extra keyword ``settings`` (``timeouts=Timeouts(...)``,
     ``prefix_cache_blocks=...``) are passed to ``RouterConfig``.
     """
     if not plan.routers:
@@ -379,9 +436,24 @@ def router_config_from_plan(
         pool = pools.setdefault(dc, {"prefill": [], "decode": []})[role]
         pool.extend(u for u in urls if u not in pool)
 
-    add(rplan.decode_cluster, "decode")
-    add(rplan.decode_cluster, "prefill")  # the local PD-P pool, when the plan has one
-    if not pools[local_dc]["decode"]:
+    convertible: dict[str, PoolRole] = {}
+    if assignment:
+        if plan.convertible_pool(rplan.decode_cluster) is None:
+            raise RouterConfigError(
+                f"assignment given, but {rplan.decode_cluster!r} is not a convertible pool in "
+                "the plan (its prefill and decode instances differ in accelerator, TP×PP or "
+                "flags, or it lacks one of the roles): list its engines by role instead"
+            )
+        convertible = dict(assignment)
+        if "decode" not in convertible.values():
+            raise RouterConfigError(
+                f"the role assignment of {rplan.decode_cluster!r} leaves no decode instance "
+                f"({convertible}): keep at least one engine in role decode"
+            )
+    else:  # separate prefill and decode engines (or a pool the router discovers)
+        add(rplan.decode_cluster, "decode")
+        add(rplan.decode_cluster, "prefill")  # the local PD-P pool, when the plan has one
+    if not pools[local_dc]["decode"] and not convertible:
         raise RouterConfigError(
             f"no decode endpoints for {rplan.decode_cluster!r}: pass "
             f"endpoints[{rplan.decode_cluster!r}]['decode']"
@@ -415,7 +487,10 @@ def router_config_from_plan(
         tokenizer=tokenizer,
         max_model_len=max_model_len,
         local_datacenter=local_dc,
-        datacenters={dc: DatacenterEndpoints(**p) for dc, p in pools.items()},
+        datacenters={
+            dc: DatacenterEndpoints(**p, convertible=convertible if dc == local_dc else {})
+            for dc, p in pools.items()
+        },
         links=links,
         threshold_tokens=None if t is None or not math.isfinite(t) else t,
         kv_bytes_per_token=rplan.kv_bytes_per_token,

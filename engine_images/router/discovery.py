@@ -34,7 +34,7 @@ import os
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 from prfaas.engine.router.config import (
@@ -49,6 +49,7 @@ __all__ = [
     "EndpointWatcher",
     "PoolKey",
     "apply_discovery",
+    "assign_roles",
     "ready_urls",
 ]
 
@@ -95,9 +96,51 @@ def ready_urls(slices: Iterable[Mapping[str, Any]], pool: DiscoveredPool) -> lis
     return sorted(urls)
 
 
-def apply_discovery(config: RouterConfig, found: Mapping[PoolKey, list[str]]) -> RouterConfig:
+def assign_roles(
+    urls: Iterable[str],
+    prefill: int,
+    previous: Mapping[str, str],
+    busy: Mapping[str, int] | None = None,
+) -> dict[str, Literal["prefill", "decode"]]:
+    """Roles for a convertible pool's engines: ``prefill`` of them prefill (at most all but one:
+    a pool keeps a decode engine), the rest decode. Stable: an engine keeps its ``previous``
+    role unless the count moved; then the engines holding the fewest requests (``busy``, then
+    URL order) change, so the drain is short; a new engine takes the role that is short."""
+    ordered = sorted(set(urls))
+    target = max(0, min(prefill, len(ordered) - 1))
+    load = busy or {}
+    roles: dict[str, Literal["prefill", "decode"]] = {}
+    for url in ordered:
+        old = previous.get(url)
+        if old == "prefill":
+            roles[url] = "prefill"
+        elif old == "decode":
+            roles[url] = "decode"
+    for url in ordered:
+        if url not in roles:
+            short = sum(r == "prefill" for r in roles.values()) < target
+            roles[url] = "prefill" if short else "decode"
+
+    def move(src: Literal["prefill", "decode"], dst: Literal["prefill", "decode"]) -> None:
+        url = min((u for u in ordered if roles[u] == src), key=lambda u: (load.get(u, 0), u))
+        roles[url] = dst
+
+    while sum(r == "prefill" for r in roles.values()) > target:
+        move("prefill", "decode")
+    while sum(r == "prefill" for r in roles.values()) < target:
+        move("decode", "prefill")
+    return roles
+
+
+def apply_discovery(
+    config: RouterConfig,
+    found: Mapping[PoolKey, list[str]],
+    previous: Mapping[str, str] | None = None,
+    busy: Mapping[str, int] | None = None,
+) -> RouterConfig:
     """``config`` with each discovered pool's URLs replaced by what the watch found (pools not
-    yet listed keep the URLs of the file)."""
+    yet listed keep the URLs of the file). A convertible pool's engines get their roles from
+    ``assign_roles`` (``previous``: the roles the router runs now, URL → role)."""
     if config.discovery is None or not found:
         return config
     datacenters = {dc: eps.model_dump() for dc, eps in config.datacenters.items()}
@@ -105,6 +148,11 @@ def apply_discovery(config: RouterConfig, found: Mapping[PoolKey, list[str]]) ->
     for pool in config.discovery.pools:
         key = (pool.datacenter, pool.role)
         if key not in found:
+            continue
+        if pool.role == "convertible":
+            datacenters[pool.datacenter]["convertible"] = assign_roles(
+                found[key], pool.prefill or 0, previous or {}, busy
+            )
             continue
         urls = datacenters[pool.datacenter][pool.role]
         if key not in replaced:  # several Services may feed one pool

@@ -13,6 +13,11 @@ monotonic) so tests drive it.
   down, with capacity).
 * **Circuits**: ``failures`` consecutive failures open an instance's or a link's circuit for
   ``retryAfterS``; afterwards requests are let through again, and one success closes it.
+* **Roles of a convertible pool** (``kv_both`` engines, the file's ``convertible`` map): each
+  instance is in the pool of its assigned role. A role change drains first: the instance leaves
+  its old role at once (state ``leaving``: no new request of that role, the ones it holds run
+  to their end), and its new-role entry waits (state ``joining``, in no pool) until the old one
+  holds nothing; then it serves. Both entries share the engine's prefix cache and circuit.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from prfaas.engine.router.config import RouterConfig
+from prfaas.engine.router.config import PoolRole, RouterConfig
 from prfaas.engine.router.errors import NoBackendError
 from prfaas.planner.routing.policy import Link, Route, RoutingCore, Target
 from prfaas.planner.routing.prefix import PrefixCache, block_hashes
@@ -72,6 +77,9 @@ class Instance(Target):
     circuit: Circuit
     down_by_probe: bool = False
     """The open circuit was opened by health probes (a passing probe may close it)."""
+    state: str = "serving"
+    """``serving``; ``leaving``: a role it no longer has, kept until its requests end;
+    ``joining``: its new role, waiting for the ``leaving`` entry of the same engine to drain."""
 
     def available(self, now: float) -> bool:
         return self.circuit.allows(now)
@@ -87,6 +95,16 @@ class LinkState(Link):
 
     def usable(self, now: float) -> bool:
         return not self.down and self.controller.capacity_bps > 0 and self.circuit.allows(now)
+
+
+def _assigned_roles(config: RouterConfig, datacenter: str, url: str) -> set[str]:
+    eps = config.datacenters.get(datacenter)
+    if eps is None:
+        return set()
+    roles = {r for r, urls in (("prefill", eps.prefill), ("decode", eps.decode)) if url in urls}
+    if url in eps.convertible:
+        roles.add(eps.convertible[url])
+    return roles
 
 
 @dataclass(slots=True)
@@ -112,6 +130,8 @@ class RoutingPolicy:
     links: dict[str, LinkState] = field(default_factory=dict)
     core: RoutingCore[Instance, LinkState] = field(default_factory=RoutingCore)
     _pools: dict[tuple[str, str], list[Instance]] = field(default_factory=dict)
+    _draining: bool = False
+    """Some engine is changing role (``settle`` has work)."""
 
     def __post_init__(self) -> None:
         self.reconfigure(self.config)
@@ -122,27 +142,49 @@ class RoutingPolicy:
         self.config = config
         c = config.circuit
         wanted: dict[tuple[str, str, str], Instance] = {}
+        by_engine: dict[tuple[str, str], list[Instance]] = {}
+        for inst in self.instances.values():
+            by_engine.setdefault((inst.datacenter, inst.url), []).append(inst)
         for dc, eps in config.datacenters.items():
-            for role, urls in (("prefill", eps.prefill), ("decode", eps.decode)):
-                for url in urls:
-                    key = (dc, role, url)
-                    inst = self.instances.get(key)
-                    if inst is None:
-                        inst = Instance(
-                            cache=PrefixCache(config.prefix_cache_blocks),
-                            url=url,
-                            datacenter=dc,
-                            role=role,
-                            circuit=Circuit(c.failures, c.retry_after_s),
-                        )
-                    inst.cache.capacity_blocks = config.prefix_cache_blocks
-                    inst.circuit.failures_to_open = c.failures
-                    inst.circuit.retry_after_s = c.retry_after_s
-                    wanted[key] = inst
+            assigned = [
+                *((role, url) for role, urls in (("prefill", eps.prefill), ("decode", eps.decode))
+                  for url in urls),
+                *((role, url) for url, role in eps.convertible.items()),
+            ]
+            for role, url in assigned:
+                key = (dc, role, url)
+                known = self.instances.get(key)
+                if known is not None:
+                    inst = known
+                else:
+                    # The engine's other entries (a role change): same cache, same circuit.
+                    same = by_engine.get((dc, url), [])
+                    inst = Instance(
+                        cache=same[0].cache if same else PrefixCache(config.prefix_cache_blocks),
+                        url=url,
+                        datacenter=dc,
+                        role=role,
+                        circuit=same[0].circuit if same
+                        else Circuit(c.failures, c.retry_after_s),
+                    )
+                inst.cache.capacity_blocks = config.prefix_cache_blocks
+                inst.circuit.failures_to_open = c.failures
+                inst.circuit.retry_after_s = c.retry_after_s
+                wanted[key] = inst
+        convertible = {
+            (dc, url) for dc, eps in config.datacenters.items() for url in eps.convertible
+        }
+        for key, inst in self.instances.items():
+            if key in wanted or (inst.datacenter, inst.url) not in convertible:
+                continue  # a role kept, or an engine removed (its requests hold their entry)
+            if inst.in_flight > 0:  # a role change: drain the old role first
+                inst.state = "leaving"
+                wanted[key] = inst
+        for key, inst in wanted.items():
+            if inst.state == "leaving" and key[1] in _assigned_roles(config, key[0], key[2]):
+                inst.state = "serving"  # changed back before it drained
         self.instances = wanted
-        self._pools = {}
-        for (dc, role, _), inst in wanted.items():
-            self._pools.setdefault((dc, role), []).append(inst)
+        self._rebuild_pools()
         links: dict[str, LinkState] = {}
         ctl = config.controller
         for dc in config.remote_datacenters:
@@ -182,10 +224,60 @@ class RoutingPolicy:
         core.kv_bytes_per_token = config.kv_bytes_per_token
         core.kv_fixed_bytes = config.kv_fixed_bytes
         core.affinity_max_imbalance = config.affinity_max_imbalance
-        local = config.local_datacenter
+        self._rebuild_pools()
+
+    def _rebuild_pools(self) -> None:
+        """Pools of the serving entries; a new role joins once its engine's old role drained."""
+        leaving = {(i.datacenter, i.url) for i in self.instances.values() if i.state == "leaving"}
+        self._pools = {}
+        for (dc, role, url), inst in self.instances.items():
+            if inst.state != "leaving":
+                inst.state = "joining" if (dc, url) in leaving else "serving"
+            if inst.state == "serving":
+                self._pools.setdefault((dc, role), []).append(inst)
+        self._draining = bool(leaving)
+        core, local = self.core, self.config.local_datacenter
         core.decode = self.pool(local, "decode")
         core.local_prefill = self.pool(local, "prefill")
-        core.remote = [(link, self.pool(link.datacenter, "prefill")) for link in links.values()]
+        core.remote = [
+            (link, self.pool(link.datacenter, "prefill")) for link in self.links.values()
+        ]
+
+    def settle(self) -> bool:
+        """Finish the role changes whose old role has drained (no request in flight there);
+        ``True`` when an entry left. Called before every decision and by the ticker."""
+        if not self._draining:
+            return False
+        done = [k for k, i in self.instances.items() if i.state == "leaving" and i.in_flight <= 0]
+        for key in done:
+            del self.instances[key]
+        self._rebuild_pools()
+        return bool(done)
+
+    def assignment(self) -> dict[str, dict[str, str]]:
+        """Per datacenter, each convertible engine's role now (``prefill``/``decode``, or
+        ``draining:<old>-><new>`` while its old role still holds requests)."""
+        out: dict[str, dict[str, str]] = {}
+        for dc, eps in self.config.datacenters.items():
+            for url, role in eps.convertible.items():
+                old = [
+                    i.role for i in self.instances.values()
+                    if i.datacenter == dc and i.url == url and i.state == "leaving"
+                ]
+                out.setdefault(dc, {})[url] = f"draining:{old[0]}->{role}" if old else role
+        return out
+
+    def role_state(self) -> tuple[dict[str, PoolRole], dict[str, int]]:
+        """The roles convertible engines have now (URL → role) and the requests each engine
+        holds: what ``discovery.apply_discovery`` keeps stable and moves by."""
+        roles = {
+            url: role for eps in self.config.datacenters.values()
+            for url, role in eps.convertible.items()
+        }
+        busy: dict[str, int] = {}
+        for inst in self.instances.values():
+            busy[inst.url] = busy.get(inst.url, 0) + inst.in_flight
+        return roles, busy
 
     def pool(self, datacenter: str, role: str) -> list[Instance]:
         """The instances of one role in one datacenter (configuration order; do not mutate)."""
@@ -200,6 +292,7 @@ class RoutingPolicy:
     # ------------------------------------------------------------------ decisions
     def tick(self, now: float) -> dict[str, float]:
         """Run every link's threshold loop; returns ``t`` per link name."""
+        self.settle()
         return {link.name: link.tick(now) for link in self.links.values()}
 
     def pick(
@@ -215,6 +308,7 @@ class RoutingPolicy:
     def decide(self, tokens: Sequence[int], now: float) -> Decision:
         """Route one prompt. Raises ``NoBackendError`` when no decode instance is healthy."""
         cfg = self.config
+        self.settle()
         hashes = block_hashes(tokens, cfg.block_size)
         d = self.core.decide(hashes, len(tokens), now)
         if d.decode is None:

@@ -324,6 +324,7 @@ class RouterCore:
                 "url": i.url,
                 "datacenter": i.datacenter,
                 "role": i.role,
+                "state": i.state,
                 "inFlight": i.in_flight,
                 "cachedBlocks": len(i.cache),
                 "healthy": i.circuit.allows(now),

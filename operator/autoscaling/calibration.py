@@ -129,10 +129,15 @@ def observe_engines(results: Mapping[str, list[Sample]]) -> dict[Key, EngineObse
     for (cluster, role), (seconds, n) in itl.items():
         pool = (cluster, role)
         batch = r["running"].get(pool)
-        if role != "decode" or pool not in prompt or not batch or batch <= 0 or seconds <= 0:
+        # A convertible pool's kv_both engines (role label ``both``) calibrate decode: only
+        # decode-role requests have inter-token steps (prefill-role ones make one token); their
+        # batch and context means include the prefill-role requests' short share.
+        if role not in ("decode", "both") or pool not in prompt or not batch or batch <= 0:
+            continue
+        if seconds <= 0:
             continue
         context = prompt[pool][0] + generation.get(pool, (0.0, 0.0))[0] / 2
-        out[(cluster, role, "decode")] = EngineObservation(seconds, n, context, batch)
+        out[(cluster, "decode", "decode")] = EngineObservation(seconds, n, context, batch)
     return out
 
 

@@ -129,7 +129,10 @@ def _prepare(file: Path, *, netns: bool, port: int, workdir: Path | None) -> Any
     if netns:
         if not have_net_admin():
             raise LocalRuntimeError("--netns needs root (CAP_NET_ADMIN) and iproute2")
-        prefill_dcs = {c.datacenter for c in plan.clusters if c.role == "prefill"}
+        pools = {p.decode_cluster for p in plan.convertible()}  # kv_both: in the decode DC
+        prefill_dcs = {
+            c.datacenter for c in plan.clusters if c.role == "prefill" and c.name not in pools
+        }
         decode_dcs = {c.datacenter for c in plan.clusters if c.role == "decode"}
         if len(prefill_dcs) != 1 or len(decode_dcs) != 1 or prefill_dcs == decode_dcs:
             raise LocalRuntimeError("--netns runs one prefill and one decode datacenter")
@@ -169,7 +172,7 @@ def _print_summary(runtime: Any, console: Any = None) -> None:
         started = runtime.start_seconds.get(e["name"])
         table.add_row(
             e["name"],
-            e["role"],
+            f"{e['role']} (kv_both)" if e.get("kvBoth") else e["role"],
             e["datacenter"],
             e["url"],
             str(e["core"]),
@@ -177,6 +180,12 @@ def _print_summary(runtime: Any, console: Any = None) -> None:
             f"{started:.1f}s" if started else "-",
         )
     console.print(table)
+    if any(e.get("kvBoth") for e in info["engines"]):
+        console.print(
+            f"roles: kv_both engines take the role their URL has under `convertible` in "
+            f"{runtime.router_config_path}; edit it to move one (the router reloads it; a "
+            "role change drains the old role first)"
+        )
     plan = runtime.layout.plan
     threshold = "∞ (no offload)" if plan.threshold_tokens is None else (
         f"{plan.threshold_tokens:,.0f} tokens"

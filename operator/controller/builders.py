@@ -66,7 +66,7 @@ from prfaas.operator.api.labels import (
     label_value,
 )
 from prfaas.operator.api.translate import TranslateError, distribution, model_from_spec
-from prfaas.planner.plan import ClusterPlan, Plan
+from prfaas.planner.plan import ClusterPlan, ConvertiblePool, Plan
 
 __all__ = [
     "DRAIN_EXIT_S",
@@ -81,6 +81,7 @@ __all__ = [
     "build_children",
     "check_engine_policy",
     "child_labels",
+    "convertible_pools",
     "engine_drain",
     "engine_launch",
     "max_model_len",
@@ -102,7 +103,8 @@ DRAIN_SETTLE_S = 10
 DRAIN_EXIT_S = 30
 """Seconds the grace period leaves vLLM after the preStop, between SIGTERM and SIGKILL."""
 
-ChildRole = Literal["prefill", "decode", "router"]
+ChildRole = Literal["prefill", "decode", "both", "router"]
+"""``both``: the one Deployment of a convertible pool (``convertible_pools``)."""
 
 
 class BuildError(ValueError):
@@ -180,16 +182,44 @@ def _service_url(inputs: PlanInputs, target: ClusterTarget, role: str, seen_from
 # ----------------------------------------------------------------------------------------------
 
 
+def convertible_pools(inputs: PlanInputs) -> dict[str, ConvertiblePool]:
+    """The decode clusters run as ONE Deployment of ``kv_both`` engines, by cluster name: the
+    plan's convertible pools (``Plan.convertible``: same accelerator, TP×PP and flags), where
+    the connector is NIXL (vLLM's Mooncake connector has no ``kv_both``) and one instance fits
+    a node (a multi-node LeaderWorkerSet keeps its separate roles). The split between the roles
+    is then the router's assignment (its ConfigMap), so a re-plan that only moves the split
+    changes no Deployment."""
+    if inputs.spec.engine.connector != "NixlConnector":
+        return {}
+    out = {}
+    for pool in inputs.plan.convertible():
+        target = inputs.clusters.get(pool.decode_cluster)
+        cp = next(
+            (c for c in inputs.plan.clusters
+             if c.name == pool.decode_cluster and c.role == "decode"),
+            None,
+        )
+        if target is None or cp is None or cp.gpus_per_instance > target.spec.accelerator.per_node:
+            continue
+        out[pool.decode_cluster] = pool
+    return out
+
+
 def engine_launch(
-    spec: api.ServingPlanSpec, cp: ClusterPlan, dtype_bytes: int | None = None
+    spec: api.ServingPlanSpec,
+    cp: ClusterPlan,
+    dtype_bytes: int | None = None,
+    *,
+    convertible: bool = False,
 ) -> EngineLaunch:
     """The engine description of one planned role (the shared vLLM flag source).
 
     ``dtype_bytes``: the plan's ``dtypeBytes``, pinned with ``--dtype`` so the engines keep the
     KV element size the plan's KV bytes per token (and the router's byte meter) assume.
+    ``convertible``: ``cp`` is the decode row of a convertible pool, run as ``kv_both``.
     """
     return EngineLaunch(
-        role=cp.role,
+        role="both" if convertible else cp.role,
         model=spec.model.source or spec.model.served_name,
         served_name=spec.model.served_name,
         port=ENGINE_PORT,
@@ -202,7 +232,7 @@ def engine_launch(
         block_size=spec.engine.block_size,
         # The plan's numbers, which the simulator used too (older plans: the spec's).
         max_num_seqs=cp.max_num_seqs
-        or (spec.engine.max_batch_size if cp.role == "decode" else None),
+        or (spec.engine.max_batch_size if cp.role == "decode" or convertible else None),
         max_num_batched_tokens=cp.max_num_batched_tokens or spec.engine.max_num_batched_tokens,
         gpu_memory_utilization=cp.gpu_memory_utilization,
         dtype_bytes=dtype_bytes,
@@ -363,17 +393,25 @@ def _pod_spec(
     }
 
 
-def _engine_workload(inputs: PlanInputs, target: ClusterTarget, cp: ClusterPlan) -> dict[str, Any]:
+def _engine_workload(
+    inputs: PlanInputs,
+    target: ClusterTarget,
+    cp: ClusterPlan,
+    pool: ConvertiblePool | None = None,
+) -> dict[str, Any]:
+    """One role's engines; with ``pool`` (``cp`` is its decode row), the whole convertible pool
+    as ``kv_both`` engines: ``pool.instances`` replicas whose template does not depend on the
+    split, so moving the split rolls nothing."""
     spec = inputs.spec
     check_engine_policy(spec, target)
     ns = target.spec.target.namespace
-    name = child_name(inputs.name, target.name, cp.role)
-    role: ChildRole = cp.role
+    role: ChildRole = "both" if pool is not None else cp.role
+    name = child_name(inputs.name, target.name, role)
     meta = _meta(inputs, name, ns, target.name, role)
     meta["annotations"]["prfaas.io/tensor-parallel"] = str(cp.tensor_parallel)
     meta["annotations"]["prfaas.io/pipeline-parallel"] = str(cp.pipeline_parallel)
     acc = target.spec.accelerator
-    launch = engine_launch(spec, cp, inputs.plan.dtype_bytes)
+    launch = engine_launch(spec, cp, inputs.plan.dtype_bytes, convertible=pool is not None)
     drain = engine_drain(spec)
     gpus = cp.gpus_per_instance
     pod_labels = child_labels(inputs, target.name, role)
@@ -386,7 +424,7 @@ def _engine_workload(inputs: PlanInputs, target: ClusterTarget, cp: ClusterPlan)
             "kind": "Deployment",
             "metadata": meta,
             "spec": {
-                "replicas": cp.instances,
+                "replicas": pool.instances if pool is not None else cp.instances,
                 "selector": {"matchLabels": _selector(inputs, target.name, role)},
                 "strategy": {
                     "type": "RollingUpdate",
@@ -540,12 +578,23 @@ def _router_exposure(target: ClusterTarget) -> api.RouterExposure:
     return target.spec.router
 
 
-def router_config_text(inputs: PlanInputs, target: ClusterTarget) -> str:
+def router_config_text(
+    inputs: PlanInputs, target: ClusterTarget, *, split: bool = True
+) -> str:
     """The router's config file for decode cluster ``target``: every pool the plan runs, at the
-    Service URL the router reaches it by (see the module docstring on addressing)."""
+    Service URL the router reaches it by (see the module docstring on addressing). A
+    convertible pool is one discovered pool of role ``convertible`` whose ``prefill`` count is
+    the plan's split (``split=False``: 0, the text the router's pods are hashed by, so that a
+    new split reaches the running routers by a reload, not a roll)."""
     endpoints: dict[str, dict[Literal["prefill", "decode"], list[str]]] = {}
+    pools = convertible_pools(inputs)
+    own = pools.get(target.name)
+    assignment: dict[str, Literal["prefill", "decode"]] | None = None
+    if own is not None:
+        # Until the first EndpointSlice list: the pool's Service, in role decode.
+        assignment = {_service_url(inputs, target, "both", seen_from=target.api_server): "decode"}
     for cp in inputs.plan.clusters:
-        if cp.instances <= 0:
+        if cp.instances <= 0 or cp.name in pools:
             continue
         other = inputs.clusters[cp.name]
         endpoints.setdefault(cp.name, {})[cp.role] = [
@@ -561,12 +610,23 @@ def router_config_text(inputs: PlanInputs, target: ClusterTarget) -> str:
             block_size=inputs.spec.engine.block_size,
             max_model_len=max_model_len(inputs.spec),
             decode_batch=inputs.spec.engine.max_batch_size,
+            assignment=assignment,
         )
     except (ValueError, TranslateError) as exc:
         raise BuildError(f"router for {target.name!r}: {exc}") from exc
-    pools = _discovered_pools(inputs, target, cfg)
-    if pools:
-        settings = DiscoverySettings(namespace=target.spec.target.namespace, pools=pools)
+    discovered = _discovered_pools(inputs, target, cfg)
+    if own is not None:
+        discovered.append(
+            DiscoveredPool(
+                datacenter=cfg.local_datacenter,
+                role="convertible",
+                prefill=own.prefill if split else 0,
+                service=child_name(inputs.name, target.name, "both"),
+                port=ENGINE_PORT,
+            )
+        )
+    if discovered:
+        settings = DiscoverySettings(namespace=target.spec.target.namespace, pools=discovered)
         cfg = cfg.model_copy(update={"discovery": settings})
     return dump_router_config(cfg)
 
@@ -578,10 +638,12 @@ def _discovered_pools(
     (its Role reads EndpointSlices there only; other clusters stay at their Service URL, so
     no remote credentials reach the router)."""
     pools = []
+    convertible = convertible_pools(inputs)
     for cp in inputs.plan.clusters:
         other = inputs.clusters[cp.name]
         if (
-            cp.instances <= 0
+            cp.name in convertible
+            or cp.instances <= 0
             or other.api_server != target.api_server
             or other.spec.target.namespace != target.spec.target.namespace
         ):
@@ -698,7 +760,8 @@ def _router_container(inputs: PlanInputs, port: int) -> dict[str, Any]:
 
 def router_deployment(inputs: PlanInputs, target: ClusterTarget, text: str) -> dict[str, Any]:
     """The router ``Deployment``; its pods carry the hash of ``text``, so a new config rolls
-    them (they also reload the mounted file in place)."""
+    them (they also reload the mounted file in place). Pass the text without the convertible
+    split (``router_config_text(split=False)``): a new role split is reloaded, never rolled."""
     exposure = _router_exposure(target)
     name = _router_name(inputs, target)
     config_hash = hashlib.sha256(text.encode()).hexdigest()[:8]
@@ -774,12 +837,19 @@ def build_children(inputs: PlanInputs) -> dict[str, list[dict[str, Any]]]:
     if not plan.feasible:
         raise BuildError(f"the plan is not feasible: {plan.reason}")
     out: dict[str, list[dict[str, Any]]] = {}
+    convertible = convertible_pools(inputs)
     for cp in plan.clusters:
         target = inputs.clusters.get(cp.name)
         if target is None:
             raise BuildError(f"the plan uses cluster {cp.name!r}, which has no spec")
         children = out.setdefault(cp.name, [])
         if cp.instances <= 0:
+            continue
+        pool = convertible.get(cp.name)
+        if pool is not None:  # the pool's one Deployment, built at its decode row
+            if cp.role == "decode":
+                children.append(_engine_workload(inputs, target, cp, pool))
+                children.append(_engine_service(inputs, target, "both"))
             continue
         children.append(_engine_workload(inputs, target, cp))
         children.append(_engine_service(inputs, target, cp.role))
@@ -794,7 +864,9 @@ def build_children(inputs: PlanInputs) -> dict[str, list[dict[str, Any]]]:
                 router_role(inputs, target),
                 router_role_binding(inputs, target),
                 router_config_map(inputs, target, text),
-                router_deployment(inputs, target, text),
+                router_deployment(
+                    inputs, target, router_config_text(inputs, target, split=False)
+                ),
                 router_service(inputs, target),
             ]
         )

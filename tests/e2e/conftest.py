@@ -51,7 +51,11 @@ LOAD = [words(f"r{k}x", 60 + 8 * k) for k in range(8)]
 """Distinct long prompts (no shared prefix blocks) for the fallback test."""
 AFTER_KILL = words("late", 120)
 """A long prompt nobody sent before: sent after dc-a's engine died."""
-PROMPTS = [SHORT, LONG, *LOAD, AFTER_KILL]
+ROLE_SHORT = [words(f"s{k}q", 3) for k in range(12)]
+"""Distinct short prompts (local path) for the role-change test (``test_roles.py``)."""
+ROLE_LONG = [words(f"g{k}q", 120) for k in range(20)]
+"""Distinct long prompts (remote path, ≈ 1100 tokens) for the role-change test."""
+PROMPTS = [SHORT, LONG, *LOAD, AFTER_KILL, *ROLE_SHORT, *ROLE_LONG]
 CHATS = {"short-chat": "hello, how are you?", "long-chat": words("chat", 140)}
 """User messages of chat requests (the router applies the model's chat template to count)."""
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest_asyncio
+from prfaas.engine.router.config import parse_router_config
 from prfaas.operator.autoscaling.loop import Autoscaler
 from prfaas.operator.autoscaling.settings import AutoscaleSettings
 from prfaas.operator.metrics import OperatorMetrics
@@ -21,7 +22,7 @@ from .conftest import World, case_study, serve_fake_prometheus
 QUERY_WINDOW_S = 60.0
 DECLARED_MEAN = 27485.7  # uncached mean of the case study's input distribution (factor 1)
 LINK = "dc-a-to-dc-b"
-DECODE = "hybrid-1t-pd-h20-decode"
+DECODE = "hybrid-1t-pd-h20-both"  # the case study's PD-P + PD-D: one convertible pool
 REMOTE_PREFILL = "hybrid-1t-prfaas-h200-prefill"
 
 
@@ -82,12 +83,25 @@ async def _create(world: World, url: str, **scaling: Any) -> None:
 
 
 def _replicas(world: World) -> tuple[int | None, int | None]:
-    local = world.children(world.local).get(DECODE)
+    """(remote PrfaaS replicas, PD-D instances of the local pool), once the local pool runs
+    what the plan in status says: one kv_both Deployment of PD-P + PD-D replicas, and the router
+    assigning PD-P of them role prefill (its ConfigMap); ``None`` until then."""
     remote = world.children(world.remote).get(REMOTE_PREFILL)
-    return (
-        None if remote is None else remote["spec"]["replicas"],
-        None if local is None else local["spec"]["replicas"],
-    )
+    rows = {
+        c["role"]: c["instances"]
+        for c in (_status(world).get("plan") or {}).get("clusters", [])
+        if c["name"] == "pd-h20"
+    }
+    local = world.children(world.local).get(DECODE)
+    cm = world.children(world.local, "v1/configmaps").get("hybrid-1t-pd-h20-router")
+    follows = None
+    if local is not None and cm is not None and rows:
+        cfg = parse_router_config(cm["data"]["router.yaml"])
+        split = [p.prefill for p in (cfg.discovery.pools if cfg.discovery else [])
+                 if p.role == "convertible"]
+        if local["spec"]["replicas"] == sum(rows.values()) and split == [rows.get("prefill", 0)]:
+            follows = rows.get("decode")
+    return (None if remote is None else remote["spec"]["replicas"], follows)
 
 
 def _status(world: World) -> dict[str, Any]:

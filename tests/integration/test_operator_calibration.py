@@ -19,8 +19,8 @@ from .conftest import World, case_study, serve_fake_prometheus
 
 WINDOW_S = 60.0
 DECLARED_MEAN = 27485.7
-DECODE = "hybrid-1t-pd-h20-decode"
-POOL = {"prfaas_io_cluster": "pd-h20", "prfaas_io_role": "decode"}
+DECODE = "hybrid-1t-pd-h20-both"  # the case study's PD-P + PD-D: one convertible pool
+POOL = {"prfaas_io_cluster": "pd-h20", "prfaas_io_role": "both"}
 BATCH, PROMPT, GENERATED, TOKENS = 8.0, 27000.0, 1024.0, 2000.0
 
 
@@ -88,8 +88,18 @@ def _decode_factor(world: World) -> float | None:
 
 
 def _decode_replicas(world: World) -> int | None:
-    child = world.children(world.local).get(DECODE)
-    return None if child is None else int(child["spec"]["replicas"])
+    """PD-D instances of the plan in status, once the kv_both Deployment runs PD-P + PD-D."""
+    rows = {
+        c["role"]: int(c["instances"])
+        for c in (_status(world).get("plan") or {}).get("clusters", [])
+        if c["name"] == "pd-h20"
+    }
+    # Without PD-P the cluster is no convertible pool: PD-D alone, kv_consumer.
+    name = DECODE if rows.get("prefill") else "hybrid-1t-pd-h20-decode"
+    child = world.children(world.local).get(name)
+    if child is None or int(child["spec"]["replicas"]) != sum(rows.values()):
+        return None
+    return rows.get("decode")
 
 
 async def test_slow_decode_engines_move_the_factor_and_add_instances(

@@ -10,7 +10,7 @@ import kmock
 
 from .conftest import OPERATOR_NS, SECRET, World, case_study, find, kubeconfig
 
-EXPECTED_LOCAL = {"hybrid-1t-pd-h20-prefill", "hybrid-1t-pd-h20-decode", "hybrid-1t-pd-h20-router"}
+EXPECTED_LOCAL = {"hybrid-1t-pd-h20-both", "hybrid-1t-pd-h20-router"}  # PD-P + PD-D: one pool
 EXPECTED_REMOTE = {"hybrid-1t-prfaas-h200-prefill"}
 
 
@@ -97,9 +97,9 @@ async def test_injected_conflicts_and_server_errors_are_retried(world: World) ->
         lambda: world.condition("hybrid-1t", "Ready").get("status") == "True",
         what="Ready after the faults",
     )
-    assert _posts(world.local, "deployments") >= 4  # 3 children + the retried one
-    dep = find(world.local, "apps/v1/deployments", "default", "hybrid-1t-pd-h20-decode")
-    assert dep is not None and dep["spec"]["replicas"] == 5
+    assert _posts(world.local, "deployments") >= 3  # 2 children + the retried one
+    dep = find(world.local, "apps/v1/deployments", "default", "hybrid-1t-pd-h20-both")
+    assert dep is not None and dep["spec"]["replicas"] == 8  # 3 PD-P + 5 PD-D, kv_both
 
 
 async def test_unreachable_cluster_degrades_without_deleting_elsewhere(world: World) -> None:

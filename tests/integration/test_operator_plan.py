@@ -29,7 +29,7 @@ async def _apply_case_study(world: World, *, wait: bool = False) -> dict[str, di
     if wait:
         await world.until(
             lambda: (
-                len(world.children(world.local)) == 3
+                len(world.children(world.local)) == 2  # the kv_both pool + the router
                 and world.children(world.remote)
                 and (world.get_cr("ServingPlan", "hybrid-1t", "default") or {})
                 .get("status", {})
@@ -40,6 +40,23 @@ async def _apply_case_study(world: World, *, wait: bool = False) -> dict[str, di
     return docs
 
 
+def status_plan_rows(world: World) -> dict[str, int]:
+    """pd-h20's planned instances by role, from ``status.plan``."""
+    sp = world.get_cr("ServingPlan", "hybrid-1t", "default") or {}
+    clusters = (sp.get("status") or {}).get("plan", {}).get("clusters", [])
+    return {c["role"]: c["instances"] for c in clusters if c["name"] == "pd-h20"}
+
+
+def router_split(world: World) -> list[int | None]:
+    """The prefill count of pd-h20's convertible pool in its router's ConfigMap."""
+    cm = world.children(world.local, "v1/configmaps").get("hybrid-1t-pd-h20-router")
+    if cm is None:
+        return []
+    cfg = parse_router_config(cm["data"]["router.yaml"])
+    pools = cfg.discovery.pools if cfg.discovery else []
+    return [p.prefill for p in pools if p.role == "convertible"]
+
+
 async def test_case_study_rolls_out_to_both_clusters_and_becomes_ready(world: World) -> None:
     await world.start_operator()
     docs = await _apply_case_study(world)
@@ -47,32 +64,33 @@ async def test_case_study_rolls_out_to_both_clusters_and_becomes_ready(world: Wo
 
     remote = await world.until(lambda: world.children(world.remote), what="remote Deployments")
     local = await world.until(
-        lambda: (d := world.children(world.local)) and len(d) == 3 and d, what="local Deployments"
+        lambda: (d := world.children(world.local)) and len(d) == 2 and d, what="local Deployments"
     )
     assert set(remote) == {"hybrid-1t-prfaas-h200-prefill"}
-    assert set(local) == {
-        "hybrid-1t-pd-h20-prefill",
-        "hybrid-1t-pd-h20-decode",
-        "hybrid-1t-pd-h20-router",
-    }
+    # PD-P and PD-D of pd-h20 share GPU, TP×PP and flags: ONE Deployment of kv_both engines.
+    assert set(local) == {"hybrid-1t-pd-h20-both", "hybrid-1t-pd-h20-router"}
+    (pool,) = expected.convertible()
     for cp in expected.clusters:
         emulator = world.remote if cp.name == "prfaas-h200" else world.local
-        dep = world.children(emulator)[f"hybrid-1t-{cp.name}-{cp.role}"]
+        role = "both" if cp.name == pool.decode_cluster else cp.role
+        dep = world.children(emulator)[f"hybrid-1t-{cp.name}-{role}"]
         assert dep["metadata"]["namespace"] == (REMOTE_NS if cp.name == "prfaas-h200" else LOCAL_NS)
-        assert dep["spec"]["replicas"] == cp.instances
+        replicas = pool.instances if role == "both" else cp.instances
+        assert dep["spec"]["replicas"] == replicas
         assert _flag(dep, "--tensor-parallel-size") == str(cp.tensor_parallel)
         kv = json.loads(_flag(dep, "--kv-transfer-config"))
         assert kv["kv_connector"] == "NixlConnector"
-        assert kv["kv_role"] == ("kv_producer" if cp.role == "prefill" else "kv_consumer")
+        kv_roles = {"prefill": "kv_producer", "decode": "kv_consumer", "both": "kv_both"}
+        assert kv["kv_role"] == kv_roles[role]
         assert kv["kv_load_failure_policy"] == "recompute"
         gpu = dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
         assert gpu == {"nvidia.com/gpu": "8"}
         labels = dep["metadata"]["labels"]
-        assert labels["prfaas.io/cluster"] == cp.name and labels["prfaas.io/role"] == cp.role
+        assert labels["prfaas.io/cluster"] == cp.name and labels["prfaas.io/role"] == role
     # Same-cluster children are owned by the ServingPlan; remote ones cannot be.
     sp = world.get_cr("ServingPlan", "hybrid-1t", "default")
     assert sp is not None
-    owner = local["hybrid-1t-pd-h20-decode"]["metadata"]["ownerReferences"][0]
+    owner = local["hybrid-1t-pd-h20-both"]["metadata"]["ownerReferences"][0]
     assert owner["uid"] == sp["metadata"]["uid"] and owner["kind"] == "ServingPlan"
     assert "ownerReferences" not in remote["hybrid-1t-prfaas-h200-prefill"]["metadata"]
 
@@ -82,6 +100,11 @@ async def test_case_study_rolls_out_to_both_clusters_and_becomes_ready(world: Wo
     assert cfg.threshold_tokens == expected.threshold_tokens
     assert cfg.local_datacenter == "dc-b" and cfg.remote_datacenters == ["dc-a"]
     assert cfg.links["dc-a"].capacity_gbps == 100
+    # The pool's roles: the router follows its pods and gives the plan's PD-P count prefill.
+    assert cfg.discovery is not None
+    assert [(p.service, p.prefill) for p in cfg.discovery.pools if p.role == "convertible"] == [
+        ("hybrid-1t-pd-h20-both", pool.prefill)
+    ]
 
     # Not Ready while replicas are unavailable; Ready once every Deployment reports them.
     ready = await world.until(lambda: world.condition("hybrid-1t", "Ready"), what="Ready")
@@ -106,6 +129,11 @@ async def test_case_study_rolls_out_to_both_clusters_and_becomes_ready(world: Wo
     ]
     assert all(c["lastTransitionTime"] for c in status["conditions"])
     assert status["plan"]["thresholdTokens"] == expected.threshold_tokens
+    # The status shows the pool and its split (the router's initial assignment).
+    assert status["plan"]["convertible"] == [
+        {"decodeCluster": "pd-h20", "datacenter": "dc-b", "prefill": pool.prefill,
+         "decode": pool.decode}
+    ]
     # The remote cluster's status says it is reachable.
     pfc = world.get_cr("PrefillCluster", "prfaas-h200")
     assert pfc is not None and pfc["status"]["reachable"] is True
@@ -117,28 +145,26 @@ async def test_case_study_rolls_out_to_both_clusters_and_becomes_ready(world: Wo
 async def test_editing_the_slo_replans_and_observed_generation_follows(world: World) -> None:
     await world.start_operator()
     docs = await _apply_case_study(world, wait=True)
-    before = world.children(world.local)["hybrid-1t-pd-h20-decode"]["spec"]["replicas"]
+    before = status_plan_rows(world)
 
     await world.edit_spec(docs["ServingPlan"], {"slo": {"tpot": "12ms"}})
     docs["ServingPlan"]["spec"]["slo"]["tpot"] = "12ms"
     expected = world.planner(world.request_for(docs))
     want = expected.instances("pd-h20", "decode")
-    assert want != before  # the edit matters to the planner
-    await world.until(
-        lambda: world.children(world.local)["hybrid-1t-pd-h20-decode"]["spec"]["replicas"] == want,
-        what="decode replicas to follow the SLO",
-    )
-    # The plan may drop local prefill altogether (every prompt offloaded): its Deployment is
-    # then pruned, after the decode one is written.
     want_prefill = expected.instances("pd-h20", "prefill")
+    assert want != before.get("decode")  # the edit matters to the planner
 
-    def prefill_follows() -> bool:
-        child = world.children(world.local).get("hybrid-1t-pd-h20-prefill")
-        return (child is None and want_prefill == 0) or (
-            child is not None and child["spec"]["replicas"] == want_prefill
-        )
+    def pool_follows() -> bool:
+        # With both roles planned: one kv_both Deployment of PD-P + PD-D, and the split in the
+        # router's ConfigMap. Without local prefill (every prompt offloaded): PD-D alone.
+        children = world.children(world.local)
+        name = "hybrid-1t-pd-h20-both" if want_prefill else "hybrid-1t-pd-h20-decode"
+        child = children.get(name)
+        if child is None or child["spec"]["replicas"] != want + want_prefill:
+            return False
+        return not want_prefill or router_split(world) == [want_prefill]
 
-    await world.until(prefill_follows, what="prefill replicas to follow the SLO")
+    await world.until(pool_follows, what="the pool to follow the SLO")
     await world.until(
         lambda: (
             (world.get_cr("ServingPlan", "hybrid-1t", "default") or {})
@@ -156,8 +182,11 @@ async def test_pinned_instances_roll_out_and_the_status_says_so(world: World) ->
     pins = [{"cluster": "pd-h20", "role": "decode", "instances": 6}]
     await world.edit_spec(docs["ServingPlan"], {"pins": pins})
     await world.until(
-        lambda: world.children(world.local)["hybrid-1t-pd-h20-decode"]["spec"]["replicas"] == 6,
-        what="decode replicas to follow the pin",
+        lambda: (r := status_plan_rows(world)).get("decode") == 6
+        and world.children(world.local)["hybrid-1t-pd-h20-both"]["spec"]["replicas"]
+        == 6 + r.get("prefill", 0)
+        and router_split(world) == [r.get("prefill", 0)],
+        what="the pool to follow the pin (PD-D 6, PD-P in the router's split)",
     )
 
     def plan_rows() -> dict[tuple[str, str], dict]:

@@ -34,7 +34,7 @@ from prfaas.planner.plan import Plan
 from .conftest import OPERATOR_NS, SECRET, World, case_study
 
 STATUS = "patch /apis/prfaas.io/v1alpha1/namespaces/default/servingplans/hybrid-1t/status"
-LOCAL_WORKLOADS = {"hybrid-1t-pd-h20-prefill", "hybrid-1t-pd-h20-decode", "hybrid-1t-pd-h20-router"}
+LOCAL_WORKLOADS = {"hybrid-1t-pd-h20-both", "hybrid-1t-pd-h20-router"}  # PD-P + PD-D: one pool
 REMOTE_WORKLOADS = {"hybrid-1t-prfaas-h200-prefill"}
 
 
@@ -83,10 +83,10 @@ async def test_a_pass_applies_every_cluster_and_writes_the_status_once(
     assert outcome is not None and outcome.planned and not outcome.stalled_reason
     assert set(world.children(world.local)) == LOCAL_WORKLOADS
     assert set(world.children(world.remote)) == REMOTE_WORKLOADS
-    assert outcome.children == 4 and len(outcome.not_available) == 4
+    assert outcome.children == 3 and len(outcome.not_available) == 3
     assert _status_writes(world) == 1
     status = (world.get_cr("ServingPlan", "hybrid-1t", "default") or {})["status"]
-    assert status["ready"] == "0/4" and status["plan"]["feasible"]
+    assert status["ready"] == "0/3" and status["plan"]["feasible"]
 
     # Nothing changed: the next pass applies again but writes no status.
     await rec.reconcile_plan("default", "hybrid-1t")
@@ -156,7 +156,7 @@ async def test_apply_goes_on_past_an_unreachable_cluster(world: World, make: Any
     outcome = await make().reconcile_plan("default", "hybrid-1t")
     assert outcome is not None and outcome.unreachable == ["prfaas-h200"]
     assert set(world.children(world.local)) == LOCAL_WORKLOADS  # the reachable cluster applied
-    assert outcome.children == 3
+    assert outcome.children == 2
     assert world.condition("hybrid-1t", "Ready")["reason"] == "ClusterUnreachable"
     pc = world.get_cr("PrefillCluster", "prfaas-h200") or {}
     assert pc["status"]["reachable"] is False

@@ -5,11 +5,12 @@ their state (prefix cache, load, circuit)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import kmock
 import yaml
-from prfaas.engine.router.config import RouterConfig
+from prfaas.engine.router.config import RouterConfig, dump_router_config
 from prfaas.engine.router.service import RouterService
 
 from .conftest import ALL_VERBS, World
@@ -155,7 +156,9 @@ async def test_a_restarted_watch_relists_and_drops_what_went_meanwhile(world: Wo
         assert svc.watcher is not watcher
 
 
-async def test_the_operator_gives_the_router_what_discovery_needs(world: World) -> None:
+async def test_the_operator_gives_the_router_what_discovery_needs(
+    world: World, tmp_path: Path
+) -> None:
     """The operator's children on the emulated API: the router's ServiceAccount, a Role reading
     EndpointSlices in its namespace and the binding; its file names the decode cluster's pools
     (the remote prefill cluster stays at its Service URL). A router started from that file
@@ -199,28 +202,67 @@ async def test_the_operator_gives_the_router_what_discovery_needs(world: World) 
     assert cm is not None
     cfg = RouterConfig.model_validate(yaml.safe_load(cm["data"]["router.yaml"]))
     assert cfg.discovery is not None and cfg.discovery.namespace == "default"
-    assert {(p.datacenter, p.role, p.service) for p in cfg.discovery.pools} == {
-        ("dc-b", "prefill", "hybrid-1t-pd-h20-prefill"),
-        ("dc-b", "decode", "hybrid-1t-pd-h20-decode"),
-    }
+    # The case study's PD-P and PD-D share everything: one pool of kv_both pods, whose split
+    # (PD-P count) the router applies to the pods it finds.
+    (pool,) = cfg.discovery.pools
+    assert (pool.datacenter, pool.role, pool.service) == ("dc-b", "convertible",
+                                                          "hybrid-1t-pd-h20-both")
+    assert pool.prefill is not None and pool.prefill >= 1
     assert cfg.datacenters["dc-a"].prefill[0].endswith(".svc.clusterset.local:8000")
 
-    # The router the operator configured, pointed at the emulated API (in a pod: its token).
-    discovery = cfg.discovery.model_copy(update={"api_server": str(world.local.url)})
+    # The router the operator configured, pointed at the emulated API (in a pod: its token),
+    # reading its file as it would the mounted ConfigMap.
+    first = pool.model_copy(update={"prefill": 1})
+    discovery = cfg.discovery.model_copy(
+        update={"api_server": str(world.local.url), "pools": [first]}
+    )
     cfg = cfg.model_copy(
         update={"discovery": discovery, "health": cfg.health.model_copy(update={"enabled": False})}
     )
+    path = tmp_path / "router.yaml"
+    path.write_text(dump_router_config(cfg))
     slices = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
-    piece = _slice("d-1", "hybrid-1t-pd-h20-decode", "10.1.0.1", "10.1.0.2")
+    piece = _slice("b-1", "hybrid-1t-pd-h20-both", "10.1.0.1", "10.1.0.2", "10.1.0.3")
     piece["metadata"]["namespace"] = "default"
     await world.local.post(slices, json=piece)
-    async with RouterService(cfg, port=0) as svc:
-        await world.until(
-            lambda: (
-                _pool(svc, "dc-b", "decode") == ["http://10.1.0.1:8000", "http://10.1.0.2:8000"]
-            ),
-            what="the router to follow the operator's decode pods",
+    pods = ["http://10.1.0.1:8000", "http://10.1.0.2:8000", "http://10.1.0.3:8000"]
+    async with RouterService(path, port=0, reload_interval_s=0.05) as svc:
+        roles = await world.until(
+            lambda: (r := _convertible(svc)) and sorted(r) == pods and r,
+            what="the router to follow the operator's kv_both pods",
         )
+        assert sorted(roles.values()) == ["decode", "decode", "prefill"]
+        assert _pool(svc, "dc-b", "prefill") == [] and _pool(svc, "dc-b", "decode") == []
+        served = {i.url: i.role for i in svc.router.policy.pool("dc-b", "prefill")}
+        assert served == {u: r for u, r in roles.items() if r == "prefill"}
+
+        # The autoscaler's new split (2 of 3 prefill) reaches the running router by a reload:
+        # the engine that prefilled keeps its role, one decode engine moves, nothing restarts.
+        router_before = svc.router
+        new_pool = pool.model_copy(update={"prefill": 2})
+        path.write_text(dump_router_config(cfg.model_copy(update={"discovery": discovery.model_copy(
+            update={"pools": [new_pool]})})))
+        moved = await world.until(
+            lambda: (r := _convertible(svc)) and list(r.values()).count("prefill") == 2 and r,
+            what="the router to apply the new split",
+        )
+        assert all(moved[u] == "prefill" for u, r in roles.items() if r == "prefill")
+        assert svc.router is router_before
+        assert len(svc.router.policy.pool("dc-b", "prefill")) == 2
+        assert len(svc.router.policy.pool("dc-b", "decode")) == 1
+
+        # A pod leaves (terminating): the split is kept on the pods that remain.
+        piece["endpoints"][0]["conditions"] = {"ready": False, "terminating": True}
+        await world.local.patch(f"{slices}/b-1", json={"endpoints": piece["endpoints"]})
+        left = await world.until(
+            lambda: (r := _convertible(svc)) and len(r) == 2 and r,
+            what="the router to drop the terminating pod",
+        )
+        assert sorted(left.values()) == ["decode", "prefill"]
+
+
+def _convertible(svc: RouterService) -> dict[str, str]:
+    return dict(svc.router.config.datacenters["dc-b"].convertible)
 
 
 async def test_requests_follow_the_discovered_pods(world: World) -> None:

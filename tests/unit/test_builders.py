@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,10 @@ def _docs() -> dict[str, dict[str, Any]]:
     return {d["kind"]: d for d in yaml.safe_load_all(text) if d}
 
 
-def _plan(decode_tp: int = 8) -> Plan:
-    """The paper's split: 4 PrfaaS instances, 3 PD-P and 5 PD-D on H20, all at TP8."""
+def _plan(decode_tp: int = 8, *, separate: bool = False, pd_prefill: int = 3) -> Plan:
+    """The paper's split: 4 PrfaaS instances, 3 PD-P and 5 PD-D on H20, all at TP8 (one
+    convertible pool of 8 kv_both engines; ``separate``: PD-P with another token budget, so
+    PD-P and PD-D stay separate Deployments)."""
     return Plan(
         model="hybrid-1t",
         threshold_tokens=19400.0,
@@ -52,8 +55,13 @@ def _plan(decode_tp: int = 8) -> Plan:
         kv_bytes_per_token=16800.0,
         clusters=[
             ClusterPlan("prfaas-h200", "dc-a", "prefill", "H200", 4, 8, 1, "published"),
-            ClusterPlan("pd-h20", "dc-b", "prefill", "H20", 3, 8, 1, "roofline"),
-            ClusterPlan("pd-h20", "dc-b", "decode", "H20", 5, decode_tp, 1, "roofline"),
+            ClusterPlan(
+                "pd-h20", "dc-b", "prefill", "H20", pd_prefill, 8, 1, "roofline",
+                max_num_batched_tokens=16384 if separate else None,
+            ),
+            ClusterPlan(
+                "pd-h20", "dc-b", "decode", "H20", 8 - pd_prefill, decode_tp, 1, "roofline"
+            ),
         ],
         links=[LinkPlan("dc-a-to-dc-b", "dc-a", "dc-b", 100.0, 0.8, 13.0)],
         routers=[
@@ -112,7 +120,7 @@ def test_case_study_children_match_golden_and_validate(cluster: str) -> None:
 
 
 def test_engine_deployments_carry_the_plan() -> None:
-    children = build_children(_inputs())
+    children = build_children(_inputs(_plan(separate=True)))
     by_name = {
         o["metadata"]["name"]: o
         for objs in children.values()
@@ -125,7 +133,8 @@ def test_engine_deployments_carry_the_plan() -> None:
     c = pod["containers"][0]
     argv = [*c["command"], *c["args"]]
     sp = _inputs().spec
-    assert argv == vllm_argv(engine_launch(sp, _plan().clusters[2], _plan().dtype_bytes))
+    plan = _plan(separate=True)
+    assert argv == vllm_argv(engine_launch(sp, plan.clusters[2], plan.dtype_bytes))
     assert argv[argv.index("--dtype") + 1] == "bfloat16"  # pinned: the plan's dtypeBytes 2
     kv = json.loads(argv[argv.index("--kv-transfer-config") + 1])
     assert kv["kv_role"] == "kv_consumer" and kv["kv_load_failure_policy"] == "recompute"
@@ -148,7 +157,10 @@ def test_engine_deployments_carry_the_plan() -> None:
 
 
 def test_router_configmap_is_what_the_router_reads() -> None:
-    cms = [o for o in build_children(_inputs())["pd-h20"] if o["kind"] == "ConfigMap"]
+    cms = [
+        o for o in build_children(_inputs(_plan(separate=True)))["pd-h20"]
+        if o["kind"] == "ConfigMap"
+    ]
     cfg = parse_router_config(cms[0]["data"]["router.yaml"])
     assert cfg.threshold_tokens == 19400.0 and cfg.kv_bytes_per_token == 16800.0
     assert cfg.local_datacenter == "dc-b"
@@ -399,7 +411,7 @@ def _prestop_arg(pod: dict[str, Any], flag: str) -> str:
 def test_engines_drain_for_as_long_as_the_slo_and_output_lengths_allow() -> None:
     from prfaas.operator.controller.builders import DRAIN_EXIT_S, DRAIN_SETTLE_S, engine_drain
 
-    inputs = _inputs()
+    inputs = _inputs(_plan(separate=True))
     pods = _engine_pods(build_children(inputs))
     assert len(pods) == 3
     # The case study: TTFT 10 s + 1024 tokens × 25 ms, plus 25 % → 45 s, after a 10 s settle.
@@ -440,3 +452,46 @@ def _fields(inputs: PlanInputs) -> dict[str, Any]:
     import dataclasses
 
     return {f.name: getattr(inputs, f.name) for f in dataclasses.fields(inputs)}
+
+
+def test_a_convertible_pool_is_one_deployment_of_kv_both_engines() -> None:
+    children = build_children(_inputs())["pd-h20"]
+    engines = [o for o in children if o["metadata"]["labels"]["prfaas.io/role"] == "both"]
+    assert sorted(o["kind"] for o in engines) == ["Deployment", "Service"]
+    dep = next(o for o in engines if o["kind"] == "Deployment")
+    assert dep["metadata"]["name"] == "hybrid-1t-pd-h20-both" and dep["spec"]["replicas"] == 8
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert json.loads(args[args.index("--kv-transfer-config") + 1])["kv_role"] == "kv_both"
+    assert args[args.index("--max-num-seqs") + 1] == str(_inputs().spec.engine.max_batch_size)
+    assert not any(o["metadata"]["name"].endswith(("-prefill", "-decode")) for o in children)
+    cm = next(o for o in children if o["kind"] == "ConfigMap")
+    cfg = parse_router_config(cm["data"]["router.yaml"])
+    assert cfg.discovery is not None
+    (pool,) = [p for p in cfg.discovery.pools if p.role == "convertible"]
+    assert (pool.service, pool.prefill) == ("hybrid-1t-pd-h20-both", 3)
+    # Until the first EndpointSlice list, the pool's Service decodes (and prefills for itself).
+    assert cfg.datacenters["dc-b"].convertible == {
+        "http://hybrid-1t-pd-h20-both.default.svc.cluster.local:8000": "decode"
+    }
+
+
+def test_a_new_split_rewrites_only_the_router_configmap() -> None:
+    before = {o["kind"] + "/" + o["metadata"]["name"]: o
+              for o in build_children(_inputs())["pd-h20"]}
+    after = {o["kind"] + "/" + o["metadata"]["name"]: o
+             for o in build_children(_inputs(_plan(pd_prefill=5)))["pd-h20"]}
+    assert before.keys() == after.keys()
+    changed = sorted(k for k in before if before[k] != after[k])
+    assert changed == ["ConfigMap/hybrid-1t-pd-h20-router"]  # no engine or router pod rolls
+    cfg = parse_router_config(after["ConfigMap/hybrid-1t-pd-h20-router"]["data"]["router.yaml"])
+    assert cfg.discovery is not None
+    assert [p.prefill for p in cfg.discovery.pools if p.role == "convertible"] == [5]
+
+
+def test_a_mooncake_pool_keeps_separate_deployments() -> None:
+    inputs = _inputs()
+    engine = inputs.spec.engine.model_copy(update={"connector": "MooncakeConnector"})
+    inputs = replace(inputs, spec=inputs.spec.model_copy(update={"engine": engine}))
+    names = {o["metadata"]["name"] for o in build_children(inputs)["pd-h20"]}
+    assert {"hybrid-1t-pd-h20-prefill", "hybrid-1t-pd-h20-decode"} <= names
+    assert "hybrid-1t-pd-h20-both" not in names

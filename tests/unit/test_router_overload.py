@@ -65,12 +65,19 @@ def test_admission_is_sized_from_the_plan() -> None:
         throughput_rps=40.0,
         clusters=[
             ClusterPlan("pd", "dc-b", "decode", "H20", 5, 8, 1, "roofline"),
-            ClusterPlan("pd", "dc-b", "prefill", "H20", 3, 8, 1, "roofline"),
+            ClusterPlan(
+                "pd", "dc-b", "prefill", "H20", 3, 8, 1, "roofline", max_num_batched_tokens=4096
+            ),
         ],
     )
     a = admission_from_plan(plan, "pd", decode_batch=16)
     assert a.max_in_flight == 2 * 5 * 16
     assert a.retry_after_s == 4.0  # 160 in flight drain in 160 / 40 rps
+    # A convertible pool (PD-P alike in every flag): any of its 8 engines may decode, and the
+    # bound must not move with the split (a new split is a reload, never a new router).
+    plan.clusters[1].max_num_batched_tokens = None
+    assert plan.convertible_pool("pd") is not None
+    assert admission_from_plan(plan, "pd", decode_batch=16).max_in_flight == 2 * 8 * 16
 
 
 async def test_requests_past_the_bound_get_429_with_retry_after_and_reach_no_engine() -> None:
