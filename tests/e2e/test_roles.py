@@ -231,6 +231,9 @@ def test_roles_change_and_an_engine_leaves_under_load_losing_nothing(
         load.wait_for(2)
         pool.assign({B: "prefill"})
         took.append(_wait_roles(pool, {A: "decode", B: "prefill"}))
+        # The router saw B's last decode end once its stream did; vLLM counts that request's
+        # last tokens a moment later (seen: 2 tokens). One more round first, then count.
+        load.wait_for(1)
         finished, generated = _engine_counts(pool, B)
         load.wait_for(3)
         finished2, generated2 = _engine_counts(pool, B)
