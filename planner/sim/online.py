@@ -295,15 +295,12 @@ class OnlineLoop:
             return
         to: Role = "prefill" if want > have else "decode"
         frm: Role = "decode" if to == "prefill" else "prefill"
-        movable = [s for s in c.slots if s.target == frm]
+        # Not those between roles (they join their target first; the next tick may move them).
+        movable = [s for s in c.slots if s.target == frm and not s.switching]
         # Reversing a pending change first (it holds the least), then the least loaded.
-        movable.sort(key=lambda s: (s.role != to, s.switching, self._load(s)))
+        movable.sort(key=lambda s: (s.role != to, s.persona().in_flight))
         for s in movable[: abs(want - have)]:
             self._move(c, s, to)
-
-    @staticmethod
-    def _load(s: _Slot) -> int:
-        return 0 if s.switching else s.persona().in_flight
 
     def _move(self, c: _Cluster, s: _Slot, to: Role) -> None:
         now = self.sim.now
@@ -312,8 +309,7 @@ class OnlineLoop:
             self.changes[s.change] = replace(self.changes[s.change], cancelled_s=now)
             s.change = -1
         if s.role == to:
-            if not s.switching:
-                s.persona().leaving = False
+            s.persona().leaving = False
             return
         s.change = len(self.changes)
         self.changes.append(RoleChange(c.name, s.number, to, now))

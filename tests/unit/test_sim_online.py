@@ -170,6 +170,26 @@ def test_counts_follow_the_replan_after_the_drain(case: Case, scripted_run: Any)
     assert res.roles_at(NAME, 2400.0, (p, d)) == (p - 1, d + 1)
 
 
+def test_a_switch_delay_keeps_the_instance_out_of_both_pools(case: Case) -> None:
+    p, d = case.planned.prefill, case.planned.decode
+    t = case.planned.threshold_tokens
+    spec = OnlineSpec(
+        scripted((300.0, Split(p + 1, d - 1, t))), interval_s=60.0, switch_delay_s=45.0
+    )
+    short = case.stream.head(int(case.rate * 900))
+    _, loop, res, rec = run_recorded(case.config, short, spec)
+    assert np.all(np.isfinite(res.finish_s)) and not rec.violations
+    (change,) = loop.changes
+    assert change.asked_s == 300.0 and change.joined_s == change.drained_s + 45.0
+    slot = next(s for s in loop.clusters[0].slots if s.number == change.instance)
+    used = [now for now, pre, dec in rec.decisions if slot.prefiller is pre or slot.decoder is dec]
+    assert not [now for now in used if change.asked_s <= now < change.joined_s]
+    assert any(now >= change.joined_s for now in used)  # serves prefill after the delay
+    online = OnlineResult(res, tuple(loop.replans), tuple(loop.changes))
+    assert online.roles_at(NAME, change.drained_s + 1.0, (p, d)) == (p, d - 1)
+    assert online.roles_at(NAME, change.joined_s, (p, d)) == (p + 1, d - 1)
+
+
 def test_an_unchanged_plan_changes_nothing(case: Case) -> None:
     """The loop with a re-plan that keeps the split routes exactly as the plain simulator."""
     short = case.stream.head(int(case.rate * 1200))
