@@ -390,6 +390,15 @@ def _simulate_one(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     found = scenarios(problem, plan, schedule=parse_schedule(schedule) if schedule else ())
+    if replan_interval_s > 0:
+        pools = {p.decode_cluster for p in plan.convertible()}
+        rolled = [c.name for c in plan.clusters if c.role == "decode" and c.name not in pools]
+        if rolled and switch_delay_s == 0:
+            err.print(
+                f"[yellow]! {problem.name}: the PD-P and PD-D instances of {', '.join(rolled)} "
+                "are not one kv_both pool (accelerator, TP, PP or flags differ); a role change "
+                "there is a Deployment roll: give --switch-delay its model-load time[/]"
+            )
     naive = "naive-heterogeneous"
     if any(b.name == naive for b in plan.baselines) and all(s.name != naive for s in found):
         err.print(

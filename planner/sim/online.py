@@ -24,9 +24,10 @@ and flags they are one pool of ``kv_both`` engines, so the split changes by reas
 * **Which instances move**: those with the fewest requests in flight (quickest to drain); a
   re-plan that reverses a pending change cancels it (the instance stops leaving). Each role
   keeps at least one instance. Only a decode cluster with one PD-P pool beside a PD-D pool
-  (not aggregated) changes roles; the others keep theirs (the scenarios build one PD-P pool
-  of the plan's PD-P row, whose accelerator and TP×PP the plan gives the PD-D row too in the
-  case study; a plan whose rows differ would need a Deployment roll, ``switch_delay_s``).
+  (not aggregated) changes roles; the others keep theirs. Whether the two rows are one
+  ``kv_both`` pool is the plan's ``Plan.convertible()`` (the case study's are); where they
+  are not, a role change is a Deployment roll (``prfaas simulate`` says so): give
+  ``switch_delay_s`` the model-load time.
 
 ``simulate_online`` runs a ``SimConfig`` with the loop; ``solver_replan`` is the operator's
 re-plan as a callback. The loop changes membership only; a run without it is unchanged.
