@@ -17,6 +17,7 @@ from prfaas.planner.latency.measured import DataPlane
 from prfaas.planner.latency.model import InstanceLatency
 from prfaas.planner.latency.profiles import ProfileData
 from prfaas.planner.latency.roofline import RooflineSettings
+from prfaas.planner.sharing import Sharing
 
 __all__ = [
     "Candidate",
@@ -109,6 +110,8 @@ class WorkloadInput:
     uncached_length: LengthDistribution | None = None
     """Measured uncached lengths (e.g. a trace's); ``None``: the input lengths scaled by
     ``1 − prefix_cache_hit_rate``."""
+    sharing: Sharing | None = None
+    """How simulated prompts share prefixes (``planner.sharing``); ``None``: not at all."""
 
     @property
     def uncached(self) -> LengthDistribution:

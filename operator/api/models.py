@@ -40,9 +40,11 @@ __all__ = [
     "ClusterStatus",
     "Condition",
     "ConfigMapKeyRef",
+    "ConversationSharing",
     "DecodeCluster",
     "DecodeClusterSpec",
     "Distribution",
+    "DocumentSharing",
     "Duration",
     "EmpiricalBucket",
     "EmpiricalDistribution",
@@ -72,6 +74,7 @@ __all__ = [
     "ServingPlan",
     "ServingPlanSpec",
     "ServingPlanStatus",
+    "SharingPattern",
     "Slo",
     "Target",
     "Toleration",
@@ -315,9 +318,7 @@ class InterDCLinkSpec(_Model):
 
     from_: str = Field(alias="from", min_length=1, description="Datacenter that prefills.")
     to: str = Field(min_length=1, description="Datacenter that decodes.")
-    bandwidth_gbps: float = Field(
-        gt=0, le=MAX_GBPS, description="Provisioned bandwidth, Gbit/s."
-    )
+    bandwidth_gbps: float = Field(gt=0, le=MAX_GBPS, description="Provisioned bandwidth, Gbit/s.")
     rtt_ms: float = Field(
         default=1.0, ge=0, le=3_600_000, description="Round-trip time, milliseconds."
     )
@@ -403,6 +404,56 @@ class ArrivalProcess(_Model):
     cv: float = Field(default=1.0, gt=0, le=100)
 
 
+class ConversationSharing(_Model):
+    """Multi-turn conversations that extend: each request is the next turn of one of
+    ``concurrent`` open conversations (chosen at random); its prompt is the conversation so far
+    (earlier prompts and answers) plus a new message of ``inputLength`` tokens."""
+
+    type: Literal["conversations"]
+    concurrent: int = Field(
+        default=32, ge=1, le=1_000_000, description="Conversations open at once."
+    )
+    turns: int = Field(
+        default=8, ge=1, le=10_000, description="Turns per conversation before a new one starts."
+    )
+    block_tokens: int = Field(
+        default=512,
+        ge=16,
+        le=1 << 20,
+        description="Tokens per shared block, the unit of sharing (cached lengths round down "
+        "to it; smaller is finer and slower to simulate).",
+    )
+
+
+class DocumentSharing(_Model):
+    """Documents asked about many times: ``documents`` documents of ``length`` tokens, picked
+    with Zipf popularity; a prompt is the document plus a question of ``inputLength`` tokens."""
+
+    type: Literal["documents"]
+    documents: int = Field(ge=1, le=10_000_000, description="How many distinct documents.")
+    length: Distribution = Field(description="Document lengths, tokens.")
+    zipf: float = Field(
+        default=1.0,
+        ge=0,
+        le=10,
+        description="Popularity exponent: the k-th most asked document has weight 1/k^zipf "
+        "(0: uniform).",
+    )
+    block_tokens: int = Field(
+        default=512,
+        ge=16,
+        le=1 << 20,
+        description="Tokens per shared block, the unit of sharing (cached lengths round down "
+        "to it; smaller is finer and slower to simulate).",
+    )
+
+
+SharingPattern = Annotated[
+    ConversationSharing | DocumentSharing,
+    Field(discriminator="type"),
+]
+
+
 class Workload(_Model):
     """What the plan is sized for."""
 
@@ -428,6 +479,12 @@ class Workload(_Model):
         "instead of inputLength scaled by 1 - prefixCacheHitRate.",
     )
     arrival: ArrivalProcess = Field(default_factory=ArrivalProcess)
+    sharing: SharingPattern | None = Field(
+        default=None,
+        description="How prompts share prefixes in simulated requests (type: conversations or "
+        "documents); inputLength is then each turn's new message or each document's question. "
+        "Absent: sampled prompts share nothing.",
+    )
 
     @model_validator(mode="after")
     def _one_cache_model(self) -> Workload:

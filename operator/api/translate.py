@@ -27,6 +27,7 @@ from prfaas.planner.problem import (
     SloInput,
     WorkloadInput,
 )
+from prfaas.planner.sharing import ConversationSharing, DocumentSharing, Sharing
 
 __all__ = [
     "TranslateError",
@@ -34,6 +35,7 @@ __all__ = [
     "model_from_spec",
     "problem_from_resources",
     "problems_from_manifests",
+    "sharing_pattern",
     "spec_profiles",
 ]
 
@@ -41,6 +43,17 @@ __all__ = [
 class TranslateError(PlannerError, ValueError):
     """The resources cannot be turned into a planning problem (a missing reference, an unknown
     catalog name); the message names the object and field."""
+
+
+def sharing_pattern(spec: api.SharingPattern | None) -> Sharing | None:
+    """The planner's sharing pattern for ``workload.sharing`` (``planner.sharing``)."""
+    if isinstance(spec, api.ConversationSharing):
+        return ConversationSharing(spec.concurrent, spec.turns, spec.block_tokens)
+    if isinstance(spec, api.DocumentSharing):
+        return DocumentSharing(
+            spec.documents, distribution(spec.length), spec.zipf, spec.block_tokens
+        )
+    return None
 
 
 def distribution(
@@ -234,6 +247,7 @@ def problem_from_resources(
         w.requests_per_second,
         w.prefix_cache_hit_rate,
         None if w.uncached_length is None else distribution(w.uncached_length),
+        sharing_pattern(w.sharing),
     )
     slo = SloInput(
         api.duration_seconds(spec.slo.ttft),

@@ -15,18 +15,20 @@ when ``cv > 1``; ``cv = 1`` is Poisson). Length samplers are any object with
 ``chains`` holds each request's block chain (``prfaas.planner.routing.Chains``), the prefix
 model the router and the simulator share; a stream built from ``prefix_id`` alone gets chains
 made from the ids at ``DEFAULTS.block_size`` tokens per block. Trace files are read by
-``prfaas.planner.sim.traces``.
+``prfaas.planner.sim.traces``; ``synthetic_stream(sharing=...)`` generates chains from a
+described sharing pattern (``prfaas.planner.sharing``: conversations, documents).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 from prfaas.planner.routing.prefix import Chains
 from prfaas.planner.routing.threshold import DEFAULTS
+from prfaas.planner.sharing import LengthSampler, Sharing
 from prfaas.planner.sim.errors import SimulatorError
 
 __all__ = [
@@ -39,12 +41,6 @@ __all__ = [
 ]
 
 ArrivalKind = Literal["poisson", "gamma"]
-
-
-class LengthSampler(Protocol):
-    """Draws ``n`` token lengths (positive integers) with ``rng``."""
-
-    def sample(self, rng: np.random.Generator, n: int) -> npt.NDArray[Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,12 +145,23 @@ def synthetic_stream(
     seed: int = 0,
     kind: ArrivalKind = "poisson",
     cv: float = 1.0,
+    sharing: Sharing | None = None,
 ) -> RequestStream:
-    """``n`` requests with sampled lengths; the same ``seed`` gives the same stream."""
+    """``n`` requests with sampled lengths; the same ``seed`` gives the same stream.
+    ``sharing``: prompts share prefixes as it describes (``prfaas.planner.sharing``; the
+    sampled input lengths are then each turn's new message, or each document's question);
+    ``None``: no prompt shares anything."""
     if n < 1:
         raise SimulatorError(f"need at least one request, got {n}")
     rng = np.random.default_rng(seed)
     times = arrival_times(rng, n, rate, kind=kind, cv=cv)
     ins = np.maximum(np.rint(np.asarray(inputs.sample(rng, n))).astype(np.int64), 1)
     outs = np.maximum(np.rint(np.asarray(outputs.sample(rng, n))).astype(np.int64), 1)
-    return RequestStream(times, ins, outs, np.full(n, -1, dtype=np.int64))
+    none = np.full(n, -1, dtype=np.int64)
+    if sharing is None:
+        return RequestStream(times, ins, outs, none)
+    try:
+        prompts, chains = sharing.generate(rng, ins, outs)
+    except ValueError as exc:
+        raise SimulatorError(f"workload sharing: {exc}") from exc
+    return RequestStream(times, prompts, outs, none, chains)

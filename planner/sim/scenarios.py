@@ -481,7 +481,9 @@ def _stream(
     problem: Problem, n: int, rate: float, seed: int, kind: ArrivalKind, cv: float
 ) -> RequestStream:
     w = problem.workload
-    return synthetic_stream(n, rate, w.input_length, w.output_length, seed=seed, kind=kind, cv=cv)
+    return synthetic_stream(
+        n, rate, w.input_length, w.output_length, seed=seed, kind=kind, cv=cv, sharing=w.sharing
+    )
 
 
 def run_scenarios(
