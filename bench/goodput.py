@@ -27,6 +27,15 @@ meeting the SLO), P50/P90 TTFT and TPOT, link utilisation; then ratios to each p
 ``SimConfig``) beside the measurement. Needs root (network namespaces)::
 
     flock /tmp/prfaas-e2e.lock python -P bench/goodput.py
+    flock /tmp/prfaas-e2e.lock python -P bench/goodput.py \
+        --trace bench/data/mooncake-conversation-30min.jsonl.xz
+
+``--trace FILE`` replays a trace instead (``planner.sim.traces``: its lengths, arrival pattern
+and block chains, time-scaled to each load) against the case study planned from that trace
+(``prfaas plan --trace``: empirical input and uncached lengths). Prompts share text exactly
+where their chains share blocks (each block's text is made from its id; a run's tag starts
+every prompt, so runs never hit each other's caches), so the routers' and engines' prefix
+caches see the trace's reuse; the rest of a prompt is its own.
 """
 
 from __future__ import annotations
@@ -67,9 +76,10 @@ class CaseStudy:
     """Scenario name (``prfaas-pd``, ``homogeneous-pd``) → ``Scenario``."""
 
 
-def load_case(manifest: Path) -> CaseStudy:
+def load_case(manifest: Path, trace_file: Path | None = None, stream: Any = None) -> CaseStudy:
     from prfaas.operator.api.manifests import read_manifests
     from prfaas.operator.api.translate import problems_from_manifests
+    from prfaas.operator.cli.common import plan_from_trace
     from prfaas.planner.sim.scenarios import scenarios
     from prfaas.planner.solver import plan
 
@@ -77,6 +87,8 @@ def load_case(manifest: Path) -> CaseStudy:
     if m.problems:
         raise SystemExit(f"{manifest}: " + "; ".join(map(str, m.problems)))
     problem = problems_from_manifests(m.resources)[0]
+    if trace_file is not None:
+        problem = plan_from_trace([problem], trace_file, stream)[0]
     planned = plan(problem)
     if not planned.feasible:
         raise SystemExit(f"{manifest}: the plan is infeasible: {planned.reason}")
@@ -116,7 +128,13 @@ async def serve_engines(spec_path: Path) -> None:
 
     spec = json.loads(spec_path.read_text())
     args = argparse.Namespace(**spec["scale"])
-    case = load_case(Path(spec["manifest"]))
+    trace_file = Path(spec["trace"]) if spec.get("trace") else None
+    if trace_file is not None:
+        from prfaas.planner.sim.traces import load_trace
+
+        case = load_case(Path(spec["manifest"]), trace_file, load_trace(trace_file))
+    else:
+        case = load_case(Path(spec["manifest"]))
     engines = []
     for e in spec["engines"]:
         timing = timing_of(case, spec["scenario"], e["pool"], args)
@@ -185,6 +203,7 @@ def start_engines(
         ready = tmp / f"{scenario}-{dc}.ready"
         spec = {
             "manifest": str(args.manifest),
+            "trace": None if args.trace is None else str(args.trace),
             "scenario": scenario,
             "kv_advertise": ns.link_address if dc != home else "127.0.0.1",
             "engines": entries,
@@ -298,7 +317,27 @@ class Sample:
     ok: bool = False
 
 
-async def replay(url: str, model: str, stream: Any, tag: str, wall_rate_div: float) -> list[Sample]:
+def prompt_text(stream: Any, i: int, tag: str, shared: bool) -> str:
+    """Request ``i``'s prompt, one byte per token (the routers' and engines' byte tokenizer).
+    ``shared``: its chain's blocks first, each block's text made from its id (equal ids, equal
+    text), then text of its own; else all its own (no prefix shared with anything)."""
+    n_in = int(stream.input_tokens[i])
+    own = f"{i}:{tag}:"
+    if not shared:
+        return own + "a" * max(0, n_in - len(own))
+    chains = stream.block_chains
+    bt = chains.block_tokens
+    parts = [tag + ":"]  # every prompt of the run starts alike, as the trace's first block
+    for b in chains.chain(i):
+        seg = f"<{b:x}>"
+        parts.append((seg * (bt // len(seg) + 1))[:bt])
+    text = "".join(parts)[:n_in]
+    return text + (own * (n_in // len(own) + 1))[: n_in - len(text)]
+
+
+async def replay(
+    url: str, model: str, stream: Any, tag: str, wall_rate_div: float, shared: bool = False
+) -> list[Sample]:
     """Send every request of ``stream`` at its (scaled) time; streamed answers."""
     import aiohttp
 
@@ -311,9 +350,8 @@ async def replay(url: str, model: str, stream: Any, tag: str, wall_rate_div: flo
         delay = t0 + float(stream.arrival_s[i]) / wall_rate_div - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        n_in, n_out = int(stream.input_tokens[i]), int(stream.output_tokens[i])
-        head = f"{i}:{tag}:"  # unique from the first token: no shared prefix block
-        body = {"model": model, "prompt": head + "a" * max(0, n_in - len(head)),
+        n_out = int(stream.output_tokens[i])
+        body = {"model": model, "prompt": prompt_text(stream, i, tag, shared),
                 "max_tokens": n_out, "stream": True}
         s = samples[i]
         s.sent = time.monotonic()
@@ -435,6 +473,29 @@ def measure(
     return Measured(system, rate, ttft, tpot, ok, util, gbps, share, stages)
 
 
+def repeated(stream: Any, n: int) -> Any:
+    """``stream`` followed by copies of itself (shifted past its last arrival, same chains)
+    until it holds ``n`` requests at least."""
+    from prfaas.planner.routing.prefix import Chains
+    from prfaas.planner.sim.arrivals import RequestStream
+
+    k = max(1, math.ceil(n / len(stream)))
+    if k == 1:
+        return stream
+    span = float(stream.arrival_s[-1]) + float(np.mean(np.diff(stream.arrival_s)))
+    c = stream.block_chains
+    lens = np.tile(c.lengths(), k)
+    offsets = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    return RequestStream(
+        np.concatenate([stream.arrival_s + j * span for j in range(k)]),
+        np.tile(stream.input_tokens, k),
+        np.tile(stream.output_tokens, k),
+        np.tile(stream.prefix_id, k),
+        Chains(np.tile(c.ids, k), offsets, c.block_tokens),
+    )
+
+
 def trace(base: Any, rate: float, duration: float) -> Any:
     """The common trace at ``rate``: its arrivals in the first ``duration`` planned seconds."""
     stream = base.scaled(rate)
@@ -479,7 +540,14 @@ async def run_bench(args: argparse.Namespace) -> None:
     if not have_net_admin():
         raise SystemExit("bench/goodput.py needs root (network namespaces and tc); run it as root")
     t_start = time.monotonic()
-    case = load_case(args.manifest)
+    loaded = None
+    if args.trace is not None:
+        from prfaas.planner.sim.traces import load_trace
+
+        loaded = load_trace(args.trace)
+        if len(loaded) < 2 or loaded.rate <= 0:
+            raise SystemExit(f"{args.trace}: needs at least two requests over a positive span")
+    case = load_case(args.manifest, args.trace, loaded)
     prob, plan = case.problem, case.plan
     slo_ttft, slo_tpot, target = prob.slo.ttft_s, prob.slo.tpot_s, prob.slo.attainment
     cfg = case.scenarios["prfaas-pd"].config
@@ -489,7 +557,13 @@ async def run_bench(args: argparse.Namespace) -> None:
     loads = [float(x) for x in args.loads.split(",")]
     w = prob.workload
     most = math.ceil(max(loads) * lam * args.duration * 1.5) + 50
-    base = synthetic_stream(most, 1.0, w.input_length, w.output_length, seed=args.seed)
+    if loaded is None:
+        base = synthetic_stream(most, 1.0, w.input_length, w.output_length, seed=args.seed)
+    else:  # the trace at 1 req/s, repeated (later copies after the last arrival) if too short
+        base = repeated(loaded.scaled(1.0 / loaded.rate), most)
+        print(f"trace {args.trace}: {len(loaded):,} requests at {loaded.rate:.2f} req/s, "
+              f"mean input {float(np.mean(loaded.input_tokens)):,.0f} tokens, "
+              f"{float(loaded.block_chains.lengths().mean()):.1f} chain blocks per request")
     print(
         f"case study {args.manifest.name}: plan t = {plan.threshold_tokens:,.0f} tokens, "
         f"Λ_max {lam:.2f} req/s; SLO TTFT ≤ {slo_ttft:g} s, TPOT ≤ {slo_tpot * 1e3:g} ms, "
@@ -531,7 +605,7 @@ async def run_bench(args: argparse.Namespace) -> None:
                         tag = f"{system.split()[-1]}-{k}"
                         t0 = time.monotonic()
                         samples = await replay(url, plan.model, stream, tag,
-                                               args.time_scale)
+                                               args.time_scale, shared=loaded is not None)
                         records = await fetch_records(layout.urls)
                         m = measure(system, rate, stream, samples, records, link_host, args,
                                     link.capacity_gbps, tag)
@@ -655,6 +729,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--systems", default=f"{PRFAAS},{VR_CACHE},{VR_RR},{HOMOG}",
                     help="comma-separated subset of the systems")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--trace", type=Path,
+                    help="replay this trace (Mooncake JSONL, CSV/JSONL; .xz ok) with its prefix "
+                         "sharing, against the case study planned from it")
     ap.add_argument("--serve-engines", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",")]
