@@ -318,9 +318,7 @@ def plot_figure(runs: list[ScenarioRun], title: str, ttft_slo_s: float | None = 
         ax.set_ylim(0, top * CAPACITY_HEADROOM or 1.0)
         ax.grid(alpha=0.3)
         lines = ax.get_legend_handles_labels()
-        finite = [
-            thr.v[np.isfinite(thr.v)] for thr in res.thresholds.values() if len(thr.v)
-        ]
+        finite = [thr.v[np.isfinite(thr.v)] for thr in res.thresholds.values() if len(thr.v)]
         t_max = max((float(v.max()) for v in finite if len(v)), default=0.0)
         if t_max > 0:
             twin = ax.twinx()
@@ -658,9 +656,12 @@ def online_report(
         out["outage"]["configurations"] = [
             {
                 "name": r.scenario.name + (" (online re-plan)" if r.online is not None else ""),
-                "p90TtftS": dict(
-                    zip(("before", "during", "after"), phase_p90(r.result, drop, up), strict=True)
-                ),
+                "p90TtftS": {
+                    k: (v if math.isfinite(v) else None)  # None: no request arrived then
+                    for k, v in zip(
+                        ("before", "during", "after"), phase_p90(r.result, drop, up), strict=True
+                    )
+                },
                 "recoveryS": recovery_s(r.result, slo, drop, up),
             }
             for r in runs

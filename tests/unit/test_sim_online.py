@@ -281,3 +281,49 @@ def test_cli_simulate_replans_online_and_reports_the_outage() -> None:
     assert "online re-plan:" in table.stdout and "decode → prefill" in table.stdout
     bad = runner.invoke(app, [*args[:-1], "60"])
     assert bad.exit_code != 0 and "replan-interval" in bad.output
+
+
+MORE_CLUSTERS = """---
+apiVersion: prfaas.io/v1alpha1
+kind: DecodeCluster
+metadata: {name: pd-h20-c}
+spec: {datacenter: dc-c, accelerator: {type: H20, count: 32, perNode: 8}}
+---
+apiVersion: prfaas.io/v1alpha1
+kind: InterDCLink
+metadata: {name: dc-a-to-dc-c}
+spec: {from: dc-a, to: dc-c, bandwidthGbps: 10, rttMs: 20}
+"""
+
+
+def test_several_decode_clusters_each_follow_their_own_split(tmp_path: Path) -> None:
+    """A two-cluster plan: every router's roles and ``t`` follow its own cluster's re-plan."""
+    text = SAMPLE.read_text(encoding="utf-8").replace(
+        "decode: [pd-h20]", "decode: [pd-h20, pd-h20-c]"
+    )
+    path = tmp_path / "two.yaml"
+    path.write_text(text + MORE_CLUSTERS, encoding="utf-8")
+    (problem,) = problems_from_manifests(read_manifests([path]).resources)
+    pl = plan(problem)
+    schedule = parse_schedule("0:100,600:5,1800:100")
+    config = scenarios(problem, pl, schedule=schedule)[0].config
+    assert len(config.clusters) == 2
+    w = problem.workload
+    rate = 0.6 * pl.throughput_rps
+    stream = synthetic_stream(int(rate * 2400), rate, w.input_length, w.output_length, seed=1)
+    replan = solver_replan(problem)
+    online = simulate_online(config, stream, OnlineSpec(replan), seed=1)
+    assert np.all(np.isfinite(online.result.finish_s))
+    assert {c.cluster for c in online.changes} <= {c.name for c in config.clusters}
+    assert online.changes  # the drop moves some cluster's split
+    assert all(math.isfinite(c.joined_s) or math.isfinite(c.cancelled_s) for c in online.changes)
+    # Each cluster's roles end at its own last re-plan's split (the link back at 100 Gbps).
+    last = online.replans[-1].splits
+    pools = {p.name: p.instances for p in config.prefill}
+    for c in config.clusters:
+        assert len(c.local) == 1  # both clusters have a PD-P pool
+        start = (pools[c.local[0]], c.decode.instances)
+        assert online.roles_at(c.name, math.inf, start) == (
+            last[c.name].prefill,
+            last[c.name].decode,
+        )
