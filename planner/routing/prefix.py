@@ -15,7 +15,6 @@ known only as requests arrive); ``DensePrefixCache`` keys ids numbered ``0..n-1`
 from __future__ import annotations
 
 import struct
-from array import array
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -165,12 +164,11 @@ class DensePrefixCache:
     """
 
     __slots__ = (
-        "_buf",
+        "_flag",
+        "_flags",
         "_head",
         "_live",
         "_log",
-        "_qbuf",
-        "_qmark",
         "_queued",
         "_stamp",
         "_steps",
@@ -181,10 +179,8 @@ class DensePrefixCache:
     def __init__(self, capacity_blocks: int, n_ids: int) -> None:
         self.capacity_blocks = capacity_blocks
         size = max(n_ids, 0) if capacity_blocks > 0 else 0
-        self._buf = array("q", bytes(8 * size))
-        """Stamps, read one at a time as Python ints; ``_stamp`` is the same memory in numpy.
-        0: not held; else 1 + the position of the block's live log entry."""
-        self._stamp = np.frombuffer(self._buf, dtype=np.int64) if size else np.zeros(0, np.int64)
+        self._stamp = np.zeros(size, dtype=np.int64)
+        """0: not held; else 1 + the position of the block's live log entry."""
         self._log = np.zeros(1024, dtype=np.int64)
         self._steps = np.arange(len(self._log) + 1, dtype=np.int64)
         self._head = 0
@@ -194,9 +190,10 @@ class DensePrefixCache:
         """Blocks with a non-zero stamp: held, or due for eviction at the next lookup."""
         self._queued: list[npt.NDArray[np.int64]] = []
         """Inserted chains not applied yet, each reversed (tail first)."""
-        self._qbuf = array("b", bytes(size))
-        """1 for every block of a queued chain (``_qmark``: the same memory in numpy)."""
-        self._qmark = np.frombuffer(self._qbuf, dtype=np.int8) if size else np.zeros(0, np.int8)
+        self._flags = bytearray(size)
+        """1 for a block that is stamped or queued (read one at a time as Python ints: the
+        quick miss test); ``_flag`` is the same memory in numpy."""
+        self._flag = np.frombuffer(self._flags, dtype=np.uint8) if size else np.zeros(0, np.uint8)
 
     @staticmethod
     def _chain(hashes: Any) -> DenseChain:
@@ -227,7 +224,6 @@ class DensePrefixCache:
                 self._live += int(np.count_nonzero((was == 0) & (stamp[batch] == stamps)))
             self._log[t : t + n] = batch
             self._tail = t + n
-            self._qmark[batch] = 0
             queued.clear()
         over = self._live - self.capacity_blocks
         if over > 0:
@@ -244,7 +240,7 @@ class DensePrefixCache:
             return 0
         chain = hashes if type(hashes) is DenseChain else self._chain(hashes)
         first = chain.first
-        if first < 0 or not (self._buf[first] or self._qbuf[first]):
+        if first < 0 or not self._flags[first]:
             return 0  # the first block is neither stored nor queued: nothing to settle
         return self._held(chain.ids)
 
@@ -254,7 +250,7 @@ class DensePrefixCache:
             return 0
         chain = hashes if type(hashes) is DenseChain else self._chain(hashes)
         first = chain.first
-        if first < 0 or not (self._buf[first] or self._qbuf[first]):
+        if first < 0 or not self._flags[first]:
             return 0  # as in ``peek``: the common miss, answered from two Python ints
         ids = chain.ids
         n = self._held(ids)
@@ -270,7 +266,7 @@ class DensePrefixCache:
         chain = hashes if type(hashes) is DenseChain else self._chain(hashes)
         if chain.first >= 0:
             self._queued.append(chain.ids[::-1])
-            self._qmark[chain.ids] = 1
+            self._flag[chain.ids] = 1
 
     def _touch(self, rev: npt.NDArray[np.int64]) -> None:
         """Stamp held blocks ``rev`` in this order (the last most recent) at the log's end."""
@@ -307,10 +303,11 @@ class DensePrefixCache:
             if len(live) >= k or e == t:
                 break
             window *= 4
-        take = live[:k]
-        stamp[ids[take]] = 0
-        self._live -= len(take)
-        self._head = h + int(take[-1]) + 1
+        gone = ids[live[:k]]
+        stamp[gone] = 0
+        self._flag[gone] = 0
+        self._live -= len(gone)
+        self._head = h + int(live[k - 1]) + 1
 
     def __len__(self) -> int:
         self._settle()
