@@ -15,6 +15,7 @@ as were sent. One module-scoped deployment of three engines (≈ 9 GB).
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections import Counter
@@ -33,6 +34,7 @@ from prfaas.operator.cli.local_plan import local_plan
 from prfaas.planner.plan import Plan
 
 from .conftest import (
+    MAX_TOKENS,
     ROLE_LONG,
     ROLE_SHORT,
     SAMPLE,
@@ -73,7 +75,9 @@ def pool(reference: dict[str, list[int]], tiny_model: Path) -> Iterator[LocalRun
         if net is not None:
             net.close()
         raise
-    runtime = LocalRuntime(layout, net=net)
+    # PRFAAS_E2E_WORKDIR=folder keeps the engines' and the router's logs there.
+    kept = os.environ.get("PRFAAS_E2E_WORKDIR")
+    runtime = LocalRuntime(layout, net=net, workdir=Path(kept) if kept else None)
     try:
         runtime.start()
         yield runtime
@@ -231,16 +235,16 @@ def test_roles_change_and_an_engine_leaves_under_load_losing_nothing(
         load.wait_for(2)
         pool.assign({B: "prefill"})
         took.append(_wait_roles(pool, {A: "decode", B: "prefill"}))
-        # The router saw B's last decode end once its stream did; vLLM counts that request's
-        # last tokens a moment later (seen: 2 tokens). One more round first, then count.
         load.wait_for(1)
         finished, generated = _engine_counts(pool, B)
         load.wait_for(3)
         finished2, generated2 = _engine_counts(pool, B)
-        # B only prefilled now: one token per request it finished, and it finished some (every
-        # short prompt is prefilled in dc-b, on B alone).
+        # B only prefilled now: about one token per request it finished, and it finished some
+        # (every short prompt is prefilled in dc-b, on B alone). One decode on B would add
+        # MAX_TOKENS - 1 tokens; vLLM's two counters are not updated at the same instant
+        # (seen: +2 and -3 tokens apart), hence the margin.
         assert finished2 > finished
-        assert generated2 - generated == finished2 - finished
+        assert abs((generated2 - generated) - (finished2 - finished)) < MAX_TOKENS // 4
         pool.assign({B: "decode"})
         took.append(_wait_roles(pool, {A: "decode", B: "decode"}))
         load.wait_for(2)
