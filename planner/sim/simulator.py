@@ -234,16 +234,10 @@ class SimConfig:
 
 
 @dataclass(slots=True, eq=False, kw_only=True)
-class _Prefiller(Target):
-    """A prefill instance (``in_flight``: requests queued or in service)."""
+class _Drainable(Target):
+    """An instance that can leave its role (online re-plan): routing skips it while it drains,
+    and ``drained`` runs once it holds nothing."""
 
-    index: int
-    pool: int
-    latency: LatencyModel
-    budget: int
-    stages: int
-    queue: deque[int] = field(default_factory=deque)
-    busy: bool = False
     leaving: bool = False
     """Draining for a role change: routing skips it; ``drained`` runs when it holds nothing."""
     drained: Callable[[Target], None] | None = None
@@ -256,6 +250,18 @@ class _Prefiller(Target):
         if self.leaving and self.in_flight == 0 and self.drained is not None:
             self.drained(self)
 
+
+@dataclass(slots=True, eq=False, kw_only=True)
+class _Prefiller(_Drainable):
+    """A prefill instance (``in_flight``: requests queued or in service)."""
+
+    index: int
+    pool: int
+    latency: LatencyModel
+    budget: int
+    stages: int
+    queue: deque[int] = field(default_factory=deque)
+    busy: bool = False
 
 @dataclass(slots=True)
 class _Pool:
@@ -272,7 +278,7 @@ class _Pool:
 
 
 @dataclass(slots=True, eq=False, kw_only=True)
-class _Decoder(Target):
+class _Decoder(_Drainable):
     """A decode instance (``in_flight``: requests routed to it and not finished)."""
 
     index: int
@@ -309,17 +315,6 @@ class _Decoder(Target):
     """Aggregated: prompt tokens prefilled so far by the partly prefilled first prompt."""
     chunks: list[tuple[int, int]] = field(default_factory=list)
     """Aggregated: (request, tokens) of the chunks in the step in flight."""
-    leaving: bool = False
-    """Draining for a role change: routing skips it; ``drained`` runs when it holds nothing."""
-    drained: Callable[[Target], None] | None = None
-
-    def available(self, now: float) -> bool:
-        return not self.leaving
-
-    def finished(self) -> None:
-        self.in_flight -= 1
-        if self.leaving and self.in_flight == 0 and self.drained is not None:
-            self.drained(self)
 
     def step_end(self, n: int) -> float:
         return self.t0 + n * self.s0 + self.delta * n * (n - 1) * 0.5
