@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from prfaas.planner.latency.model import (
     DecodePhase,
@@ -16,12 +17,14 @@ from prfaas.planner.latency.model import (
 
 __all__ = ["CorrectedDecode", "CorrectedPrefill", "corrected"]
 
+Phase = TypeVar("Phase", PrefillPhase, DecodePhase)
+
 
 @dataclass(frozen=True, slots=True)
-class CorrectedPrefill:
-    """``factor ×`` a prefill phase (its source is kept: the correction is reported apart)."""
+class _Corrected(Generic[Phase]):
+    """``factor ×`` a phase (its source is kept: the correction is reported apart)."""
 
-    base: PrefillPhase
+    base: Phase
     factor: float
 
     @property
@@ -31,25 +34,21 @@ class CorrectedPrefill:
     @property
     def note(self) -> str:
         return f"{self.base.note} × {self.factor:.3g} (calibrated on the engines' own latency)"
+
+
+class CorrectedPrefill(_Corrected[PrefillPhase]):
+    """``factor ×`` a prefill phase."""
+
+    __slots__ = ()
 
     def __call__(self, lengths: Sequence[float]) -> float:
         return self.factor * self.base(lengths)
 
 
-@dataclass(frozen=True, slots=True)
-class CorrectedDecode:
+class CorrectedDecode(_Corrected[DecodePhase]):
     """``factor ×`` a decode phase."""
 
-    base: DecodePhase
-    factor: float
-
-    @property
-    def source(self) -> LatencySource:
-        return self.base.source
-
-    @property
-    def note(self) -> str:
-        return f"{self.base.note} × {self.factor:.3g} (calibrated on the engines' own latency)"
+    __slots__ = ()
 
     def __call__(self, batch: int, total_context: float) -> float:
         return self.factor * self.base(batch, total_context)
