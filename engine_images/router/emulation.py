@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import struct
 import time
 from collections import deque
@@ -160,6 +161,7 @@ class _PrefillJob:
     uncached: int
     done: asyncio.Future[float]
     hashes: list[int]
+    queued_at: float
 
 
 @dataclass(slots=True)
@@ -172,13 +174,18 @@ class PrefillQueue:
     def push(self, job: Any) -> None:
         self.jobs.append(job)
 
-    def next_batch(self, uncached: Callable[[Any], int]) -> list[Any]:
-        """The next batch: the head, then followers while their uncached tokens fit."""
+    def next_batch(
+        self, uncached: Callable[[Any], int], queued_by: Callable[[Any], bool] | None = None
+    ) -> list[Any]:
+        """The next batch: the head, then followers while their uncached tokens fit (and, with
+        ``queued_by``, only followers it accepts: those already queued when the batch starts)."""
         if not self.jobs:
             return []
         batch = [self.jobs.popleft()]
         tokens = uncached(batch[0])
         while self.jobs and tokens + uncached(self.jobs[0]) <= self.token_budget:
+            if queued_by is not None and not queued_by(self.jobs[0]):
+                break
             job = self.jobs.popleft()
             batch.append(job)
             tokens += uncached(job)
@@ -364,21 +371,34 @@ class EngineEmulation:
             hit = self.cache.match(hashes)
         uncached = max(1, rec.prompt_tokens - hit * bs)
         rec.uncached_tokens = uncached
-        job = _PrefillJob(uncached, asyncio.get_running_loop().create_future(), hashes)
+        job = _PrefillJob(
+            uncached, asyncio.get_running_loop().create_future(), hashes, self.clock()
+        )
         self._queue.push(job)
         self._prefill_wake.set()
         start = await asyncio.shield(job.done)
         rec.prefill_start, rec.prefill_end = start, self.clock()
 
     async def _prefill_loop(self) -> None:
+        """Batches on a virtual timeline, as ``_decode_loop``: a batch starts when the engine
+        is free and its head has arrived (``max(free_at, head.queued_at)``), not when this
+        loop wakes up, and takes only followers queued by then. So the host's wake-up lag
+        (milliseconds on a busy machine, × the time scale in planned units) is not lost
+        prefill capacity, as long as the host keeps up; the planned engine has no such lag
+        beyond what its latency model already holds."""
+        free_at = -math.inf
         while True:
             if not self._queue.jobs:
                 self._prefill_wake.clear()
                 await self._prefill_wake.wait()
-            batch: list[_PrefillJob] = self._queue.next_batch(lambda j: j.uncached)
-            start = self.clock()
-            await _sleep_until(start + self.timing.prefill_wall_s([j.uncached for j in batch]),
-                               self.clock)
+            start = max(free_at, self._queue.jobs[0].queued_at)
+
+            def queued_by(job: _PrefillJob, at: float = start) -> bool:
+                return job.queued_at <= at
+
+            batch: list[_PrefillJob] = self._queue.next_batch(lambda j: j.uncached, queued_by)
+            free_at = start + self.timing.prefill_wall_s([j.uncached for j in batch])
+            await _sleep_until(free_at, self.clock)
             for job in batch:
                 if self.cache is not None and job.hashes:
                     self.cache.insert(job.hashes)

@@ -215,3 +215,34 @@ async def test_unknown_kv_is_a_clear_error() -> None:
         async with s.post(d.url + "/v1/completions", json=body) as r:
             assert r.status == 500
             assert "holds no KV" in (await r.json())["error"]["message"]
+
+
+async def test_prefill_batches_keep_a_virtual_timeline_through_host_lag() -> None:
+    """A batch starts when the engine is free, not when the busy host wakes the loop: a lag
+    between two back-to-back batches is not lost prefill capacity."""
+    import time
+
+    t = timing(token_budget=1000, cache_blocks=0)
+    emu = EngineEmulation(t)
+    await emu.start()
+    try:
+        first, second = emu.record("a", "prefill", 600), emu.record("b", "prefill", 600)
+        wall = t.prefill_wall_s([600])
+        lag = 3 * wall
+        # The host stalls the loop across the end of the first batch (it cannot batch with
+        # the second: 1200 tokens exceed the budget of 1000).
+        asyncio.get_running_loop().call_later(wall * 0.5, time.sleep, lag)
+        await asyncio.gather(emu.prefill("a" * 600, first), emu.prefill("b" * 600, second))
+    finally:
+        await emu.stop()
+    assert first.prefill_start is not None and second.prefill_start is not None
+    assert first.prefill_end is not None and first.prefill_end >= first.prefill_start + lag
+    assert second.prefill_start == pytest.approx(first.prefill_start + wall, abs=1e-9)
+
+
+def test_prefill_followers_must_be_queued_when_the_batch_starts() -> None:
+    q = PrefillQueue(token_budget=1000)
+    for n in (100, 200, 300):
+        q.push(n)
+    assert q.next_batch(lambda j: j, lambda j: j < 300) == [100, 200]
+    assert q.next_batch(lambda j: j, lambda j: False) == [300]  # the head always runs
