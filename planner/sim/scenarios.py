@@ -213,7 +213,7 @@ def _config(
             continue
         pools.append(_prefill_pool(problem, c, n, d if local else None))
     if not any(p.datacenter == d.datacenter for p in pools) and not all_remote_decode:
-        pools.append(_colocated(problem, d))
+        decode = _time_shared(problem, d, decode)
     m = problem.model
     return SimConfig(
         name,
@@ -271,18 +271,19 @@ def _prefill_pool(
     )
 
 
-def _colocated(problem: Problem, d: ClusterPlan) -> PrefillPool:
-    """Colocated PD (a pool too small to split): decode instances also prefill. Modelled as
-    prefill instances of the decode shape beside them (optimistic: no time sharing)."""
-    dec_in = _cluster(problem, d.name)
-    dec_lat = _latency(problem, dec_in, d.tensor_parallel, d.pipeline_parallel, "decode")
-    return PrefillPool(
-        f"{d.name}/colocated-prefill",
-        d.datacenter,
-        d.instances,
-        dec_lat,
-        token_budget=problem.max_num_batched_tokens,
-        cache_blocks=_cache_blocks(problem, dec_in.gpu, d.gpus_per_instance),
+def _time_shared(problem: Problem, d: ClusterPlan, decode: DecodePool) -> DecodePool:
+    """Colocated PD (a pool too small to split, no PD-P): the decode instances also prefill
+    the local prompts, and a vLLM engine does that as an aggregated engine (chunked prefill,
+    decodes first, ``max_num_batched_tokens`` per step), so it is simulated as one: local
+    prefills share the steps with the decodes (TPOT feels them; TTFT waits for them). It was
+    once prefill instances beside the decoders: the same GPUs counted twice. Its prefix cache
+    is the engine's (the local prompts' prefixes)."""
+    gpu = _cluster(problem, d.name).gpu
+    return replace(
+        decode,
+        aggregated=True,
+        token_budget=d.max_num_batched_tokens or problem.max_num_batched_tokens,
+        cache_blocks=_cache_blocks(problem, gpu, d.gpus_per_instance),
     )
 
 
@@ -330,7 +331,7 @@ def _multi_config(
                 _prefill_pool(problem, c, c.instances, d)
                 for c in plan.clusters
                 if c.role == "prefill" and c.name == d.name and c.instances > 0
-            ] or [_colocated(problem, d)]
+            ]
         pools += local
         if naive:
             remotes = [
@@ -360,7 +361,9 @@ def _multi_config(
         clusters.append(
             DecodeCluster(
                 d.name,
-                _decode_pool(problem, d, naive),
+                _decode_pool(problem, d, naive)
+                if naive or local
+                else _time_shared(problem, d, _decode_pool(problem, d, naive)),
                 share,
                 local=tuple(p.name for p in local),
                 remotes=tuple(remotes),

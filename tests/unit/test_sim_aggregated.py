@@ -362,3 +362,26 @@ def test_several_decode_clusters_switch_to_aggregated_where_it_ranks_best(
     local = ~res.remote
     np.testing.assert_array_equal(res.first_token_s[local], res.prefill_end_s[local])
     assert float(np.percentile(res.tpot, 90)) <= two.slo.tpot_s
+
+
+def test_a_cluster_too_small_to_split_is_simulated_as_the_aggregated_engine_it_runs() -> None:
+    """``crds/samples/local.yaml``: dc-b has one decode engine and no PD-P; vLLM runs it with
+    chunked prefill, so the simulator's pool there is aggregated at the engine's token budget
+    (no separate prefill instances on the same GPU), and its local prompts share its steps."""
+    sample = Path(__file__).resolve().parents[2] / "crds" / "samples" / "local.yaml"
+    (problem,) = problems_from_manifests(load_manifests(sample).resources)
+    p = plan(problem)
+    (d,) = [c for c in p.clusters if c.role == "decode"]
+    assert not [c for c in p.clusters if c.role == "prefill" and c.datacenter == d.datacenter]
+    cfg = next(s.config for s in scenarios(problem, p) if s.name == "prfaas-pd")
+    assert cfg.decode.aggregated
+    assert cfg.decode.token_budget == (d.max_num_batched_tokens or problem.max_num_batched_tokens)
+    assert cfg.decode.token_budget == 2048  # the sample's spec.engine.maxNumBatchedTokens
+    assert [pool.datacenter for pool in cfg.prefill] == ["dc-a"]
+    w = problem.workload
+    r = simulate(cfg, synthetic_stream(400, 1.0, w.input_length, w.output_length, seed=3), seed=3)
+    local = ~r.remote
+    assert local.any() and r.remote.any()
+    # The aggregated engine prefilled its local prompts itself, in its own steps.
+    assert np.isfinite(r.first_token_s[local]).all()
+    assert (r.prefill_end_s[local] <= r.first_token_s[local]).all()
