@@ -41,7 +41,10 @@ Shape (version 1), as ``prfaas plan crds/samples/case-study.yaml -o json`` print
          "gpusPerInstance": 8, "gpus": 40,
          "latencySource": "published",      # measured | published | fit | roofline
          "maxNumSeqs": 64, "maxNumBatchedTokens": 8192,    # the vLLM flags (engine_images/vllm/
-         "gpuMemoryUtilization": 0.9, "kvCacheTokens": 3000000}],   # launch.py), also simulated
+         "gpuMemoryUtilization": 0.9, "kvCacheTokens": 3000000,    # launch.py), also simulated
+         "pinned": false,
+         "aggregated": false}],         # true: the cluster's one row, an aggregated pool whose
+                                        #   maxNumBatchedTokens is the chosen token budget
       "links": [{"name": "dc-a-to-dc-b", "from": "dc-a", "to": "dc-b", "capacityGbps": 100,
                  "headroom": 0.8, "egressGbps": 12.74,     # predicted KV egress at Lambda_max
                  "predictedEgressGbps": null}],   # simulated, at predicted.rateRps
@@ -163,6 +166,13 @@ class ClusterPlan:
     per token): what vLLM will find, and the simulator's decode admission limit."""
     pinned: bool = False
     """``instances`` was fixed by ``spec.pins``, not chosen by the planner."""
+    aggregated: bool = False
+    """A decode row deployed as an aggregated pool (``shapes`` chose ``aggregated`` or
+    ``aggregated+offload`` for the cluster; it then has no prefill row): every instance
+    prefills its local prompts by chunked prefill within ``max_num_batched_tokens`` (the
+    shape's token budget) and decodes them, and decodes the remote-prefilled ones with the KV
+    PrfaaS sends (``kv_both`` engines, role ``aggregated`` in ``engine_images/vllm/launch.py``).
+    ``False`` (older plans): a PD-D row, or a colocated one where no prefill row exists."""
 
     @property
     def gpus_per_instance(self) -> int:
@@ -300,7 +310,9 @@ class ShapeOption:
     """Aggregated only: ``max_num_batched_tokens`` that keeps the TPOT SLO at this rate."""
     threshold_tokens: float | None = None
     deployable: bool = True
-    """``False``: the operator cannot deploy this shape yet (the comparison is advisory)."""
+    """``False``: the planner would not deploy this shape here (advisory: an aggregated row of
+    a plan with several decode clusters, whose shared PrfaaS and link bounds do not model
+    aggregated pools yet)."""
     chosen: bool = False
     """The shape this plan deploys for the cluster."""
     limit: str = ""

@@ -46,6 +46,7 @@ from prfaas.planner.problem import Candidate, Problem
 from prfaas.planner.throughput import Solver
 
 __all__ = [
+    "AGGREGATED_SHAPES",
     "KV_BLOCK_TOKENS",
     "AggregatedPoint",
     "aggregated_instance",
@@ -54,6 +55,9 @@ __all__ = [
     "mean_prefill_seconds",
     "per_unit",
 ]
+
+AGGREGATED_SHAPES = ("aggregated", "aggregated+offload")
+"""The ``ShapeOption.shape`` values served by one aggregated (chunked-prefill) pool."""
 
 KV_BLOCK_TOKENS = 16
 """vLLM's default KV block size: the smallest sensible token budget and its rounding unit."""
@@ -97,6 +101,7 @@ def _steady(
     max_seqs: int,
     block: int,
     per_prompt: float,
+    max_budget: float = math.inf,
 ) -> _State:
     tau = mixed_step_seconds(lat, 1, context)  # a loaded instance always has a step to run
     for _ in range(200):
@@ -123,6 +128,8 @@ def _steady(
     if per_prompt > 0:
         room = (tpot_s - lat.decode_step_seconds(n, n * context)) * prompt / per_prompt
     budget = max(math.ceil(n / block), math.floor((n + room) / block)) * block
+    if budget > max_budget:  # vLLM's budget stays within the model length (whole blocks)
+        budget = max(block, math.floor(max_budget / block) * block)
     if c > budget - n:
         return _State(tau, d, c, math.inf, "tpot", budget)
     ttft = math.ceil(prompt / c) * tau if c > 0 else 0.0
@@ -143,6 +150,7 @@ def aggregated_instance(
     local_share: float = 1.0,
     block: int = KV_BLOCK_TOKENS,
     prefill_s: float | None = None,
+    max_budget: float = math.inf,
 ) -> AggregatedPoint:
     """The highest rate one aggregated instance sustains (module docstring).
 
@@ -150,7 +158,8 @@ def aggregated_instance(
     fraction of requests prefilled here (``1 - p`` with offload); ``context``: mean KV context
     of a decoding sequence; ``kv_tokens``: the instance's KV capacity; ``prefill_s``: the mean
     prefill time of those prompts (``mean_prefill_seconds``; default ``P([prompt])``, exact
-    for one length).
+    for one length); ``max_budget``: the largest token budget the engine may run (the model
+    length, as ``spec.engine.maxNumBatchedTokens`` is bounded).
     """
     if output <= 0:
         raise ValueError(f"output must be > 0 tokens (got {output})")
@@ -172,6 +181,7 @@ def aggregated_instance(
             max_seqs,
             block,
             per_prompt,
+            max_budget,
         )
 
     lo, hi = 0.0, 1.0
@@ -281,14 +291,18 @@ def _best_t(
     value: Callable[[float, float], float],
 ) -> tuple[float, float, Split] | None:
     """The threshold on a quantile grid with the highest ``value(rate, PrfaaS GPUs)``
-    (goodput per cost or per GPU; ``None``: nothing can be offloaded)."""
+    (goodput per cost or per GPU; ``None``: nothing can be offloaded). ``offload.mode: fixed``
+    evaluates its ``thresholdTokens`` only (what the router will apply)."""
     if not solver.prefill or problem.offload.mode == "off":
         return None
+    fixed = problem.offload.threshold_tokens
+    if problem.offload.mode == "fixed" and fixed is not None:
+        grid = [float(fixed)]
+    else:
+        grid = [solver.dist.quantile(q / 24.0) for q in range(1, 24)]
     best: tuple[float, float, Split] | None = None
-    for q in range(1, 24):
-        rate, extra, sp = _offloaded(
-            problem, solver, name, solver.dist.quantile(q / 24.0), local_rate
-        )
+    for t in grid:
+        rate, extra, sp = _offloaded(problem, solver, name, t, local_rate)
         if sp.p <= 0 or rate <= 0:
             continue
         if best is None or value(rate, extra) > value(best[0], best[1]):
@@ -306,9 +320,11 @@ def compare_shapes(
 
     The disaggregated options are the throughput model's (``Solver``); ``thresholds`` are the
     plan's per-cluster ``t`` (``None``: the plan keeps that cluster all-local), and the option
-    the plan deploys is ``chosen``. An aggregated pool uses the cluster's PD-D instance shape
-    (``decode``), every instance both prefilling and decoding. The operator cannot deploy
-    aggregated pools yet, so those rows are ``deployable=False``: advisory.
+    the plan deploys is ``chosen`` (the solver moves the mark where it deploys an aggregated
+    row). An aggregated pool uses the cluster's PD-D instance shape (``decode``), every
+    instance both prefilling and decoding. With several decode clusters the aggregated rows
+    are ``deployable=False`` (advisory): each row's offload assumes the shared PrfaaS pools and
+    links to itself, which the multi-cluster LP does not reconcile with aggregated pools yet.
     """
     w = problem.workload
     out_len = w.output_length.mean
@@ -316,6 +332,7 @@ def compare_shapes(
     m = problem.model
     options: list[ShapeOption] = []
     prfaas_price = _prfaas_price(problem)
+    single = len(solver.local) == 1
     all_local = solver.evaluate(math.inf)
     for pool in solver.local:
         name = pool.name
@@ -389,6 +406,7 @@ def compare_shapes(
                 local_share=share,
                 block=problem.block_tokens,
                 prefill_s=mean_prefill_seconds(cand.latency, w.uncached, upper),
+                max_budget=m.max_context,
             )
 
         whole = agg(1.0, w.uncached.mean)
@@ -402,7 +420,7 @@ def compare_shapes(
                     n * whole.rate_rps,
                     _per_gpu(n * whole.rate_rps, n * cand.gpus),
                     token_budget=whole.token_budget,
-                    deployable=False,
+                    deployable=single,
                     limit=whole.limit,
                 ),
                 n * cand.gpus,
@@ -445,7 +463,7 @@ def compare_shapes(
                         _per_gpu(rate, n * cand.gpus + extra),
                         token_budget=pt.token_budget,
                         threshold_tokens=sp.threshold,
-                        deployable=False,
+                        deployable=single,
                         limit=pt.limit,
                     ),
                     n * cand.gpus,

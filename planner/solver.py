@@ -48,7 +48,7 @@ from prfaas.planner.plan import (
     ShapeOption,
 )
 from prfaas.planner.problem import Candidate, ClusterInput, Problem, RoleLoad
-from prfaas.planner.shapes import best_option, compare_shapes, per_unit
+from prfaas.planner.shapes import AGGREGATED_SHAPES, best_option, compare_shapes, per_unit
 from prfaas.planner.throughput import Evaluation, LocalPool, LocalSplit, PrfaasPool, Solver
 from prfaas.planner.topology import build_network
 
@@ -387,9 +387,13 @@ def _stage_totals(solver: Solver, ev: Evaluation) -> dict[str, float]:
 
 
 def _bottleneck(stages: dict[str, float], p: float) -> str:
-    bounds = {"pd-decode": stages["pdDecode"]}
-    if p < 1:
-        bounds["pd-prefill"] = stages["pdPrefill"] / (1 - p)
+    bounds: dict[str, float] = {}
+    if "aggregated" in stages:  # one chunked-prefill pool (``_deploy_aggregated``)
+        bounds["aggregated"] = stages["aggregated"]
+    else:
+        bounds["pd-decode"] = stages["pdDecode"]
+        if p < 1:
+            bounds["pd-prefill"] = stages["pdPrefill"] / (1 - p)
     if p > 0 and "prfaas" in stages:
         link_binds = stages["prfaas"] < stages["prfaasCompute"] * (1 - 1e-9)
         bounds["link" if link_binds else "prfaas"] = stages["prfaas"] / p
@@ -695,16 +699,116 @@ def _assemble(
         out.data_plane_s = {"local": dp.local_s, "remote": dp.remote_s}
     out.baselines = _baselines(problem, solver, out_.rate, ctx)
     out.shapes = compare_shapes(problem, solver, shapes.pd_decode, out_.thresholds)
+    row = _aggregated_choice(problem, out.shapes)
+    if row is not None:
+        _deploy_aggregated(problem, shapes, solver, out, row, ctx)
     out.notes += _shape_notes(out.shapes)
-    if problem.shape == "aggregated":
-        raise Infeasible(_aggregated_pinned(out.shapes))
     if target is not None and target < out_.rate:
         _size_for_target(out, target)
     return out
 
 
+def _aggregated_choice(problem: Problem, options: list[ShapeOption]) -> ShapeOption | None:
+    """The aggregated row the plan deploys instead of the split it solved (``None``: the split).
+
+    ``auto``: a deployable aggregated row that ranks above the split the plan solved (the
+    ``chosen`` row; ``best_option``: per cost where priced, else per GPU; ties keep the split);
+    ``aggregated``: the best deployable aggregated row serving a rate, else ``Infeasible`` with
+    the reason and the best feasible alternative. A decode cluster with ``spec.pins`` keeps the
+    split under ``auto`` (pins fix PD-P/PD-D counts)."""
+    if problem.shape == "disaggregated":
+        return None
+    pinned = {c for c, _, _ in problem.pins}
+    agg = [
+        o
+        for o in options
+        if o.shape in AGGREGATED_SHAPES and o.deployable and o.goodput_rps > 0
+        and o.decode_cluster not in pinned
+    ]
+    if problem.shape == "aggregated":
+        if not agg:
+            raise Infeasible(_aggregated_pinned(options, pinned))
+        return best_option(agg)
+    split = [o for o in options if o.chosen]
+    if not agg or not split:
+        return None
+    best = best_option(split + agg)
+    return best if best.shape in AGGREGATED_SHAPES else None
+
+
+def _deploy_aggregated(
+    problem: Problem, shapes: _Shapes, solver: Solver, out: Plan, row: ShapeOption, ctx: float
+) -> None:
+    """Turn ``out`` (the solved split) into the plan that deploys ``row``, an aggregated row of
+    the (single) decode cluster: one decode row ``aggregated`` with the row's instances and
+    token budget (``maxNumBatchedTokens``), no PD-P row; with offload its router's ``t`` is the
+    row's, the PrfaaS clusters run and its remotes and link egress come from routing
+    ``p × rate`` over the network (as for the split); without, nothing is offloaded. The rate,
+    stages and bottleneck are the aggregated pool's."""
+    m = problem.model
+    name = row.decode_cluster
+    c = next(x for x in problem.decode_clusters if x.name == name)
+    agg = replace(
+        _cluster_plan(problem, c, "decode", row.instances, shapes.pd_decode[name], ctx),
+        max_num_batched_tokens=row.token_budget,
+        aggregated=True,
+    )
+    t = row.threshold_tokens
+    offload = t is not None
+    counts = {x.name: x.count for x in problem.prefill_clusters}
+    clusters: list[ClusterPlan] = []
+    for cp in out.clusters:
+        if cp.name == name:
+            if cp.role == "decode":
+                clusters.append(agg)
+            continue
+        if cp.role == "prefill" and cp.name in counts and not cp.pinned:
+            cp.instances = counts[cp.name] // cp.gpus_per_instance if offload else 0
+        clusters.append(cp)
+    out.clusters = clusters
+    rate = row.goodput_rps
+    router = next(r for r in out.routers if r.decode_cluster == name)
+    router.threshold_tokens, router.rate_rps, router.remotes = t, rate, []
+    stages: dict[str, float] = {"aggregated": rate}
+    for link in out.links:
+        link.egress_gbps = 0.0
+    if t is None:
+        out.offload_fraction, out.l_long, out.l_short = 0.0, 0.0, problem.workload.uncached.mean
+    else:
+        ev = solver.evaluate(t)
+        sp = ev.split
+        size = m.kv_bytes(sp.l_long)
+        routed = solver.network.assign(ev.prefill_rps, {name: sp.p * rate}, size)
+        for (dec_name, pre_name), path in sorted(routed.pairs.items()):
+            if dec_name == name and routed.pair_rps.get((dec_name, pre_name), 0.0) > 0:
+                router.remotes.append(RemotePrefill(pre_name, path[0] if path else ""))
+        for link in out.links:
+            link.egress_gbps = routed.link_rps.get(link.name, 0.0) * size * 8 / 1e9
+        out.offload_fraction, out.l_long, out.l_short = sp.p, sp.l_long, sp.l_short
+        totals = _stage_totals(solver, ev)
+        stages.update({k: v for k, v in totals.items() if k in ("prfaas", "prfaasCompute", "link")})
+    out.threshold_tokens = t
+    out.throughput_rps = rate
+    out.stages = stages
+    out.bottleneck = _bottleneck(stages, out.offload_fraction)
+    for b in out.baselines:
+        b.ratio = rate / b.throughput_rps if b.throughput_rps > 0 else math.inf
+    split = next((o for o in out.shapes if o.decode_cluster == name and o.chosen), None)
+    for o in out.shapes:
+        if o.decode_cluster == name:
+            o.chosen = o is row
+    out.notes.append(
+        f"{name} deployed as {row.shape} (spec.shape: {problem.shape}): {row.instances} "
+        f"chunked-prefill instances with token budget {row.token_budget}"
+        + (f", prompts above t = {t:,.0f} uncached tokens prefilled by PrfaaS" if offload else "")
+        + f"; {per_unit(row)}"
+        + (f" vs {per_unit(split)} for the {split.shape} split" if split is not None else "")
+    )
+
+
 def _shape_notes(options: list[ShapeOption]) -> list[str]:
-    """Say where an aggregated pool (not deployable yet) would beat the deployed shape."""
+    """Say where an advisory aggregated row (several decode clusters) would beat the deployed
+    shape."""
     notes = []
     for name in dict.fromkeys(o.decode_cluster for o in options):
         rows = [o for o in options if o.decode_cluster == name]
@@ -714,15 +818,16 @@ def _shape_notes(options: list[ShapeOption]) -> list[str]:
             notes.append(
                 f"{name}: {best.shape} would serve {per_unit(best)} (token budget "
                 f"{best.token_budget}) vs {per_unit(chosen)} for the deployed "
-                f"{chosen.shape}; advisory only — the operator cannot deploy "
-                "aggregated (chunked-prefill) pools yet, so auto chooses among deployable shapes"
+                f"{chosen.shape}; advisory only — with several decode clusters the planner "
+                "does not deploy aggregated (chunked-prefill) pools yet, so auto chooses among "
+                "deployable shapes"
             )
     return notes
 
 
-def _aggregated_pinned(options: list[ShapeOption]) -> str:
+def _aggregated_pinned(options: list[ShapeOption], pinned: set[str]) -> str:
     """Why ``shape: aggregated`` gives no plan, and the best feasible alternative."""
-    agg = [o for o in options if not o.deployable]
+    agg = [o for o in options if o.shape in AGGREGATED_SHAPES]
     why = "; ".join(
         f"{o.decode_cluster} {o.shape}: "
         + (
@@ -732,11 +837,23 @@ def _aggregated_pinned(options: list[ShapeOption]) -> str:
         )
         for o in agg
     )
-    best = best_option([o for o in options if o.deployable])
+    if any(not o.deployable for o in agg):
+        cause = (
+            "aggregated pools are deployed for one decode cluster only (with several, the "
+            "shared PrfaaS and link bounds do not model them yet)"
+        )
+    elif pinned & {o.decode_cluster for o in agg}:
+        cause = (
+            f"spec.pins fix PD-P/PD-D instances of {sorted(pinned)}, which an aggregated pool "
+            "does not have (remove those pins)"
+        )
+    else:
+        cause = "no aggregated pool meets the SLOs"
+    split = [o for o in options if o.shape not in AGGREGATED_SHAPES]
+    best = best_option([o for o in split if o.goodput_rps > 0] or split)
     return (
-        "spec.shape: aggregated cannot be deployed: the operator does not build aggregated "
-        f"(chunked-prefill) pools yet (planned: {why}); best feasible alternative: "
-        f"{best.shape} on {best.decode_cluster} at {best.goodput_rps:.3g} req/s "
+        f"spec.shape: aggregated cannot be deployed: {cause} (planned: {why}); best feasible "
+        f"alternative: {best.shape} on {best.decode_cluster} at {best.goodput_rps:.3g} req/s "
         f"({per_unit(best)}) — set shape: auto or disaggregated"
     )
 
@@ -770,15 +887,19 @@ def _size_for_target(out: Plan, target: float) -> None:
 
     scale("pdPrefill", "prefill-local")
     scale("pdDecode", "decode")
+    scale("aggregated", "decode")
     scale("prfaasCompute", "prefill-remote")
     if "prfaas" in st:
         st["prfaas"] = min(
             st["prfaas"], st.get("prfaasCompute", math.inf), st.get("link", math.inf)
         )
     p = out.offload_fraction
-    bounds = [st["pdDecode"]]
-    if p < 1:
-        bounds.append(st["pdPrefill"] / (1 - p) if st["pdPrefill"] > 0 else math.inf)
+    if "aggregated" in st:
+        bounds = [st["aggregated"]]
+    else:
+        bounds = [st["pdDecode"]]
+        if p < 1:
+            bounds.append(st["pdPrefill"] / (1 - p) if st["pdPrefill"] > 0 else math.inf)
     if p > 0 and "prfaas" in st:
         bounds.append(st["prfaas"] / p)
     out.throughput_rps = min(bounds)

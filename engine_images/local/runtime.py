@@ -4,7 +4,10 @@
 ``LocalLayout``: one vLLM CPU engine per planned (cluster, role), the tiny generated model, the
 router's file. A convertible pool (``Plan.convertible``: a decode cluster whose prefill and
 decode instances are interchangeable) runs as ``kv_both`` engines (``<cluster>-both-<i>``) with
-the plan's counts as the initial role assignment; ``LocalRuntime.assign`` changes roles live (it
+the plan's counts as the initial role assignment; an aggregated pool (``ClusterPlan.aggregated``)
+runs as ``aggregated`` engines (``<cluster>-aggregated-<i>``: ``kv_both`` with chunked prefill
+and the plan's token budget, the same ``launch.py`` flags as on Kubernetes), the router's local
+decode pool; ``LocalRuntime.assign`` changes roles live (it
 rewrites the router's file, which the router re-reads) and ``LocalRuntime.remove`` takes an
 engine out the way Kubernetes does: out of the router first, then ``drain``, then stopped.
 ``LocalRuntime`` starts it: engines first (each in its own process group, bound
@@ -73,7 +76,9 @@ __all__ = [
     "monolithic_layout",
 ]
 
-_ENGINE_PORT_BASE = {"prefill": 8100, "decode": 8200, "monolithic": 8300, "both": 8400}
+_ENGINE_PORT_BASE = {
+    "prefill": 8100, "decode": 8200, "monolithic": 8300, "both": 8400, "aggregated": 8500,
+}
 _DRAIN_SETTLE_S = 2.0
 """``remove`` waits this long before polling the engine: the router re-reads its file every
 second, so by then no new request goes to the engine."""
@@ -159,7 +164,7 @@ def build_layout(
     n = 0
     for cluster in plan.clusters:
         pool = convertible.get(cluster.name)
-        role: EngineRole = cluster.role
+        role: EngineRole = "aggregated" if cluster.aggregated else cluster.role
         count = cluster.instances
         if pool is not None:  # one pool of kv_both engines, built once (at the decode row)
             if cluster.role == "prefill":
@@ -194,6 +199,9 @@ def build_layout(
                 block_size=block_size,
                 max_model_len=max_model_len,
                 max_num_seqs=8,
+                # An aggregated pool's token budget (chunked prefill); vLLM's default elsewhere.
+                max_num_batched_tokens=cluster.max_num_batched_tokens if cluster.aggregated
+                else None,
                 dtype_bytes=plan.dtype_bytes,
                 enforce_eager=True,
                 cpu_kvcache_gib=kvcache_gib,
@@ -421,6 +429,8 @@ class LocalRuntime:
                 continue
             if e.role == "prefill" or e.role == "decode":
                 endpoints.setdefault(e.cluster, {}).setdefault(e.role, []).append(e.router_url)
+            elif e.role == "aggregated":  # the local decode pool; each prefills its own prompts
+                endpoints.setdefault(e.cluster, {}).setdefault("decode", []).append(e.router_url)
             elif e.role == "both":
                 assignment[e.router_url] = self.roles[e.name]
         plan = layout.plan

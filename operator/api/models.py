@@ -745,8 +745,10 @@ class ServingPlanSpec(_Model):
     shape: Literal["auto", "aggregated", "disaggregated"] = Field(
         default="auto",
         description="How each decode cluster serves: disaggregated (PD-P + PD-D), aggregated "
-        "(one chunked-prefill pool; not deployable yet, so refused as infeasible), or auto "
-        "(the best deployable shape; the plan's shapes table compares all of them).",
+        "(one Deployment of chunked-prefill engines with the planned token budget, long "
+        "prompts offloaded where that ranks best; infeasible where no aggregated pool meets "
+        "the SLOs, and with several decode clusters), or auto (the best-ranked deployable "
+        "shape; the plan's shapes table compares all of them).",
     )
     pins: list[InstancePin] = Field(
         default_factory=list,

@@ -120,8 +120,8 @@ def render_table(console: Console, name: str, plan: Plan, rate_basis: str = "") 
         console.print(base)
     if plan.shapes:
         shapes = Table(
-            title="Shapes per decode cluster (✓ deployed; † advisory: not deployable yet; "
-            "ranked per USD/h at catalog prices, else per GPU)",
+            title="Shapes per decode cluster (✓ deployed; † advisory: not deployed with several "
+            "decode clusters; ranked per USD/h at catalog prices, else per GPU)",
             title_justify="left",
         )
         for col in (

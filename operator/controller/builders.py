@@ -6,7 +6,9 @@ golden files and Kubernetes' own schemas. Per plan, for each cluster the plan us
 - per role with instances > 0, a ``Deployment`` of vLLM engines (a ``LeaderWorkerSet`` when one
   instance needs more GPUs than a node has) whose command line and environment come from
   ``prfaas.engine.vllm.launch`` (the one place engine flags are spelled), and a headless
-  ``Service``;
+  ``Service``; an aggregated decode row is ONE Deployment ``<plan>-<cluster>-aggregated`` of
+  chunked-prefill ``kv_both`` engines whose ``--max-num-batched-tokens`` is the plan's token
+  budget, the router's local decode pool (``pool_role``);
 - per decode cluster, the router: ``ServiceAccount``, ``Role`` and ``RoleBinding`` (read
   EndpointSlices in its namespace), ``ConfigMap`` (``prfaas.engine.router.config``'s file, so
   the router reads exactly what is written), ``Deployment`` and ``Service``;
@@ -85,6 +87,7 @@ __all__ = [
     "engine_drain",
     "engine_launch",
     "max_model_len",
+    "pool_role",
     "router_config_map",
     "router_config_text",
     "router_deployment",
@@ -103,8 +106,9 @@ DRAIN_SETTLE_S = 10
 DRAIN_EXIT_S = 30
 """Seconds the grace period leaves vLLM after the preStop, between SIGTERM and SIGKILL."""
 
-ChildRole = Literal["prefill", "decode", "both", "router"]
-"""``both``: the one Deployment of a convertible pool (``convertible_pools``)."""
+ChildRole = Literal["prefill", "decode", "both", "aggregated", "router"]
+"""``both``: the one Deployment of a convertible pool (``convertible_pools``); ``aggregated``:
+the one Deployment of an aggregated pool (``pool_role``)."""
 
 
 class BuildError(ValueError):
@@ -182,6 +186,12 @@ def _service_url(inputs: PlanInputs, target: ClusterTarget, role: str, seen_from
 # ----------------------------------------------------------------------------------------------
 
 
+def pool_role(cp: ClusterPlan) -> ChildRole:
+    """The role label and name suffix of ``cp``'s engines: ``aggregated`` for an aggregated
+    decode row (``ClusterPlan.aggregated``), else the row's role."""
+    return "aggregated" if cp.aggregated else cp.role
+
+
 def convertible_pools(inputs: PlanInputs) -> dict[str, ConvertiblePool]:
     """The decode clusters run as ONE Deployment of ``kv_both`` engines, by cluster name: the
     plan's convertible pools (``Plan.convertible``: same accelerator, TP×PP and flags), where
@@ -216,10 +226,12 @@ def engine_launch(
 
     ``dtype_bytes``: the plan's ``dtypeBytes``, pinned with ``--dtype`` so the engines keep the
     KV element size the plan's KV bytes per token (and the router's byte meter) assume.
-    ``convertible``: ``cp`` is the decode row of a convertible pool, run as ``kv_both``.
+    ``convertible``: ``cp`` is the decode row of a convertible pool, run as ``kv_both``. An
+    aggregated row runs role ``aggregated``: chunked prefill within its token budget
+    (``cp.max_num_batched_tokens``), KV from PrfaaS received as ``kv_both``.
     """
     return EngineLaunch(
-        role="both" if convertible else cp.role,
+        role="both" if convertible else ("aggregated" if cp.aggregated else cp.role),
         model=spec.model.source or spec.model.served_name,
         served_name=spec.model.served_name,
         port=ENGINE_PORT,
@@ -405,7 +417,7 @@ def _engine_workload(
     spec = inputs.spec
     check_engine_policy(spec, target)
     ns = target.spec.target.namespace
-    role: ChildRole = "both" if pool is not None else cp.role
+    role: ChildRole = "both" if pool is not None else pool_role(cp)
     name = child_name(inputs.name, target.name, role)
     meta = _meta(inputs, name, ns, target.name, role)
     meta["annotations"]["prfaas.io/tensor-parallel"] = str(cp.tensor_parallel)
@@ -598,7 +610,7 @@ def router_config_text(
             continue
         other = inputs.clusters[cp.name]
         endpoints.setdefault(cp.name, {})[cp.role] = [
-            _service_url(inputs, other, cp.role, seen_from=target.api_server)
+            _service_url(inputs, other, pool_role(cp), seen_from=target.api_server)
         ]
     try:
         cfg = router_config_from_plan(
@@ -648,10 +660,10 @@ def _discovered_pools(
             or other.spec.target.namespace != target.spec.target.namespace
         ):
             continue
-        url = _service_url(inputs, other, cp.role, seen_from=target.api_server)
+        url = _service_url(inputs, other, pool_role(cp), seen_from=target.api_server)
         for dc, eps in cfg.datacenters.items():
             if url in getattr(eps, cp.role):
-                service = child_name(inputs.name, cp.name, cp.role)
+                service = child_name(inputs.name, cp.name, pool_role(cp))
                 pools.append(
                     DiscoveredPool(datacenter=dc, role=cp.role, service=service, port=ENGINE_PORT)
                 )
@@ -852,7 +864,7 @@ def build_children(inputs: PlanInputs) -> dict[str, list[dict[str, Any]]]:
                 children.append(_engine_service(inputs, target, "both"))
             continue
         children.append(_engine_workload(inputs, target, cp))
-        children.append(_engine_service(inputs, target, cp.role))
+        children.append(_engine_service(inputs, target, pool_role(cp)))
     for rp in plan.routers:
         target = inputs.clusters.get(rp.decode_cluster)
         if target is None or target.kind != "DecodeCluster":

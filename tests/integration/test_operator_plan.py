@@ -262,3 +262,39 @@ async def test_deleting_the_plan_removes_children_in_both_clusters(world: World)
     for emulator in (world.local, world.remote):
         for res in ("apps/v1/deployments", "v1/services", "v1/configmaps"):
             assert world.children(emulator, res) == {}, res
+
+
+async def test_shape_aggregated_rolls_out_one_chunked_prefill_deployment(world: World) -> None:
+    """``spec.shape: aggregated`` on the case study: the kv_both split pool gives way to ONE
+    Deployment of chunked-prefill engines with the plan's token budget, which the router lists
+    as its local decode pool (no local prefill pool); PrfaaS keeps prefilling long prompts."""
+    await world.start_operator()
+    docs = await _apply_case_study(world, wait=True)
+    await world.edit_spec(docs["ServingPlan"], {"shape": "aggregated"})
+
+    def pd_rows() -> list[dict]:
+        sp = world.get_cr("ServingPlan", "hybrid-1t", "default") or {}
+        clusters = (sp.get("status") or {}).get("plan", {}).get("clusters", [])
+        return [c for c in clusters if c["name"] == "pd-h20"]
+
+    def rolled() -> dict | None:
+        kids = world.children(world.local)
+        dep = kids.get("hybrid-1t-pd-h20-aggregated")
+        done = dep is not None and "hybrid-1t-pd-h20-both" not in kids
+        return dep if done and len(pd_rows()) == 1 else None
+
+    dep = await world.until(rolled, what="the aggregated Deployment and status.plan")
+    rows = pd_rows()
+    assert [(r["role"], r["aggregated"]) for r in rows] == [("decode", True)]
+    assert dep["spec"]["replicas"] == rows[0]["instances"]
+    assert "--enable-chunked-prefill" in _args(dep)
+    assert _flag(dep, "--max-num-batched-tokens") == str(rows[0]["maxNumBatchedTokens"])
+    assert json.loads(_flag(dep, "--kv-transfer-config"))["kv_role"] == "kv_both"
+    cm = world.children(world.local, "v1/configmaps")["hybrid-1t-pd-h20-router"]
+    cfg = parse_router_config(cm["data"]["router.yaml"])
+    assert cfg.datacenters["dc-b"].prefill == [] and cfg.threshold_tokens is not None
+    assert cfg.discovery is not None
+    assert [(p.role, p.service) for p in cfg.discovery.pools] == [
+        ("decode", "hybrid-1t-pd-h20-aggregated")
+    ]
+    assert world.children(world.remote)  # PrfaaS still runs

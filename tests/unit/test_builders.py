@@ -495,3 +495,127 @@ def test_a_mooncake_pool_keeps_separate_deployments() -> None:
     names = {o["metadata"]["name"] for o in build_children(inputs)["pd-h20"]}
     assert {"hybrid-1t-pd-h20-prefill", "hybrid-1t-pd-h20-decode"} <= names
     assert "hybrid-1t-pd-h20-both" not in names
+
+
+def _aggregated_plan(threshold: float | None = 19400.0, budget: int = 2048) -> Plan:
+    """pd-h20 as one aggregated pool of 8 TP8 instances (token budget ``budget``), offloading
+    above ``threshold`` to prfaas-h200 (``None``: no offload, PrfaaS idle)."""
+    offload = threshold is not None
+    return Plan(
+        model="hybrid-1t",
+        threshold_tokens=threshold,
+        offload_fraction=0.4 if offload else 0.0,
+        throughput_rps=2.6,
+        kv_bytes_per_token=16800.0,
+        clusters=[
+            ClusterPlan("prfaas-h200", "dc-a", "prefill", "H200", 4 if offload else 0, 8, 1),
+            ClusterPlan(
+                "pd-h20", "dc-b", "decode", "H20", 8, 8, 1, "roofline",
+                max_num_seqs=20, max_num_batched_tokens=budget, aggregated=True,
+            ),
+        ],
+        links=[LinkPlan("dc-a-to-dc-b", "dc-a", "dc-b", 100.0, 0.8, 10.0 if offload else 0.0)],
+        routers=[
+            RouterPlan(
+                "pd-h20", threshold, 16800.0, 0.0,
+                [RemotePrefill("prfaas-h200", "dc-a-to-dc-b")] if offload else [],
+            )
+        ],
+    )
+
+
+def _args(dep: dict[str, Any]) -> list[str]:
+    return list(dep["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+def test_an_aggregated_pool_is_one_deployment_of_chunked_prefill_engines() -> None:
+    children = build_children(_inputs(_aggregated_plan(budget=2048)))
+    mine = children["pd-h20"]
+    engines = [o for o in mine if o["metadata"]["labels"][LABEL_ROLE] == "aggregated"]
+    assert sorted(o["kind"] for o in engines) == ["Deployment", "Service"]
+    dep = next(o for o in engines if o["kind"] == "Deployment")
+    assert dep["metadata"]["name"] == "hybrid-1t-pd-h20-aggregated"
+    assert dep["spec"]["replicas"] == 8
+    args = _args(dep)
+    assert "--enable-chunked-prefill" in args
+    assert args[args.index("--max-num-batched-tokens") + 1] == "2048"  # the plan's budget
+    assert args[args.index("--max-num-seqs") + 1] == "20"
+    assert json.loads(args[args.index("--kv-transfer-config") + 1])["kv_role"] == "kv_both"
+    # One engine Deployment in the cluster: no PD-P, no PD-D, no kv_both convertible pool.
+    deployments = [o["metadata"]["name"] for o in mine if o["kind"] == "Deployment"]
+    assert sorted(deployments) == ["hybrid-1t-pd-h20-aggregated", "hybrid-1t-pd-h20-router"]
+    for obj in mine:
+        _validate(obj)
+    # The flags are launch.py's: the builders add none of their own.
+    plan = _aggregated_plan()
+    launch = engine_launch(_inputs().spec, plan.clusters[1], plan.dtype_bytes)
+    assert args == vllm_argv(launch)[3:]
+    # PrfaaS still runs its prefill engines (the remote path).
+    prfaas = {o["metadata"]["name"] for o in children["prfaas-h200"]}
+    assert "hybrid-1t-prfaas-h200-prefill" in prfaas
+
+
+def test_the_aggregated_pool_is_the_routers_local_decode_pool() -> None:
+    mine = build_children(_inputs(_aggregated_plan()))["pd-h20"]
+    cm = next(o for o in mine if o["kind"] == "ConfigMap")
+    cfg = parse_router_config(cm["data"]["router.yaml"])
+    local = cfg.datacenters["dc-b"]
+    # Local requests: one aggregated instance prefills (chunked) and decodes; no PD-P pool.
+    assert local.decode == ["http://hybrid-1t-pd-h20-aggregated.default.svc.cluster.local:8000"]
+    assert local.prefill == [] and local.convertible == {}
+    # Remote requests: PrfaaS prefills, the aggregated instance is the decode target.
+    assert cfg.threshold_tokens == 19400.0 and cfg.remote_datacenters == ["dc-a"]
+    assert cfg.datacenters["dc-a"].prefill == [
+        "http://hybrid-1t-prfaas-h200-prefill.prefill.svc.clusterset.local:8000"
+    ]
+    assert cfg.discovery is not None
+    assert [(p.role, p.service) for p in cfg.discovery.pools] == [
+        ("decode", "hybrid-1t-pd-h20-aggregated")
+    ]
+    # The in-flight bound counts the aggregated instances' seats.
+    assert cfg.admission.max_in_flight == 2 * 8 * _inputs().spec.engine.max_batch_size
+
+
+def test_an_aggregated_pool_without_offload_routes_everything_locally() -> None:
+    children = build_children(_inputs(_aggregated_plan(threshold=None)))
+    assert not [o for o in children["prfaas-h200"] if o["kind"] == "Deployment"]
+    cm = next(o for o in children["pd-h20"] if o["kind"] == "ConfigMap")
+    cfg = parse_router_config(cm["data"]["router.yaml"])
+    assert cfg.threshold_tokens is None and cfg.remote_datacenters == []
+
+
+def test_aggregated_engines_with_mooncake_consume_kv_and_need_a_budget() -> None:
+    inputs = _inputs(_aggregated_plan())
+    engine = inputs.spec.engine.model_copy(update={"connector": "MooncakeConnector"})
+    spec = inputs.spec.model_copy(update={"engine": engine})
+    launch = engine_launch(spec, _aggregated_plan().clusters[1])
+    argv = vllm_argv(launch)
+    assert json.loads(argv[argv.index("--kv-transfer-config") + 1])["kv_role"] == "kv_consumer"
+    assert "--enable-chunked-prefill" in argv
+    with pytest.raises(ValueError, match="max_num_batched_tokens"):
+        vllm_argv(replace(launch, max_num_batched_tokens=None))
+
+
+def test_the_planned_aggregated_shape_deploys_its_budget(tmp_path: Path) -> None:
+    """From the planner to the Deployment: the case study at a loose TPOT SLO deploys its
+    aggregated+offload row (``spec.shape: auto``), whose token budget reaches vLLM's flags."""
+    from prfaas.operator.api.manifests import load_manifests
+    from prfaas.operator.api.translate import problems_from_manifests
+    from prfaas.planner.solver import plan as make_plan
+
+    docs = _docs()
+    docs["ServingPlan"]["spec"]["slo"]["tpot"] = "200ms"
+    path = tmp_path / "loose.yaml"
+    path.write_text(yaml.safe_dump_all(list(docs.values())))
+    (problem,) = problems_from_manifests(load_manifests(path).resources)
+    planned = make_plan(problem)
+    (row,) = [o for o in planned.shapes if o.chosen]
+    assert row.shape == "aggregated+offload" and row.token_budget is not None
+    inputs = _inputs(planned)
+    dep = next(
+        o for o in build_children(inputs)["pd-h20"]
+        if o["metadata"]["name"] == "hybrid-1t-pd-h20-aggregated"
+    )
+    args = _args(dep)
+    assert args[args.index("--max-num-batched-tokens") + 1] == str(row.token_budget)
+    assert dep["spec"]["replicas"] == row.instances

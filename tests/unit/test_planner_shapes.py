@@ -92,7 +92,7 @@ def case_study() -> Plan:
     return plan(problem)
 
 
-def test_case_study_compares_four_shapes_and_deploys_the_split(case_study: Plan) -> None:
+def test_case_study_compares_four_shapes_and_auto_deploys_the_split(case_study: Plan) -> None:
     rows = {o.shape: o for o in case_study.shapes}
     assert set(rows) == {
         "disaggregated",
@@ -104,10 +104,12 @@ def test_case_study_compares_four_shapes_and_deploys_the_split(case_study: Plan)
     assert [o.shape for o in chosen] == ["disaggregated+offload"]
     assert chosen[0].goodput_rps == pytest.approx(case_study.throughput_rps, rel=1e-6)
     assert chosen[0].threshold_tokens == case_study.threshold_tokens
-    # The operator cannot deploy aggregated pools: those rows are advisory and carry a budget.
+    # One decode cluster: the aggregated rows are deployable and carry a budget; auto keeps
+    # the split, which ranks best here.
     for shape in ("aggregated", "aggregated+offload"):
-        assert not rows[shape].deployable
+        assert rows[shape].deployable
         assert rows[shape].token_budget is not None and rows[shape].token_budget >= 16
+    assert not any(c.aggregated for c in case_study.clusters)
     # Offload helps either shape (long prompts leave the local pool).
     assert rows["aggregated+offload"].goodput_rps > rows["aggregated"].goodput_rps
     assert rows["disaggregated+offload"].goodput_rps > rows["disaggregated"].goodput_rps
@@ -133,8 +135,9 @@ def test_plan_prints_the_shape_table(case_study: Plan) -> None:
     render_table(console, "case-study", case_study)
     text = console.export_text()
     assert "Shapes per decode cluster" in text
+    assert "†" not in text.split("Shapes per decode cluster")[1].split(")", 1)[1]
     for word in (
-        "aggregated+offload †",
+        "aggregated+offload",
         "disaggregated+offload ✓",
         "token budget",
         "per GPU",
@@ -150,10 +153,82 @@ def test_pinned_shapes(case_study: Plan) -> None:
     split = plan(replace(problem, shape="disaggregated"))
     assert split.feasible and split.throughput_rps == case_study.throughput_rps
     pinned = plan(replace(problem, shape="aggregated"))
-    assert not pinned.feasible
-    assert "spec.shape: aggregated" in pinned.reason
-    assert "best feasible alternative: disaggregated+offload" in pinned.reason
-    assert "aggregated+offload" in pinned.reason  # what aggregated would have given
+    assert pinned.feasible, pinned.reason
+    _check_deploys_aggregated(pinned, "aggregated+offload")
+
+
+def _check_deploys_aggregated(p: Plan, shape: str) -> None:
+    """``p`` deploys its ``shape`` row for pd-h20: one aggregated decode row with the row's
+    instances and token budget, no PD-P, the row's ``t`` and rate, PrfaaS running."""
+    (row,) = [o for o in p.shapes if o.chosen]
+    assert row.shape == shape and row.deployable
+    mine = [c for c in p.clusters if c.name == "pd-h20"]
+    assert [(c.role, c.aggregated) for c in mine] == [("decode", True)]
+    assert mine[0].instances == row.instances
+    assert mine[0].max_num_batched_tokens == row.token_budget
+    assert p.throughput_rps == pytest.approx(row.goodput_rps)
+    assert p.threshold_tokens == row.threshold_tokens
+    (router,) = p.routers
+    assert router.threshold_tokens == row.threshold_tokens
+    assert router.rate_rps == pytest.approx(row.goodput_rps)
+    assert "aggregated" in p.stages and p.bottleneck in ("aggregated", "prfaas", "link")
+    assert p.convertible() == []  # no PD-P: not a convertible pool
+    prfaas = [c for c in p.clusters if c.name == "prfaas-h200"]
+    if row.threshold_tokens is not None:
+        assert [r.prefill_cluster for r in router.remotes] == ["prfaas-h200"]
+        assert prfaas[0].instances > 0 and 0 < p.offload_fraction < 1
+        assert sum(lk.egress_gbps for lk in p.links) > 0
+    else:
+        assert router.remotes == [] and p.offload_fraction == 0
+    assert any(f"pd-h20 deployed as {shape}" in n for n in p.notes)
+    # The JSON contract carries the choice and reads back.
+    data = p.to_dict()
+    assert [c["aggregated"] for c in data["clusters"] if c["name"] == "pd-h20"] == [True]
+    assert Plan.from_dict(data).to_dict() == data
+
+
+def test_auto_deploys_an_aggregated_row_that_ranks_best() -> None:
+    """With a looser TPOT SLO the case study's aggregated pool with offload ranks above the
+    split per USD/h: ``auto`` deploys it (issue #18: ``auto`` deploys the best-ranked shape)."""
+    (problem,) = problems_from_manifests(load_manifests(SAMPLE).resources)
+    loose = replace(problem, slo=replace(problem.slo, tpot_s=0.2))
+    p = plan(loose)
+    assert p.feasible, p.reason
+    best = max(p.shapes, key=lambda o: o.goodput_per_cost)
+    assert best.shape == "aggregated+offload"
+    _check_deploys_aggregated(p, "aggregated+offload")
+    split = plan(replace(loose, shape="disaggregated"))
+    assert not any(c.aggregated for c in split.clusters)
+    assert [o.shape for o in split.shapes if o.chosen] == ["disaggregated+offload"]
+
+
+def test_a_pinned_aggregated_shape_without_offload_deploys_no_prfaas() -> None:
+    """``aggregated`` with offload off: the local pool alone, PrfaaS idle, nothing routed."""
+    (problem,) = problems_from_manifests(load_manifests(SAMPLE).resources)
+    loose = replace(
+        problem,
+        slo=replace(problem.slo, tpot_s=0.2),
+        offload=replace(problem.offload, mode="off"),
+        shape="aggregated",
+    )
+    p = plan(loose)
+    assert p.feasible, p.reason
+    _check_deploys_aggregated(p, "aggregated")
+    assert all(c.instances == 0 for c in p.clusters if c.name == "prfaas-h200")
+
+
+def test_target_sizing_scales_the_aggregated_pool() -> None:
+    (problem,) = problems_from_manifests(load_manifests(SAMPLE).resources)
+    pinned = replace(problem, slo=replace(problem.slo, tpot_s=0.2), shape="aggregated")
+    full = plan(pinned)
+    row = next(o for o in full.shapes if o.chosen)
+    workload = replace(pinned.workload, requests_per_second=row.goodput_rps / 2)
+    half = plan(replace(pinned, workload=workload))
+    assert half.feasible, half.reason
+    (agg,) = [c for c in half.clusters if c.aggregated]
+    assert 1 <= agg.instances < row.instances
+    assert half.throughput_rps >= row.goodput_rps / 2
+    assert agg.max_num_batched_tokens == row.token_budget
 
 
 def test_a_pinned_shape_that_cannot_meet_the_slo_is_infeasible_with_the_best_alternative() -> None:
@@ -300,3 +375,63 @@ def test_a_dear_prfaas_gpu_makes_aggregated_offload_offload_less() -> None:
         assert row.threshold_tokens is not None
         t[name] = row.threshold_tokens
     assert t["dear"] > t["catalog"]
+
+
+def test_several_decode_clusters_keep_aggregated_rows_advisory() -> None:
+    """With several decode clusters each aggregated row's offload assumes the shared PrfaaS
+    pools to itself: those rows are advisory, ``auto`` deploys the split and ``aggregated`` is
+    infeasible saying why, with the best feasible alternative."""
+    from prfaas.planner.problem import ClusterInput, LinkInput, Problem, SloInput, WorkloadInput
+
+    problem = Problem(
+        "two",
+        MODELS["hybrid-1t"],
+        (
+            ClusterInput("pre", "a", "prefill", GPUS["H200"], 64),
+            ClusterInput("fat", "b", "decode", GPUS["H20"], 64),
+            ClusterInput("thin", "c", "decode", GPUS["H20"], 32),
+        ),
+        (LinkInput("ab", "a", "b", 100.0), LinkInput("ac", "a", "c", 3.0)),
+        WorkloadInput(LogNormal(math.log(8000), 1.0, 256, 128_000), Fixed(1024)),
+        SloInput(10.0, 0.2),
+    )
+    p = plan(problem)
+    assert p.feasible, p.reason
+    agg = [o for o in p.shapes if o.shape.startswith("aggregated")]
+    assert agg and not any(o.deployable or o.chosen for o in agg)
+    assert not any(c.aggregated for c in p.clusters)
+    pinned = plan(replace(problem, shape="aggregated"))
+    assert not pinned.feasible
+    assert "deployed for one decode cluster only" in pinned.reason
+    assert "best feasible alternative: disaggregated" in pinned.reason
+
+
+def test_the_token_budget_stays_within_the_model_length() -> None:
+    """The budget is vLLM's ``--max-num-batched-tokens``: at most the model length (whole KV
+    blocks), like ``spec.engine.maxNumBatchedTokens``; a rate that needs more is refused."""
+    free = _agg(4000, 0.2)
+    assert free.token_budget > 1024
+    capped = aggregated_instance(
+        LLAMA, 4000, 300, 4150, 0.2, 10.0, 4e5, 256, max_budget=1000
+    )
+    assert capped.token_budget <= 1000 and capped.token_budget % KV_BLOCK_TOKENS == 0
+    assert capped.rate_rps <= free.rate_rps
+    sample = Path(__file__).resolve().parents[2] / "crds" / "samples" / "aggregated.yaml"
+    (problem,) = problems_from_manifests(load_manifests(sample).resources)
+    for row in plan(problem).shapes:
+        assert row.token_budget is None or row.token_budget <= problem.model.max_context
+
+
+def test_the_simulator_runs_the_deployed_aggregated_pool_as_one() -> None:
+    """The plan's own configuration (``prfaas simulate``) simulates the aggregated row it
+    deploys as an aggregated pool with its budget, with no (colocated) local prefill pool."""
+    from prfaas.planner.sim.scenarios import PRFAAS, scenarios
+
+    sample = Path(__file__).resolve().parents[2] / "crds" / "samples" / "aggregated.yaml"
+    (problem,) = problems_from_manifests(load_manifests(sample).resources)
+    p = plan(problem)
+    (agg,) = [c for c in p.clusters if c.aggregated]
+    cfg = next(s.config for s in scenarios(problem, p) if s.name == PRFAAS)
+    assert cfg.decode is not None and cfg.decode.aggregated
+    assert cfg.decode.token_budget == agg.max_num_batched_tokens
+    assert [pool.datacenter for pool in cfg.prefill] == ["dc-a"]  # PrfaaS only
