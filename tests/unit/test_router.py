@@ -354,6 +354,28 @@ async def test_cache_affinity_sends_a_repeated_prefix_to_the_same_prefill_instan
         assert holder_b == [b, b + "q3"]
 
 
+async def test_an_aggregated_pool_prefills_locally_by_affinity_and_decodes_remote_kv() -> None:
+    """An aggregated pool (the plan's ``aggregated`` row: decode instances, no local prefill
+    pool): a local prompt goes untouched to one aggregated instance, the one holding its prefix;
+    a long one is prefilled remotely and decoded by an aggregated instance with the KV params."""
+    async with rig(decode=2, threshold_tokens=80) as r:
+        a = "shared system prompt, version A: " * 2
+        b = "a completely different preamble! " * 2
+        for prompt in (a, b, a + "q1", a + "q2", b + "q3"):
+            status, headers, _ = await r.post("/v1/completions", {"prompt": prompt})
+            assert status == 200 and headers["X-PrfaaS-Route"] == "local"
+        got = [[x.body for x in e.received] for e in r.decode]
+        assert all("kv_transfer_params" not in body for bodies in got for body in bodies)
+        prompts = [[body["prompt"] for body in bodies] for bodies in got]
+        assert sorted(prompts) == sorted([[a, a + "q1", a + "q2"], [b, b + "q3"]])
+        long = "an unrelated long prompt with many more than eighty byte tokens in it, " * 2
+        status, headers, _ = await r.post("/v1/completions", {"prompt": long})
+        assert status == 200 and headers["X-PrfaaS-Route"] == "remote"
+        (issued,) = r.remote[0].issued
+        pulled = [x.body for e in r.decode for x in e.received if x.body["prompt"] == long]
+        assert [body["kv_transfer_params"] for body in pulled] == [issued]
+
+
 async def test_a_cached_long_prompt_is_not_offloaded_again() -> None:
     async with rig() as r:
         await r.post("/v1/completions", {"prompt": LONG})
