@@ -564,6 +564,8 @@ class LocalRuntime:
             "engines": [
                 {"name": e.name, "role": self.roles.get(e.name, e.role),
                  "kvBoth": e.role == "both", "datacenter": e.datacenter, "url": e.url,
+                 "tokenBudget": e.launch.max_num_batched_tokens if e.role == "aggregated"
+                 else None,
                  "core": e.launch.cpu_threads_bind,
                  "namespace": e.net.namespace if e.net else None}
                 for e in self.layout.engines

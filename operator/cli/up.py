@@ -172,7 +172,9 @@ def _print_summary(runtime: Any, console: Any = None) -> None:
         started = runtime.start_seconds.get(e["name"])
         table.add_row(
             e["name"],
-            f"{e['role']} (kv_both)" if e.get("kvBoth") else e["role"],
+            f"{e['role']} (kv_both)" if e.get("kvBoth")
+            else f"{e['role']} (chunked prefill, budget {e['tokenBudget']})"
+            if e.get("tokenBudget") else e["role"],
             e["datacenter"],
             e["url"],
             str(e["core"]),

@@ -50,3 +50,17 @@ def test_aggregated_engines_run_chunked_prefill_with_the_plans_budget(tmp_path: 
     assert cfg.datacenters["dc-b"].prefill == [] and cfg.datacenters["dc-b"].convertible == {}
     assert cfg.datacenters["dc-a"].prefill == [layout.engine("prefill").router_url]
     assert cfg.threshold_tokens == 256
+
+
+def test_prfaas_up_summary_names_the_aggregated_engine_and_its_budget(tmp_path: Path) -> None:
+    from prfaas.operator.cli.up import _print_summary
+    from rich.console import Console
+
+    plan = local_plan(load_manifests(SAMPLE))
+    (agg,) = [c for c in plan.clusters if c.aggregated]
+    runtime = LocalRuntime(build_layout(plan, model_dir=tmp_path), workdir=tmp_path)
+    console = Console(width=300, record=True)
+    _print_summary(runtime, console)
+    text = console.export_text()
+    assert "local-decode-aggregated-0" in text
+    assert f"aggregated (chunked prefill, budget {agg.max_num_batched_tokens})" in text
