@@ -2,6 +2,11 @@
 
     .venv/bin/python bench/simulator.py                 # 10k and 100k requests, 3 repeats
     .venv/bin/python bench/simulator.py --sizes 100000 --repeat 1 --profile
+    .venv/bin/python bench/simulator.py --sizes 100000 --repeat 5 --compare   # chains' cost
+
+``--compare`` runs each size without and with ``--chains`` in alternation (a shared host's load
+then weighs on both alike) and prints the median CPU seconds of each and their ratio: the
+issue-20 target is chains within 1.2x of the chain-less run.
 
 Each size runs in a fresh subprocess so that its peak RSS (``resource.getrusage``) is its own.
 The configuration is the case study's PrfaaS-PD plan (4×H200 PrfaaS + 3 PD-P + 5 PD-D H20
@@ -84,6 +89,35 @@ def _one(n: int, profile: bool, chains: bool) -> dict[str, float]:
     }
 
 
+def _run(n: int, chains: bool) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--one", str(n)] + (["--chains"] if chains else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+    row: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return row
+
+
+def _compare(sizes: list[int], repeat: int) -> None:
+    print(
+        f"{'requests':>9} {'CPU s':>7} {'chains':>7} {'ratio':>6}  "
+        f"(medians of {repeat}; target 1.2)"
+    )
+    for n in sizes:
+        plain: list[float] = []
+        chained: list[float] = []
+        blocks = 0.0
+        for _ in range(repeat):
+            plain.append(_run(n, False)["cpu_s"])
+            row = _run(n, True)
+            chained.append(row["cpu_s"])
+            blocks = row["chain_blocks"]
+        a, b = statistics.median(plain), statistics.median(chained)
+        pairs = " ".join(f"{c / p:.2f}" for p, c in zip(plain, chained, strict=True))
+        print(
+            f"{n:>9,} {a:>7.2f} {b:>7.2f} {b / a:>6.2f}  (runs {sorted(plain)} / {sorted(chained)} "
+            f"s; pairwise {pairs}; {blocks:.1f} chain blocks per request)"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -94,10 +128,18 @@ def main() -> None:
         action="store_true",
         help="give requests 512-token block chains (shared by conversation) and prefix caches",
     )
+    ap.add_argument(
+        "--compare",
+        action="store_true",
+        help="alternate runs without and with --chains; print median CPU seconds and the ratio",
+    )
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(_one(args.one, args.profile, args.chains)))
+        return
+    if args.compare:
+        _compare(args.sizes, args.repeat)
         return
     print(
         f"{'requests':>9} {'sim s':>7} {'req/s':>9} {'events/s':>10} {'RSS MB':>7} "

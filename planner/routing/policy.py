@@ -36,7 +36,8 @@ rules, chosen once for both:
 * **Lookups**: the instance cache's ``match`` (``PrefixCache`` in the router,
   ``DensePrefixCache`` in the simulator; it marks the held blocks recently used) on every
   instance looked at, once per decision: a memo is shared by the decode pick, the uncached
-  length and the local prefill pick.
+  length and the local prefill pick. A cache of zero capacity holds nothing, so it is never
+  looked up (its prefix is 0).
 """
 
 from __future__ import annotations
@@ -188,24 +189,40 @@ class RoutingCore(Generic[T, L]):
         block count. ``matched`` (one decision's memo, same ``hashes``) holds the prefix length
         of every instance already looked up: looking again would give the same count and LRU
         order."""
+        return self._pick(instances, hashes, len(hashes) > 0, now, matched)
+
+    def _pick(
+        self,
+        instances: Sequence[T],
+        hashes: Sized,
+        any_blocks: bool,
+        now: float,
+        matched: dict[T, int] | None,
+    ) -> tuple[T | None, int]:
+        """``pick`` with ``len(hashes) > 0`` known (``decide`` asks it once per request)."""
         healthy = instances if self.always_available else [i for i in instances if i.available(now)]
         if not healthy:
             return None, 0
-        if not len(hashes):  # nothing to match: fewest in flight, then least recently picked
+        if not any_blocks:  # nothing to match: fewest in flight, then least recently picked
             best = min(healthy, key=_load_order)
             best.last_pick = next(self._picks)
             return best, 0
-        limit = min([i.in_flight for i in healthy]) + self.affinity_max_imbalance
+        limit = -1  # found with the first instance that can hold anything
         best_blocks = 0
         top: list[T] = []  # the instances holding the longest prefix, in pool order
         for inst in healthy:
+            cache = inst.cache
+            if not cache.capacity_blocks:
+                continue  # holds nothing, ever: its prefix is 0 without a lookup
+            if limit < 0:
+                limit = min([i.in_flight for i in healthy]) + self.affinity_max_imbalance
             if inst.in_flight > limit:
                 continue  # too loaded for affinity: its prefix counts as 0, not looked up
             if matched is None:
-                blocks = inst.cache.match(hashes)
+                blocks = cache.match(hashes)
             else:
                 got = matched.get(inst)
-                blocks = matched[inst] = inst.cache.match(hashes) if got is None else got
+                blocks = matched[inst] = cache.match(hashes) if got is None else got
             if blocks > best_blocks:
                 best_blocks, top = blocks, [inst]
             elif blocks and blocks == best_blocks:
@@ -218,13 +235,14 @@ class RoutingCore(Generic[T, L]):
         """Route one prompt of ``prompt_tokens`` tokens whose block chain is ``hashes``."""
         bs = self.block_size
         n = prompt_tokens
+        any_blocks = len(hashes) > 0
         matched: dict[T, int] = {}
-        decode, decode_blocks = self.pick(self.decode, hashes, now, matched)
+        decode, decode_blocks = self._pick(self.decode, hashes, any_blocks, now, matched)
         if decode is None and self.decode:
             return Decision("local", n, n, None, None)  # no decode available: the caller refuses
         local_cached = 0
-        for inst in (self.local_prefill or self.decode) if len(hashes) else ():
-            if self.always_available or inst.available(now):
+        for inst in (self.local_prefill or self.decode) if any_blocks else ():
+            if inst.cache.capacity_blocks and (self.always_available or inst.available(now)):
                 blocks = matched.get(inst)
                 if blocks is None:
                     blocks = matched[inst] = inst.cache.match(hashes)
@@ -252,7 +270,7 @@ class RoutingCore(Generic[T, L]):
         if best is None and force:
             best = next(((ln, p) for ln, p in self.remote if p), None)
         if best is not None:
-            prefill, blocks = self.pick(best[1], hashes, now)
+            prefill, blocks = self._pick(best[1], hashes, any_blocks, now, None)
             if prefill is not None:
                 return Decision(
                     "remote",
@@ -264,7 +282,7 @@ class RoutingCore(Generic[T, L]):
                     self.kv_bytes(n, decode_blocks * bs),
                     min(n, blocks * bs),
                 )
-        prefill, blocks = self.pick(self.local_prefill, hashes, now, matched)
+        prefill, blocks = self._pick(self.local_prefill, hashes, any_blocks, now, matched)
         if prefill is None and self.decode_prefills:
             blocks = decode_blocks  # decode (an aggregated instance) prefills: its own prefix
         return Decision("local", n, uncached, decode, prefill, None, 0.0, min(n, blocks * bs))

@@ -15,6 +15,7 @@ known only as requests arrive); ``DensePrefixCache`` keys ids numbered ``0..n-1`
 from __future__ import annotations
 
 import struct
+from array import array
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,10 @@ __all__ = [
     "PrefixCache",
     "block_hashes",
 ]
+
+
+_STAMP32_MAX = int(np.iinfo(np.int32).max)
+"""The largest log position ``DensePrefixCache`` keeps in int32 stamps."""
 
 
 def block_hashes(tokens: Sequence[int], block_size: int, *, salt: bytes = b"") -> list[int]:
@@ -161,12 +166,19 @@ class DensePrefixCache:
     touched blocks whatever happened between, so work waits until a lookup needs it: inserts
     queue, and a lookup whose first block is neither stamped nor queued misses at once; other
     lookups first apply the queue (one vectorised pass) and evict the oldest live entries.
+
+    ``holders`` (one ``array("i")`` of ``n_ids`` zeros shared by several caches) counts, per
+    block that only ever starts a chain (``Chains.heads_only_lead``), the caches that hold or
+    queue it: where a prompt's first block has count 0 no cache can match it, so the simulator
+    skips every lookup (other blocks' counts are not kept).
     """
 
     __slots__ = (
         "_flag",
         "_flags",
         "_head",
+        "_holders",
+        "_holders_np",
         "_live",
         "_log",
         "_queued",
@@ -176,24 +188,28 @@ class DensePrefixCache:
         "capacity_blocks",
     )
 
-    def __init__(self, capacity_blocks: int, n_ids: int) -> None:
+    def __init__(self, capacity_blocks: int, n_ids: int, holders: array[int] | None = None) -> None:
         self.capacity_blocks = capacity_blocks
         size = max(n_ids, 0) if capacity_blocks > 0 else 0
-        self._stamp = np.zeros(size, dtype=np.int64)
-        """0: not held; else 1 + the position of the block's live log entry."""
+        self._stamp = np.zeros(size, dtype=np.int32)
+        """0: not held; else 1 + the position of the block's live log entry (int32: half the
+        memory traffic of int64; widened if the log ever outgrows it)."""
         self._log = np.zeros(1024, dtype=np.int64)
-        self._steps = np.arange(len(self._log) + 1, dtype=np.int64)
+        self._steps = np.arange(len(self._log) + 1, dtype=np.int32)
         self._head = 0
         """Log entries before it are dead."""
         self._tail = 0
         self._live = 0
-        """Blocks with a non-zero stamp: held, or due for eviction at the next lookup."""
+        """Blocks flagged (held, queued, or due for eviction at the next lookup): counted as
+        they are inserted, so applying the queue needs no count."""
         self._queued: list[npt.NDArray[np.int64]] = []
         """Inserted chains not applied yet, each reversed (tail first)."""
         self._flags = bytearray(size)
         """1 for a block that is stamped or queued (read one at a time as Python ints: the
         quick miss test); ``_flag`` is the same memory in numpy."""
         self._flag = np.frombuffer(self._flags, dtype=np.uint8) if size else np.zeros(0, np.uint8)
+        self._holders = holders if size else None
+        self._holders_np = None if holders is None or not size else np.frombuffer(holders, np.int32)
 
     @staticmethod
     def _chain(hashes: Any) -> DenseChain:
@@ -214,14 +230,10 @@ class DensePrefixCache:
                 self._compact(n)
             t = self._tail
             stamps = self._steps[t + 1 : t + n + 1]
-            stamp = self._stamp
-            was = stamp[batch]
             if len(queued) == 1:  # one chain: distinct ids
-                stamp[batch] = stamps
-                self._live += n - int(np.count_nonzero(was))
-            else:  # chains may share blocks: the latest touch wins, and is the one counted
-                np.maximum.at(stamp, batch, stamps)
-                self._live += int(np.count_nonzero((was == 0) & (stamp[batch] == stamps)))
+                self._stamp[batch] = stamps
+            else:  # chains may share blocks: the latest touch wins
+                np.maximum.at(self._stamp, batch, stamps)
             self._log[t : t + n] = batch
             self._tail = t + n
             queued.clear()
@@ -232,7 +244,8 @@ class DensePrefixCache:
     def _held(self, ids: npt.NDArray[np.int64]) -> int:
         self._settle()
         held = self._stamp[ids] != 0
-        return len(held) if held.all() else int(held.argmin())
+        n = int(held.argmin())  # the first block not held (0 also when all are)
+        return len(held) if n == 0 and held[0] else n
 
     def peek(self, hashes: Any) -> int:
         """Like ``match`` but leaves recency alone."""
@@ -264,9 +277,15 @@ class DensePrefixCache:
         if self.capacity_blocks <= 0:
             return
         chain = hashes if type(hashes) is DenseChain else self._chain(hashes)
-        if chain.first >= 0:
-            self._queued.append(chain.ids[::-1])
-            self._flag[chain.ids] = 1
+        first = chain.first
+        if first >= 0:
+            if self._holders is not None and not self._flags[first]:
+                self._holders[first] += 1
+            ids = chain.ids
+            flag = self._flag
+            self._live += len(ids) - int(np.count_nonzero(flag[ids]))  # blocks new to it
+            self._queued.append(ids[::-1])
+            flag[ids] = 1
 
     def _touch(self, rev: npt.NDArray[np.int64]) -> None:
         """Stamp held blocks ``rev`` in this order (the last most recent) at the log's end."""
@@ -285,8 +304,11 @@ class DensePrefixCache:
         ids = ids[self._stamp[ids] == self._steps[h + 1 : t + 1]]
         k = len(ids)
         if 2 * (k + room) > len(self._log):
-            self._log = np.zeros(4 * (k + room), dtype=np.int64)
-            self._steps = np.arange(len(self._log) + 1, dtype=np.int64)
+            size = 4 * (k + room)
+            if size >= _STAMP32_MAX and self._stamp.dtype == np.int32:  # would overflow: widen
+                self._stamp = self._stamp.astype(np.int64)
+            self._log = np.zeros(size, dtype=np.int64)
+            self._steps = np.arange(size + 1, dtype=self._stamp.dtype)
         self._log[:k] = ids
         self._stamp[ids] = self._steps[1 : k + 1]
         self._head, self._tail = 0, k
@@ -299,13 +321,15 @@ class DensePrefixCache:
         while True:
             e = min(h + window, t)
             ids = log[h:e]
-            live = np.flatnonzero(stamp[ids] == steps[h + 1 : e + 1])
+            live = (stamp[ids] == steps[h + 1 : e + 1]).nonzero()[0]
             if len(live) >= k or e == t:
                 break
             window *= 4
         gone = ids[live[:k]]
         stamp[gone] = 0
         self._flag[gone] = 0
+        if self._holders_np is not None:
+            self._holders_np[gone] -= 1  # right for blocks that only start chains
         self._live -= len(gone)
         self._head = h + int(live[k - 1]) + 1
 
@@ -368,6 +392,20 @@ class Chains:
             out = (dense, int(dense[order[-1]]) + 1)
         object.__setattr__(self, "_dense_ids", out)
         return out
+
+    def heads_only_lead(self) -> bool:
+        """Whether no chain's first block is a later block of another chain (so whenever
+        block ``i``'s id names the prefix ``0..i``): ``DensePrefixCache``'s ``holders`` count
+        first blocks exactly then."""
+        ids, n = self.dense()
+        heads = self.offsets[:-1][self.lengths() > 0]
+        if not len(heads):
+            return True
+        later = np.ones(len(ids), dtype=bool)
+        later[heads] = False
+        seen = np.zeros(n, dtype=bool)
+        seen[ids[later]] = True
+        return not bool(seen[ids[heads]].any())
 
     def lengths(self) -> npt.NDArray[np.int64]:
         """Blocks per request."""

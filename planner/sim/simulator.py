@@ -263,6 +263,7 @@ class _Prefiller(_Drainable):
     queue: deque[int] = field(default_factory=deque)
     busy: bool = False
 
+
 @dataclass(slots=True)
 class _Pool:
     name: str
@@ -417,8 +418,13 @@ class Simulation:
         """Dense block ids (``Chains.dense``) once a cache needs them (``_cache``)."""
         self._n_ids = -1
         self._chain_first: list[int] = []
+        self._holders: array[int] | None = None
+        """Per first block, the caches holding or queueing it (``DensePrefixCache``): a prompt
+        whose count is 0 is routed without lookups (every one would miss)."""
         """Each chain's first dense id (the cache's quick miss test)."""
         self._chain_off: list[int] = chains.offsets.tolist()
+        self._chain_of: list[DenseChain | None] = [None] * n
+        """The chain routing looked up, kept for the inserts after prefill and decode."""
         self._gen0 = [0] * n
         """Tokens generated before the current decode admission (> 0 after a preemption)."""
         self._join = [0] * n
@@ -749,7 +755,9 @@ class Simulation:
             if len(chains.ids):
                 starts = np.minimum(chains.offsets[:-1], len(chains.ids) - 1)
                 self._chain_first = self._chain_ids[starts].tolist()
-        return DensePrefixCache(capacity, max(self._n_ids, 0))
+                if chains.heads_only_lead():
+                    self._holders = array("i", bytes(4 * self._n_ids))
+        return DensePrefixCache(capacity, max(self._n_ids, 0), self._holders)
 
     def _hashes(self, r: int) -> DenseChain | None:
         """Request ``r``'s block chain (``None``: empty, or no cache anywhere)."""
@@ -784,8 +792,12 @@ class Simulation:
         now = self.now
         length = self._input[r]
         router = self._routers[self._cluster_of[r]]
-        hashes = self._hashes(r)
-        d = router.core.decide(() if hashes is None else hashes, length, now)
+        hashes = self._chain_of[r] = self._hashes(r)
+        holders = self._holders
+        if hashes is None or (holders is not None and not holders[hashes.first]):
+            d = router.core.decide((), length, now)  # no cache holds its first block
+        else:
+            d = router.core.decide(hashes, length, now)
         for state in router.links:
             thr = state.controller.threshold
             if thr != state.thr_v[-1]:
@@ -872,7 +884,7 @@ class Simulation:
             self._pend[r] = now
             inst.finished()
             if inst.cache.capacity_blocks > 0:
-                hashes = self._hashes(r)
+                hashes = self._chain_of[r]
                 if hashes is not None:
                     inst.cache.insert(hashes)
         if inst.stages == 1:
@@ -910,15 +922,15 @@ class Simulation:
 
     def _decode_done(self, r: int) -> None:
         """``r``'s last token went out: its decode instance holds its prompt's blocks now."""
+        hashes = self._chain_of[r]
+        self._chain_of[r] = None
         di = self._dec_of[r]
         if di < 0:
             return
         d = self._decoders[di]
         d.finished()
-        if d.cache.capacity_blocks > 0:
-            hashes = self._hashes(r)
-            if hashes is not None:
-                d.cache.insert(hashes)
+        if hashes is not None and d.cache.capacity_blocks > 0:
+            d.cache.insert(hashes)
 
     def _count_done(self) -> None:
         self._done += 1
