@@ -17,7 +17,7 @@ import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -279,11 +279,19 @@ class Trace(LengthDistribution):
     """The empirical distribution of recorded lengths (each value equally likely)."""
 
     values: tuple[float, ...]
+    _sorted: np.ndarray = field(init=False, repr=False, compare=False)
+    """``values`` as an array, and below their running sums (``_sums[k]``: the first ``k``),
+    so that ``cdf`` and ``partial_mean`` cost a binary search, not a pass over the values (the
+    solver asks thousands of times; a trace or a sharing sample holds tens of thousands)."""
+    _sums: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.values or min(self.values) <= 0:
             raise ValueError("a trace needs at least one positive length")
         object.__setattr__(self, "values", tuple(sorted(float(v) for v in self.values)))
+        arr = np.asarray(self.values, dtype=np.float64)
+        object.__setattr__(self, "_sorted", arr)
+        object.__setattr__(self, "_sums", np.concatenate(([0.0], np.cumsum(arr))))
 
     @property
     def low(self) -> float:
@@ -294,14 +302,14 @@ class Trace(LengthDistribution):
         return self.values[-1]
 
     def cdf(self, x: float) -> float:
-        return float(np.searchsorted(self.values, x, side="right")) / len(self.values)
+        return float(np.searchsorted(self._sorted, x, side="right")) / len(self.values)
 
     def partial_mean(self, x: float) -> float:
-        k = int(np.searchsorted(self.values, x, side="right"))
-        return float(sum(self.values[:k])) / len(self.values)
+        k = int(np.searchsorted(self._sorted, x, side="right"))
+        return float(self._sums[k]) / len(self.values)
 
     def sample(self, rng: np.random.Generator | random.Random | int | None, n: int) -> np.ndarray:
-        return _generator(rng).choice(np.asarray(self.values), size=n)
+        return _generator(rng).choice(self._sorted, size=n)
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from prfaas.planner.distributions import LengthDistribution
+from prfaas.planner.errors import PlannerError
 from prfaas.planner.latency.catalog import GpuSpec, ModelArch
 from prfaas.planner.latency.measured import DataPlane
 from prfaas.planner.latency.model import InstanceLatency
 from prfaas.planner.latency.profiles import ProfileData
 from prfaas.planner.latency.roofline import RooflineSettings
 from prfaas.planner.sharing import Sharing
+
+if TYPE_CHECKING:
+    from prfaas.planner.trace_workload import SharingSample
 
 __all__ = [
     "Candidate",
@@ -111,20 +115,49 @@ class WorkloadInput:
     """Measured uncached lengths (e.g. a trace's); ``None``: the input lengths scaled by
     ``1 − prefix_cache_hit_rate``."""
     sharing: Sharing | None = None
-    """How simulated prompts share prefixes (``planner.sharing``); ``None``: not at all."""
+    """How prompts share prefixes (``planner.sharing``); ``None``: not at all. Without
+    ``uncached_length`` the plan's uncached lengths come from a sample of it."""
+
+    def __post_init__(self) -> None:
+        if self.sharing is not None and self.prefix_cache_hit_rate > 0:
+            raise PlannerError(
+                "workload.prefixCacheHitRate: give prefixCacheHitRate or sharing, not both "
+                "(the sharing pattern already decides which prompt tokens hit the cache); drop "
+                "prefixCacheHitRate, or give uncachedLength to plan from measured lengths"
+            )
 
     @property
     def uncached(self) -> LengthDistribution:
-        """Input lengths left to prefill after prefix-cache hits (what ``t`` is compared with)."""
+        """Input lengths left to prefill after prefix-cache hits (what ``t`` is compared with):
+        ``uncached_length`` if given (measured), else a sample of ``sharing``'s requests
+        (``trace_workload.sharing_uncached``), else the input lengths scaled by
+        ``1 − prefix_cache_hit_rate``."""
         if self.uncached_length is not None:
             return self.uncached_length
+        sample = self.sharing_sample
+        if sample is not None:
+            return sample.uncached
         return self.input_length.uncached(self.prefix_cache_hit_rate)
+
+    @property
+    def sharing_sample(self) -> SharingSample | None:
+        """The sample of ``sharing``'s requests the plan's uncached lengths come from
+        (``None``: no sharing, or ``uncached_length`` given); drawn once per pattern."""
+        if self.sharing is None or self.uncached_length is not None:
+            return None
+        from prfaas.planner.trace_workload import sharing_uncached  # it imports this module
+
+        return sharing_uncached(self.sharing, self.input_length, self.output_length)
 
     @property
     def uncached_source(self) -> str:
         """Where ``uncached`` comes from, for the plan's notes."""
         if self.uncached_length is not None:
-            return "measured (empirical distribution)"
+            extra = " (workload.sharing shapes only the simulated requests)" if self.sharing else ""
+            return f"measured (empirical distribution){extra}"
+        sample = self.sharing_sample
+        if sample is not None:
+            return sample.note
         if self.prefix_cache_hit_rate == 0.0:
             return "the input lengths (no prefix-cache hits assumed)"
         return (

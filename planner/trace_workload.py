@@ -13,6 +13,7 @@ token's logits).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,19 +21,23 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from prfaas.planner.distributions import Trace
+from prfaas.planner.distributions import LengthDistribution, Trace
 from prfaas.planner.problem import WorkloadInput
 from prfaas.planner.routing.policy import Link, RoutingCore, Target
 from prfaas.planner.routing.prefix import PrefixCache
-from prfaas.planner.sim.arrivals import RequestStream
+from prfaas.planner.sharing import ConversationSharing, Sharing
+from prfaas.planner.sim.arrivals import RequestStream, synthetic_stream
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "SHARED_CACHE_NOTE",
+    "SHARING_SAMPLE",
+    "SharingSample",
     "TraceStats",
     "quantile_buckets",
     "replayed_uncached",
     "shared_cache_uncached",
+    "sharing_uncached",
     "trace_stats",
     "trace_workload",
 ]
@@ -64,6 +69,60 @@ def shared_cache_uncached(stream: RequestStream) -> npt.NDArray[np.int64]:
         out[r] = max(1, n - min(n, held * bs))
         seen.update(chain)
     return out
+
+
+SHARING_SAMPLE = 20_000
+"""Requests ``sharing_uncached`` draws from a ``workload.sharing`` pattern to plan from."""
+
+
+@dataclass(frozen=True, slots=True)
+class SharingSample:
+    """The uncached lengths of a sample of a sharing pattern's requests (``sharing_uncached``)."""
+
+    uncached: Trace
+    requests: int
+    hit_ratio: float
+    """Token prefix-hit ratio of the sample: 1 − Σ uncached / Σ prompt."""
+    kind: str
+    """The pattern as ``workload.sharing`` names it (``conversations …``, ``documents …``)."""
+
+    @property
+    def note(self) -> str:
+        """The plan's note on where its uncached lengths came from."""
+        return (
+            f"from workload.sharing {self.kind}, {self.requests} sampled requests, hit ratio "
+            f"{self.hit_ratio:.3f} (one unbounded prefix cache shared by all instances: the "
+            "pattern's upper bound on prefix reuse, as `prfaas trace stats` assumes)"
+        )
+
+
+@functools.lru_cache(maxsize=16)
+def sharing_uncached(
+    sharing: Sharing,
+    input_length: LengthDistribution,
+    output_length: LengthDistribution,
+    *,
+    requests: int = SHARING_SAMPLE,
+    seed: int = 0,
+) -> SharingSample:
+    """Uncached lengths of ``requests`` requests drawn as the simulator draws them
+    (``synthetic_stream`` with ``sharing``, seeded), under ``trace stats``' rule: one unbounded
+    cache shared by all instances (``shared_cache_uncached``), the pattern's upper bound on
+    prefix reuse. The plan's ``p``, ``l_long`` and ``l_short`` are computed over them."""
+    stream = synthetic_stream(
+        requests, 1.0, input_length, output_length, seed=seed, sharing=sharing
+    )
+    uncached = shared_cache_uncached(stream)
+    if isinstance(sharing, ConversationSharing):
+        kind = f"conversations (concurrent {sharing.concurrent}, turns {sharing.turns})"
+    else:
+        kind = f"documents ({sharing.documents} documents, zipf {sharing.zipf:g})"
+    return SharingSample(
+        uncached=Trace(tuple(uncached.astype(float).tolist())),
+        requests=requests,
+        hit_ratio=1.0 - float(uncached.sum()) / float(stream.input_tokens.sum()),
+        kind=f"{kind}, {sharing.block_tokens}-token blocks",
+    )
 
 
 def replayed_uncached(

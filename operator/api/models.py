@@ -481,9 +481,11 @@ class Workload(_Model):
     arrival: ArrivalProcess = Field(default_factory=ArrivalProcess)
     sharing: SharingPattern | None = Field(
         default=None,
-        description="How prompts share prefixes in simulated requests (type: conversations or "
-        "documents); inputLength is then each turn's new message or each document's question. "
-        "Absent: sampled prompts share nothing.",
+        description="How prompts share prefixes (type: conversations or documents); "
+        "inputLength is then each turn's new message or each document's question. The "
+        "simulated requests follow it, and without uncachedLength the plan's p, l_long and "
+        "l_short come from a sample of it (an unbounded shared cache). Absent: prompts share "
+        "nothing.",
     )
 
     @model_validator(mode="after")
@@ -492,6 +494,12 @@ class Workload(_Model):
             raise ValueError(
                 "give prefixCacheHitRate or uncachedLength, not both (uncachedLength already "
                 "counts the cache hits)"
+            )
+        if self.sharing is not None and self.prefix_cache_hit_rate > 0:
+            raise ValueError(
+                "prefixCacheHitRate: give prefixCacheHitRate or sharing, not both (the plan takes "
+                "its uncached lengths from a sample of the sharing pattern; uncachedLength, if "
+                "given, overrides both)"
             )
         return self
 
