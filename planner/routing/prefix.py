@@ -200,8 +200,7 @@ class DensePrefixCache:
         """Log entries before it are dead."""
         self._tail = 0
         self._live = 0
-        """Blocks flagged (held, queued, or due for eviction at the next lookup): counted as
-        they are inserted, so applying the queue needs no count."""
+        """Blocks with a non-zero stamp: held, or due for eviction at the next lookup."""
         self._queued: list[npt.NDArray[np.int64]] = []
         """Inserted chains not applied yet, each reversed (tail first)."""
         self._flags = bytearray(size)
@@ -230,10 +229,14 @@ class DensePrefixCache:
                 self._compact(n)
             t = self._tail
             stamps = self._steps[t + 1 : t + n + 1]
+            stamp = self._stamp
+            was = stamp[batch]
             if len(queued) == 1:  # one chain: distinct ids
-                self._stamp[batch] = stamps
-            else:  # chains may share blocks: the latest touch wins
-                np.maximum.at(self._stamp, batch, stamps)
+                stamp[batch] = stamps
+                self._live += n - int(np.count_nonzero(was))
+            else:  # chains may share blocks: the latest touch wins, and is the one counted
+                np.maximum.at(stamp, batch, stamps)
+                self._live += int(np.count_nonzero((was == 0) & (stamp[batch] == stamps)))
             self._log[t : t + n] = batch
             self._tail = t + n
             queued.clear()
@@ -281,11 +284,8 @@ class DensePrefixCache:
         if first >= 0:
             if self._holders is not None and not self._flags[first]:
                 self._holders[first] += 1
-            ids = chain.ids
-            flag = self._flag
-            self._live += len(ids) - int(np.count_nonzero(flag[ids]))  # blocks new to it
-            self._queued.append(ids[::-1])
-            flag[ids] = 1
+            self._queued.append(chain.ids[::-1])
+            self._flag[chain.ids] = 1
 
     def _touch(self, rev: npt.NDArray[np.int64]) -> None:
         """Stamp held blocks ``rev`` in this order (the last most recent) at the log's end."""
