@@ -8,6 +8,7 @@ one without. If vLLM moves or renames what the shim patches, the first case fail
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import subprocess
@@ -108,3 +109,15 @@ def test_patching_is_idempotent(monkeypatch: pytest.MonkeyPatch) -> None:
     cpus = os.sched_getaffinity(0)
     module.os.sched_setaffinity(0, {min(cpus)})  # a no-op: this process keeps its CPUs
     assert os.sched_getaffinity(0) == cpus
+
+
+def test_nixl_still_offers_only_a_busy_progress_thread() -> None:
+    """Why the shim turns NIXL's progress thread off instead of slowing it down: NIXL's Python
+    API creates the agent with ``pthrDelay = 0`` (the thread's ``poll()`` timeout, so it never
+    sleeps) and has no setting for it. Once it has one, a thread polling every millisecond
+    (≈ 2% of a core per idle engine, measured) could replace the first patch."""
+    api = pytest.importorskip("nixl._api")
+    assert "agent_config.pthrDelay = 0" in inspect.getsource(api.nixl_agent.__init__)
+    options = inspect.signature(api.nixl_agent_config.__init__).parameters
+    assert "enable_prog_thread" in options
+    assert not [name for name in options if "delay" in name.lower()]

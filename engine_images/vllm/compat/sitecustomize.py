@@ -7,10 +7,15 @@ It installs an import hook and changes nothing until vLLM's NIXL worker module
 (``vllm.distributed.kv_transfer.kv_connector.v1.nixl.base_worker``) is imported; then it patches
 that module only (see shared/reference/vllm-cpu-pd.md, "Two defects"):
 
-1. **Busy-polling progress thread.** NIXL's UCX progress thread spins over TCP (75-80% of a
-   core per idle engine). The module's ``nixl_agent_config`` is wrapped to pass
-   ``enable_prog_thread=False``; vLLM then drives UCX progress from its step loop. (The
-   connector's ``kv_connector_extra_config.num_threads: 0`` is set by ``launch.py``.)
+1. **Busy-polling progress thread.** NIXL's UCX progress thread spins (45-80% of a core per
+   idle engine, measured). The cause is NIXL's Python API: ``nixl_agent`` hard-codes
+   ``pthrDelay = 0``, the thread's ``poll()`` timeout (µs, rounded up to ms), so it never
+   sleeps; with 1000 µs it idles at ≈ 2% of a core, but the API offers no way to set it. The
+   module's ``nixl_agent_config`` is wrapped to pass ``enable_prog_thread=False`` (≈ 1% idle);
+   vLLM then drives UCX progress from its step loop. (The connector's
+   ``kv_connector_extra_config.num_threads: 0`` is set by ``launch.py``.) Whether the thread
+   runs does not matter for the KV-pull stall of the README ("Roles"): it stalled alike with
+   no thread, the busy thread, a 1 ms thread and NIXL's strict agent locking.
 2. **Core pin → hang.** On CPU the worker calls ``os.sched_setaffinity`` to pin itself to the
    last core, overriding ``VLLM_CPU_OMP_THREADS_BIND`` and hanging the prefill worker. The
    module's ``os`` is replaced by a view of ``os`` whose ``sched_setaffinity`` does nothing.
