@@ -158,10 +158,12 @@ def prompt_length(prompt: Any) -> int:
 # ---------------------------------------------------------------------- prefill
 @dataclass(slots=True)
 class _PrefillJob:
-    uncached: int
+    tokens: int
     done: asyncio.Future[float]
     hashes: list[int]
     queued_at: float
+    uncached: int = 0
+    """Set when a batch considers it: the prompt minus the prefix cached at that moment."""
 
 
 @dataclass(slots=True)
@@ -363,21 +365,26 @@ class EngineEmulation:
     async def prefill(self, prompt: Any, rec: EngineRecord) -> None:
         """Queue the prompt (see ``prompt_tokens``) and wait until the batch holding it is
         done."""
-        bs = self.timing.block_tokens
         hashes: list[int] = []
-        hit = 0
         if self.cache is not None:
-            hashes = block_hashes(prompt_tokens(prompt), bs)
-            hit = self.cache.match(hashes)
-        uncached = max(1, rec.prompt_tokens - hit * bs)
-        rec.uncached_tokens = uncached
+            hashes = block_hashes(prompt_tokens(prompt), self.timing.block_tokens)
         job = _PrefillJob(
-            uncached, asyncio.get_running_loop().create_future(), hashes, self.clock()
+            rec.prompt_tokens, asyncio.get_running_loop().create_future(), hashes, self.clock()
         )
         self._queue.push(job)
         self._prefill_wake.set()
         start = await asyncio.shield(job.done)
+        rec.uncached_tokens = job.uncached
         rec.prefill_start, rec.prefill_end = start, self.clock()
+
+    def _uncached(self, job: _PrefillJob) -> int:
+        """The job's tokens to compute if it started now: its prompt minus the leading blocks
+        the cache holds at this moment, as vLLM matches the prefix cache when it schedules a
+        request, not when it queues it (a prompt queued behind another with the same prefix
+        reuses it once that one is done)."""
+        hit = self.cache.peek(job.hashes) if self.cache is not None and job.hashes else 0
+        job.uncached = max(1, job.tokens - hit * self.timing.block_tokens)
+        return job.uncached
 
     async def _prefill_loop(self) -> None:
         """Batches on a virtual timeline, as ``_decode_loop``: a batch starts when the engine
@@ -396,7 +403,10 @@ class EngineEmulation:
             def queued_by(job: _PrefillJob, at: float = start) -> bool:
                 return job.queued_at <= at
 
-            batch: list[_PrefillJob] = self._queue.next_batch(lambda j: j.uncached, queued_by)
+            batch: list[_PrefillJob] = self._queue.next_batch(self._uncached, queued_by)
+            if self.cache is not None:
+                for job in batch:
+                    self.cache.match(job.hashes)  # used now: most recent
             free_at = start + self.timing.prefill_wall_s([j.uncached for j in batch])
             await _sleep_until(free_at, self.clock)
             for job in batch:

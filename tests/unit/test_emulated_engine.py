@@ -246,3 +246,19 @@ def test_prefill_followers_must_be_queued_when_the_batch_starts() -> None:
         q.push(n)
     assert q.next_batch(lambda j: j, lambda j: j < 300) == [100, 200]
     assert q.next_batch(lambda j: j, lambda j: False) == [300]  # the head always runs
+
+
+async def test_a_prompt_queued_behind_its_prefix_reuses_it_as_vllm_schedules() -> None:
+    """The prefix cache is matched when a batch starts (vLLM matches at scheduling), so a
+    prompt queued behind another with the same prefix reuses the blocks that one computed."""
+    t = timing(token_budget=1000, block_tokens=16)
+    emu = EngineEmulation(t)
+    await emu.start()
+    try:
+        first, second = emu.record("a", "prefill", 800), emu.record("b", "prefill", 804)
+        await asyncio.gather(emu.prefill("z" * 800, first), emu.prefill("z" * 800 + "tail", second))
+    finally:
+        await emu.stop()
+    assert first.uncached_tokens == 800
+    assert second.uncached_tokens == 804 - 800  # 50 whole blocks of 16 were cached by then
+    assert second.prefill_start == pytest.approx(first.prefill_start + t.prefill_wall_s([800]))
