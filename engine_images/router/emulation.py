@@ -6,7 +6,8 @@ plan, so that a dozen of them on a 2-core host reproduce a cluster's queueing:
 * **prefill**: an FCFS queue; a batch takes queued prompts while their uncached tokens fit
   ``token_budget`` (at least one) and lasts the latency model's ``prefill_seconds`` of those
   lengths (as ``planner.sim.simulator``); a block-hash prefix cache (``planner.routing``'s
-  ``block_hashes``/``PrefixCache``) removes cached blocks from the work;
+  ``block_hashes``/``PrefixCache``) removes cached blocks from the work, matched when the batch
+  starts (as vLLM matches when it schedules) and filled when it ends;
 * **decode**: continuous batching up to ``max_batch``; a request joins at the first step
   boundary after it is ready, and each step (``decode_step_seconds(batch, Σ context)``) gives
   every member one token — as vLLM's NIXL P/D decode, whose first step after the KV arrived
@@ -22,8 +23,8 @@ Time runs ``time_scale`` times faster than planned and bytes are multiplied by `
 (so the link is shaped at ``planned rate × time_scale × byte_scale``); ``EngineRecord``s hold wall
 times and wire bytes, ``Scale`` converts them back to planned units.
 
-Step boundaries are kept on a virtual timeline anchored to the wall clock (a late wake-up of the
-event loop delays what is *written*, never the schedule), and tokens are written to a stream at
+Prefill batches and decode step boundaries are kept on a virtual timeline anchored to the wall
+clock (a late wake-up of the event loop delays what is *written*, never the schedule), and tokens are written to a stream at
 most every ``emit_interval_s`` (plus the first and the last token at their exact times), so a
 streamed answer costs tens of events rather than one per token.
 """
