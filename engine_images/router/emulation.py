@@ -24,9 +24,10 @@ Time runs ``time_scale`` times faster than planned and bytes are multiplied by `
 times and wire bytes, ``Scale`` converts them back to planned units.
 
 Prefill batches and decode step boundaries are kept on a virtual timeline anchored to the wall
-clock (a late wake-up of the event loop delays what is *written*, never the schedule), and tokens are written to a stream at
-most every ``emit_interval_s`` (plus the first and the last token at their exact times), so a
-streamed answer costs tens of events rather than one per token.
+clock (a late wake-up of the event loop delays what is *written*, never the schedule), and
+tokens are written to a stream at most every ``emit_interval_s`` (plus the first and the last
+token at their exact times), so a streamed answer costs tens of events rather than one per
+token.
 """
 
 from __future__ import annotations
