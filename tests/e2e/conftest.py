@@ -7,7 +7,8 @@ Engines are expensive (≈ 30-40 s to start, ≈ 3 GB each), so:
 * ``deployment`` (module): the sample plan (``crds/samples/local.yaml``) as processes — a prefill
   engine in dc-a, a decode engine in dc-b, the router — inside two network namespaces joined by
   a ``tc tbf``-shaped veth link when running as root, on loopback otherwise (or with
-  ``PRFAAS_E2E_NETNS=0``).
+  ``PRFAAS_E2E_NETNS=0``); ``running(sample)`` starts any sample that way (``test_aggregated.py``
+  runs ``crds/samples/aggregated.yaml`` with it).
 
 At most two engines are alive at any time. Every fixture stops what it started (process groups,
 namespaces), also when a test fails.
@@ -15,6 +16,7 @@ namespaces), also when a test fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -55,7 +57,14 @@ ROLE_SHORT = [words(f"s{k}q", 3) for k in range(12)]
 """Distinct short prompts (local path) for the role-change test (``test_roles.py``)."""
 ROLE_LONG = [words(f"g{k}q", 120) for k in range(20)]
 """Distinct long prompts (remote path, ≈ 1100 tokens) for the role-change test."""
-PROMPTS = [SHORT, LONG, *LOAD, AFTER_KILL, *ROLE_SHORT, *ROLE_LONG]
+CHUNKED = words("chunk", 150)
+"""A long prompt (≈ 1370 tokens) nobody sent before, prefilled in chunks by the aggregated
+engine itself (``test_aggregated.py``: over its token budget)."""
+AGG_SHORT = [words(f"a{k}s", 3) for k in range(4)]
+AGG_LONG = [words(f"a{k}l", 100 + 10 * k) for k in range(3)]
+"""Distinct short (local) and long (remote) prompts sent at once to the aggregated pool."""
+PROMPTS = [SHORT, LONG, *LOAD, AFTER_KILL, *ROLE_SHORT, *ROLE_LONG, CHUNKED, *AGG_SHORT,
+           *AGG_LONG]
 CHATS = {"short-chat": "hello, how are you?", "long-chat": words("chat", 140)}
 """User messages of chat requests (the router applies the model's chat template to count)."""
 
@@ -164,11 +173,10 @@ class Deployment:
         return self.runtime.processes[self.runtime.layout.engine(role).name].log_path
 
 
-@pytest.fixture(scope="module")
-def deployment(reference: dict[str, list[int]], tiny_model: Path) -> Iterator[Deployment]:
-    """The local sample plan running (after ``reference`` has stopped its engine)."""
-    manifests = load_manifests(SAMPLE)
-    plan = local_plan(manifests)
+@contextlib.contextmanager
+def running(sample: Path, tiny_model: Path) -> Iterator[LocalRuntime]:
+    """``prfaas up`` of ``sample`` (namespaces when ``use_netns``), stopped on the way out."""
+    plan = local_plan(load_manifests(sample))
     net = None
     if use_netns():
         link = plan.links[0]
@@ -185,6 +193,13 @@ def deployment(reference: dict[str, list[int]], tiny_model: Path) -> Iterator[De
     runtime = LocalRuntime(layout, net=net)
     try:
         runtime.start()
-        yield Deployment(runtime)
+        yield runtime
     finally:
         runtime.stop()
+
+
+@pytest.fixture(scope="module")
+def deployment(reference: dict[str, list[int]], tiny_model: Path) -> Iterator[Deployment]:
+    """The local sample plan running (after ``reference`` has stopped its engine)."""
+    with running(SAMPLE, tiny_model) as runtime:
+        yield Deployment(runtime)
