@@ -150,6 +150,14 @@ class WorkloadInput:
         return sharing_uncached(self.sharing, self.input_length, self.output_length)
 
     @property
+    def prompt_mean(self) -> float:
+        """Mean whole prompt (tokens), the context a decode starts from: the sharing sample's
+        prompts where a pattern extends them (a conversation's turns carry its history), else
+        the input lengths."""
+        sample = self.sharing_sample
+        return sample.prompt_mean if sample is not None else self.input_length.mean
+
+    @property
     def uncached_source(self) -> str:
         """Where ``uncached`` comes from, for the plan's notes."""
         if self.uncached_length is not None:

@@ -328,7 +328,7 @@ def compare_shapes(
     """
     w = problem.workload
     out_len = w.output_length.mean
-    context = w.input_length.mean + out_len / 2.0
+    context = w.prompt_mean + out_len / 2.0
     m = problem.model
     options: list[ShapeOption] = []
     prfaas_price = _prfaas_price(problem)

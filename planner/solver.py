@@ -406,7 +406,7 @@ def _plan(problem: Problem) -> Plan:
         raise Infeasible("a plan needs at least one decode cluster (clusters.decode)")
     _check_links(problem)
     dist = w.uncached
-    ctx = w.input_length.mean + w.output_length.mean / 2.0
+    ctx = w.prompt_mean + w.output_length.mean / 2.0
     shapes = _shapes(problem, dist.mean, dist.mean, ctx)
     solver = _solver(problem, shapes, ctx)
     ev = _solve(problem, solver)

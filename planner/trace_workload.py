@@ -85,6 +85,9 @@ class SharingSample:
     """Token prefix-hit ratio of the sample: 1 − Σ uncached / Σ prompt."""
     kind: str
     """The pattern as ``workload.sharing`` names it (``conversations …``, ``documents …``)."""
+    prompt_mean: float = 0.0
+    """Mean whole prompt of the sample (a conversation's history included): what a decode
+    holds as context, where ``inputLength`` may describe only the new part."""
 
     @property
     def note(self) -> str:
@@ -122,6 +125,7 @@ def sharing_uncached(
         requests=requests,
         hit_ratio=1.0 - float(uncached.sum()) / float(stream.input_tokens.sum()),
         kind=f"{kind}, {sharing.block_tokens}-token blocks",
+        prompt_mean=float(stream.input_tokens.mean()),
     )
 
 

@@ -134,7 +134,7 @@ def _latency(
 
 def _decode_batch(problem: Problem, gpu: GpuSpec, tp: int, pp: int, lat: InstanceLatency) -> int:
     m, w = problem.model, problem.workload
-    ctx = w.input_length.mean + w.output_length.mean / 2.0
+    ctx = w.prompt_mean + w.output_length.mean / 2.0
     usable = tp * pp * gpu.memory_bytes * problem.settings.memory_utilization
     cand = Candidate(tp, pp, lat, usable - m.weight_bytes)
     batch, _ = decode_batch(cand, role_load(problem, "decode", ctx))

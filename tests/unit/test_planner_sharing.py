@@ -117,3 +117,26 @@ def test_the_servingplan_refuses_sharing_with_a_hit_rate() -> None:
         ServingPlanSpec.model_validate(sp["spec"])
     del sp["spec"]["workload"]["prefixCacheHitRate"]
     assert ServingPlanSpec.model_validate(sp["spec"]).workload.sharing is not None
+
+
+def test_a_conversations_decode_context_is_its_whole_prompt(case_study: Problem) -> None:
+    """``inputLength`` is each turn's new message; a decode holds the whole conversation so
+    far. With messages of m tokens and answers of o, turn k (0-based) has a prompt of
+    k·(m + o) + m, so over conversations of T turns the mean prompt is m + (m + o)(T − 1)/2
+    (open conversations at the sample's end pull it a little lower)."""
+    m, o, turns = 400, 200, 8
+    problem = _with(
+        case_study,
+        input_length=Fixed(m),
+        output_length=Fixed(o),
+        sharing=ConversationSharing(concurrent=16, turns=turns),
+    )
+    w = problem.workload
+    expected = m + (m + o) * (turns - 1) / 2.0
+    assert w.prompt_mean == pytest.approx(expected, rel=0.02)
+    assert _with(case_study, input_length=Fixed(m)).workload.prompt_mean == m  # no sharing
+    # The longer contexts cost decode throughput: the plan serves less than if each prompt
+    # were only its new message (the same uncached lengths, given as measured).
+    twin = _with(problem, uncached_length=w.uncached, sharing=None)
+    assert twin.workload.prompt_mean == m
+    assert plan(problem).throughput_rps < plan(twin).throughput_rps
