@@ -123,15 +123,15 @@ def _sharing_workloads(problem: Any, kind: str) -> tuple[str, Any, float, Any, A
     from prfaas.planner.distributions import LogNormal, Trace
     from prfaas.planner.sharing import ConversationSharing, DocumentSharing
     from prfaas.planner.sim.arrivals import synthetic_stream
-    from prfaas.planner.trace_workload import SHARING_SAMPLE
+    from prfaas.planner.trace_workload import SHARING_SAMPLE, with_sharing
 
     w = problem.workload
     if kind == "conversations":
         sharing: Any = ConversationSharing(concurrent=32, turns=4)
     else:
         sharing = DocumentSharing(documents=200, length=LogNormal(9.9, 1.0, 128.0, 65536.0))
-    with_sharing = replace(w, sharing=sharing)
-    sample = with_sharing.sharing_sample
+    shared = with_sharing(w, sharing)
+    sample = shared.sharing_sample
     assert sample is not None
     stream = synthetic_stream(
         SHARING_SAMPLE, 1.0, w.input_length, w.output_length, seed=0, sharing=sharing
@@ -139,7 +139,7 @@ def _sharing_workloads(problem: Any, kind: str) -> tuple[str, Any, float, Any, A
     prompts = Trace(tuple(stream.input_tokens.astype(float).tolist()))
     scalar = replace(w, input_length=prompts, prefix_cache_hit_rate=sample.hit_ratio)
     uncached = np.asarray(sample.uncached.values)  # sorted; the columns need no order
-    return f"case study, {sample.note}", uncached, sample.hit_ratio, scalar, with_sharing
+    return f"case study, {sample.note}", uncached, sample.hit_ratio, scalar, shared
 
 
 if __name__ == "__main__":

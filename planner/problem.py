@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from prfaas.planner.distributions import LengthDistribution
+from prfaas.planner.distributions import LengthDistribution, Trace
 from prfaas.planner.errors import PlannerError
 from prfaas.planner.latency.catalog import GpuSpec, ModelArch
 from prfaas.planner.latency.measured import DataPlane
@@ -19,9 +19,6 @@ from prfaas.planner.latency.model import InstanceLatency
 from prfaas.planner.latency.profiles import ProfileData
 from prfaas.planner.latency.roofline import RooflineSettings
 from prfaas.planner.sharing import Sharing
-
-if TYPE_CHECKING:
-    from prfaas.planner.trace_workload import SharingSample
 
 __all__ = [
     "Candidate",
@@ -32,6 +29,7 @@ __all__ = [
     "PlannerSettings",
     "Problem",
     "RoleLoad",
+    "SharingSample",
     "SloInput",
     "WorkloadInput",
 ]
@@ -106,6 +104,32 @@ class SloInput:
 
 
 @dataclass(frozen=True, slots=True)
+class SharingSample:
+    """The uncached lengths of a sample of a sharing pattern's requests
+    (``trace_workload.sharing_uncached``, which ``trace_workload.with_sharing`` puts into a
+    ``WorkloadInput``: drawing it needs the simulator's generator, above this module)."""
+
+    uncached: Trace
+    requests: int
+    hit_ratio: float
+    """Token prefix-hit ratio of the sample: 1 − Σ uncached / Σ prompt."""
+    kind: str
+    """The pattern as ``workload.sharing`` names it (``conversations …``, ``documents …``)."""
+    prompt_mean: float = 0.0
+    """Mean whole prompt of the sample (a conversation's history included): what a decode
+    holds as context, where ``inputLength`` may describe only the new part."""
+
+    @property
+    def note(self) -> str:
+        """The plan's note on where its uncached lengths came from."""
+        return (
+            f"from workload.sharing {self.kind}, {self.requests} sampled requests, hit ratio "
+            f"{self.hit_ratio:.3f} (one unbounded prefix cache shared by all instances: the "
+            "pattern's upper bound on prefix reuse, as `prfaas trace stats` assumes)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class WorkloadInput:
     input_length: LengthDistribution
     output_length: LengthDistribution
@@ -116,7 +140,11 @@ class WorkloadInput:
     ``1 − prefix_cache_hit_rate``."""
     sharing: Sharing | None = None
     """How prompts share prefixes (``planner.sharing``); ``None``: not at all. Without
-    ``uncached_length`` the plan's uncached lengths come from a sample of it."""
+    ``uncached_length`` the plan's uncached lengths come from ``sharing_sample``."""
+    sharing_sample: SharingSample | None = None
+    """The sample of ``sharing``'s requests the plan's uncached lengths come from: required
+    with ``sharing`` and without ``uncached_length`` (``trace_workload.with_sharing`` draws
+    it), ignored with ``uncached_length``."""
 
     def __post_init__(self) -> None:
         if self.sharing is not None and self.prefix_cache_hit_rate > 0:
@@ -125,36 +153,35 @@ class WorkloadInput:
                 "(the sharing pattern already decides which prompt tokens hit the cache); drop "
                 "prefixCacheHitRate, or give uncachedLength to plan from measured lengths"
             )
+        if self.sharing is not None and self.uncached_length is None and not self.sharing_sample:
+            raise PlannerError(
+                "workload.sharing: the plan needs a sample of the pattern's requests; build the "
+                "workload with prfaas.planner.trace_workload.with_sharing"
+            )
 
     @property
     def uncached(self) -> LengthDistribution:
         """Input lengths left to prefill after prefix-cache hits (what ``t`` is compared with):
         ``uncached_length`` if given (measured), else a sample of ``sharing``'s requests
-        (``trace_workload.sharing_uncached``), else the input lengths scaled by
+        (``sharing_sample``), else the input lengths scaled by
         ``1 − prefix_cache_hit_rate``."""
         if self.uncached_length is not None:
             return self.uncached_length
-        sample = self.sharing_sample
+        sample = self._sample
         if sample is not None:
             return sample.uncached
         return self.input_length.uncached(self.prefix_cache_hit_rate)
 
     @property
-    def sharing_sample(self) -> SharingSample | None:
-        """The sample of ``sharing``'s requests the plan's uncached lengths come from
-        (``None``: no sharing, or ``uncached_length`` given); drawn once per pattern."""
-        if self.sharing is None or self.uncached_length is not None:
-            return None
-        from prfaas.planner.trace_workload import sharing_uncached  # it imports this module
-
-        return sharing_uncached(self.sharing, self.input_length, self.output_length)
+    def _sample(self) -> SharingSample | None:
+        return self.sharing_sample if self.uncached_length is None else None
 
     @property
     def prompt_mean(self) -> float:
         """Mean whole prompt (tokens), the context a decode starts from: the sharing sample's
         prompts where a pattern extends them (a conversation's turns carry its history), else
         the input lengths."""
-        sample = self.sharing_sample
+        sample = self._sample
         return sample.prompt_mean if sample is not None else self.input_length.mean
 
     @property
@@ -163,7 +190,7 @@ class WorkloadInput:
         if self.uncached_length is not None:
             extra = " (workload.sharing shapes only the simulated requests)" if self.sharing else ""
             return f"measured (empirical distribution){extra}"
-        sample = self.sharing_sample
+        sample = self._sample
         if sample is not None:
             return sample.note
         if self.prefix_cache_hit_rate == 0.0:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from prfaas.planner.distributions import LengthDistribution, Trace
-from prfaas.planner.problem import WorkloadInput
+from prfaas.planner.problem import SharingSample, WorkloadInput
 from prfaas.planner.routing.policy import Link, RoutingCore, Target
 from prfaas.planner.routing.prefix import PrefixCache
 from prfaas.planner.sharing import ConversationSharing, Sharing
@@ -32,7 +32,6 @@ __all__ = [
     "DEFAULT_THRESHOLDS",
     "SHARED_CACHE_NOTE",
     "SHARING_SAMPLE",
-    "SharingSample",
     "TraceStats",
     "quantile_buckets",
     "replayed_uncached",
@@ -40,6 +39,7 @@ __all__ = [
     "sharing_uncached",
     "trace_stats",
     "trace_workload",
+    "with_sharing",
 ]
 
 DEFAULT_THRESHOLDS = (1024, 4096, 8192, 16384, 32768)
@@ -75,30 +75,6 @@ SHARING_SAMPLE = 20_000
 """Requests ``sharing_uncached`` draws from a ``workload.sharing`` pattern to plan from."""
 
 
-@dataclass(frozen=True, slots=True)
-class SharingSample:
-    """The uncached lengths of a sample of a sharing pattern's requests (``sharing_uncached``)."""
-
-    uncached: Trace
-    requests: int
-    hit_ratio: float
-    """Token prefix-hit ratio of the sample: 1 − Σ uncached / Σ prompt."""
-    kind: str
-    """The pattern as ``workload.sharing`` names it (``conversations …``, ``documents …``)."""
-    prompt_mean: float = 0.0
-    """Mean whole prompt of the sample (a conversation's history included): what a decode
-    holds as context, where ``inputLength`` may describe only the new part."""
-
-    @property
-    def note(self) -> str:
-        """The plan's note on where its uncached lengths came from."""
-        return (
-            f"from workload.sharing {self.kind}, {self.requests} sampled requests, hit ratio "
-            f"{self.hit_ratio:.3f} (one unbounded prefix cache shared by all instances: the "
-            "pattern's upper bound on prefix reuse, as `prfaas trace stats` assumes)"
-        )
-
-
 @functools.lru_cache(maxsize=16)
 def sharing_uncached(
     sharing: Sharing,
@@ -127,6 +103,15 @@ def sharing_uncached(
         kind=f"{kind}, {sharing.block_tokens}-token blocks",
         prompt_mean=float(stream.input_tokens.mean()),
     )
+
+
+def with_sharing(workload: WorkloadInput, sharing: Sharing | None) -> WorkloadInput:
+    """``workload`` with ``sharing`` and, where the plan takes its uncached lengths from it (no
+    ``uncached_length``), the seeded sample of its requests (``sharing_uncached``)."""
+    sample = None
+    if sharing is not None and workload.uncached_length is None:
+        sample = sharing_uncached(sharing, workload.input_length, workload.output_length)
+    return replace(workload, sharing=sharing, sharing_sample=sample)
 
 
 def replayed_uncached(

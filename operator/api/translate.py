@@ -28,6 +28,7 @@ from prfaas.planner.problem import (
     WorkloadInput,
 )
 from prfaas.planner.sharing import ConversationSharing, DocumentSharing, Sharing
+from prfaas.planner.trace_workload import with_sharing
 
 __all__ = [
     "TranslateError",
@@ -241,12 +242,14 @@ def problem_from_resources(
             "simulator adds it to each request's TTFT"
         )
     w = spec.workload
-    workload = WorkloadInput(
-        distribution(w.input_length),
-        distribution(w.output_length),
-        w.requests_per_second,
-        w.prefix_cache_hit_rate,
-        None if w.uncached_length is None else distribution(w.uncached_length),
+    workload = with_sharing(
+        WorkloadInput(
+            distribution(w.input_length),
+            distribution(w.output_length),
+            w.requests_per_second,
+            w.prefix_cache_hit_rate,
+            None if w.uncached_length is None else distribution(w.uncached_length),
+        ),
         sharing_pattern(w.sharing),
     )
     slo = SloInput(

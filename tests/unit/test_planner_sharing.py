@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from prfaas.planner.problem import Problem, WorkloadInput
 from prfaas.planner.sharing import ConversationSharing, DocumentSharing
 from prfaas.planner.sim.arrivals import synthetic_stream
 from prfaas.planner.solver import plan
-from prfaas.planner.trace_workload import SHARING_SAMPLE, sharing_uncached
+from prfaas.planner.trace_workload import SHARING_SAMPLE, sharing_uncached, with_sharing
 from pydantic import ValidationError
 
 SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "case-study.yaml"
@@ -30,8 +31,13 @@ def case_study() -> Problem:
     return problems_from_manifests(read_manifests([SAMPLE]).resources)[0]
 
 
-def _with(problem: Problem, **changes: object) -> Problem:
-    return replace(problem, workload=replace(problem.workload, **changes))
+def _with(problem: Problem, **changes: Any) -> Problem:
+    """``problem`` with its workload changed; a new ``sharing`` comes with its sample."""
+    w = problem.workload
+    if "sharing" in changes:
+        sharing = changes.pop("sharing")
+        return replace(problem, workload=with_sharing(replace(w, **changes), sharing))
+    return replace(problem, workload=replace(w, **changes))
 
 
 def _independent_uncached(problem: Problem) -> tuple[np.ndarray, float]:
@@ -140,3 +146,12 @@ def test_a_conversations_decode_context_is_its_whole_prompt(case_study: Problem)
     twin = _with(problem, uncached_length=w.uncached, sharing=None)
     assert twin.workload.prompt_mean == m
     assert plan(problem).throughput_rps < plan(twin).throughput_rps
+
+
+def test_sharing_without_its_sample_is_refused(case_study: Problem) -> None:
+    """The plan's uncached lengths come from the sample; a workload that names a pattern but
+    holds none would plan as if nothing were shared."""
+    w = case_study.workload
+    with pytest.raises(PlannerError, match="with_sharing"):
+        WorkloadInput(w.input_length, w.output_length, sharing=DOCS)
+    assert with_sharing(w, DOCS).sharing_sample is not None
