@@ -81,3 +81,41 @@ def test_dense_numbering_keeps_equal_ids_equal() -> None:
     dense, n = p.dense()
     assert n == 3 and dense.tolist() == [0, 1, 0, 2]
     assert p.take(np.array([3, 0])).dense()[0].tolist() == [2, 0, 1]
+
+
+_HEADS = 4  # first blocks come from 0..3, later ones from 4..13: heads only lead
+_led_chain = st.tuples(
+    st.integers(0, _HEADS - 1), st.lists(st.integers(_HEADS, N_IDS - 1), unique=True, max_size=9)
+).map(lambda c: [c[0], *c[1]])
+_led_ops = st.lists(
+    st.tuples(st.sampled_from(["match", "insert", "peek", "len"]), _led_chain), max_size=60
+)
+
+
+@settings(max_examples=300)
+@given(st.integers(1, 9), _led_ops, st.booleans())
+def test_deferred_eviction_and_first_block_holders_change_no_answer(
+    capacity: int, ops: list[tuple[str, list[int]]], evict_at_once: bool
+) -> None:
+    """Eviction deferred until a lookup reaches an old block (or the excess passes the slack;
+    slack 0 evicts at every lookup), and with ``holders`` only first blocks flagged: the same
+    answers as ``PrefixCache``, and ``holders`` never below the caches that hold a head."""
+    from array import array
+
+    holders = array("i", bytes(4 * N_IDS))
+    ref, dense = PrefixCache(capacity), DensePrefixCache(capacity, N_IDS, holders)
+    if evict_at_once:
+        dense._slack = 0
+    for op, ids in ops:
+        if op == "insert":
+            ref.insert(ids)
+            dense.insert(ids)
+        elif op == "match":
+            assert dense.match(ids) == ref.match(ids)
+        elif op == "peek":
+            assert dense.peek(ids) == ref.peek(ids)
+        else:
+            assert len(dense) == len(ref)
+        for head in range(_HEADS):
+            assert holders[head] >= (head in ref._blocks)  # a held head is never skipped
+    assert _held(dense) == set(ref._blocks)
