@@ -154,13 +154,6 @@ class DenseChain:
         return len(self.ids)
 
 
-def _leading_nonzero(stamps: npt.NDArray[np.integer[Any]]) -> int:
-    """Number of leading non-zero entries."""
-    held = stamps != 0
-    n = int(held.argmin())  # the first block not held (0 also when all are)
-    return len(held) if n == 0 and len(held) and held[0] else n
-
-
 class DensePrefixCache:
     """``PrefixCache``'s exact LRU for block ids known up front as dense ints ``0..n_ids-1``
     (the simulator numbers a stream's blocks once: ``Chains.dense``), in numpy arrays instead
@@ -189,7 +182,6 @@ class DensePrefixCache:
         "_live",
         "_log",
         "_queued",
-        "_slack",
         "_stamp",
         "_steps",
         "_tail",
@@ -198,8 +190,6 @@ class DensePrefixCache:
 
     def __init__(self, capacity_blocks: int, n_ids: int, holders: array[int] | None = None) -> None:
         self.capacity_blocks = capacity_blocks
-        self._slack = max(64, capacity_blocks // 4)
-        """Blocks held beyond capacity (not evicted yet) before a lookup evicts anyway."""
         size = max(n_ids, 0) if capacity_blocks > 0 else 0
         self._stamp = np.zeros(size, dtype=np.int32)
         """0: not held; else 1 + the position of the block's live log entry (int32: half the
@@ -215,9 +205,7 @@ class DensePrefixCache:
         """Inserted chains not applied yet, each reversed (tail first)."""
         self._flags = bytearray(size)
         """1 for a block that is stamped or queued (read one at a time as Python ints: the
-        quick miss test, on a chain's first block); ``_flag`` is the same memory in numpy.
-        With ``holders`` (heads only lead: no first block is ever a later one) only first
-        blocks are marked."""
+        quick miss test); ``_flag`` is the same memory in numpy."""
         self._flag = np.frombuffer(self._flags, dtype=np.uint8) if size else np.zeros(0, np.uint8)
         self._holders = holders if size else None
         self._holders_np = None if holders is None or not size else np.frombuffer(holders, np.int32)
@@ -233,13 +221,6 @@ class DensePrefixCache:
 
     def _settle(self) -> None:
         """Apply the queued inserts, then evict beyond capacity."""
-        self._apply()
-        over = self._live - self.capacity_blocks
-        if over > 0:
-            self._evict(over)
-
-    def _apply(self) -> None:
-        """Apply the queued inserts (eviction is ``_settle``'s, or ``_held``'s when needed)."""
         queued = self._queued
         if queued:
             batch = queued[0] if len(queued) == 1 else np.concatenate(queued)
@@ -259,24 +240,15 @@ class DensePrefixCache:
             self._log[t : t + n] = batch
             self._tail = t + n
             queued.clear()
+        over = self._live - self.capacity_blocks
+        if over > 0:
+            self._evict(over)
 
     def _held(self, ids: npt.NDArray[np.int64]) -> int:
-        """Leading blocks of ``ids`` held. The LRU holds the ``capacity_blocks`` most recently
-        touched blocks, so eviction can wait: a block stamped within the last
-        ``capacity_blocks`` log entries is held whatever is still to be evicted. Only when a
-        leading block is older than that, or the excess passes ``_slack``, are the oldest
-        evicted first (the same blocks as evicting at every insert)."""
-        self._apply()
-        stamps = self._stamp[ids]
-        n = _leading_nonzero(stamps)
-        over = self._live - self.capacity_blocks
-        if over > 0 and (
-            over > self._slack
-            or (n and int(stamps[:n].min()) <= self._tail - self.capacity_blocks)
-        ):
-            self._evict(over)
-            n = _leading_nonzero(self._stamp[ids])
-        return n
+        self._settle()
+        held = self._stamp[ids] != 0
+        n = int(held.argmin())  # the first block not held (0 also when all are)
+        return len(held) if n == 0 and held[0] else n
 
     def peek(self, hashes: Any) -> int:
         """Like ``match`` but leaves recency alone."""
@@ -310,14 +282,10 @@ class DensePrefixCache:
         chain = hashes if type(hashes) is DenseChain else self._chain(hashes)
         first = chain.first
         if first >= 0:
-            self._queued.append(chain.ids[::-1])
-            if self._holders is None:
-                self._flag[chain.ids] = 1
-            elif not self._flags[first]:
-                # Heads only lead: only first blocks' flags are ever read, so only the first
-                # is marked (one Python int, not a numpy scatter).
+            if self._holders is not None and not self._flags[first]:
                 self._holders[first] += 1
-                self._flags[first] = 1
+            self._queued.append(chain.ids[::-1])
+            self._flag[chain.ids] = 1
 
     def _touch(self, rev: npt.NDArray[np.int64]) -> None:
         """Stamp held blocks ``rev`` in this order (the last most recent) at the log's end."""
