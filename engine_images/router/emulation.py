@@ -294,6 +294,9 @@ class EngineRecord:
     uncached_tokens: int = 0
     prefill_start: float | None = None
     prefill_end: float | None = None
+    engine: str = ""
+    """The engine that kept the record (its KV server's ``host:port``): which instance the
+    router placed the request on."""
     kv_from: str | None = None
     kv_bytes: int = 0
     kv_start: float | None = None
@@ -359,7 +362,9 @@ class EngineEmulation:
             self._server = None
 
     def record(self, rid: str, role: str, n_prompt: int) -> EngineRecord:
-        rec = EngineRecord(rid, role, n_prompt, self.clock())
+        rec = EngineRecord(
+            rid, role, n_prompt, self.clock(), engine=f"{self.kv_advertise}:{self.kv_port}"
+        )
         self.records[f"{role}:{rid}"] = rec
         return rec
 

@@ -157,6 +157,7 @@ async def test_remote_prefill_then_decode_moves_the_requests_kv_bytes() -> None:
         _, events = await _call(s, d.url, decode_body(body, kv), "r1")
         pre, dec = (await _records(s, p.url))["r1"], (await _records(s, d.url))["r1"]
     assert events >= 2  # the first token at once, the rest in chunks
+    assert pre["engine"] == f"127.0.0.1:{kv['remote_port']}" != dec["engine"]  # who kept it
     assert dec["kv_bytes"] == t.kv_wire_bytes(3000)
     assert pre["prefill_end"] - pre["prefill_start"] >= t.prefill_wall_s([3000])
     # Decode waits for the last KV byte, then its first step emits the first token.
