@@ -33,6 +33,7 @@ from prfaas.engine.vllm.launch import EngineRole
 from prfaas.engine.vllm.tinymodel import ensure_tiny_model
 from prfaas.operator.api.manifests import load_manifests
 from prfaas.operator.cli.local_plan import local_plan
+from prfaas.planner.plan import Plan
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,9 +175,11 @@ class Deployment:
 
 
 @contextlib.contextmanager
-def running(sample: Path, tiny_model: Path) -> Iterator[LocalRuntime]:
-    """``prfaas up`` of ``sample`` (namespaces when ``use_netns``), stopped on the way out."""
-    plan = local_plan(load_manifests(sample))
+def running(sample: Path | Plan, tiny_model: Path) -> Iterator[LocalRuntime]:
+    """``prfaas up`` of ``sample`` (a manifest, or a plan made from one; namespaces when
+    ``use_netns``), stopped on the way out. ``PRFAAS_E2E_WORKDIR=folder`` keeps the engines'
+    and the router's logs there."""
+    plan = sample if isinstance(sample, Plan) else local_plan(load_manifests(sample))
     net = None
     if use_netns():
         link = plan.links[0]
@@ -190,7 +193,8 @@ def running(sample: Path, tiny_model: Path) -> Iterator[LocalRuntime]:
         if net is not None:
             net.close()
         raise
-    runtime = LocalRuntime(layout, net=net)
+    kept = os.environ.get("PRFAAS_E2E_WORKDIR")
+    runtime = LocalRuntime(layout, net=net, workdir=Path(kept) if kept else None)
     try:
         runtime.start()
         yield runtime

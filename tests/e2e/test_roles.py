@@ -26,9 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
-from prfaas.engine.local.netns import TwoDatacenterNet
-from prfaas.engine.local.processes import free_port
-from prfaas.engine.local.runtime import LocalRuntime, build_layout
+from prfaas.engine.local.runtime import LocalRuntime
 from prfaas.operator.api.manifests import load_manifests
 from prfaas.operator.cli.local_plan import local_plan
 from prfaas.planner.plan import Plan
@@ -40,7 +38,7 @@ from .conftest import (
     SAMPLE,
     completion_body,
     metric,
-    use_netns,
+    running,
 )
 
 pytestmark = [
@@ -71,27 +69,8 @@ def convertible_plan() -> Plan:
 
 @pytest.fixture(scope="module")
 def pool(reference: dict[str, list[int]], tiny_model: Path) -> Iterator[LocalRuntime]:
-    plan = convertible_plan()
-    net = None
-    if use_netns():
-        net = TwoDatacenterNet("dc-a", "dc-b", plan.links[0].capacity_gbps * 1e9).open()
-    try:
-        layout = build_layout(
-            plan, model_dir=tiny_model, net=net,
-            router_port=8000 if net is not None else free_port(),
-        )
-    except BaseException:
-        if net is not None:
-            net.close()
-        raise
-    # PRFAAS_E2E_WORKDIR=folder keeps the engines' and the router's logs there.
-    kept = os.environ.get("PRFAAS_E2E_WORKDIR")
-    runtime = LocalRuntime(layout, net=net, workdir=Path(kept) if kept else None)
-    try:
-        runtime.start()
+    with running(convertible_plan(), tiny_model) as runtime:
         yield runtime
-    finally:
-        runtime.stop()
 
 
 @dataclass
