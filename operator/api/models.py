@@ -404,7 +404,19 @@ class ArrivalProcess(_Model):
     cv: float = Field(default=1.0, gt=0, le=100)
 
 
-class ConversationSharing(_Model):
+class _Sharing(_Model):
+    """What every sharing pattern has: its block, the unit of sharing."""
+
+    block_tokens: int = Field(
+        default=512,
+        ge=16,
+        le=1 << 20,
+        description="Tokens per shared block, the unit of sharing (cached lengths round down "
+        "to it; smaller is finer and slower to simulate).",
+    )
+
+
+class ConversationSharing(_Sharing):
     """Multi-turn conversations that extend: each request is the next turn of one of
     ``concurrent`` open conversations (chosen at random); its prompt is the conversation so far
     (earlier prompts and answers) plus a new message of ``inputLength`` tokens."""
@@ -416,16 +428,9 @@ class ConversationSharing(_Model):
     turns: int = Field(
         default=8, ge=1, le=10_000, description="Turns per conversation before a new one starts."
     )
-    block_tokens: int = Field(
-        default=512,
-        ge=16,
-        le=1 << 20,
-        description="Tokens per shared block, the unit of sharing (cached lengths round down "
-        "to it; smaller is finer and slower to simulate).",
-    )
 
 
-class DocumentSharing(_Model):
+class DocumentSharing(_Sharing):
     """Documents asked about many times: ``documents`` documents of ``length`` tokens, picked
     with Zipf popularity; a prompt is the document plus a question of ``inputLength`` tokens."""
 
@@ -438,13 +443,6 @@ class DocumentSharing(_Model):
         le=10,
         description="Popularity exponent: the k-th most asked document has weight 1/k^zipf "
         "(0: uniform).",
-    )
-    block_tokens: int = Field(
-        default=512,
-        ge=16,
-        le=1 << 20,
-        description="Tokens per shared block, the unit of sharing (cached lengths round down "
-        "to it; smaller is finer and slower to simulate).",
     )
 
 
