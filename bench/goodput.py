@@ -246,11 +246,15 @@ def prfaas_router_config(
     cfg = case.scenarios[scenario].config
     scale = Scale(args.time_scale, args.byte_scale)
     home = cfg.decode.datacenter
-    dcs: dict[str, dict[str, list[str]]] = {home: {"prefill": [], "decode": layout.decode}}
+    # The router models each engine's prefix cache at the engine's own capacity: a prefill
+    # engine's is the scenario's ``cache_blocks`` (``timing_of``), an emulated decode keeps none.
+    dcs: dict[str, dict[str, Any]] = {
+        home: {"prefill": [], "decode": layout.decode, "cache_blocks": {"decode": 0}}
+    }
     for p in cfg.prefill:
-        dcs.setdefault(p.datacenter, {"prefill": [], "decode": []})["prefill"] += layout.prefill[
-            p.name
-        ]
+        eps = dcs.setdefault(p.datacenter, {"prefill": [], "decode": [], "cache_blocks": {}})
+        eps["prefill"] += layout.prefill[p.name]
+        eps["cache_blocks"]["prefill"] = p.cache_blocks
     links = {
         ln.from_dc: LinkSettings(
             name=ln.name,

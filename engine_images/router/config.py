@@ -11,7 +11,8 @@ One router runs in front of each decode cluster. Its file (YAML or JSON, camelCa
     localDatacenter: dc-b
     datacenters:
       dc-b: {prefill: [], decode: ["http://10.0.1.5:8000"]}   # no local PD-P: decode prefills
-      dc-a: {prefill: ["http://10.0.0.7:8000"], decode: []}
+      dc-a: {prefill: ["http://10.0.0.7:8000"], decode: [],
+             cacheBlocks: {prefill: 1646412}}  # an engine's KV memory in blocks (the plan's)
       # or, a convertible pool (kv_both engines, ``Plan.convertible``): the role of each
       # engine now. Rewriting it changes roles live (the router re-reads the file); a role
       # change drains the old role first (``policy``: leaving → joining → serving).
@@ -27,7 +28,8 @@ the local PD-P pool.
     kvFixedBytes: 0.0
     blockSize: 16                     # the engines' KV block (--block-size): prefix hashes, and
                                       # the unit a KV transfer moves (whole blocks)
-    prefixCacheBlocks: 65536          # LRU size of the per-instance prefix-cache model
+    prefixCacheBlocks: 65536          # LRU size of the prefix-cache model of an engine whose
+                                      # datacenter gives no cacheBlocks for its role
     timeouts: {connectS: 5, prefillS: 60, decodeS: 600}
     discovery:                        # on Kubernetes: follow these pools' pods (optional)
       namespace: serving
@@ -44,7 +46,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from prfaas.planner.plan import Plan
@@ -108,6 +110,11 @@ class DatacenterEndpoints(_Model):
     """``kv_both`` instances (URL → the role it serves now): each request's
     ``kv_transfer_params`` say which part it plays, so this map is a routing decision, changed
     without a restart (a role change drains the old role first)."""
+    cache_blocks: dict[PoolRole, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    """Prefix-cache capacity of one engine of each role here, in ``blockSize`` blocks: its KV
+    memory (the plan's ``kvCacheTokens / blockSize``), so that the router's model of an engine's
+    cache forgets a prefix when the engine does, not sooner. 0: the engines keep no prefix
+    cache (affinity is off for them). A role absent: ``prefixCacheBlocks``."""
 
     @model_validator(mode="after")
     def _check_once(self) -> DatacenterEndpoints:
@@ -259,6 +266,8 @@ class RouterConfig(_Model):
     """The engines' KV block (``spec.engine.blockSize``, vLLM ``--block-size``): the router hashes
     prompts in it and counts a remote request's KV bytes in whole blocks of it."""
     prefix_cache_blocks: int = Field(default=DEFAULTS.prefix_cache_blocks, gt=0)
+    """Prefix-cache capacity (blocks) of an engine whose datacenter entry gives none
+    (``cacheBlocks``)."""
     affinity_max_imbalance: int = Field(default=DEFAULTS.affinity_max_imbalance, ge=0)
     """Cache affinity wins unless that instance has this many more requests in flight than the
     least-loaded one."""
@@ -303,6 +312,12 @@ class RouterConfig(_Model):
             if dc != self.local_datacenter and eps.prefill and dc in self.links
         ]
 
+    def cache_blocks(self, datacenter: str, role: str) -> int:
+        """Prefix-cache capacity (blocks) of one engine of ``role`` in ``datacenter``."""
+        eps = self.datacenters.get(datacenter)
+        sizes = {} if eps is None else eps.cache_blocks
+        return next((n for r, n in sizes.items() if r == role), self.prefix_cache_blocks)
+
     def link(self, datacenter: str) -> LinkSettings:
         """The link settings of a remote datacenter, with its default name filled in."""
         s = self.links[datacenter]
@@ -316,8 +331,9 @@ class RouterConfig(_Model):
 def _plain(cfg: RouterConfig) -> dict[str, Any]:
     data = cfg.model_dump(by_alias=True, mode="json")
     for eps in data.get("datacenters", {}).values():
-        if not eps.get("convertible"):  # files without a convertible pool stay as before
-            eps.pop("convertible", None)
+        for key in ("convertible", "cacheBlocks"):  # files without them stay as before
+            if not eps.get(key):
+                eps.pop(key, None)
     return data
 
 
@@ -403,7 +419,8 @@ def router_config_from_plan(
     "local-prefill": {"prefill": ["http://10.0.0.7:8000"]}}`` — the operator passes its Service
     URLs, ``prfaas up`` its loopback/netns addresses. Datacenters come from ``plan.clusters``;
     ``t``, KV bytes and the remote prefill clusters from the plan's ``RouterPlan``; capacity and
-    headroom from its ``LinkPlan``. ``decode_batch`` (a decode instance's max batch) sizes the
+    headroom from its ``LinkPlan``; each pool's ``cacheBlocks`` from its row's
+    ``kv_cache_tokens``. ``decode_batch`` (a decode instance's max batch) sizes the
     in-flight bound from the plan's decode instances (``admission_from_plan``). Where the plan
     runs the decode cluster as a convertible pool of ``kv_both`` engines (``Plan.convertible``)
     at known URLs, ``assignment`` maps each to its role now (``role_assignment`` makes the
@@ -427,6 +444,16 @@ def router_config_from_plan(
         raise RouterConfigError(f"decode cluster {rplan.decode_cluster!r} is not in plan.clusters")
 
     pools: dict[str, dict[str, list[str]]] = {local_dc: {"prefill": [], "decode": []}}
+    caches: dict[str, dict[PoolRole, int]] = {}
+
+    def cache(key: str, cluster: str, role: PoolRole) -> None:
+        """An engine's prefix cache is its KV memory (the plan's ``kv_cache_tokens``); where
+        one entry gathers several clusters, the smallest."""
+        for c in plan.clusters:
+            if c.name == cluster and c.role == role and c.kv_cache_tokens is not None:
+                have = caches.setdefault(key, {})
+                blocks = c.kv_cache_tokens // block_size
+                have[role] = min(have.get(role, blocks), blocks)
 
     def add(cluster: str, role: PoolRole) -> None:
         urls = list(endpoints.get(cluster, {}).get(role, []))
@@ -435,6 +462,7 @@ def router_config_from_plan(
             raise RouterConfigError(f"cluster {cluster!r} is not in plan.clusters")
         pool = pools.setdefault(dc, {"prefill": [], "decode": []})[role]
         pool.extend(u for u in urls if u not in pool)
+        cache(dc, cluster, role)
 
     convertible: dict[str, PoolRole] = {}
     if assignment:
@@ -445,6 +473,8 @@ def router_config_from_plan(
                 "flags, or it lacks one of the roles): list its engines by role instead"
             )
         convertible = dict(assignment)
+        for role in ("prefill", "decode"):
+            cache(local_dc, rplan.decode_cluster, role)
         if "decode" not in convertible.values():
             raise RouterConfigError(
                 f"the role assignment of {rplan.decode_cluster!r} leaves no decode instance "
@@ -472,6 +502,7 @@ def router_config_from_plan(
                 key = f"{local_dc}/{key}"
             urls = list(endpoints.get(remote.prefill_cluster, {}).get("prefill", []))
             pools.setdefault(key, {"prefill": [], "decode": []})["prefill"].extend(urls)
+            cache(key, remote.prefill_cluster, "prefill")
             links[key] = LinkSettings(name=f"{remote.prefill_cluster}-in-{local_dc}")
             continue
         add(remote.prefill_cluster, "prefill")
@@ -488,7 +519,11 @@ def router_config_from_plan(
         max_model_len=max_model_len,
         local_datacenter=local_dc,
         datacenters={
-            dc: DatacenterEndpoints(**p, convertible=convertible if dc == local_dc else {})
+            dc: DatacenterEndpoints(
+                **p,
+                convertible=convertible if dc == local_dc else {},
+                cache_blocks=caches.get(dc, {}),
+            )
             for dc, p in pools.items()
         },
         links=links,

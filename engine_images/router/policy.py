@@ -9,6 +9,9 @@ circuit breakers. No I/O: the proxy calls ``RoutingPolicy.decide`` and reports b
 monotonic) so tests drive it.
 
 * **Hashes**: ``block_hashes`` of the prompt's token ids at the file's ``block_size``.
+* **Prefix caches**: one LRU per engine, as large as the engine's KV memory (its datacenter's
+  ``cacheBlocks`` for its role, else ``prefixCacheBlocks``): a smaller one forgets prefixes
+  the engine still holds, and the next turn of a conversation goes elsewhere and recomputes.
 * **Available**: an instance or link whose circuit allows a request now (and a link not marked
   down, with capacity).
 * **Circuits**: ``failures`` consecutive failures open an instance's or a link's circuit for
@@ -153,6 +156,7 @@ class RoutingPolicy:
             ]
             for role, url in assigned:
                 key = (dc, role, url)
+                blocks = config.cache_blocks(dc, role)
                 known = self.instances.get(key)
                 if known is not None:
                     inst = known
@@ -160,14 +164,14 @@ class RoutingPolicy:
                     # The engine's other entries (a role change): same cache, same circuit.
                     same = by_engine.get((dc, url), [])
                     inst = Instance(
-                        cache=same[0].cache if same else PrefixCache(config.prefix_cache_blocks),
+                        cache=same[0].cache if same else PrefixCache(blocks),
                         url=url,
                         datacenter=dc,
                         role=role,
                         circuit=same[0].circuit if same
                         else Circuit(c.failures, c.retry_after_s),
                     )
-                inst.cache.capacity_blocks = config.prefix_cache_blocks
+                inst.cache.capacity_blocks = blocks
                 inst.circuit.failures_to_open = c.failures
                 inst.circuit.retry_after_s = c.retry_after_s
                 wanted[key] = inst

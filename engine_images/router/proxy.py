@@ -564,7 +564,8 @@ class RouterCore:
                 "--kv-transfer-config kv_role=kv_producer"
             )
         inst.circuit.record_success()
-        inst.cache.insert(d.hashes)
+        if inst.cache.capacity_blocks:  # 0: the engine keeps no prefix cache
+            inst.cache.insert(d.hashes)
         return params
 
     def record_failure(self, inst: Instance) -> None:
@@ -692,7 +693,8 @@ class Relay:
             if outcome == "ok":
                 resp.release()
                 self.decode.circuit.record_success()
-                self.decode.cache.insert(self.hashes)
+                if self.decode.cache.capacity_blocks:
+                    self.decode.cache.insert(self.hashes)
             else:
                 resp.close()
             self.decode.finished()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,34 @@ def test_same_datacenter_prefill_cluster_gets_its_own_pool_with_an_unbounded_lin
     assert cfg.links["prfaas-x"].capacity_gbps is None
     assert cfg.remote_datacenters == ["prfaas-x"]
     assert parse_router_config(dump_router_config(cfg)) == cfg
+
+
+def test_from_plan_sizes_each_pools_prefix_cache_model_by_its_engines_kv_memory() -> None:
+    """An engine keeps prefixes in all its KV memory (the plan's ``kv_cache_tokens``); the
+    router's model of it must not be smaller, or it forgets what the engine still holds."""
+    plan = _plan(local_prefill=True)
+    sized = {("local-prefill", "prefill"): 1_600_000, ("local-decode", "prefill"): 48_000,
+             ("local-decode", "decode"): 32_000}
+    plan.clusters = [
+        replace(c, kv_cache_tokens=sized[(c.name, c.role)]) for c in plan.clusters
+    ]
+    cfg = router_config_from_plan(plan, ENDPOINTS, block_size=16)
+    assert cfg.datacenters["dc-a"].cache_blocks == {"prefill": 100_000}
+    assert cfg.datacenters["dc-b"].cache_blocks == {"prefill": 3_000, "decode": 2_000}
+    assert cfg.cache_blocks("dc-a", "prefill") == 100_000
+    text = dump_router_config(cfg)
+    assert parse_router_config(text) == cfg
+    assert "cacheBlocks" in text
+    # A plan without KV sizes (and so every file written before) keeps prefixCacheBlocks.
+    bare = router_config_from_plan(_plan(local_prefill=True), ENDPOINTS, prefix_cache_blocks=77)
+    assert bare.datacenters["dc-a"].cache_blocks == {}
+    assert bare.cache_blocks("dc-a", "prefill") == bare.cache_blocks("dc-b", "decode") == 77
+    assert "cacheBlocks" not in dump_router_config(bare)
+
+
+def test_a_negative_cache_size_is_refused_naming_the_field() -> None:
+    text = dump_router_config(router_config_from_plan(_plan(), ENDPOINTS)).replace(
+        "decode: []", "decode: []\n    cacheBlocks: {prefill: -1}", 1
+    )
+    with pytest.raises(RouterConfigError, match="cacheBlocks"):
+        parse_router_config(text)

@@ -215,3 +215,60 @@ def test_remote_exactly_when_uncached_exceeds_t(n: int, held_blocks: int, t: int
     if d.route == "remote":
         assert d.prefill is not None and d.prefill.datacenter == "far"
         assert d.kv_bytes == 10.0 * 10 * math.ceil(n / 10) + 7.0  # decode holds none of it
+
+
+def _conversation_after_others(p: RoutingPolicy) -> tuple[Any, Any]:
+    """A 200-token first turn goes remote; 8 other 200-token prompts follow (each prefilled,
+    its blocks recorded as the proxy does when the prefill answers); then the second turn,
+    the first plus 50 tokens. Returns (first decision, second decision)."""
+
+    def prefilled(tokens: list[int]) -> Any:
+        d = p.decide(tokens, 0.0)
+        assert d.route == "remote" and d.prefill is not None
+        d.prefill.cache.insert(d.hashes)
+        return d
+
+    first_turn = toks(200)
+    first = prefilled(first_turn)
+    for k in range(1, 9):
+        prefilled(toks(200, start=1000 * k))
+    return first, p.decide([*first_turn, *toks(50, start=99_000)], 0.0)
+
+
+def test_a_cache_model_as_large_as_the_engine_keeps_a_conversation_on_its_instance() -> None:
+    """Each far engine holds 100 blocks (cacheBlocks): after 8 other prompts (160 blocks,
+    half on each engine) the first turn's 20 blocks are still there, and the router knows it.
+    A model of the default prefixCacheBlocks (40 here) forgot them, and sent the second turn
+    to the engine the rotation gave, which recomputes all 200 tokens."""
+    far = {"prefill": ["http://rp0", "http://rp1"], "cache_blocks": {"prefill": 100}}
+    local = {"prefill": ["http://lp0"], "decode": ["http://d0"]}
+    sized = RoutingPolicy(
+        _config(datacenters={"local": local, "far": far}, prefix_cache_blocks=40)
+    )
+    assert [i.cache.capacity_blocks for i in sized.pool("far", "prefill")] == [100, 100]
+    assert sized.pool("local", "prefill")[0].cache.capacity_blocks == 40
+    first, second = _conversation_after_others(sized)
+    assert second.prefill is first.prefill
+    assert second.uncached_tokens == 250  # nothing held locally
+    assert second.prefill is not None and second.prefill.cache.peek(second.hashes) == 20
+
+    far_default = {"prefill": ["http://rp0", "http://rp1"]}
+    small = RoutingPolicy(
+        _config(datacenters={"local": local, "far": far_default}, prefix_cache_blocks=40)
+    )
+    first, second = _conversation_after_others(small)
+    assert all(i.cache.peek(first.hashes) == 0 for i in small.pool("far", "prefill"))
+    assert second.prefill is not first.prefill
+
+
+def test_an_engine_without_prefix_cache_is_never_looked_up() -> None:
+    """cacheBlocks 0 (an engine that keeps no prefix cache): its model holds nothing, so
+    affinity never picks it for a prefix; reconfigure resizes models in place."""
+    far = {"prefill": ["http://rp0", "http://rp1"], "cache_blocks": {"prefill": 0}}
+    local = {"prefill": ["http://lp0"], "decode": ["http://d0"]}
+    p = RoutingPolicy(_config(datacenters={"local": local, "far": far}))
+    rp0 = p.pool("far", "prefill")[0]
+    assert rp0.cache.capacity_blocks == 0
+    far["cache_blocks"] = {"prefill": 30}
+    p.reconfigure(_config(datacenters={"local": local, "far": far}))
+    assert p.pool("far", "prefill")[0] is rp0 and rp0.cache.capacity_blocks == 30

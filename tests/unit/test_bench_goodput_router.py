@@ -1,0 +1,50 @@
+"""``bench/goodput.py``'s router file describes the emulated engines it runs in front of."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from prfaas.engine.router.policy import RoutingPolicy
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "goodput.py"
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_goodput", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_goodput"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_routers_cache_models_are_the_emulated_engines_caches() -> None:
+    """Each prefill engine's model in the router is as large as that engine's emulated cache
+    (``timing_of``: the scenario's ``cache_blocks``); the emulated decode engines keep none.
+    With the router's default (65536 blocks of 16 tokens, 1/25 of a PrfaaS H200's) the router
+    forgot a conversation 70 planned seconds on, and placed its next turn elsewhere."""
+    bench = _bench()
+    args = argparse.Namespace(
+        manifest=bench.ROOT / "crds/samples/case-study.yaml", time_scale=10.0, byte_scale=1e-3,
+        emit_interval=0.2,
+    )
+    case = bench.load_case(args.manifest)
+    cfg = case.scenarios["prfaas-pd"].config
+    layout = bench.Layout(
+        prefill={p.name: [f"http://{p.name}-{i}" for i in range(p.instances)]
+                 for p in cfg.prefill},
+        decode=[f"http://decode-{i}" for i in range(cfg.decode.instances)],
+    )
+    policy = RoutingPolicy(bench.prfaas_router_config(case, "prfaas-pd", layout, args))
+    for p in cfg.prefill:
+        engine = bench.timing_of(case, "prfaas-pd", p.name, args)
+        assert engine.cache_blocks == p.cache_blocks > 65536
+        pool = policy.pool(p.datacenter, "prefill")
+        assert [i.url for i in pool] == layout.prefill[p.name]
+        assert {i.cache.capacity_blocks for i in pool} == {engine.cache_blocks}
+    assert bench.timing_of(case, "prfaas-pd", cfg.decode.name, args).cache_blocks == 0
+    assert {i.cache.capacity_blocks for i in policy.pool(cfg.decode.datacenter, "decode")} == {0}
