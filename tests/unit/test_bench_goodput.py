@@ -1,4 +1,5 @@
-"""``bench/goodput.py``'s router file describes the emulated engines it runs in front of."""
+"""``bench/goodput.py``: its router file describes the emulated engines it runs in front of, and
+its reordering of same-instant arrivals keeps every request whole."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 from prfaas.engine.router.policy import RoutingPolicy
+from prfaas.planner.routing.prefix import Chains
+from prfaas.planner.sim.arrivals import RequestStream
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "goodput.py"
 
@@ -48,3 +52,24 @@ def test_the_routers_cache_models_are_the_emulated_engines_caches() -> None:
         assert {i.cache.capacity_blocks for i in pool} == {engine.cache_blocks}
     assert bench.timing_of(case, "prfaas-pd", cfg.decode.name, args).cache_blocks == 0
     assert {i.cache.capacity_blocks for i in policy.pool(cfg.decode.datacenter, "decode")} == {0}
+
+
+def test_reordering_shuffles_only_requests_that_arrive_at_one_instant() -> None:
+    bench = _bench()
+    arrival = np.array([0.0, 0.0, 0.0, 0.0, 3.0, 3.0, 3.0, 6.0])
+    n = len(arrival)
+    chains = Chains.from_lists([[0, 10 + i] for i in range(n)], 512)
+    stream = RequestStream(
+        arrival, np.arange(1, n + 1) * 100, np.arange(1, n + 1), np.arange(n), chains
+    )
+    orders = set()
+    for seed in range(20):
+        got = bench.reordered(stream, seed)
+        assert np.array_equal(got.arrival_s, arrival)
+        who = got.input_tokens // 100 - 1  # which original request sits at each place
+        orders.add(tuple(who))
+        assert sorted(who[:4]) == [0, 1, 2, 3] and sorted(who[4:7]) == [4, 5, 6] and who[7] == 7
+        for k, i in enumerate(who):  # each request keeps its own columns and chain
+            assert got.output_tokens[k] == i + 1 and got.prefix_id[k] == i
+            assert got.block_chains.chain(k) == [0, 10 + i]
+    assert len(orders) > 10
