@@ -410,6 +410,9 @@ class Measured:
     stages: dict[str, np.ndarray] = field(default_factory=dict)
     """Per request, planned seconds of each part of TTFT (from the engines' records; only
     where the router forwards the client's request id)."""
+    computed: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """Per request, the prompt tokens its prefill engine computed (the rest hit its prefix
+    cache); NaN where no prefill record names it."""
 
     def attainment(self, ttft_s: float, tpot_s: float) -> float:
         good = self.ok & (self.ttft <= ttft_s) & (self.tpot <= tpot_s)
@@ -476,7 +479,11 @@ def measure(
         util = gbps / link_gbps
         share = len(remote) / max(len(samples), 1)
     stages = _stages(records, tag, len(samples), ts)
-    return Measured(system, rate, ttft, tpot, ok, util, gbps, share, stages)
+    computed = np.full(len(samples), np.nan)
+    for r in records:
+        if r["role"] == "prefill" and r["request_id"].startswith(f"{tag}-"):
+            computed[int(r["request_id"].rsplit("-", 1)[1])] = r["uncached_tokens"]
+    return Measured(system, rate, ttft, tpot, ok, util, gbps, share, stages, computed)
 
 
 def repeated(stream: Any, n: int) -> Any:
@@ -738,6 +745,12 @@ def report(
         err = (pred - meas) / meas if np.isfinite(meas) and meas > 0 else float("nan")
         print(f"simulator vs emulation, {system} at {rate:.2f} req/s: P90 TTFT predicted "
               f"{_fmt(pred, ' s')} vs measured {_fmt(meas, ' s')} ({_fmt(err * 100, '%', 1)})")
+        seen = np.isfinite(m.computed)
+        if seen.any():
+            emu, sim = float(m.computed[seen].sum()), float(r.uncached_tokens[seen].sum())
+            print(f"    prefill tokens computed (prefix-cache misses and new text), "
+                  f"{int(seen.sum())} requests: emulated {emu:,.0f} vs simulated {sim:,.0f} "
+                  f"({_fmt((emu / sim - 1) * 100 if sim else float('nan'), '%', 1)})")
         band = order_band(case, sim_of[system], trace(base, rate, args.duration), args)
         if band is not None:
             lo, hi = band

@@ -73,3 +73,27 @@ def test_reordering_shuffles_only_requests_that_arrive_at_one_instant() -> None:
             assert got.output_tokens[k] == i + 1 and got.prefix_id[k] == i
             assert got.block_chains.chain(k) == [0, 10 + i]
     assert len(orders) > 10
+
+
+def test_measure_reads_each_requests_computed_prefill_tokens_from_its_prefill_record() -> None:
+    """The tokens the prefill engine computed (misses + new text) are what the simulator's
+    ``uncached_tokens`` predicts: a run's sums are compared beside the P90 TTFT."""
+    bench = _bench()
+    stream = RequestStream(
+        np.array([0.0, 1.0, 2.0]), np.array([900, 800, 700]), np.array([2, 2, 2]),
+        np.arange(3),
+    )
+    samples = [bench.Sample(t, t + 0.5, t + 0.6, True) for t in (0.0, 0.1, 0.2)]
+    base = {"prompt_tokens": 0, "arrived": 0.0, "prefill_start": None, "prefill_end": None,
+            "first_token": None, "kv_end": None}
+    records = [
+        {**base, "role": "prefill", "request_id": "prfaas-1-0", "uncached_tokens": 388},
+        {**base, "role": "decode", "request_id": "prfaas-1-0", "uncached_tokens": 0},
+        {**base, "role": "prefill", "request_id": "prfaas-1-2", "uncached_tokens": 700},
+        # another run's request 1:
+        {**base, "role": "prefill", "request_id": "prfaas-0-1", "uncached_tokens": 5},
+    ]
+    args = argparse.Namespace(time_scale=10.0, byte_scale=1e-3)
+    m = bench.measure("prfaas", 1.0, stream, samples, records, None, args, 100.0, "prfaas-1")
+    assert m.computed[0] == 388 and m.computed[2] == 700
+    assert np.isnan(m.computed[1])
