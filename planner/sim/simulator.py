@@ -416,12 +416,14 @@ class Simulation:
         chains = stream.block_chains
         self._chain_ids = chains.ids
         """Dense block ids (``Chains.dense``) once a cache needs them (``_cache``)."""
+        self._chain_rev = chains.ids[:0]
+        """``_chain_ids`` reversed (with them): each chain tail first is a contiguous slice."""
         self._n_ids = -1
         self._chain_first: list[int] = []
-        self._holders: array[int] | None = None
-        """Per first block, the caches holding or queueing it (``DensePrefixCache``): a prompt
-        whose count is 0 is routed without lookups (every one would miss)."""
         """Each chain's first dense id (the cache's quick miss test)."""
+        self._holders: array[int] | None = None
+        """Per first block, the caches holding it (``DensePrefixCache``): a prompt whose count
+        is 0 is routed without lookups (every one would miss)."""
         self._chain_off: list[int] = chains.offsets.tolist()
         self._chain_of: list[DenseChain | None] = [None] * n
         """The chain routing looked up, kept for the inserts after prefill and decode."""
@@ -752,6 +754,7 @@ class Simulation:
         if capacity > 0 and self._n_ids < 0:
             chains = self.stream.block_chains
             self._chain_ids, self._n_ids = chains.dense()
+            self._chain_rev = self._chain_ids[::-1].copy()
             if len(chains.ids):
                 starts = np.minimum(chains.offsets[:-1], len(chains.ids) - 1)
                 self._chain_first = self._chain_ids[starts].tolist()
@@ -766,7 +769,9 @@ class Simulation:
         a, b = self._chain_off[r], self._chain_off[r + 1]
         if a == b:
             return None
-        return DenseChain(self._chain_ids[a:b], self._chain_first[r])
+        end = len(self._chain_rev)
+        rev = self._chain_rev[end - b : end - a]
+        return DenseChain(self._chain_ids[a:b], self._chain_first[r], rev)
 
     def _on_arrival(self, r: int, _: Any) -> None:
         """Route ``r`` and every later request arriving at the same instant, then start the

@@ -1,6 +1,6 @@
 """``DensePrefixCache`` (the simulator's numpy LRU over dense block ids) is ``PrefixCache``
-exactly: the same lookups, the same held set after every operation, with inserts queued and
-evictions deferred until a lookup needs them."""
+exactly: the same lookups, the same held set after every operation, with evictions deferred
+until a lookup needs them."""
 
 from __future__ import annotations
 
@@ -43,24 +43,24 @@ def test_dense_cache_is_prefix_cache(
     assert order == list(ref._blocks)
 
 
-def test_many_queued_chains_that_share_blocks() -> None:
-    """Inserts queue until a lookup; chains that share their head apply in order, and a block
-    listed by two of them counts once."""
+def test_chains_that_share_blocks_evict_at_the_next_lookup() -> None:
+    """Inserts stamp at once and evictions wait for a lookup; chains that share their head
+    apply in order, and a block listed by two of them counts once."""
     ref, dense = PrefixCache(6), DensePrefixCache(6, 20)
     for chain in ([1, 2, 3], [1, 2, 4], [1, 5], [6, 7, 8, 9]):
         ref.insert(chain)
         dense.insert(chain)
-    assert len(dense._queued) == 4  # nothing applied yet
+    assert dense._live == 9  # 1..9, none evicted yet
     assert dense.match([1, 2, 3]) == ref.match([1, 2, 3]) == 1  # 2 and 3 were evicted
     assert dense.match([1, 5]) == ref.match([1, 5]) == 2
     assert _held(dense) == set(ref._blocks)
 
 
-def test_a_miss_on_the_first_block_settles_nothing() -> None:
+def test_a_miss_on_the_first_block_evicts_nothing() -> None:
     dense = DensePrefixCache(2, 10)
     dense.insert([1, 2, 3])
     assert dense.match([4, 1]) == 0
-    assert dense._queued  # still queued: no lookup needed it
+    assert dense._live == 3  # still over capacity: no lookup needed the eviction
     assert dense.match([1, 2, 3]) == 2  # capacity 2 keeps the head (tail-first eviction)
 
 
@@ -81,3 +81,19 @@ def test_dense_numbering_keeps_equal_ids_equal() -> None:
     dense, n = p.dense()
     assert n == 3 and dense.tolist() == [0, 1, 0, 2]
     assert p.take(np.array([3, 0])).dense()[0].tolist() == [2, 0, 1]
+
+
+@settings(max_examples=200)
+@given(st.lists(st.lists(st.integers(0, 12), unique=True, max_size=6), max_size=8))
+def test_heads_only_lead_is_no_first_block_following(chains: list[list[int]]) -> None:
+    later = {b for c in chains for b in c[1:]}
+    expected = not any(c and c[0] in later for c in chains)
+    got = Chains.from_lists(chains, 16)
+    assert got.heads_only_lead() == expected
+    assert got.take(np.arange(len(chains))[::-1]).heads_only_lead() == expected
+
+
+def test_prefix_id_chains_only_lead_without_a_pass() -> None:
+    c = Chains.from_prefix_ids(np.array([3, 3, -1, 7]), np.array([64, 100, 40, 33]), 16)
+    assert c._heads_lead is True  # known from the construction
+    assert c.take(np.array([1, 3])).heads_only_lead()

@@ -164,6 +164,6 @@ def test_stamps_widen_past_int32_exactly(capacity: int, ops: list[tuple[bool, li
     assert dense._stamp.dtype == (np.int64 if len(dense._log) >= 40 else np.int32)
 
 
-def test_a_long_queue_widens_the_stamps() -> None:
+def test_long_chains_widen_the_stamps() -> None:
     dense = _replay(9, [(True, list(range(10)))] * 3 + [(False, [0, 1])])
     assert dense._stamp.dtype == np.int64 and dense.match([0, 1, 2]) == 3
