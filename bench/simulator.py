@@ -6,7 +6,9 @@
 
 ``--compare`` runs each size without and with ``--chains`` in alternation (a shared host's load
 then weighs on both alike) and prints the median CPU seconds of each and their ratio: the
-issue-20 target is chains within 1.2x of the chain-less run.
+issue-20 target is chains within 1.2x of the chain-less run. ``--against ROOT`` adds, in each
+round, a chain run importing ``prfaas`` from another checkout's import root (e.g. a copy of
+main with its ``build/typecheck``): a change's effect on the same host load, run by run.
 
 Each size runs in a fresh subprocess so that its peak RSS (``resource.getrusage``) is its own.
 The configuration is the case study's PrfaaS-PD plan (4×H200 PrfaaS + 3 PD-P + 5 PD-D H20
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -89,14 +92,15 @@ def _one(n: int, profile: bool, chains: bool) -> dict[str, float]:
     }
 
 
-def _run(n: int, chains: bool) -> dict[str, float]:
+def _run(n: int, chains: bool, root: str | None = None) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--one", str(n)] + (["--chains"] if chains else [])
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+    env = None if root is None else {**os.environ, "PYTHONPATH": root}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, env=env)
     row: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return row
 
 
-def _compare(sizes: list[int], repeat: int) -> None:
+def _compare(sizes: list[int], repeat: int, against: str | None) -> None:
     print(
         f"{'requests':>9} {'CPU s':>7} {'chains':>7} {'ratio':>6}  "
         f"(medians of {repeat}; target 1.2)"
@@ -104,18 +108,28 @@ def _compare(sizes: list[int], repeat: int) -> None:
     for n in sizes:
         plain: list[float] = []
         chained: list[float] = []
+        other: list[float] = []
         blocks = 0.0
         for _ in range(repeat):
             plain.append(_run(n, False)["cpu_s"])
             row = _run(n, True)
             chained.append(row["cpu_s"])
             blocks = row["chain_blocks"]
+            if against is not None:
+                other.append(_run(n, True, against)["cpu_s"])
         a, b = statistics.median(plain), statistics.median(chained)
         pairs = " ".join(f"{c / p:.2f}" for p, c in zip(plain, chained, strict=True))
         print(
             f"{n:>9,} {a:>7.2f} {b:>7.2f} {b / a:>6.2f}  (runs {sorted(plain)} / {sorted(chained)} "
             f"s; pairwise {pairs}; {blocks:.1f} chain blocks per request)"
         )
+        if against is not None:
+            c = statistics.median(other)
+            diffs = " ".join(f"{x - y:+.2f}" for x, y in zip(chained, other, strict=True))
+            print(
+                f"{'':>9} {'':>7} {c:>7.2f} {c / a:>6.2f}  (chains importing {against}; "
+                f"this tree minus it, run by run: {diffs} s)"
+            )
 
 
 def main() -> None:
@@ -133,13 +147,18 @@ def main() -> None:
         action="store_true",
         help="alternate runs without and with --chains; print median CPU seconds and the ratio",
     )
+    ap.add_argument(
+        "--against",
+        metavar="ROOT",
+        help="with --compare: also time chains importing prfaas from ROOT (another checkout)",
+    )
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(_one(args.one, args.profile, args.chains)))
         return
     if args.compare:
-        _compare(args.sizes, args.repeat)
+        _compare(args.sizes, args.repeat, args.against)
         return
     print(
         f"{'requests':>9} {'sim s':>7} {'req/s':>9} {'events/s':>10} {'RSS MB':>7} "
