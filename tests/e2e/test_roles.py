@@ -15,7 +15,6 @@ as were sent. One module-scoped deployment of three engines (≈ 9 GB).
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections import Counter
@@ -41,16 +40,7 @@ from .conftest import (
     running,
 )
 
-pytestmark = [
-    pytest.mark.e2e,
-    # Opt-in until the KV-pull stall is fixed: a decode engine's NIXL pull can wait 7 to over
-    # 90 s on vLLM CPU 0.32 (README, "Roles": UCX's TCP connection set-up, not the compat shim);
-    # it passed 1 of 4 runs, and a test that fails by chance would hide every other result.
-    pytest.mark.skipif(
-        os.environ.get("PRFAAS_E2E_ROLES") != "1",
-        reason="opt-in (PRFAAS_E2E_ROLES=1): KV-pull stall on vLLM CPU, see README",
-    ),
-]
+pytestmark = pytest.mark.e2e
 
 _REQUESTS = "prfaas_router_requests_total"
 A, B = "local-decode-both-0", "local-decode-both-1"

@@ -24,7 +24,12 @@ import importlib, json, os
 m = importlib.import_module("vllm.distributed.kv_transfer.kv_connector.v1.nixl.base_worker")
 config = m.nixl_agent_config(num_threads=0, capture_telemetry=True)
 m.os.sched_setaffinity(0, {0})
+ring = importlib.import_module("vllm.distributed.device_communicators.shm_broadcast")
+import zmq
+spin = ring.SpinCondition(True, zmq.Context(), "ipc:///tmp/prfaas-compat-probe")
 print(json.dumps({
+    "recheck_ms": ring.SHM_READER_RECHECK_INTERVAL_MS,
+    "busy_loop_s": spin.busy_loop_s,
     "prog_thread": config.enable_pthread,
     "affinity": sorted(os.sched_getaffinity(0)),
     "patched": list(getattr(m, "__prfaas_compat_patched__", ())),
@@ -60,6 +65,8 @@ def test_with_the_shim_no_progress_thread_and_no_core_pin(cpus: list[int]) -> No
     result, stderr = _probe(str(SHIM_DIR))
     assert result["prog_thread"] is False
     assert result["affinity"] == cpus
+    assert result["recheck_ms"] == 10
+    assert result["busy_loop_s"] == 0
     assert len(result["patched"]) == 2  # type: ignore[arg-type]
     shim_lines = [ln for ln in stderr.splitlines() if ln.startswith(SHIM_LOG_PREFIX)]
     assert any("patched" in ln for ln in shim_lines)
@@ -70,6 +77,8 @@ def test_without_the_shim_vllm_still_needs_it(cpus: list[int]) -> None:
     result, stderr = _probe(None)
     assert result["prog_thread"] is True
     assert result["affinity"] == [0]
+    assert result["recheck_ms"] == 5000
+    assert result["busy_loop_s"] == 1
     assert result["patched"] == []
     assert SHIM_LOG_PREFIX not in stderr
 
@@ -109,6 +118,38 @@ def test_patching_is_idempotent(monkeypatch: pytest.MonkeyPatch) -> None:
     cpus = os.sched_getaffinity(0)
     module.os.sched_setaffinity(0, {min(cpus)})  # a no-op: this process keeps its CPUs
     assert os.sched_getaffinity(0) == cpus
+
+
+def _fake_ring() -> types.ModuleType:
+    ring = types.ModuleType("fake_shm_broadcast")
+    ring.SHM_READER_RECHECK_INTERVAL_MS = 5000  # type: ignore[attr-defined]
+
+    class SpinCondition:
+        def __init__(self, is_reader: bool, context: object, notify_address: str,
+                     busy_loop_s: float = 1) -> None:
+            self.busy_loop_s = busy_loop_s
+
+    ring.SpinCondition = SpinCondition  # type: ignore[attr-defined]
+    return ring
+
+
+def test_ring_readers_wait_without_spinning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readers of vLLM's step ring block instead of spinning, and a lost wake-up ping costs
+    ``RECHECK_MS``, not 5 s; only on the supported vLLM, and only once."""
+    shim = _shim_module(monkeypatch)
+    ring = _fake_ring()
+    monkeypatch.setattr(shim, "_vllm_version", lambda: "0.33.0")
+    assert shim.patch_shm_broadcast(ring) == []
+    assert ring.SHM_READER_RECHECK_INTERVAL_MS == 5000  # type: ignore[attr-defined]
+    assert ring.SpinCondition(True, None, "ipc://x").busy_loop_s == 1  # type: ignore[attr-defined]
+    monkeypatch.setattr(shim, "_vllm_version", lambda: "0.32.0")
+    applied = shim.patch_shm_broadcast(ring)
+    assert applied == ["SHM_READER_RECHECK_INTERVAL_MS 5000 -> 10",
+                       "SpinCondition readers never busy-loop (busy_loop_s=0)"]
+    assert ring.SHM_READER_RECHECK_INTERVAL_MS == shim.RECHECK_MS == 10  # type: ignore[attr-defined]
+    assert ring.SpinCondition(True, None, "ipc://x").busy_loop_s == 0  # type: ignore[attr-defined]
+    assert ring.SpinCondition(True, None, "ipc://x", 2.0).busy_loop_s == 0  # type: ignore[attr-defined]
+    assert shim.patch_shm_broadcast(ring) == applied
 
 
 def test_nixl_still_offers_only_a_busy_progress_thread() -> None:

@@ -4,8 +4,9 @@ Loaded only by engine processes: the local runtime puts this folder on ``PYTHONP
 (``EngineLaunch.pythonpath``), so Python imports it at start-up as ``sitecustomize`` — in the
 API server and in every EngineCore/Worker process vLLM spawns, which inherit the environment.
 It installs an import hook and changes nothing until vLLM's NIXL worker module
-(``vllm.distributed.kv_transfer.kv_connector.v1.nixl.base_worker``) is imported; then it patches
-that module only (see shared/reference/vllm-cpu-pd.md, "Two defects"):
+(``vllm.distributed.kv_transfer.kv_connector.v1.nixl.base_worker``) or its shared-memory message
+queue (``vllm.distributed.device_communicators.shm_broadcast``) is imported; then it patches
+that module only (see shared/reference/vllm-cpu-pd.md, "Two defects", and the README, "Roles"):
 
 1. **Busy-polling progress thread.** NIXL's UCX progress thread spins (45-80% of a core per
    idle engine, measured). The cause is NIXL's Python API: ``nixl_agent`` hard-codes
@@ -14,21 +15,34 @@ that module only (see shared/reference/vllm-cpu-pd.md, "Two defects"):
    module's ``nixl_agent_config`` is wrapped to pass ``enable_prog_thread=False`` (≈ 1% idle);
    vLLM then drives UCX progress from its step loop. (The connector's
    ``kv_connector_extra_config.num_threads: 0`` is set by ``launch.py``.) Whether the thread
-   runs does not matter for the KV-pull stall of the README ("Roles"): it stalled alike with
-   no thread, the busy thread, a 1 ms thread and NIXL's strict agent locking.
+   runs did not matter for the KV-pull stall (3): pulls stalled alike with no thread, the busy
+   thread, a 1 ms thread and NIXL's strict agent locking.
 2. **Core pin → hang.** On CPU the worker calls ``os.sched_setaffinity`` to pin itself to the
    last core, overriding ``VLLM_CPU_OMP_THREADS_BIND`` and hanging the prefill worker. The
    module's ``os`` is replaced by a view of ``os`` whose ``sched_setaffinity`` does nothing.
+3. **Spinning ring readers starve a neighbour (the KV-pull stall).** vLLM's engine core and its
+   worker hand each step over a shared-memory ring; a reader busy-loops (``sched_yield``) for
+   ``busy_loop_s = 1`` s after each read, then blocks until a ZeroMQ wake-up ping, rechecking
+   every ``SHM_READER_RECHECK_INTERVAL_MS = 5000`` ms should a ping be lost. A decode engine
+   waiting for its KV steps every millisecond, so its worker never leaves the busy loop: 100%
+   of its bound core. Where a prefill engine shares that core (three engines on two cores),
+   the prefill engine's threads ran seconds late: its core logged "Poller timed out" every
+   5 s, the decode engine's UCX messages sat unread in its socket, and pulls took 5, 30, 36,
+   57 or over 90 s, with the KV held meanwhile (measured; the same pulls across cores took
+   0.1-1 s). Readers are made to block at once (``busy_loop_s = 0``) and to recheck every
+   ``RECHECK_MS`` (10 ms): the same pulls then took 0.06-0.14 s on the shared core, 12 of 12.
+   A step's hand-over now waits for a ping (tens of µs) instead of a spinning core.
 
 Guarded to vllm 0.32.0: on any other version it logs that it did nothing. Each patch logs one
 line to stderr (``prfaas-compat: ...``) when it takes effect. Remove the shim once vLLM exposes
-both settings.
+these settings.
 """
 
 from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import inspect
 import os
 import sys
 import types
@@ -37,13 +51,19 @@ from typing import Any
 
 __all__ = [
     "PATCHED_MARK",
+    "RECHECK_MS",
+    "SHM_MODULE",
     "SUPPORTED_VLLM",
     "TARGET_MODULE",
     "install",
     "patch_base_worker",
+    "patch_shm_broadcast",
 ]
 
 TARGET_MODULE = "vllm.distributed.kv_transfer.kv_connector.v1.nixl.base_worker"
+SHM_MODULE = "vllm.distributed.device_communicators.shm_broadcast"
+RECHECK_MS = 10
+"""How often a reader of vLLM's shared-memory ring looks again without a wake-up ping (ms)."""
 SUPPORTED_VLLM = ("0.32.0",)
 PATCHED_MARK = "__prfaas_compat_patched__"
 """Attribute set on the patched module (its value lists the patches applied)."""
@@ -112,20 +132,61 @@ def patch_base_worker(module: types.ModuleType) -> list[str]:
     return applied
 
 
+def _without_busy_loop(original: Callable[..., None]) -> Callable[..., None]:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["busy_loop_s"] = 0.0
+        original(self, *args, **kwargs)
+
+    __init__.__wrapped__ = original  # type: ignore[attr-defined]
+    return __init__
+
+
+def patch_shm_broadcast(module: types.ModuleType) -> list[str]:
+    """vLLM's shared-memory ring readers block instead of spinning and recheck every
+    ``RECHECK_MS``; returns what was applied."""
+    if getattr(module, PATCHED_MARK, None):
+        return list(getattr(module, PATCHED_MARK))
+    found = _vllm_version()
+    if found not in SUPPORTED_VLLM:
+        _log(f"vllm {found} is not {', '.join(SUPPORTED_VLLM)}; shim not applied")
+        return []
+    applied: list[str] = []
+    before = getattr(module, "SHM_READER_RECHECK_INTERVAL_MS", None)
+    if isinstance(before, int) and before > RECHECK_MS:
+        module.SHM_READER_RECHECK_INTERVAL_MS = RECHECK_MS  # type: ignore[attr-defined]
+        applied.append(f"SHM_READER_RECHECK_INTERVAL_MS {before} -> {RECHECK_MS}")
+    spin = getattr(module, "SpinCondition", None)
+    init = getattr(spin, "__init__", None) if isinstance(spin, type) else None
+    if init is not None and "busy_loop_s" in inspect.signature(init).parameters:
+        setattr(spin, "__init__", _without_busy_loop(init))  # noqa: B010 (a class attribute)
+        applied.append("SpinCondition readers never busy-loop (busy_loop_s=0)")
+    setattr(module, PATCHED_MARK, tuple(applied))
+    _log(f"patched {SHM_MODULE} for vllm {found}: " + ("; ".join(applied) or "nothing to change"))
+    return applied
+
+
+_PATCHES: dict[str, Callable[[types.ModuleType], list[str]]] = {
+    TARGET_MODULE: patch_base_worker,
+    SHM_MODULE: patch_shm_broadcast,
+}
+
+
 class _PatchingLoader(importlib.abc.Loader):
-    def __init__(self, inner: importlib.abc.Loader) -> None:
+    def __init__(self, inner: importlib.abc.Loader, patch: Callable[[types.ModuleType], Any]
+                 ) -> None:
         self._inner = inner
+        self._patch = patch
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
         return self._inner.create_module(spec)
 
     def exec_module(self, module: types.ModuleType) -> None:
         self._inner.exec_module(module)
-        patch_base_worker(module)
+        self._patch(module)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    """Finds ``TARGET_MODULE`` through the other finders and wraps its loader."""
+    """Finds the modules in ``_PATCHES`` through the other finders and wraps their loaders."""
 
     def find_spec(
         self,
@@ -133,25 +194,26 @@ class _Finder(importlib.abc.MetaPathFinder):
         path: Sequence[str] | None,
         target: types.ModuleType | None = None,
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != TARGET_MODULE:
+        patch = _PATCHES.get(fullname)
+        if patch is None:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
                 continue
             spec = finder.find_spec(fullname, path, target)
             if spec is not None and spec.loader is not None:
-                spec.loader = _PatchingLoader(spec.loader)
+                spec.loader = _PatchingLoader(spec.loader, patch)
                 return spec
         return None
 
 
 def install() -> None:
-    """Add the import hook once (or patch at once if the module is already imported)."""
+    """Add the import hook once (and patch at once what is already imported)."""
     if os.environ.get("PRFAAS_COMPAT_DISABLE") == "1":
         return
-    if TARGET_MODULE in sys.modules:
-        patch_base_worker(sys.modules[TARGET_MODULE])
-        return
+    for name, patch in _PATCHES.items():
+        if name in sys.modules:
+            patch(sys.modules[name])
     if not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
 
