@@ -91,6 +91,7 @@ __all__ = [
     "router_config_map",
     "router_config_text",
     "router_deployment",
+    "router_resources",
     "router_role",
     "router_role_binding",
     "router_service",
@@ -733,7 +734,41 @@ def _router_env(inputs: PlanInputs) -> list[dict[str, str]]:
     return [{"name": k, "value": v} for k, v in sorted(env.items())]
 
 
-def _router_container(inputs: PlanInputs, port: int) -> dict[str, Any]:
+ROUTER_BYTES_PER_MODELLED_BLOCK = 192
+"""What the router's model of an engine's prefix cache costs per block it holds: an LRU entry
+and its 64-bit hash, 163 bytes measured (CPython 3.11), with a margin."""
+_ROUTER_BASE_MIB = (1024, 2048)
+"""The router's memory (request, limit) before its prefix-cache models: tokenizer, buffers."""
+
+
+def _router_modelled_blocks(inputs: PlanInputs, target: ClusterTarget) -> int:
+    """Blocks the router for ``target`` models once every engine's cache is full: per engine it
+    routes to (its decode cluster's, its remote prefill clusters'), the engine's KV memory in
+    blocks, as ``router_config_from_plan`` gives it (``cacheBlocks``)."""
+    rplan = next((r for r in inputs.plan.routers if r.decode_cluster == target.name), None)
+    if rplan is None:
+        return 0
+    routed = {target.name} | {r.prefill_cluster for r in rplan.remotes}
+    block = inputs.spec.engine.block_size
+    return sum(
+        cp.instances * (cp.kv_cache_tokens // block)
+        for cp in inputs.plan.clusters
+        if cp.name in routed and cp.instances > 0 and cp.kv_cache_tokens
+    )
+
+
+def router_resources(inputs: PlanInputs, target: ClusterTarget) -> dict[str, Any]:
+    """The router container's resources: a base, plus its prefix-cache models at full size
+    (``ROUTER_BYTES_PER_MODELLED_BLOCK`` per block), so that a router whose model of each engine
+    is as large as that engine's KV memory is scheduled with, and never killed for, it."""
+    extra = -(-_router_modelled_blocks(inputs, target) * ROUTER_BYTES_PER_MODELLED_BLOCK
+              // (1 << 20))
+    request, limit = (base + extra for base in _ROUTER_BASE_MIB)
+    return {"requests": {"cpu": "1", "memory": f"{request}Mi"},
+            "limits": {"memory": f"{limit}Mi"}}
+
+
+def _router_container(inputs: PlanInputs, target: ClusterTarget, port: int) -> dict[str, Any]:
     return {
         "name": "router",
         "image": inputs.router_image,
@@ -755,7 +790,7 @@ def _router_container(inputs: PlanInputs, port: int) -> dict[str, Any]:
             "failureThreshold": 120,
         },
         "env": _router_env(inputs),
-        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+        "resources": router_resources(inputs, target),
         "securityContext": {
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,
@@ -799,7 +834,7 @@ def router_deployment(inputs: PlanInputs, target: ClusterTarget, text: str) -> d
                         "runAsUser": 65532,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    "containers": [_router_container(inputs, exposure.port)],
+                    "containers": [_router_container(inputs, target, exposure.port)],
                     "volumes": [
                         {"name": "config", "configMap": {"name": name}},
                         {"name": "cache", "emptyDir": {"sizeLimit": "4Gi"}},

@@ -23,6 +23,7 @@ from prfaas.engine.vllm.launch import vllm_argv
 from prfaas.operator.api import models as api
 from prfaas.operator.api.labels import LABEL_ROLE, child_name, label_value
 from prfaas.operator.controller.builders import (
+    ROUTER_BYTES_PER_MODELLED_BLOCK,
     ROUTER_CACHE_DIR,
     BuildError,
     ClusterTarget,
@@ -30,6 +31,7 @@ from prfaas.operator.controller.builders import (
     build_children,
     engine_launch,
     max_model_len,
+    router_resources,
 )
 from prfaas.planner.plan import ClusterPlan, LinkPlan, Plan, RemotePrefill, RouterPlan
 
@@ -619,3 +621,26 @@ def test_the_planned_aggregated_shape_deploys_its_budget(tmp_path: Path) -> None
     args = _args(dep)
     assert args[args.index("--max-num-batched-tokens") + 1] == str(row.token_budget)
     assert dep["spec"]["replicas"] == row.instances
+
+
+def test_router_memory_holds_its_models_of_full_engine_caches() -> None:
+    """The router's model of each engine's prefix cache is as large as the engine's KV memory
+    (``cacheBlocks``); its pod asks for that memory on top of its base, or it would be
+    OOM-killed once the models fill (the case study's PrfaaS H200 engines hold 1.6M blocks)."""
+    plan = _plan()
+    assert router_resources(_inputs(plan), _inputs(plan).clusters["pd-h20"]) == {
+        "requests": {"cpu": "1", "memory": "1024Mi"}, "limits": {"memory": "2048Mi"}}
+    tokens = {"prefill": 26_342_592, "decode": 4_000_000}
+    for cp in plan.clusters:
+        cp.kv_cache_tokens = tokens[cp.role] if cp.name == "prfaas-h200" or cp.role == "decode" \
+            else 2_000_000
+    inputs = _inputs(plan)
+    blocks = 4 * 26_342_592 // 16 + 3 * 2_000_000 // 16 + 5 * 4_000_000 // 16
+    extra = -(-blocks * ROUTER_BYTES_PER_MODELLED_BLOCK // (1 << 20))
+    assert extra > 1200  # MiB: more than the old fixed 2Gi limit left for them
+    resources = router_resources(inputs, inputs.clusters["pd-h20"])
+    assert resources["requests"]["memory"] == f"{1024 + extra}Mi"
+    assert resources["limits"]["memory"] == f"{2048 + extra}Mi"
+    deployment = next(c for c in build_children(inputs)["pd-h20"]
+                      if c["kind"] == "Deployment" and c["metadata"]["name"].endswith("router"))
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["resources"] == resources
