@@ -133,9 +133,12 @@ def patch_base_worker(module: types.ModuleType) -> list[str]:
 
 
 def _without_busy_loop(original: Callable[..., None]) -> Callable[..., None]:
+    signature = inspect.signature(original)
+
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        kwargs["busy_loop_s"] = 0.0
-        original(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs)
+        bound.arguments["busy_loop_s"] = 0.0
+        original(*bound.args, **bound.kwargs)
 
     __init__.__wrapped__ = original  # type: ignore[attr-defined]
     return __init__
