@@ -115,8 +115,9 @@ class DatacenterEndpoints(_Model):
     memory (the plan's ``kvCacheTokens / blockSize``), so that the router's model of an engine's
     cache forgets a prefix when the engine does, not sooner. 0: the engines keep no prefix
     cache (affinity is off for them). A role absent: ``prefixCacheBlocks``. The model costs the
-    router ~130 bytes per block it holds (the case study's PrfaaS H200, 1.6M blocks of 16
-    tokens: ~210 MB once full)."""
+    router ~163 bytes per block it holds (an LRU entry and its 64-bit hash, measured; the case
+    study's PrfaaS H200, 1.6M blocks of 16 tokens: ~270 MB per engine once full); on
+    Kubernetes the router pod's memory grows with it (``builders.router_resources``)."""
 
     @model_validator(mode="after")
     def _check_once(self) -> DatacenterEndpoints:
