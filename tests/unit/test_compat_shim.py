@@ -65,7 +65,7 @@ def test_with_the_shim_no_progress_thread_and_no_core_pin(cpus: list[int]) -> No
     result, stderr = _probe(str(SHIM_DIR))
     assert result["prog_thread"] is False
     assert result["affinity"] == cpus
-    assert result["recheck_ms"] == 10
+    assert result["recheck_ms"] == 1
     assert result["busy_loop_s"] == 0
     assert len(result["patched"]) == 2  # type: ignore[arg-type]
     shim_lines = [ln for ln in stderr.splitlines() if ln.startswith(SHIM_LOG_PREFIX)]
@@ -144,9 +144,9 @@ def test_ring_readers_wait_without_spinning(monkeypatch: pytest.MonkeyPatch) -> 
     assert ring.SpinCondition(True, None, "ipc://x").busy_loop_s == 1  # type: ignore[attr-defined]
     monkeypatch.setattr(shim, "_vllm_version", lambda: "0.32.0")
     applied = shim.patch_shm_broadcast(ring)
-    assert applied == ["SHM_READER_RECHECK_INTERVAL_MS 5000 -> 10",
+    assert applied == ["SHM_READER_RECHECK_INTERVAL_MS 5000 -> 1",
                        "SpinCondition readers never busy-loop (busy_loop_s=0)"]
-    assert ring.SHM_READER_RECHECK_INTERVAL_MS == shim.RECHECK_MS == 10  # type: ignore[attr-defined]
+    assert ring.SHM_READER_RECHECK_INTERVAL_MS == shim.RECHECK_MS == 1  # type: ignore[attr-defined]
     assert ring.SpinCondition(True, None, "ipc://x").busy_loop_s == 0  # type: ignore[attr-defined]
     assert ring.SpinCondition(True, None, "ipc://x", 2.0).busy_loop_s == 0  # type: ignore[attr-defined]
     assert shim.patch_shm_broadcast(ring) == applied

@@ -30,8 +30,12 @@ that module only (see shared/reference/vllm-cpu-pd.md, "Two defects", and the RE
    5 s, the decode engine's UCX messages sat unread in its socket, and pulls took 5, 30, 36,
    57 or over 90 s, with the KV held meanwhile (measured; the same pulls across cores took
    0.1-1 s). Readers are made to block at once (``busy_loop_s = 0``) and to recheck every
-   ``RECHECK_MS`` (10 ms): the same pulls then took 0.06-0.14 s on the shared core, 12 of 12.
-   A step's hand-over now waits for a ping (tens of µs) instead of a spinning core.
+   ``RECHECK_MS`` (1 ms): the same pulls then took 0.04-0.10 s on the shared core, 12 of 12.
+   The ping alone did not suffice (most likely, a reader that found its step without waiting
+   leaves that step's ping queued, the next ping is dropped behind it at high-water mark 1,
+   and the reader wakes on the stale one, then waits for the recheck): with a 10 ms recheck a
+   decode step took 14 ms; with 1 ms, 3.8 ms at batch 1, against 2.9 ms spinning. An idle
+   reader polls 1000 times a second instead of spinning a core.
 
 Guarded to vllm 0.32.0: on any other version it logs that it did nothing. Each patch logs one
 line to stderr (``prfaas-compat: ...``) when it takes effect. Remove the shim once vLLM exposes
@@ -62,7 +66,7 @@ __all__ = [
 
 TARGET_MODULE = "vllm.distributed.kv_transfer.kv_connector.v1.nixl.base_worker"
 SHM_MODULE = "vllm.distributed.device_communicators.shm_broadcast"
-RECHECK_MS = 10
+RECHECK_MS = 1
 """How often a reader of vLLM's shared-memory ring looks again without a wake-up ping (ms)."""
 SUPPORTED_VLLM = ("0.32.0",)
 PATCHED_MARK = "__prfaas_compat_patched__"
