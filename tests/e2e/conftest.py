@@ -10,8 +10,8 @@ Engines are expensive (≈ 30-40 s to start, ≈ 3 GB each), so:
   ``PRFAAS_E2E_NETNS=0``); ``running(sample)`` starts any sample that way (``test_aggregated.py``
   runs ``crds/samples/aggregated.yaml`` with it).
 
-At most two engines are alive at any time. Every fixture stops what it started (process groups,
-namespaces), also when a test fails.
+At most three engines are alive at any time (``test_roles.py``, ≈ 9 GB; the others run two).
+Every fixture stops what it started (process groups, namespaces), also when a test fails.
 """
 
 from __future__ import annotations
