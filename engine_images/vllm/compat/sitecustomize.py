@@ -115,14 +115,23 @@ def _without_prog_thread(original: Callable[..., Any]) -> Callable[..., Any]:
     return nixl_agent_config
 
 
-def patch_base_worker(module: types.ModuleType) -> list[str]:
-    """Apply both patches to vLLM's NIXL ``base_worker`` module; returns what was applied."""
+def _patch_once(
+    module: types.ModuleType, name: str, apply: Callable[[types.ModuleType], list[str]]
+) -> list[str]:
+    """Run ``apply`` on ``module`` once, and only on the supported vLLM; log what it did."""
     if getattr(module, PATCHED_MARK, None):
         return list(getattr(module, PATCHED_MARK))
     found = _vllm_version()
     if found not in SUPPORTED_VLLM:
         _log(f"vllm {found} is not {', '.join(SUPPORTED_VLLM)}; shim not applied")
         return []
+    applied = apply(module)
+    setattr(module, PATCHED_MARK, tuple(applied))
+    _log(f"patched {name} for vllm {found}: " + ("; ".join(applied) or "nothing to change"))
+    return applied
+
+
+def _apply_base_worker(module: types.ModuleType) -> list[str]:
     applied: list[str] = []
     config = getattr(module, "nixl_agent_config", None)
     if config is not None:
@@ -131,9 +140,12 @@ def patch_base_worker(module: types.ModuleType) -> list[str]:
     if isinstance(getattr(module, "os", None), types.ModuleType):
         module.os = _OsWithoutAffinity()  # type: ignore[attr-defined]
         applied.append("os.sched_setaffinity skipped")
-    setattr(module, PATCHED_MARK, tuple(applied))
-    _log(f"patched {TARGET_MODULE} for vllm {found}: " + "; ".join(applied))
     return applied
+
+
+def patch_base_worker(module: types.ModuleType) -> list[str]:
+    """Apply patches 1 and 2 to vLLM's NIXL ``base_worker`` module; returns what was applied."""
+    return _patch_once(module, TARGET_MODULE, _apply_base_worker)
 
 
 def _without_busy_loop(original: Callable[..., None]) -> Callable[..., None]:
@@ -148,15 +160,7 @@ def _without_busy_loop(original: Callable[..., None]) -> Callable[..., None]:
     return __init__
 
 
-def patch_shm_broadcast(module: types.ModuleType) -> list[str]:
-    """vLLM's shared-memory ring readers block instead of spinning and recheck every
-    ``RECHECK_MS``; returns what was applied."""
-    if getattr(module, PATCHED_MARK, None):
-        return list(getattr(module, PATCHED_MARK))
-    found = _vllm_version()
-    if found not in SUPPORTED_VLLM:
-        _log(f"vllm {found} is not {', '.join(SUPPORTED_VLLM)}; shim not applied")
-        return []
+def _apply_shm_broadcast(module: types.ModuleType) -> list[str]:
     applied: list[str] = []
     before = getattr(module, "SHM_READER_RECHECK_INTERVAL_MS", None)
     if isinstance(before, int) and before > RECHECK_MS:
@@ -167,9 +171,13 @@ def patch_shm_broadcast(module: types.ModuleType) -> list[str]:
     if init is not None and "busy_loop_s" in inspect.signature(init).parameters:
         setattr(spin, "__init__", _without_busy_loop(init))  # noqa: B010 (a class attribute)
         applied.append("SpinCondition readers never busy-loop (busy_loop_s=0)")
-    setattr(module, PATCHED_MARK, tuple(applied))
-    _log(f"patched {SHM_MODULE} for vllm {found}: " + ("; ".join(applied) or "nothing to change"))
     return applied
+
+
+def patch_shm_broadcast(module: types.ModuleType) -> list[str]:
+    """Patch 3: vLLM's shared-memory ring readers block instead of spinning and recheck every
+    ``RECHECK_MS``; returns what was applied."""
+    return _patch_once(module, SHM_MODULE, _apply_shm_broadcast)
 
 
 _PATCHES: dict[str, Callable[[types.ModuleType], list[str]]] = {
