@@ -4,9 +4,7 @@ its reordering of same-instant arrivals keeps every request whole."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 import numpy as np
@@ -14,24 +12,15 @@ from prfaas.engine.router.policy import RoutingPolicy
 from prfaas.planner.routing.prefix import Chains
 from prfaas.planner.sim.arrivals import RequestStream
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "goodput.py"
 
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_goodput", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_goodput"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_routers_cache_models_are_the_emulated_engines_caches() -> None:
+def test_the_routers_cache_models_are_the_emulated_engines_caches(
+    bench_script: Callable[[str], ModuleType],
+) -> None:
     """Each prefill engine's model in the router is as large as that engine's emulated cache
     (``timing_of``: the scenario's ``cache_blocks``); the emulated decode engines keep none.
     With the router's default (65536 blocks of 16 tokens, 1/25 of a PrfaaS H200's) the router
     forgot a conversation 70 planned seconds on, and placed its next turn elsewhere."""
-    bench = _bench()
+    bench = bench_script("goodput")
     args = argparse.Namespace(
         manifest=bench.ROOT / "crds/samples/case-study.yaml", time_scale=10.0, byte_scale=1e-3,
         emit_interval=0.2,
@@ -54,8 +43,10 @@ def test_the_routers_cache_models_are_the_emulated_engines_caches() -> None:
     assert {i.cache.capacity_blocks for i in policy.pool(cfg.decode.datacenter, "decode")} == {0}
 
 
-def test_reordering_shuffles_only_requests_that_arrive_at_one_instant() -> None:
-    bench = _bench()
+def test_reordering_shuffles_only_requests_that_arrive_at_one_instant(
+    bench_script: Callable[[str], ModuleType],
+) -> None:
+    bench = bench_script("goodput")
     arrival = np.array([0.0, 0.0, 0.0, 0.0, 3.0, 3.0, 3.0, 6.0])
     n = len(arrival)
     chains = Chains.from_lists([[0, 10 + i] for i in range(n)], 512)
@@ -75,10 +66,12 @@ def test_reordering_shuffles_only_requests_that_arrive_at_one_instant() -> None:
     assert len(orders) > 10
 
 
-def test_measure_reads_each_requests_computed_prefill_tokens_from_its_prefill_record() -> None:
+def test_measure_reads_each_requests_computed_prefill_tokens_from_its_prefill_record(
+    bench_script: Callable[[str], ModuleType],
+) -> None:
     """The tokens the prefill engine computed (misses + new text) are what the simulator's
     ``uncached_tokens`` predicts: a run's sums are compared beside the P90 TTFT."""
-    bench = _bench()
+    bench = bench_script("goodput")
     stream = RequestStream(
         np.array([0.0, 1.0, 2.0]), np.array([900, 800, 700]), np.array([2, 2, 2]),
         np.arange(3),

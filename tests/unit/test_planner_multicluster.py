@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
@@ -23,7 +21,6 @@ from prfaas.planner.topology import build_network
 
 DIST = LogNormal(9.9, 1.0, 128, 131072)
 KV_PER_TOKEN, KV_FIXED = 17280.0, 180e6
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "planner.py"
 
 
 def kv_bytes(tokens: float) -> float:
@@ -118,17 +115,10 @@ def test_plan_gives_each_router_its_own_threshold() -> None:
     assert Plan.from_dict(data).to_dict() == data
 
 
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_planner", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_planner"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_generated_10x20_beats_the_global_threshold() -> None:
-    p = plan(_bench().generated())
+def test_generated_10x20_beats_the_global_threshold(
+    bench_script: Callable[[str], ModuleType],
+) -> None:
+    p = plan(bench_script("planner").generated())
     assert p.feasible, p.reason
     assert p.throughput_rps >= 70.73  # one global t (and the all-local fallback) gave 70.73
     thresholds = {r.threshold_tokens for r in p.routers if r.threshold_tokens is not None}
