@@ -564,8 +564,7 @@ class RouterCore:
                 "--kv-transfer-config kv_role=kv_producer"
             )
         inst.circuit.record_success()
-        if inst.cache.capacity_blocks:  # 0: the engine keeps no prefix cache
-            inst.cache.insert(d.hashes)
+        inst.cache.insert(d.hashes)
         return params
 
     def record_failure(self, inst: Instance) -> None:
@@ -693,8 +692,7 @@ class Relay:
             if outcome == "ok":
                 resp.release()
                 self.decode.circuit.record_success()
-                if self.decode.cache.capacity_blocks:
-                    self.decode.cache.insert(self.hashes)
+                self.decode.cache.insert(self.hashes)
             else:
                 resp.close()
             self.decode.finished()

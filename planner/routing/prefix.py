@@ -109,7 +109,10 @@ class PrefixCache:
 
     def insert(self, hashes: Iterable[Hashable]) -> None:
         """Record a prompt's blocks as cached (most recently used, tail first), evicting the
-        least recently used beyond capacity."""
+        least recently used beyond capacity. A zero-capacity cache (an engine that keeps no
+        prefix cache) records nothing."""
+        if not self.capacity_blocks:
+            return
         blocks = self._blocks
         touch = blocks.move_to_end
         seq = hashes if isinstance(hashes, list | tuple) else list(hashes)
