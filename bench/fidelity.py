@@ -2,13 +2,16 @@
 engines and the router), a profile of the engine read from its own timings, then Poisson load.
 
 1. Starts ``prfaas up`` on the sample and waits for its endpoint.
-2. The data plane at idle (``breakdown``): tiny streamed requests one at a time, straight to the
-   dc-b engine, the prefill leg alone to dc-a (as the router sends it), and through the router
-   on the local and the remote path, each beside the engines' own TTFT, queue, prefill and NIXL
-   histograms for the same request: where a request's time goes outside the engine steps.
-   ``data_plane`` turns the two router paths into the profile's ``dataPlane`` (per path, the
-   client's TTFT minus what the simulator already models: ``planner.latency.measured.
-   DataPlane``).
+2. The data plane at idle (``breakdown``): tiny streamed requests one at a time, ``--dp-gap``
+   apart (short: the engines stay warm), straight to the dc-b engine, the prefill leg alone to
+   dc-a (as the router sends it), and through the router on the local and the remote path, each
+   beside the engines' own TTFT, queue, prefill and NIXL histograms for the same request: where
+   a request's time goes outside the engine steps. ``data_plane`` turns the two router paths
+   into the profile's ``dataPlane`` (per path, the client's TTFT minus what the simulator
+   already models: ``planner.latency.measured.DataPlane``). Then the idle wake (``idle_wake``):
+   the same requests after ``--wake-gaps`` seconds of nothing, into the profile's ``idleWake``
+   (``planner.latency.measured.IdleWake``): on these hosts an engine left idle for a second is
+   markedly slower on its next request.
 3. Profiles the dc-b engine (the one that prefills short prompts and decodes everything) through
    its own ``/metrics``: prefill over prompt lengths (``vllm:time_to_first_token_seconds`` of one
    request alone, ``max_tokens`` 1, prompts of random token ids so no prefix cache helps: the
@@ -16,7 +19,7 @@ engines and the router), a profile of the engine read from its own timings, then
    ``vllm:request_prefill_time_seconds`` is kept beside it as ``prefill_phase_median_ms``),
    decode over (batch, context) (``vllm:inter_token_latency_seconds`` over a batch of concurrent
    requests); medians of ``--reps``. Writes the profile JSON (``scope: instance``,
-   ``--profile-out``) with its ``dataPlane``.
+   ``--profile-out``) with its ``dataPlane`` and ``idleWake``.
 4. Drives Poisson arrivals at each ``--rates`` for ``--duration`` seconds through the router,
    prompt lengths drawn from the sample's input distribution, outputs of its fixed length;
    measures TTFT (first streamed token) and TPOT ((last − first) / (tokens − 1)) per request and
@@ -26,7 +29,7 @@ engines and the router), a profile of the engine read from its own timings, then
 5. Prints measured P50/P90 TTFT and TPOT beside what ``prfaas plan --simulate`` predicts for the
    same plan at the same rate (``planner.sim.scenarios.predict``), as ratios measured/predicted:
    with the sample's previous latency model (no measured profile: ``roofline`` on "CPU"), with
-   the measured profile alone, and with the measured profile and its data plane.
+   the measured profile alone, with its data plane, and with its data plane and idle wake.
 
 The host is shared (load average printed): the engines' step times move with what else runs on
 their cores, so compare a run's rows with each other, not with another run's.
@@ -42,6 +45,7 @@ import argparse
 import asyncio
 import copy
 import json
+import math
 import os
 import random
 import re
@@ -178,6 +182,7 @@ def profile_json(
     prefill: list[dict[str, Any]],
     decode: list[dict[str, Any]],
     data_plane: dict[str, Any] | None = None,
+    idle_wake: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     import platform
 
@@ -217,6 +222,11 @@ def profile_json(
         "prefill": prefill,
         "decode": decode,
         **({"dataPlane": data_plane} if data_plane is not None else {}),
+        **(
+            {"idleWake": {k: v for k, v in idle_wake.items() if k != "absoluteMs"}}
+            if idle_wake is not None
+            else {}
+        ),
     }
 
 
@@ -277,8 +287,11 @@ async def breakdown(
     reps: int,
     local_tokens: int,
     remote_tokens: int,
+    gap: float,
 ) -> dict[str, dict[str, float]]:
-    """Medians (seconds) of each leg at idle, one request at a time."""
+    """Medians (seconds) of each leg at idle, one request at a time, ``gap`` seconds apart:
+    short, so that the engines' working set is still warm (what an idle engine adds is
+    ``idle_wake``'s)."""
     from prfaas.engine.router.request import decode_body, prefill_body
 
     rng = random.Random(11)
@@ -321,7 +334,7 @@ async def breakdown(
                 queue=d[ENGINE[3]],
                 prefill=d[ENGINE[4]],
             )
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(gap)
             # (b) the two legs of the remote path without the router: the prefill leg to dc-a as
             # the router sends it, then the decode leg with its kv_transfer_params to dc-b (which
             # pulls the KV: a prefill whose KV is never pulled keeps the producer's step loop
@@ -353,7 +366,7 @@ async def breakdown(
                 prefill=d[ENGINE[4]],
                 nixl_xfer=d[ENGINE[5]],
             )
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(gap)
             # (c) the router, local path
             b0 = await scrape_all()
             t, h = await _stream_ttft(client, router, body(local_tokens, 2, True))
@@ -367,7 +380,7 @@ async def breakdown(
                 queue=dd[ENGINE[3]],
                 prefill=dd[ENGINE[4]],
             )
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(gap)
             # (d) the router, remote path
             b0 = await scrape_all()
             t, h = await _stream_ttft(client, router, body(remote_tokens, 2, True))
@@ -385,10 +398,132 @@ async def breakdown(
                 nixl_xfer=dd[ENGINE[5]] + dp[ENGINE[5]],
                 nixl_count=dd[ENGINE[6]] + dp[ENGINE[6]],
             )
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(gap)
     return {
         name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in rows.items()
     }
+
+
+async def idle_wake(
+    router: str,
+    prefill_url: str,
+    decode_url: str,
+    model: str,
+    gaps: list[float],
+    reps: int,
+    local_tokens: int,
+    remote_tokens: int,
+    seed: int,
+) -> dict[str, Any]:
+    """What an engine left idle adds to its next request (``planner.latency.measured.IdleWake``).
+
+    For each gap, in interleaved rounds: nothing runs for ``gap`` seconds, then one streamed
+    request through the router on the local path (the dc-b engine alone), and after another
+    ``gap`` one on the remote path (dc-a prefills, dc-b decodes). Per gap the medians of the
+    client's TTFT and of the engines' own TTFT for the same request; the profile's points are
+    those minus the first (shortest) gap's, which is the spacing the data plane and the
+    prefill rows were measured at.
+    """
+    rng = random.Random(seed)  # new prompts each call: a prompt seen before is a cache hit
+    rows: dict[float, list[dict[str, float]]] = {g: [] for g in gaps}
+    async with httpx.AsyncClient(timeout=120) as client:
+
+        def body(n: int) -> dict[str, Any]:
+            return {
+                "model": model,
+                "prompt": _prompt(rng, n),
+                "max_tokens": 2,
+                "temperature": 0,
+                "ignore_eos": True,
+                "stream": True,
+            }
+
+        async def engines() -> tuple[dict[str, float], dict[str, float]]:
+            return (
+                await _scrape(client, prefill_url, ENGINE),
+                await _scrape(client, decode_url, ENGINE),
+            )
+
+        for tokens in (local_tokens, remote_tokens):  # warm-up: both paths
+            await _stream_ttft(client, router, body(tokens))
+        for _ in range(reps):
+            for g in gaps:
+                row: dict[str, float] = {}
+                for path, tokens in (("local", local_tokens), ("remote", remote_tokens)):
+                    p0, d0 = await engines()
+                    await asyncio.sleep(g)
+                    t, h = await _stream_ttft(client, router, body(tokens))
+                    p1, d1 = await engines()
+                    row[f"{path}_client"] = t
+                    row[f"{path}_prefill_engine"] = p1[ENGINE[0]] - p0[ENGINE[0]]
+                    row[f"{path}_decode_engine"] = d1[ENGINE[0]] - d0[ENGINE[0]]
+                    if h.get("x-prfaas-route") != path:  # e.g. a remote prefill that fell back
+                        print(f"  skipped a round at {g:g} s: a {path} prompt went {h}")
+                        break
+                else:
+                    rows[g].append(row)
+    med = {
+        g: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for g, rs in rows.items() if rs
+    }
+    return {
+        **wake_points(med),
+        "reps": reps,
+        "tokens": {"local": local_tokens, "remote": remote_tokens},
+        "loadAverage": [round(x, 2) for x in os.getloadavg()],
+        "method": (
+            "bench/fidelity.py: after each idle gap, one streamed request through the router on "
+            "each path; medians over reps, minus those at referenceS (the data plane's "
+            "spacing). prefill: the dc-b engine's own vllm:time_to_first_token_seconds on the "
+            "local path (engineMs) and the client's TTFT beyond it (outsideMs). decode: the "
+            "dc-b engine's on the remote path (its first step, KV pull included), and what the "
+            "remote path's client saw beyond both engines and beyond the local path's outside "
+            "part. remoteCheck: the remote path's measured client wake, to check the model"
+        ),
+        "absoluteMs": {
+            str(g): {k: round(v * 1e3, 3) for k, v in m.items()} for g, m in med.items()
+        },
+    }
+
+
+def wake_points(med: dict[float, dict[str, float]]) -> dict[str, Any]:
+    """The profile's ``idleWake`` points (``planner.latency.measured.IdleWake``) from the
+    per-gap medians (seconds) of ``idle_wake``; the shortest gap is the reference."""
+    gaps = sorted(med)
+    ref = med[gaps[0]]
+
+    def up(g: float, key: str) -> float:
+        return med[g][key] - ref[key]
+
+    def ms(seconds: float) -> float:
+        return round(max(seconds, 0.0) * 1e3, 3)
+
+    points, check = [], []
+    for g in gaps[1:]:
+        local_outside = up(g, "local_client") - up(g, "local_decode_engine")
+        remote_outside = (
+            up(g, "remote_client") - up(g, "remote_prefill_engine") - up(g, "remote_decode_engine")
+        )
+        points.append(
+            {
+                "idleS": g,
+                "prefill": {
+                    "engineMs": ms(up(g, "local_decode_engine")),
+                    "outsideMs": ms(local_outside),
+                },
+                "decode": {
+                    "engineMs": ms(up(g, "remote_decode_engine")),
+                    "outsideMs": ms(remote_outside - local_outside),
+                },
+            }
+        )
+        check.append(
+            {
+                "idleS": g,
+                "prefillEngineMs": ms(up(g, "remote_prefill_engine")),
+                "clientMs": ms(up(g, "remote_client")),
+            }
+        )
+    return {"referenceS": gaps[0], "points": points, "remoteCheck": check}
 
 
 LOAD = [
@@ -475,7 +610,7 @@ def _print_cpu(
 
 
 def _print_load_phase(
-    rows: list[tuple[float, float, str]],
+    rows: list[Row],
     cpu0: dict[str, tuple[float, float]],
     cpu1: dict[str, tuple[float, float]],
     wall: float,
@@ -506,6 +641,7 @@ def data_plane(
     decode: list[dict[str, Any]],
     docs: list[dict[str, Any]],
     remote_tokens: int,
+    gap: float,
 ) -> dict[str, Any]:
     """The profile's ``dataPlane`` (``planner.latency.measured.DataPlane``) from the idle legs:
     per path, the client's TTFT through the router minus what the simulator already models
@@ -529,7 +665,8 @@ def data_plane(
         "cores": os.cpu_count() or 0,
         "loadAverage": [round(x, 2) for x in os.getloadavg()],
         "method": (
-            "bench/fidelity.py: medians of tiny streamed requests one at a time at idle through "
+            f"bench/fidelity.py: medians of tiny streamed requests one at a time, {gap:g} s "
+            "apart, through "
             "the router (local path prompt of the --dp-local tokens, remote path --dp-remote "
             "tokens), each minus the engine-side time the simulator models for it, read from "
             "the engines' own vllm:time_to_first_token_seconds for the same request (remote "
@@ -543,6 +680,10 @@ def data_plane(
 
 
 # -- load --------------------------------------------------------------------------------------
+
+Row = tuple[float, float, str, float]
+"""One request of a load phase: client TTFT and TPOT (s), its path, when it was sent (s from
+the phase's start)."""
 
 
 async def _one(
@@ -581,11 +722,10 @@ async def _one(
 
 async def drive(
     url: str, model: str, rate: float, duration: float, lengths: list[int], out: int, seed: int
-) -> list[tuple[float, float, str]]:
-    """Poisson arrivals at ``rate`` for ``duration`` seconds; (TTFT, TPOT, path) of each
-    request."""
+) -> list[Row]:
+    """Poisson arrivals at ``rate`` for ``duration`` seconds; a ``Row`` per request."""
     rng = random.Random(seed)
-    tasks = []
+    tasks, sent = [], []
     async with httpx.AsyncClient(timeout=600) as client:
         t, i = 0.0, 0
         begin = time.perf_counter()
@@ -596,9 +736,10 @@ async def drive(
             await asyncio.sleep(max(0.0, begin + t - time.perf_counter()))
             prompt = _prompt(rng, lengths[i % len(lengths)])
             tasks.append(asyncio.create_task(_one(client, url, model, prompt, out)))
+            sent.append(t)
             i += 1
         done = await asyncio.gather(*tasks)
-    return [d for d in done if d is not None]
+    return [(*d, at) for d, at in zip(done, sent, strict=True) if d is not None]
 
 
 # -- predictions -------------------------------------------------------------------------------
@@ -684,14 +825,17 @@ def run_engines(
     model: str,
     out_tokens: int,
     lengths: list[int],
-) -> tuple[dict[str, Any] | None, dict[float, list[tuple[float, float, str]]]]:
-    """Start ``prfaas up``, measure the data plane, profile, drive the load, stop; the profile
-    (``None`` after ``--breakdown-only``) and each rate's (TTFT, TPOT, path) rows."""
+) -> tuple[dict[str, Any] | None, dict[float, list[Row]], dict[str, dict[str, Any]]]:
+    """Start ``prfaas up``, measure the data plane, profile, then per rate the idle wake and the
+    load; stop. The profile (``None`` after ``--breakdown-only``; its ``idleWake`` the one
+    measured before the first rate), each rate's rows, and the idle wake measured before each
+    rate (key: the rate) and after the last (key ``after``)."""
     profile: dict[str, Any] | None = None
+    wakes: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="prfaas-fidelity-") as tmp:
         workdir = Path(tmp)
         proc = _start_up(args.port, workdir)
-        measured: dict[float, list[tuple[float, float, str]]] = {}
+        measured: dict[float, list[Row]] = {}
         try:
             engines = _engines(workdir)
             print("engines:", json.dumps(engines))
@@ -700,7 +844,9 @@ def run_engines(
             router = f"http://127.0.0.1:{args.port}"
             print("data plane at idle (tiny requests, one at a time) ...")
             legs = asyncio.run(
-                breakdown(router, pf, pd, model, args.dp_reps, args.dp_local, args.dp_remote)
+                breakdown(
+                    router, pf, pd, model, args.dp_reps, args.dp_local, args.dp_remote, args.dp_gap
+                )
             )
             for name, vals in legs.items():
                 print(
@@ -710,8 +856,29 @@ def run_engines(
                         for k, v in vals.items()
                     )
                 )
+            gaps = [float(g) for g in args.wake_gaps.split(",")]
+
+            def measure_wake(when: str) -> dict[str, Any]:
+                print(f"idle wake {when} (gaps {gaps} s, {args.wake_reps} rounds) ...")
+                wake = asyncio.run(
+                    idle_wake(
+                        router,
+                        pf,
+                        pd,
+                        model,
+                        gaps,
+                        args.wake_reps,
+                        args.dp_local,
+                        args.dp_remote,
+                        seed=100 + len(wakes),
+                    )
+                )
+                _print_wake(wake)
+                return wake
+
             if args.breakdown_only:
-                return None, measured
+                measure_wake("at idle")
+                return None, measured, wakes
             ports = {int(pd.rsplit(":", 1)[1]): "dc-b", int(pf.rsplit(":", 1)[1]): "dc-a"}
             print(f"profiling {pd} ...")
             cpu0, wall0 = _cpu_seconds(proc.pid, ports), time.monotonic()
@@ -726,16 +893,19 @@ def run_engines(
                 )
             )
             _print_cpu(cpu0, _cpu_seconds(proc.pid, ports), time.monotonic() - wall0)
-            dp = data_plane(legs, dec, docs, args.dp_remote)
+            dp = data_plane(legs, dec, docs, args.dp_remote, args.dp_gap)
             print(f"  dataPlane: {json.dumps({k: v for k, v in dp.items() if k != 'legs'})}")
-            profile = profile_json(arch, pre, dec, dp)
-            args.profile_out.parent.mkdir(parents=True, exist_ok=True)
-            args.profile_out.write_text(json.dumps(profile, indent=1) + "\n")
-            print(f"wrote {args.profile_out}")
-            if args.write_sample:
-                write_sample(profile)
-                print(f"inlined it into {SAMPLE}")
             for i, rate in enumerate(float(r) for r in args.rates.split(",")):
+                # The host's idle wake drifts over minutes: measure it next to each load.
+                wakes[str(rate)] = measure_wake(f"before {rate:g} req/s")
+                if profile is None:
+                    profile = profile_json(arch, pre, dec, dp, wakes[str(rate)])
+                    args.profile_out.parent.mkdir(parents=True, exist_ok=True)
+                    args.profile_out.write_text(json.dumps(profile, indent=1) + "\n")
+                    print(f"wrote {args.profile_out}")
+                    if args.write_sample:
+                        write_sample(profile)
+                        print(f"inlined it into {SAMPLE}")
                 print(f"load: Poisson {rate:g} req/s for {args.duration:g} s ...")
                 cpu0, wall0, eng0 = (
                     _cpu_seconds(proc.pid, ports),
@@ -751,10 +921,22 @@ def run_engines(
                     asyncio.run(_scrape_legs(pf, pd, router)),
                 )
                 _print_load_phase(measured[rate], cpu0, cpu1, wall1 - wall0, eng0, eng1)
+            wakes["after"] = measure_wake("after the load")
         finally:
             _stop(proc)
 
-    return profile, measured
+    return profile, measured, wakes
+
+
+def _print_wake(wake: dict[str, Any]) -> None:
+    for point, remote in zip(wake["points"], wake["remoteCheck"], strict=True):
+        pre, dec = point["prefill"], point["decode"]
+        print(
+            f"  idle {point['idleS']:5.2f} s: prefill engine +{pre['engineMs']:.1f} "
+            f"outside +{pre['outsideMs']:.1f} ms; decode engine +{dec['engineMs']:.1f} "
+            f"outside +{dec['outsideMs']:.1f} ms; remote path: prefill engine "
+            f"+{remote['prefillEngineMs']:.1f}, client +{remote['clientMs']:.1f} ms"
+        )
 
 
 def main() -> None:
@@ -769,7 +951,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=18700)
     ap.add_argument("--profile-out", type=Path, default=PROFILE_OUT)
     ap.add_argument(
-        "--breakdown-only", action="store_true", help="Only the data-plane legs at idle."
+        "--breakdown-only",
+        action="store_true",
+        help="Only the data-plane legs at idle and the idle-wake curve.",
     )
     ap.add_argument(
         "--write-sample",
@@ -792,6 +976,15 @@ def main() -> None:
     ap.add_argument("--dp-reps", type=int, default=9, help="Requests per data-plane leg.")
     ap.add_argument("--dp-local", type=int, default=64, help="Prompt tokens, local path.")
     ap.add_argument("--dp-remote", type=int, default=300, help="Prompt tokens, remote path.")
+    ap.add_argument(
+        "--dp-gap", type=float, default=0.05, help="Seconds between data-plane requests."
+    )
+    ap.add_argument(
+        "--wake-gaps",
+        default="0.05,0.25,0.5,1,2,4",
+        help="Idle gaps (s) for the idle-wake curve; the first is its reference.",
+    )
+    ap.add_argument("--wake-reps", type=int, default=5, help="Rounds of the idle-wake curve.")
     args = ap.parse_args()
 
     docs = [d for d in yaml.safe_load_all(SAMPLE.read_text()) if d]
@@ -810,29 +1003,36 @@ def main() -> None:
         saved = json.loads(args.from_file.read_text())
         profile = saved["profile"]
         measured = {
-            float(rate): [(float(a), float(b), str(c)) for a, b, c in rows]
+            float(rate): [
+                (float(r[0]), float(r[1]), str(r[2]), float(r[3]) if len(r) > 3 else math.nan)
+                for r in rows
+            ]
             for rate, rows in saved["measured"].items()
         }
+        wakes = saved.get("idleWake") or {}
         print(f"measurements from {args.from_file} (taken {profile.get('measuredAt', '?')})")
         if args.write_sample:
             args.profile_out.write_text(json.dumps(profile, indent=1) + "\n")
             write_sample(profile)
             print(f"wrote {args.profile_out} and inlined it into {SAMPLE}")
     else:
-        profile, measured = run_engines(args, docs, arch, model, out_tokens, lengths)
+        profile, measured, wakes = run_engines(args, docs, arch, model, out_tokens, lengths)
         if profile is None:
             return
-        args.save.write_text(json.dumps({"profile": profile, "measured": measured}) + "\n")
+        saved = {"profile": profile, "measured": measured, "idleWake": wakes}
+        args.save.write_text(json.dumps(saved) + "\n")
         print(f"measurements saved to {args.save} (--from {args.save} predicts again)")
 
     previous = copy.deepcopy(docs)
     for d in previous:
         if d["kind"] == "ServingPlan":
             d["spec"]["model"].pop("measuredProfile", None)
-    without_dp = {k: v for k, v in profile.items() if k != "dataPlane"}
+    without_dp = {k: v for k, v in profile.items() if k not in ("dataPlane", "idleWake")}
+    without_wake = {k: v for k, v in profile.items() if k != "idleWake"}
     with_profile = copy.deepcopy(previous)
     with_dp = copy.deepcopy(previous)
-    for mine, prof in ((with_profile, without_dp), (with_dp, profile)):
+    with_wake = copy.deepcopy(previous)
+    for mine, prof in ((with_profile, without_dp), (with_dp, without_wake), (with_wake, profile)):
         for d in mine:
             if d["kind"] == "ServingPlan":
                 d["spec"]["model"]["measuredProfile"] = {"inline": prof}
@@ -853,7 +1053,24 @@ def main() -> None:
             float(np.percentile(tpot, 50)),
             float(np.percentile(tpot, 90)),
         )
-        variants = (("previous", previous), ("measured", with_profile), ("+dataplane", with_dp))
+        variants = [
+            ("previous", previous),
+            ("measured", with_profile),
+            ("+dataplane", with_dp),
+            ("+idlewake", with_wake),
+        ]
+        here = wakes.get(str(rate))
+        if (
+            here is not None
+            and here is not profile.get("idleWake")
+            and here != profile.get("idleWake")
+        ):
+            # The idle wake measured right before this rate's load (the host drifts).
+            with_here = copy.deepcopy(with_wake)
+            for d in with_here:
+                if d["kind"] == "ServingPlan":
+                    d["spec"]["model"]["measuredProfile"]["inline"]["idleWake"] = here
+            variants.append(("+wake here", with_here))
         by_path = ""
         for label, d in variants:
             pred, source, paths = predictions(d, rate, args.simulate)
@@ -868,7 +1085,48 @@ def main() -> None:
                 for path in sorted(paths)
                 if any(r[2] == path for r in rows)
             )
-        print(f"      TTFT P50 per path, measured/+dataplane: {by_path}")
+        print(f"      TTFT P50 per path, measured/{variants[-1][0]}: {by_path}")
+        _print_by_idle(rows, out_tokens, here or profile.get("idleWake"))
+    if "after" in wakes:
+        print("idle wake measured after the last load (the host's drift over the run):")
+        _print_wake(wakes["after"])
+
+
+def _print_by_idle(rows: list[Row], out_tokens: int, wake: dict[str, Any] | None) -> None:
+    """Local-path TTFT by how long the dc-b engine had been idle when the request came (its
+    busy spans estimated from every request's client times: first token to last), beside what
+    the idle-wake curve adds at that idle time: the simulator's model, request by request."""
+    if wake is None or any(math.isnan(r[3]) for r in rows):
+        return
+    from prfaas.planner.latency.measured import measured_idle_wake
+
+    curve = measured_idle_wake({"idleWake": wake})
+    assert curve is not None
+    busy = [(r[3] + r[0], r[3] + r[0] + (out_tokens - 1) * r[1]) for r in rows]
+    bins: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        if r[2] != "local":
+            continue
+        at = r[3]
+        ends = [e for b, e in busy if e <= at]
+        idle = 0.0 if any(b <= at < e for b, e in busy) else at - max(ends, default=0.0)
+        key = next(
+            k
+            for lo, k in ((2.0, "2 s+"), (1.0, "1-2 s"), (0.25, "0.25-1 s"), (0.0, "<0.25 s"))
+            if idle >= lo
+        )
+        bins.setdefault(key, []).append((idle, r[0]))
+    cells = []
+    for key in ("<0.25 s", "0.25-1 s", "1-2 s", "2 s+"):
+        got = bins.get(key)
+        if got:
+            idle = statistics.median(i for i, _ in got)
+            wake_s = sum(curve.prefill(idle))
+            cells.append(
+                f"{key}: n={len(got)} TTFT {statistics.median(t for _, t in got) * 1e3:.0f} ms "
+                f"(curve +{wake_s * 1e3:.0f} ms at {idle:.2f} s)"
+            )
+    print("      local TTFT by dc-b idle time: " + "; ".join(cells))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Literal
 from prfaas.planner.distributions import LengthDistribution, Trace
 from prfaas.planner.errors import PlannerError
 from prfaas.planner.latency.catalog import GpuSpec, ModelArch
-from prfaas.planner.latency.measured import DataPlane
+from prfaas.planner.latency.measured import DataPlane, IdleWake
 from prfaas.planner.latency.model import InstanceLatency
 from prfaas.planner.latency.profiles import ProfileData
 from prfaas.planner.latency.roofline import RooflineSettings
@@ -266,6 +266,10 @@ class Problem:
     """Per-request data-plane cost per path (router hop, API servers, NIXL set-up), from the
     measured profile's ``dataPlane``; the simulator adds it to each request's client-visible
     times. ``None``: the engines' own timings are the whole latency."""
+
+    idle_wake: IdleWake | None = None
+    """What an engine left idle adds to its next request, from the measured profile's
+    ``idleWake``; the simulator adds it where an instance was idle. ``None``: nothing."""
 
     def correction(self, cluster: str, role: str, phase: str) -> float:
         """The correction factor of one (cluster, role, phase); 1 when none was learned."""

@@ -16,7 +16,13 @@ from prfaas.operator.api import models as api
 from prfaas.planner.distributions import Empirical, Fixed, LengthDistribution, LogNormal
 from prfaas.planner.errors import CatalogError, PlannerError, ProfileError
 from prfaas.planner.latency.catalog import ModelArch, gpu_spec, model_arch, with_memory
-from prfaas.planner.latency.measured import DataPlane, measured_data_plane, measured_profile
+from prfaas.planner.latency.measured import (
+    DataPlane,
+    IdleWake,
+    measured_data_plane,
+    measured_idle_wake,
+    measured_profile,
+)
 from prfaas.planner.latency.profiles import ProfileData
 from prfaas.planner.problem import (
     ClusterInput,
@@ -137,13 +143,15 @@ def _measured(ref: api.MeasuredProfileRef, model: ModelArch, where: str) -> Prof
         raise TranslateError(str(exc)) from exc
 
 
-def spec_data_plane(spec: api.ModelSpec, where: str) -> DataPlane | None:
-    """The measured profile's per-request data-plane cost per path, if it has one."""
+def spec_data_plane(spec: api.ModelSpec, where: str) -> tuple[DataPlane | None, IdleWake | None]:
+    """The measured profile's per-request data-plane cost per path and its idle-wake cost, where
+    it has them."""
     ref = spec.measured_profile
     if ref is None or ref.inline is None:
-        return None
+        return None, None
+    field = f"{where} spec.model.measuredProfile.inline"
     try:
-        return measured_data_plane(ref.inline, f"{where} spec.model.measuredProfile.inline")
+        return measured_data_plane(ref.inline, field), measured_idle_wake(ref.inline, field)
     except ProfileError as exc:
         raise TranslateError(str(exc)) from exc
 
@@ -233,13 +241,21 @@ def problem_from_resources(
         f"{p.origin}"
         for p in profiles
     )
-    data_plane = spec_data_plane(spec.model, where)
+    data_plane, idle_wake = spec_data_plane(spec.model, where)
     if data_plane is not None:
         notes.append(
             f"data plane per request (measured profile's dataPlane, {data_plane.origin}): "
             f"local path {data_plane.local_s * 1e3:.1f} ms, remote path "
             f"{data_plane.remote_s * 1e3:.1f} ms beyond the engines' own timings; the "
             "simulator adds it to each request's TTFT"
+        )
+    if idle_wake is not None:
+        i = len(idle_wake.idle_s) - 1
+        notes.append(
+            f"idle wake (measured profile's idleWake, {idle_wake.origin}): an engine idle "
+            f"{idle_wake.idle_s[i]:g} s takes {idle_wake.prefill_engine_s[i] * 1e3:.1f} ms longer "
+            f"for its next prefill, the client sees {idle_wake.prefill_outside_s[i] * 1e3:.1f} ms "
+            "more beside it; the simulator adds it where an instance was idle"
         )
     w = spec.workload
     workload = with_sharing(
@@ -280,6 +296,7 @@ def problem_from_resources(
         notes=tuple(notes),
         latency_corrections=tuple(corrections),
         data_plane=data_plane,
+        idle_wake=idle_wake,
     )
 
 

@@ -10,11 +10,15 @@ A profile is one JSON object in the shape of ``shared/profiles/h200-layer-bf16.j
                "ffn": 14336, "vocab": 128256},          # the whole model, not the TP shard
      "prefill": [{"tokens": 1024, "median_ms": 0.77, ...}],
      "decode":  [{"batch": 32, "context": 4096, "median_ms": 0.2, "graph_median_ms": 0.15}],
-     "dataPlane": {"localMs": 9.5, "remoteMs": 120.0, "cores": 2, ...}}   # optional
+     "dataPlane": {"localMs": 9.5, "remoteMs": 120.0, "cores": 2, ...},   # optional
+     "idleWake": {"referenceS": 0.05, "points": [                           # optional
+        {"idleS": 1.0, "prefill": {"engineMs": 16, "outsideMs": 11},
+                       "decode": {"engineMs": 12, "outsideMs": 5}}, ...]}}
 
 ``dataPlane`` (optional, ``scope: instance`` profiles of a running deployment, written by
 ``bench/fidelity.py``): what one request costs on each path *outside* the engine steps the rows
-time, measured with tiny requests one at a time at idle (``DataPlane``).
+time, measured with tiny requests one at a time at idle (``DataPlane``). ``idleWake``
+(optional, same provenance): what an engine left idle adds to its next request (``IdleWake``).
 
 ``scope: layer`` rows time ONE TP-sharded transformer layer (torch, random weights); a whole
 step is ``layers ×`` that plus what a layer lacks — the LM head, the TP all-reduce and the host's
@@ -25,6 +29,7 @@ CUDA-graph median where there is one (engines replay decode from graphs).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +42,9 @@ from prfaas.planner.latency.roofline import RooflineSettings, collective_seconds
 __all__ = [
     "PROFILE_FORMAT",
     "DataPlane",
+    "IdleWake",
     "measured_data_plane",
+    "measured_idle_wake",
     "measured_profile",
     "profile_shape_problems",
 ]
@@ -192,31 +199,145 @@ class DataPlane:
         return self.remote_s if remote else self.local_s
 
 
+def _origin(data: Mapping[str, Any]) -> str:
+    """Where and when a deployment's ``dataPlane`` / ``idleWake`` were measured."""
+    origin = f"measured on {data.get('device', 'this host')}"
+    if data.get("measuredAt"):
+        origin += f" at {data['measuredAt']}"
+    return origin
+
+
+def _section(
+    data: Mapping[str, Any], key: str, where: str, fields: str
+) -> tuple[Mapping[str, Any] | None, str]:
+    """An optional object of a profile (``None`` when absent) and its field path for errors."""
+    if not isinstance(data, Mapping):
+        raise ProfileError(f"{where}: a profile is a JSON object, got {type(data).__name__}")
+    section = data.get(key)
+    w = f"{where}.{key}"
+    if section is not None and not isinstance(section, Mapping):
+        raise ProfileError(f"{w}: an object with {fields}, got {type(section).__name__}")
+    return section, w
+
+
+def _ms(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ProfileError(f"{where}: must be a number of milliseconds >= 0, got {value!r}")
+    return float(value) / 1e3
+
+
 def measured_data_plane(data: Mapping[str, Any], where: str = "profile") -> DataPlane | None:
     """The profile's ``dataPlane`` (``None`` when it has none). Raises ``ProfileError`` naming
     the field when it is malformed."""
-    if not isinstance(data, Mapping):
-        raise ProfileError(f"{where}: a profile is a JSON object, got {type(data).__name__}")
-    dp = data.get("dataPlane")
+    dp, w = _section(data, "dataPlane", where, "localMs and remoteMs")
     if dp is None:
         return None
-    w = f"{where}.dataPlane"
-    if not isinstance(dp, Mapping):
-        raise ProfileError(f"{w}: an object with localMs and remoteMs, got {type(dp).__name__}")
     values = []
     for key in ("localMs", "remoteMs"):
         if key not in dp:
             raise ProfileError(
                 f"{w}: missing field {key!r} (bench/fidelity.py measures both paths)"
             )
-        v = dp[key]
-        if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0:
-            raise ProfileError(f"{w}.{key}: must be a number of milliseconds >= 0, got {v!r}")
-        values.append(float(v) / 1e3)
+        values.append(_ms(dp[key], f"{w}.{key}"))
     cores = dp.get("cores", 0)
     if isinstance(cores, bool) or not isinstance(cores, int) or cores < 0:
         raise ProfileError(f"{w}.cores: must be a whole number of cores >= 0, got {cores!r}")
-    origin = f"measured on {data.get('device', 'this host')}"
-    if data.get("measuredAt"):
-        origin += f" at {data['measuredAt']}"
-    return DataPlane(values[0], values[1], cores, origin)
+    return DataPlane(values[0], values[1], cores, _origin(data))
+
+
+@dataclass(frozen=True, slots=True)
+class IdleWake:
+    """Seconds an engine left idle adds to its next request, by how long it was idle.
+
+    Measured on this project's CPU hosts (``bench/fidelity.py``): after 1 s with nothing to do,
+    a vLLM CPU engine's next prefill took 16 ms longer by its own histogram, and the client saw
+    27 ms more; after 4 s, 54 and 95 ms. The cost grows with the idle time and with the memory a
+    step touches, not with guest page faults (none are counted): the host re-faults what it
+    reclaimed from an idle guest. Back-to-back steps never pay it, so it is not a constant: a
+    busy engine does not see it, and at low load it is most of the gap between a profile taken
+    back to back and what a client sees.
+
+    Two parts per kind of step, each piecewise linear in the idle seconds between the measured
+    points (0 at ``idle_s[0]``, the spacing the profile's rows were taken at; flat beyond the
+    last point, never extrapolated):
+
+    * ``engine`` — the engine's own step is longer (its TTFT histogram): engine occupancy, so
+      the simulator lengthens the step, and whoever queues behind it waits too.
+    * ``outside`` — what the API servers, the router and NIXL's threads add as they wake:
+      latency outside the engine, added to the request's client-visible times like the data
+      plane.
+
+    ``prefill`` is a prompt's first step on an idle engine (local path); ``decode`` a remote
+    request's first decode step, KV pull included, on an idle decode engine (its ``outside``:
+    what the remote path's client sees beyond both engines and beyond the local path's).
+    """
+
+    idle_s: tuple[float, ...]
+    prefill_engine_s: tuple[float, ...]
+    prefill_outside_s: tuple[float, ...]
+    decode_engine_s: tuple[float, ...]
+    decode_outside_s: tuple[float, ...]
+    origin: str = ""
+
+    def _at(self, ys: tuple[float, ...], idle: float) -> float:
+        xs = self.idle_s
+        i = bisect_right(xs, idle)
+        if i == 0:
+            return 0.0
+        if i == len(xs):
+            return ys[-1]
+        x0, x1 = xs[i - 1], xs[i]
+        return ys[i - 1] + (ys[i] - ys[i - 1]) * (idle - x0) / (x1 - x0)
+
+    def prefill(self, idle: float) -> tuple[float, float]:
+        """``(engine, outside)`` seconds a prompt's first step on an engine idle ``idle`` s
+        adds."""
+        return self._at(self.prefill_engine_s, idle), self._at(self.prefill_outside_s, idle)
+
+    def decode(self, idle: float) -> tuple[float, float]:
+        """``(engine, outside)`` seconds a remote request's first decode step on an engine
+        idle ``idle`` s adds."""
+        return self._at(self.decode_engine_s, idle), self._at(self.decode_outside_s, idle)
+
+
+def measured_idle_wake(data: Mapping[str, Any], where: str = "profile") -> IdleWake | None:
+    """The profile's ``idleWake`` (``None`` when it has none). Raises ``ProfileError`` naming
+    the field when it is malformed."""
+    wake, w = _section(data, "idleWake", where, "referenceS and points")
+    if wake is None:
+        return None
+    ref = wake.get("referenceS", 0.0)
+    if isinstance(ref, bool) or not isinstance(ref, int | float) or not ref >= 0:
+        raise ProfileError(f"{w}.referenceS: must be a number of seconds >= 0, got {ref!r}")
+    points = wake.get("points")
+    if not isinstance(points, list) or not points:
+        raise ProfileError(
+            f"{w}.points: a non-empty list of {{idleS, prefill, decode}} "
+            "(bench/fidelity.py measures them)"
+        )
+    xs, cols = [float(ref)], [[0.0], [0.0], [0.0], [0.0]]
+    for i, point in enumerate(points):
+        pw = f"{w}.points[{i}]"
+        if not isinstance(point, Mapping):
+            raise ProfileError(f"{pw}: an object with idleS, prefill and decode")
+        idle = point.get("idleS")
+        if isinstance(idle, bool) or not isinstance(idle, int | float) or not idle >= 0:
+            raise ProfileError(f"{pw}.idleS: must be a number of seconds >= 0, got {idle!r}")
+        if idle <= xs[-1]:
+            if i == 0 and idle == xs[0]:
+                continue  # the reference itself, listed with its zero cost
+            raise ProfileError(
+                f"{pw}.idleS: {idle} must exceed the previous point's {xs[-1]} "
+                "(points in increasing idle time, after referenceS)"
+            )
+        xs.append(float(idle))
+        for k, kind in enumerate(("prefill", "decode")):
+            part = point.get(kind)
+            if not isinstance(part, Mapping):
+                raise ProfileError(f"{pw}.{kind}: an object with engineMs and outsideMs")
+            for j, key in enumerate(("engineMs", "outsideMs")):
+                if key not in part:
+                    raise ProfileError(f"{pw}.{kind}: missing field {key!r}")
+                cols[2 * k + j].append(_ms(part[key], f"{pw}.{kind}.{key}"))
+    pe, po, de, do = (tuple(c) for c in cols)
+    return IdleWake(tuple(xs), pe, po, de, do, _origin(data))

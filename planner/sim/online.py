@@ -368,6 +368,7 @@ class OnlineLoop:
             budget=pool.token_budget,
             stages=pool.pipeline_stages,
             drained=self._drained,
+            idle_since=sim.now,
         )
         sim._instances.append(inst)
         sim._pools[c.pool_index].instances.append(inst)
@@ -382,6 +383,7 @@ class OnlineLoop:
             max_batch=dec.max_batch,
             kv_cap=float(dec.kv_capacity_tokens) if dec.kv_capacity_tokens > 0 else math.inf,
             drained=self._drained,
+            idle_since=sim.now,
         )
         sim._decoders.append(d)
         return d

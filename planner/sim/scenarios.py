@@ -227,6 +227,7 @@ def _config(
         kv_fixed_bytes=float(m.fixed_state_bytes),
         block_tokens=problem.block_tokens,
         data_plane_s=_data_plane(problem),
+        idle_wake=problem.idle_wake,
     )
 
 
@@ -393,6 +394,7 @@ def _multi_config(
         block_tokens=problem.block_tokens,
         clusters=tuple(clusters),
         data_plane_s=_data_plane(problem),
+        idle_wake=problem.idle_wake,
     )
 
 
@@ -718,6 +720,7 @@ def _aggregated_config(
         kv_fixed_bytes=float(m.fixed_state_bytes),
         block_tokens=problem.block_tokens,
         data_plane_s=_data_plane(problem),
+        idle_wake=problem.idle_wake,
     )
 
 

@@ -75,6 +75,7 @@ from itertools import count
 from typing import Any
 
 import numpy as np
+from prfaas.planner.latency.measured import IdleWake
 from prfaas.planner.latency.mixed import Chunk, mixed_step_seconds
 from prfaas.planner.latency.model import LatencyModel
 from prfaas.planner.routing.policy import Link, RoutingCore, Target
@@ -226,6 +227,10 @@ class SimConfig:
     """Seconds (local path, remote path) the data plane adds to each request's first token and
     finish as the client sees them (``latency.measured.DataPlane``: router, API servers, NIXL
     set-up). That work runs outside the engines, so it delays the client, not the engines."""
+    idle_wake: IdleWake | None = None
+    """What an instance left idle adds to its next request (``latency.measured.IdleWake``):
+    its ``engine`` part lengthens the instance's first step after the idle time (occupancy),
+    its ``outside`` part delays that request's client-visible times. None: nothing."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,6 +267,8 @@ class _Prefiller(_Drainable):
     stages: int
     queue: deque[int] = field(default_factory=deque)
     busy: bool = False
+    idle_since: float = 0.0
+    """When it last had nothing to do (-1: busy); for ``SimConfig.idle_wake``."""
 
 
 @dataclass(slots=True)
@@ -316,6 +323,8 @@ class _Decoder(_Drainable):
     """Aggregated: prompt tokens prefilled so far by the partly prefilled first prompt."""
     chunks: list[tuple[int, int]] = field(default_factory=list)
     """Aggregated: (request, tokens) of the chunks in the step in flight."""
+    idle_since: float = 0.0
+    """When it last had nothing to do (-1: running); for ``SimConfig.idle_wake``."""
 
     def step_end(self, n: int) -> float:
         return self.t0 + n * self.s0 + self.delta * n * (n - 1) * 0.5
@@ -413,6 +422,9 @@ class Simulation:
         self._dstart = [nan] * n
         self._ready = [nan] * n
         self._finish = [nan] * n
+        self._woke = [0.0] * n
+        """Seconds the instances this request woke added outside the engines (idle wake)."""
+        self._idle_wake = config.idle_wake
         chains = stream.block_chains
         self._chain_ids = chains.ids
         """Dense block ids (``Chains.dense``) once a cache needs them (``_cache``)."""
@@ -867,6 +879,13 @@ class Simulation:
                 f"prefill latency model returned {seconds} s for {tokens} tokens; it must be > 0"
             )
         now = self.now
+        wake = self._idle_wake
+        if wake is not None and inst.idle_since >= 0.0:
+            engine, outside = wake.prefill(now - inst.idle_since)
+            seconds += engine
+            for r in batch:
+                self._woke[r] += outside
+        inst.idle_since = -1.0
         for r in batch:
             self._pstart[r] = now
         self._pool_waiting(self._pools[inst.pool], -len(batch))
@@ -896,6 +915,8 @@ class Simulation:
             inst.busy = False
             if inst.queue:
                 self._start_batch(idx)
+        if not inst.busy and not inst.queue:
+            inst.idle_since = now
         if not self._decoders:
             for r in batch:
                 self._finished_at_first_token(r)
@@ -993,7 +1014,7 @@ class Simulation:
         d.waiting.append(r)
         self._decode_waiting(1)
         if d.pending == 0:
-            self._wake(d)
+            self._wake(d, r, prompt=False)
             return
         if len(d.waiting) == 1 and len(d.members) < d.max_batch:
             nxt = d.steps_done_by(now) + 1
@@ -1002,8 +1023,16 @@ class Simulation:
                 d.version += 1
                 self._push(d.step_end(nxt), EventKind.DECODE_STEP, di, d.version)
 
-    def _wake(self, d: _Decoder) -> None:
-        """Start an idle instance once everything arriving at this instant is in."""
+    def _wake(self, d: _Decoder, r: int, *, prompt: bool) -> None:
+        """Start an idle instance once everything arriving at this instant is in; ``r`` (a
+        prompt to prefill, or a request whose KV arrived) pays what the idle time costs."""
+        wake = self._idle_wake
+        if wake is not None and d.idle_since >= 0.0:
+            idle = self.now - d.idle_since
+            engine, outside = wake.prefill(idle) if prompt else wake.decode(idle)
+            d.extra += engine
+            self._woke[r] += outside
+        d.idle_since = -1.0
         if not d.starting:
             d.starting = True
             d.version += 1
@@ -1030,7 +1059,7 @@ class Simulation:
         d.prompts.append(r)
         self._decode_waiting(1)
         if d.pending == 0:
-            self._wake(d)
+            self._wake(d, r, prompt=True)
         elif len(d.prompts) == 1 and len(d.members) < min(d.budget, d.max_batch):
             nxt = d.steps_done_by(now) + 1  # a closed-form epoch: cut it at the next step
             if nxt < d.pending:
@@ -1164,6 +1193,7 @@ class Simulation:
         b = len(d.members)
         if b == 0:
             d.pending = 0
+            d.idle_since = self.now
             return
         ctx = d.base_ctx + b * d.steps
         s0 = d.latency.decode_step_seconds(b, ctx)
@@ -1251,6 +1281,7 @@ class Simulation:
             queues[DECODE_QUEUE] = StepSeries.of(self._dec_t, self._dec_v)
         local_s, remote_s = self.config.data_plane_s
         shift = np.where(f(self._remote, dtype=np.bool_), remote_s, local_s)
+        shift += f(self._woke, dtype=np.float64)
         return SimResult(
             name=self.config.name,
             arrival_s=s.arrival_s,

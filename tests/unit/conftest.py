@@ -7,8 +7,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
+import yaml
+from prfaas.operator.api.manifests import parse_manifests
+from prfaas.operator.api.translate import problems_from_manifests
+from prfaas.planner.problem import Problem
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
 
@@ -29,3 +34,26 @@ def bench_script() -> Callable[[str], ModuleType]:
         return sys.modules[key]
 
     return load
+
+
+SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "local.yaml"
+
+
+def sample_with(**inline: Any) -> list[dict[str, Any]]:
+    """``crds/samples/local.yaml``'s manifests, these fields of its inline measured profile
+    replaced (``None``: removed)."""
+    docs = [d for d in yaml.safe_load_all(SAMPLE.read_text()) if d]
+    for d in docs:
+        if d["kind"] == "ServingPlan":
+            profile = d["spec"]["model"]["measuredProfile"]["inline"]
+            for key, value in inline.items():
+                profile.pop(key, None)
+                if value is not None:
+                    profile[key] = value
+    return docs
+
+
+def sample_problem(docs: list[dict[str, Any]]) -> Problem:
+    """The one planner problem of these manifests."""
+    (problem,) = problems_from_manifests(parse_manifests(yaml.safe_dump_all(docs)).resources)
+    return problem

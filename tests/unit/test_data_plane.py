@@ -5,14 +5,12 @@ to each request's TTFT on its own path without changing TPOT or what the engines
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
-from prfaas.operator.api.manifests import parse_manifests
-from prfaas.operator.api.translate import TranslateError, problems_from_manifests
+from prfaas.operator.api.translate import TranslateError
 from prfaas.planner.errors import ProfileError
 from prfaas.planner.latency.measured import DataPlane, measured_data_plane
 from prfaas.planner.plan import Plan
@@ -21,24 +19,7 @@ from prfaas.planner.sim.scenarios import PRFAAS, predict
 from prfaas.planner.sim.simulator import SimConfig, simulate
 from prfaas.planner.solver import plan
 
-SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "local.yaml"
-
-
-def _docs(data_plane: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The local sample, its measured profile's ``dataPlane`` replaced (``None``: removed)."""
-    docs = [d for d in yaml.safe_load_all(SAMPLE.read_text()) if d]
-    for d in docs:
-        if d["kind"] == "ServingPlan":
-            inline = d["spec"]["model"]["measuredProfile"]["inline"]
-            inline.pop("dataPlane", None)
-            if data_plane is not None:
-                inline["dataPlane"] = data_plane
-    return docs
-
-
-def _problem(docs: list[dict[str, Any]]) -> Any:
-    (problem,) = problems_from_manifests(parse_manifests(yaml.safe_dump_all(docs)).resources)
-    return problem
+from .conftest import SAMPLE, sample_problem, sample_with
 
 
 def test_parsed_in_seconds_with_its_provenance() -> None:
@@ -70,11 +51,11 @@ def test_a_bad_data_plane_in_a_plan_is_a_translate_error() -> None:
     with pytest.raises(
         TranslateError, match=r"measuredProfile\.inline\.dataPlane: missing field 'remoteMs'"
     ):
-        _problem(_docs({"localMs": 1}))
+        sample_problem(sample_with(dataPlane={"localMs": 1}))
 
 
 def test_the_plan_carries_it_and_round_trips() -> None:
-    problem = _problem(_docs({"localMs": 20, "remoteMs": 150, "cores": 2}))
+    problem = sample_problem(sample_with(dataPlane={"localMs": 20, "remoteMs": 150, "cores": 2}))
     assert problem.data_plane is not None and problem.data_plane.remote_s == pytest.approx(0.15)
     p = plan(problem)
     assert p.data_plane_s == pytest.approx({"local": 0.02, "remote": 0.15})
@@ -82,14 +63,14 @@ def test_the_plan_carries_it_and_round_trips() -> None:
     back = Plan.from_dict(p.to_dict())
     assert back.data_plane_s == p.data_plane_s
     assert p.to_dict()["dataPlaneS"] == pytest.approx({"local": 0.02, "remote": 0.15})
-    none = plan(_problem(_docs(None)))
+    none = plan(sample_problem(sample_with(dataPlane=None)))
     assert none.data_plane_s == {} and Plan.from_dict(none.to_dict()).data_plane_s == {}
 
 
 def _config_and_stream() -> tuple[SimConfig, RequestStream]:
     from prfaas.planner.sim.scenarios import scenarios
 
-    problem = _problem(_docs(None))
+    problem = sample_problem(sample_with(dataPlane=None))
     p = plan(problem)
     (sc,) = [s for s in scenarios(problem, p) if s.name == PRFAAS]
     w = problem.workload
@@ -113,7 +94,7 @@ def test_the_simulator_adds_each_paths_cost_to_ttft_only() -> None:
 
 
 def test_predict_uses_the_profiles_data_plane() -> None:
-    with_dp = _problem(_docs({"localMs": 20, "remoteMs": 150}))
+    with_dp = sample_problem(sample_with(dataPlane={"localMs": 20, "remoteMs": 150}))
     without = replace(with_dp, data_plane=None)
 
     def p50_ttft(problem: Any) -> tuple[float, np.ndarray]:
@@ -131,6 +112,6 @@ def test_the_local_sample_carries_its_measured_data_plane() -> None:
     """``crds/samples/local.yaml``'s profile (bench/fidelity.py) has both paths' cost, and
     ``prfaas plan`` reports them: the remote path, with its second leg and NIXL, costs more."""
     docs = [d for d in yaml.safe_load_all(SAMPLE.read_text()) if d]
-    p = plan(_problem(docs))
+    p = plan(sample_problem(docs))
     assert set(p.data_plane_s) == {"local", "remote"}
     assert 0 < p.data_plane_s["local"] < p.data_plane_s["remote"]
