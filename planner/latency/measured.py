@@ -250,12 +250,12 @@ class IdleWake:
     """Seconds an engine left idle adds to its next request, by how long it was idle.
 
     Measured on this project's CPU hosts (``bench/fidelity.py``): after 1 s with nothing to do,
-    a vLLM CPU engine's next prefill took 16 ms longer by its own histogram, and the client saw
-    27 ms more; after 4 s, 54 and 95 ms. The cost grows with the idle time and with the memory a
-    step touches, not with guest page faults (none are counted): the host re-faults what it
-    reclaimed from an idle guest. Back-to-back steps never pay it, so it is not a constant: a
-    busy engine does not see it, and at low load it is most of the gap between a profile taken
-    back to back and what a client sees.
+    a vLLM CPU engine's next prefill took 16-40 ms longer by its own histogram, and the client
+    saw 27-71 ms more; after 4 s, 50-92 and 80-165 ms (it drifts over minutes). The cost grows
+    with the idle time and with the memory a step touches, not with guest page faults (none are
+    counted): the host re-faults what it reclaimed from an idle guest. Back-to-back steps never
+    pay it, so it is not a constant: a busy engine does not see it, and at low load it is most
+    of the gap between a profile taken back to back and what a client sees.
 
     Two parts per kind of step, each piecewise linear in the idle seconds between the measured
     points (0 at ``idle_s[0]``, the spacing the profile's rows were taken at; flat beyond the
