@@ -11,10 +11,12 @@ PodMonitor copies onto the engines' series), what vLLM measured over the query w
   ``vllm:request_generation_tokens``.
 
 The latency model of that role, at the plan's GPU and TP×PP, predicts the same quantity at the
-observed length (or batch and context); ``observed / predicted`` moves a correction factor per
-(cluster, role, phase). As Dynamo's SLA planner (``components/planner``: ``p_correction_factor =
-observed TTFT / expected``, ``d_correction_factor = observed ITL / expected``), the factor
-multiplies the model the next plan uses. Unlike it, the factor here is
+observed length (or batch and context), plus, for prefill, the mean idle wake of the measured
+profile at the observed requests per engine (``vllm:num_requests_running`` series counted);
+``observed / predicted`` moves a correction factor per (cluster, role, phase). As Dynamo's SLA
+planner (``components/planner``: ``p_correction_factor = observed TTFT / expected``,
+``d_correction_factor = observed ITL / expected``), the factor multiplies the model the next
+plan uses. Unlike it, the factor here is
 
 - **smoothed**: ``f ← f · (r / f)^α`` (a geometric step of weight ``α`` toward the ratio ``r``),
 - **bounded**: ``r`` and ``f`` stay within ``[1/bound, bound]``,
@@ -36,6 +38,7 @@ from prfaas.operator.api import models as api
 from prfaas.operator.api.labels import LABEL_CLUSTER, LABEL_ROLE
 from prfaas.operator.autoscaling.prometheus import Sample
 from prfaas.planner.errors import PlannerError
+from prfaas.planner.latency.measured import IdleWake
 from prfaas.planner.latency.model import LatencyModel
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "calibration_queries",
     "observe_engines",
     "plan_predictor",
+    "spec_wake",
 ]
 
 Phase = Literal["prefill", "decode"]
@@ -65,7 +69,7 @@ _METRICS = {
     "generation_sum": "vllm:request_generation_tokens_sum",
     "generation_count": "vllm:request_generation_tokens_count",
 }
-CALIBRATION_QUERIES = (*_METRICS, "running")
+CALIBRATION_QUERIES = (*_METRICS, "running", "engines")
 """The keys of ``calibration_queries()``."""
 
 
@@ -76,6 +80,7 @@ def calibration_queries(selector: str, window_s: float) -> dict[str, str]:
     w = f"{max(1, round(window_s))}s"
     out = {k: f"sum {by} (increase({m}{selector}[{w}]))" for k, m in _METRICS.items()}
     out["running"] = f"avg {by} (avg_over_time(vllm:num_requests_running{selector}[{w}]))"
+    out["engines"] = f"count {by} (vllm:num_requests_running{selector})"
     return out
 
 
@@ -95,6 +100,9 @@ class EngineObservation:
     """Prefill: mean uncached prompt tokens. Decode: mean context per sequence."""
     batch: float = 1.0
     """Decode: mean running sequences per engine."""
+    rate: float = 0.0
+    """Prefill: requests per second per engine over the window (0: unknown); what an idle wake
+    costs on average depends on it."""
 
 
 def _by_pool(samples: list[Sample] | None) -> dict[tuple[str, str], float]:
@@ -112,9 +120,11 @@ def _mean(
     return {k: (sums[k] / n, n) for k, n in counts.items() if n > 0 and k in sums}
 
 
-def observe_engines(results: Mapping[str, list[Sample]]) -> dict[Key, EngineObservation]:
-    """The observations behind ``calibration_queries()`` answers; pools without data are left
-    out (a missing metric never becomes a zero)."""
+def observe_engines(
+    results: Mapping[str, list[Sample]], window_s: float = 0.0
+) -> dict[Key, EngineObservation]:
+    """The observations behind ``calibration_queries()`` answers over a ``window_s`` window;
+    pools without data are left out (a missing metric never becomes a zero)."""
     r = {k: _by_pool(results.get(k)) for k in CALIBRATION_QUERIES}
     out: dict[Key, EngineObservation] = {}
     prefill = _mean(r["prefill_s_sum"], r["prefill_s_count"])
@@ -122,7 +132,9 @@ def observe_engines(results: Mapping[str, list[Sample]]) -> dict[Key, EngineObse
     for (cluster, role), (seconds, n) in prefill.items():
         if role == "prefill" and (cluster, role) in prefill_tokens and seconds > 0:
             tokens = prefill_tokens[(cluster, role)][0]
-            out[(cluster, role, "prefill")] = EngineObservation(seconds, n, tokens)
+            engines = r["engines"].get((cluster, role), 0.0)
+            rate = n / window_s / engines if window_s > 0 and engines > 0 else 0.0
+            out[(cluster, role, "prefill")] = EngineObservation(seconds, n, tokens, rate=rate)
     itl = _mean(r["itl_sum"], r["itl_count"])
     prompt = _mean(r["prompt_sum"], r["prompt_count"])
     generation = _mean(r["generation_sum"], r["generation_count"])
@@ -189,27 +201,38 @@ class Calibration:
     factors: dict[Key, float] = field(default_factory=dict)
     last: dict[Key, FactorMove] = field(default_factory=dict)
 
-    def _predict(self, key: Key, obs: EngineObservation, predictor: Predictor) -> float | None:
+    def _predict(
+        self, key: Key, obs: EngineObservation, predictor: Predictor, wake: IdleWake | None
+    ) -> float | None:
         cluster, role, phase = key
         model = predictor(cluster, role)
         if model is None:
             return None
         if phase == "prefill":
-            return model.prefill_seconds([obs.tokens])
+            seconds = model.prefill_seconds([obs.tokens])
+            if wake is not None:  # the engines' histogram includes what idle engines add
+                seconds += wake.expected_prefill_engine(obs.rate, seconds)
+            return seconds
         batch = max(1, round(obs.batch))
         return model.decode_step_seconds(batch, batch * obs.tokens)
 
     def update(
-        self, observations: Mapping[Key, EngineObservation], predictor: Predictor
+        self,
+        observations: Mapping[Key, EngineObservation],
+        predictor: Predictor,
+        wake: IdleWake | None = None,
     ) -> list[FactorMove]:
-        """Move the factors the observations support; the moves made (for events/status)."""
+        """Move the factors the observations support; the moves made (for events/status).
+        ``wake``: the measured profile's idle wake, predicted beside the model's prefill at the
+        observed rate (``IdleWake.expected_prefill_engine``), so that a host where idle engines
+        are slower is not read as a slower engine."""
         s = self.settings
         moves = []
         for key, obs in sorted(observations.items()):
             enough = s.min_prefill_requests if key[2] == "prefill" else s.min_decode_tokens
             if obs.samples < enough:
                 continue
-            predicted = self._predict(key, obs, predictor)
+            predicted = self._predict(key, obs, predictor, wake)
             if predicted is None or not predicted > 0 or not math.isfinite(obs.seconds):
                 continue
             ratio = min(max(obs.seconds / predicted, 1 / s.bound), s.bound)
@@ -275,3 +298,14 @@ def plan_predictor(spec: api.ServingPlanSpec, plan: Mapping[str, Any] | None) ->
             return None
 
     return predict
+
+
+def spec_wake(spec: api.ServingPlanSpec) -> IdleWake | None:
+    """The ServingPlan's measured idle wake (its inline profile's ``idleWake``), or ``None``
+    (none, or malformed: the plan's own validation reports that)."""
+    from prfaas.operator.api.translate import TranslateError, spec_data_plane
+
+    try:
+        return spec_data_plane(spec.model, "ServingPlan")[1]
+    except TranslateError:
+        return None

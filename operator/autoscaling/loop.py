@@ -25,6 +25,7 @@ from prfaas.operator.autoscaling.calibration import (
     calibration_queries,
     observe_engines,
     plan_predictor,
+    spec_wake,
 )
 from prfaas.operator.autoscaling.decide import (
     Observation,
@@ -129,7 +130,7 @@ class Autoscaler:
             results, window, self.clock(), min_transfer_seconds=self.settings.min_transfer_seconds
         )
         state.error, state.answered_at, state.latest = None, obs.at, obs
-        state.engines = observe_engines(engines)
+        state.engines = observe_engines(engines, window)
         self.metrics.autoscale_metrics_available.labels(key).set(1)
         state.in_force = settle(state.in_force, obs, self.settings.tolerance)
         if obs.rate_rps is not None:
@@ -147,7 +148,7 @@ class Autoscaler:
         if state is None or not state.engines:
             return []
         observations, state.engines = state.engines, {}
-        return state.calibration.update(observations, plan_predictor(spec, plan))
+        return state.calibration.update(observations, plan_predictor(spec, plan), spec_wake(spec))
 
     def corrections(
         self, key: str, scaling: api.Autoscaling

@@ -29,6 +29,7 @@ CUDA-graph median where there is one (engines replay decode from graphs).
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -293,6 +294,24 @@ class IdleWake:
         """``(engine, outside)`` seconds a prompt's first step on an engine idle ``idle`` s
         adds."""
         return self._at(self.prefill_engine_s, idle), self._at(self.prefill_outside_s, idle)
+
+    def expected_prefill_engine(self, rate: float, service_s: float) -> float:
+        """Mean engine seconds the wake adds per prompt on one engine that Poisson arrivals
+        reach at ``rate`` per second, each prompt taking ``service_s``: an arrival finds the
+        engine idle with probability ``1 − ρ`` (``ρ = rate · service_s``), and then it has been
+        idle for an Exp(``rate``) time (M/G/1: an idle period ends at the next arrival), so
+        ``(1 − ρ) · E[w(X)]``. Calibration uses it to compare like with like."""
+        if not rate > 0.0:
+            return 0.0
+        rho = min(rate * max(service_s, 0.0), 1.0)
+        xs, ys = self.idle_s, self.prefill_engine_s
+        # E[w(X)] for w linear between the points, 0 before the first, flat after the last:
+        # ∫ w'(x) P(X > x) dx = Σ over segments of slope · (e^{-r·x0} − e^{-r·x1}) / r.
+        mean = 0.0
+        for i in range(1, len(xs)):
+            slope = (ys[i] - ys[i - 1]) / (xs[i] - xs[i - 1])
+            mean += slope * (math.exp(-rate * xs[i - 1]) - math.exp(-rate * xs[i])) / rate
+        return (1.0 - rho) * mean
 
     def decode(self, idle: float) -> tuple[float, float]:
         """``(engine, outside)`` seconds a remote request's first decode step on an engine

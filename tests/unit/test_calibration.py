@@ -11,6 +11,7 @@ from prfaas.operator.autoscaling.calibration import (
     observe_engines,
 )
 from prfaas.operator.autoscaling.prometheus import Sample
+from prfaas.planner.latency.measured import IdleWake
 from prfaas.planner.latency.model import DistServeForm
 
 MODEL = DistServeForm(0.0, 1e-4, 0.0, 0.01, 0.0, 0.0)  # prefill 0.1 ms/token, decode 10 ms
@@ -76,3 +77,43 @@ def test_observations_from_vllm_histograms() -> None:
         "sum by (prfaas_io_cluster, prfaas_io_role) "
         '(increase(vllm:inter_token_latency_seconds_sum{prfaas_io_plan="p"}[60s]))'
     )
+
+
+PREFILL_POOL = {"prfaas_io_cluster": "pd", "prfaas_io_role": "prefill"}
+WAKE = IdleWake((0.05, 1.0, 2.0), (0.0, 0.02, 0.03), (0.0, 0.01, 0.016), (0.0,) * 3, (0.0,) * 3)
+
+
+def test_prefill_rate_per_engine_from_the_window_and_the_engine_count() -> None:
+    answers = {
+        "prefill_s_sum": [Sample(PREFILL_POOL, 12.0)],
+        "prefill_s_count": [Sample(PREFILL_POOL, 120.0)],
+        "prefill_tokens_sum": [Sample(PREFILL_POOL, 120_000.0)],
+        "prefill_tokens_count": [Sample(PREFILL_POOL, 120.0)],
+        "engines": [Sample(PREFILL_POOL, 2.0)],
+    }
+    obs = observe_engines(answers, 60.0)[("pd", "prefill", "prefill")]
+    assert (obs.seconds, obs.tokens, obs.rate) == (0.1, 1000.0, 1.0)
+    assert observe_engines(answers)[("pd", "prefill", "prefill")].rate == 0.0  # no window
+    no_count = {k: v for k, v in answers.items() if k != "engines"}
+    assert observe_engines(no_count, 60.0)[("pd", "prefill", "prefill")].rate == 0.0
+    assert calibration_queries("{}", 60)["engines"] == (
+        "count by (prfaas_io_cluster, prfaas_io_role) (vllm:num_requests_running{})"
+    )
+
+
+def test_an_idle_wake_the_profile_measured_is_not_read_as_a_slower_engine() -> None:
+    """At 0.5 req/s per engine the histogram holds the model's 0.1 s plus the idle wake's mean;
+    with the profile's wake that is what calibration predicts, and the factor stays 1."""
+    key = ("pd", "prefill", "prefill")
+    base = MODEL.prefill_seconds([1000])
+    observed = base + WAKE.expected_prefill_engine(0.5, base)
+    obs = {key: EngineObservation(observed, 50, 1000, rate=0.5)}
+    aware = Calibration()
+    (move,) = aware.update(obs, _predict, WAKE)
+    assert move.predicted_s == pytest.approx(observed) and move.after == pytest.approx(1.0)
+    blind = Calibration()
+    (move,) = blind.update(obs, _predict)
+    assert move.after > 1.05  # without it, the wake looks like a slower engine
+    # An unknown rate adds nothing: the model alone.
+    (move,) = Calibration().update({key: EngineObservation(observed, 50, 1000)}, _predict, WAKE)
+    assert move.predicted_s == pytest.approx(base)

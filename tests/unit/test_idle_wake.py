@@ -232,3 +232,15 @@ def test_the_local_sample_carries_its_measured_idle_wake() -> None:
     assert wake is not None and wake.idle_s[0] < 0.25 < wake.idle_s[-1]
     assert 0 < wake.prefill(0.25)[0] < wake.prefill(wake.idle_s[-1])[0]
     assert any(n.startswith("idle wake") for n in plan(problem).notes)
+
+
+def test_the_mean_wake_calibration_expects_is_the_simulators() -> None:
+    """``IdleWake.expected_prefill_engine`` (what calibration adds to its prediction) against
+    the simulator: one engine, Poisson arrivals, the mean lengthening of its steps."""
+    wake = _wake()
+    rate, service = 0.7, 0.1
+    stream = synthetic_stream(20_000, rate, FixedLengths(64), FixedLengths(1), seed=5)
+    got = simulate(_one_prefiller(wake), stream)
+    longer = np.mean(got.prefill_end_s - got.prefill_start_s) - service
+    assert longer == pytest.approx(wake.expected_prefill_engine(rate, service), rel=0.05)
+    assert wake.expected_prefill_engine(0.0, service) == 0.0
