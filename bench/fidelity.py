@@ -1060,11 +1060,7 @@ def main() -> None:
             ("+idlewake", with_wake),
         ]
         here = wakes.get(str(rate))
-        if (
-            here is not None
-            and here is not profile.get("idleWake")
-            and here != profile.get("idleWake")
-        ):
+        if here is not None and here["points"] != profile.get("idleWake", {}).get("points"):
             # The idle wake measured right before this rate's load (the host drifts).
             with_here = copy.deepcopy(with_wake)
             for d in with_here:

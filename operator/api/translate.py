@@ -9,8 +9,8 @@ came from. Errors are ``TranslateError`` with the object and field to fix.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
 
 from prfaas.operator.api import models as api
 from prfaas.planner.distributions import Empirical, Fixed, LengthDistribution, LogNormal
@@ -143,17 +143,30 @@ def _measured(ref: api.MeasuredProfileRef, model: ModelArch, where: str) -> Prof
         raise TranslateError(str(exc)) from exc
 
 
-def spec_data_plane(spec: api.ModelSpec, where: str) -> tuple[DataPlane | None, IdleWake | None]:
-    """The measured profile's per-request data-plane cost per path and its idle-wake cost, where
-    it has them."""
+_T = TypeVar("_T")
+
+
+def _inline_section(
+    spec: api.ModelSpec, where: str, parse: Callable[[Mapping[str, Any], str], _T | None]
+) -> _T | None:
+    """One optional section of the inline measured profile, parsed; errors name the field."""
     ref = spec.measured_profile
     if ref is None or ref.inline is None:
-        return None, None
-    field = f"{where} spec.model.measuredProfile.inline"
+        return None
     try:
-        return measured_data_plane(ref.inline, field), measured_idle_wake(ref.inline, field)
+        return parse(ref.inline, f"{where} spec.model.measuredProfile.inline")
     except ProfileError as exc:
         raise TranslateError(str(exc)) from exc
+
+
+def spec_data_plane(spec: api.ModelSpec, where: str) -> DataPlane | None:
+    """The measured profile's per-request data-plane cost per path, if it has one."""
+    return _inline_section(spec, where, measured_data_plane)
+
+
+def spec_idle_wake(spec: api.ModelSpec, where: str) -> IdleWake | None:
+    """The measured profile's idle-wake cost, if it has one."""
+    return _inline_section(spec, where, measured_idle_wake)
 
 
 def spec_profiles(spec: api.ModelSpec, model: ModelArch, where: str) -> tuple[ProfileData, ...]:
@@ -241,7 +254,8 @@ def problem_from_resources(
         f"{p.origin}"
         for p in profiles
     )
-    data_plane, idle_wake = spec_data_plane(spec.model, where)
+    data_plane = spec_data_plane(spec.model, where)
+    idle_wake = spec_idle_wake(spec.model, where)
     if data_plane is not None:
         notes.append(
             f"data plane per request (measured profile's dataPlane, {data_plane.origin}): "

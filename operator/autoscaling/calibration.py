@@ -303,9 +303,9 @@ def plan_predictor(spec: api.ServingPlanSpec, plan: Mapping[str, Any] | None) ->
 def spec_wake(spec: api.ServingPlanSpec) -> IdleWake | None:
     """The ServingPlan's measured idle wake (its inline profile's ``idleWake``), or ``None``
     (none, or malformed: the plan's own validation reports that)."""
-    from prfaas.operator.api.translate import TranslateError, spec_data_plane
+    from prfaas.operator.api.translate import spec_idle_wake
 
     try:
-        return spec_data_plane(spec.model, "ServingPlan")[1]
-    except TranslateError:
+        return spec_idle_wake(spec.model, "ServingPlan")
+    except PlannerError:
         return None
